@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs every Debian 12 package Strait needs to build, run and test.
+# Usage: deploy/install-deps.sh [build|test|perf]   (default: test)
+#   build  - compiler toolchain and libraries only
+#   test   - build + the real peers the integration tests drive
+#   perf   - test + the side-by-side benchmark peers (HAProxy, nginx, wrk, ...)
+# Packages already present are skipped, so re-running is cheap.
+set -euo pipefail
+what=${1:-test}
+
+build_pkgs=(
+  build-essential cmake ninja-build ccache pkg-config
+  libuv1-dev node-llhttp libnghttp2-dev libssl-dev
+  libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
+  libabsl-dev libre2-dev libyaml-cpp-dev catch2
+)
+test_pkgs=(
+  curl nghttp2-client iptables iproute2 python3 python3-grpcio python3-h2
+  python3-pytest prometheus procps netcat-openbsd
+)
+perf_pkgs=(wrk haproxy nginx gnuplot-nox iperf3 valgrind)
+
+pkgs=("${build_pkgs[@]}")
+case "$what" in
+  build) ;;
+  test) pkgs+=("${test_pkgs[@]}") ;;
+  perf) pkgs+=("${test_pkgs[@]}" "${perf_pkgs[@]}") ;;
+  *) echo "install-deps.sh: unknown set '$what' (build|test|perf)" >&2; exit 2 ;;
+esac
+
+missing=()
+# Node and npm run the test xDS management server; the machine's own Node (which bundles npm) is
+# kept when present, Debian's is installed otherwise.
+if [ "$what" != build ] && ! command -v npm >/dev/null 2>&1; then pkgs+=(nodejs npm); fi
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all ${#pkgs[@]} packages present"
+  exit 0
+fi
+echo "install-deps: installing ${missing[*]}"
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -qq
+$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"

@@ -1,0 +1,286 @@
+#include "filters/network/tcp_proxy.h"
+
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/any.pb.h"
+#include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
+#include "proxy/common/log.h"
+#include "proxy/config/bootstrap.h"
+#include "proxy/network/connection.h"
+
+namespace strait::filters::network {
+
+namespace {
+
+using strait::network::CloseType;
+using strait::network::Connection;
+using strait::network::ConnectionEvent;
+using strait::network::ConnectionPtr;
+namespace tcp_v3 = envoy::extensions::filters::network::tcp_proxy::v3;
+
+struct TcpStats {
+  stats::Counter downstream_cx_total;
+  stats::Counter downstream_cx_no_route;
+  stats::Counter downstream_cx_rx_bytes_total;
+  stats::Counter downstream_cx_tx_bytes_total;
+  stats::Counter idle_timeout;
+  stats::Counter upstream_flush_total;
+};
+
+struct WeightedTarget {
+  config::ClusterConstSharedPtr cluster;
+  uint32_t weight;
+};
+
+class TcpProxyConfig : public config::NetworkFilterFactory {
+ public:
+  void onAccept(config::WorkerContext& worker, ConnectionPtr conn,
+                const std::shared_ptr<const config::Listener>& listener) const override;
+
+  const config::Cluster& pickCluster(config::WorkerContext& worker) const {
+    if (targets.size() == 1) return *targets[0].cluster;
+    uint64_t r = worker.random() % total_weight;
+    for (const auto& t : targets) {
+      if (r < t.weight) return *t.cluster;
+      r -= t.weight;
+    }
+    return *targets.back().cluster;
+  }
+
+  std::vector<WeightedTarget> targets;
+  uint64_t total_weight = 0;
+  uint64_t idle_timeout_ms = 3600 * 1000;  // Envoy's default: 1 hour
+  uint32_t max_connect_attempts = 1;
+  TcpStats stats;
+};
+
+// One proxied connection pair. Reads from one side are moved (not copied) into the other side's write
+// buffer; when that buffer passes its high watermark, reading from the first side stops until it drains.
+class Session : public config::ActiveSession, public strait::network::ConnectionCallbacks {
+ public:
+  Session(const TcpProxyConfig& cfg, config::WorkerContext& worker, ConnectionPtr downstream,
+          std::shared_ptr<const config::Listener> listener)
+      : ActiveSession(std::move(listener)), cfg_(cfg), worker_(worker), downstream_(std::move(downstream)),
+        cluster_(cfg.pickCluster(worker)) {
+    downstream_->setCallbacks(this);
+    stats::inc(cfg_.stats.downstream_cx_total);
+  }
+
+  void start() {
+    if (cfg_.idle_timeout_ms > 0) {
+      idle_timer_ = worker_.dispatcher().createTimer([this] { onIdleTimer(); });
+      idle_timer_->enable(cfg_.idle_timeout_ms);
+      last_activity_ms_ = worker_.dispatcher().nowMs();
+    }
+    connectUpstream();
+  }
+
+  void forceClose() override {
+    if (upstream_) upstream_->close(CloseType::NoFlush);
+    downstream_->close(CloseType::NoFlush);
+  }
+
+  void onData(Connection& conn, common::Buffer& data, bool end_stream) override {
+    last_activity_ms_ = worker_.dispatcher().nowMs();
+    size_t n = data.length();
+    if (&conn == downstream_.get()) {
+      if (n) stats::inc(cfg_.stats.downstream_cx_rx_bytes_total, static_cast<int64_t>(n));
+      if (n) stats::inc(cluster_.stats.upstream_cx_tx_bytes_total, static_cast<int64_t>(n));
+      if (upstream_ && upstream_->state() == Connection::State::Open) {
+        upstream_->write(data, end_stream);
+      } else {
+        data.drain(n);
+      }
+    } else {
+      if (n) stats::inc(cluster_.stats.upstream_cx_rx_bytes_total, static_cast<int64_t>(n));
+      if (n) stats::inc(cfg_.stats.downstream_cx_tx_bytes_total, static_cast<int64_t>(n));
+      downstream_->write(data, end_stream);
+    }
+  }
+
+  void onEvent(Connection& conn, ConnectionEvent event) override {
+    if (&conn == downstream_.get()) {
+      if (event == ConnectionEvent::RemoteClose || event == ConnectionEvent::LocalClose) {
+        // The client is gone: finish sending what the upstream has buffered, then close it.
+        if (upstream_) upstream_->close(CloseType::FlushWrite);
+        maybeDone();
+      }
+      return;
+    }
+    switch (event) {
+      case ConnectionEvent::Connected:
+        stats::inc(cluster_.stats.upstream_cx_total);
+        stats::inc(cluster_.stats.upstream_cx_active);
+        if (host_) {
+          stats::inc(host_->cx_total);
+          stats::inc(host_->cx_active);
+        }
+        upstream_counted_ = true;
+        upstream_->setBufferLimits(cluster_.buffer_limit);
+        downstream_->setBufferLimits(listener()->buffer_limit);
+        downstream_->startReading();
+        upstream_->startReading();
+        break;
+      case ConnectionEvent::ConnectFailed:
+      case ConnectionEvent::ConnectTimeout:
+        stats::inc(event == ConnectionEvent::ConnectFailed ? cluster_.stats.upstream_cx_connect_fail
+                                                           : cluster_.stats.upstream_cx_connect_timeout);
+        stats::inc(cluster_.stats.upstream_cx_total);
+        stats::inc(cluster_.stats.upstream_cx_destroy);
+        if (host_) {
+          stats::inc(host_->cx_total);
+          stats::inc(host_->cx_connect_fail);
+        }
+        retireUpstream();
+        if (attempts_ < cfg_.max_connect_attempts && downstream_->state() != Connection::State::Closed) {
+          connectUpstream();
+        } else {
+          downstream_->close(CloseType::NoFlush);
+          maybeDone();
+        }
+        break;
+      case ConnectionEvent::RemoteClose:
+      case ConnectionEvent::LocalClose:
+        if (upstream_counted_) {
+          stats::dec(cluster_.stats.upstream_cx_active);
+          stats::inc(cluster_.stats.upstream_cx_destroy);
+          if (host_) stats::dec(host_->cx_active);
+          upstream_counted_ = false;
+        }
+        // The upstream is done: send the client what is still buffered for it, then close.
+        downstream_->close(CloseType::FlushWrite);
+        maybeDone();
+        break;
+    }
+  }
+
+  void onAboveWriteBufferHighWatermark(Connection& conn) override { other(conn).readDisable(true); }
+  void onBelowWriteBufferLowWatermark(Connection& conn) override { other(conn).readDisable(false); }
+
+ private:
+  Connection& other(Connection& conn) { return &conn == downstream_.get() ? *upstream_ : *downstream_; }
+
+  void connectUpstream() {
+    ++attempts_;
+    auto host = worker_.chooseHost(cluster_, *downstream_);
+    if (!host) {
+      stats::inc(cluster_.stats.upstream_cx_none_healthy);
+      stats::inc(cfg_.stats.downstream_cx_no_route);
+      LOG_DEBUG("[C%lu] tcp_proxy: no host for cluster %s", downstream_->id(), cluster_.name.c_str());
+      downstream_->close(CloseType::NoFlush);
+      maybeDone();
+      return;
+    }
+    host_ = host->host;
+    upstream_ = std::make_unique<Connection>(worker_.dispatcher(), host->address);
+    upstream_->setCallbacks(this);
+    LOG_DEBUG("[C%lu] tcp_proxy: %s -> %s (cluster %s)", downstream_->id(), downstream_->remoteAddress().asString().c_str(),
+              host->address.asString().c_str(), cluster_.name.c_str());
+    upstream_->connect(cluster_.connect_timeout_ms);
+  }
+
+  // A failed upstream connection is freed after the current callback returns.
+  void retireUpstream() {
+    if (upstream_) worker_.dispatcher().deferredDelete(std::move(upstream_));
+  }
+
+  void onIdleTimer() {
+    uint64_t now = worker_.dispatcher().nowMs();
+    uint64_t idle = now - last_activity_ms_;
+    if (idle < cfg_.idle_timeout_ms) {
+      idle_timer_->enable(cfg_.idle_timeout_ms - idle);
+      return;
+    }
+    LOG_DEBUG("[C%lu] tcp_proxy: idle timeout", downstream_->id());
+    stats::inc(cfg_.stats.idle_timeout);
+    forceClose();
+  }
+
+  void maybeDone() {
+    if (done_) return;
+    if (downstream_->state() != Connection::State::Closed) return;
+    if (upstream_ && upstream_->state() != Connection::State::Closed) return;
+    done_ = true;
+    if (idle_timer_) idle_timer_->disable();
+    worker_.removeSession(*this);
+  }
+
+  const TcpProxyConfig& cfg_;
+  config::WorkerContext& worker_;
+  ConnectionPtr downstream_;
+  ConnectionPtr upstream_;
+  const config::Cluster& cluster_;
+  const config::Host* host_ = nullptr;
+  event::TimerPtr idle_timer_;
+  uint64_t last_activity_ms_ = 0;
+  uint32_t attempts_ = 0;
+  bool upstream_counted_ = false;
+  bool done_ = false;
+};
+
+void TcpProxyConfig::onAccept(config::WorkerContext& worker, ConnectionPtr conn,
+                              const std::shared_ptr<const config::Listener>& listener) const {
+  auto session = std::make_unique<Session>(*this, worker, std::move(conn), listener);
+  Session* raw = session.get();
+  worker.addSession(std::move(session));
+  raw->start();
+}
+
+absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createTcpProxy(
+    const google::protobuf::Any& any, const std::string& path, config::TranslationContext& ctx) {
+  tcp_v3::TcpProxy proto;
+  if (!any.UnpackTo(&proto)) return absl::InvalidArgumentError(path + ": cannot decode TcpProxy");
+  auto cfg = std::make_shared<TcpProxyConfig>();
+  if (proto.stat_prefix().empty()) return absl::InvalidArgumentError(path + ".stat_prefix: is required");
+  auto findCluster = [&](const std::string& name, const std::string& field) -> absl::StatusOr<config::ClusterConstSharedPtr> {
+    auto it = ctx.clusters.find(name);
+    if (it == ctx.clusters.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(field, ": unknown cluster '", name, "'"));
+    }
+    return it->second;
+  };
+  if (proto.has_weighted_clusters()) {
+    const auto& wc = proto.weighted_clusters();
+    if (wc.clusters_size() == 0) return absl::InvalidArgumentError(path + ".weighted_clusters.clusters: is empty");
+    for (int i = 0; i < wc.clusters_size(); ++i) {
+      const std::string f = absl::StrCat(path, ".weighted_clusters.clusters[", i, "]");
+      auto c = findCluster(wc.clusters(i).name(), f + ".name");
+      if (!c.ok()) return c.status();
+      if (wc.clusters(i).weight() == 0) continue;
+      cfg->targets.push_back(WeightedTarget{*c, wc.clusters(i).weight()});
+      cfg->total_weight += wc.clusters(i).weight();
+    }
+    if (cfg->total_weight == 0) return absl::InvalidArgumentError(path + ".weighted_clusters: every weight is 0");
+  } else {
+    if (proto.cluster().empty()) return absl::InvalidArgumentError(path + ".cluster: is required");
+    auto c = findCluster(proto.cluster(), path + ".cluster");
+    if (!c.ok()) return c.status();
+    cfg->targets.push_back(WeightedTarget{*c, 1});
+    cfg->total_weight = 1;
+  }
+  if (proto.has_idle_timeout()) cfg->idle_timeout_ms = config::durationMs(proto.idle_timeout());
+  if (proto.has_max_connect_attempts()) {
+    if (proto.max_connect_attempts().value() < 1) {
+      return absl::InvalidArgumentError(path + ".max_connect_attempts: must be at least 1");
+    }
+    cfg->max_connect_attempts = proto.max_connect_attempts().value();
+  }
+  const std::string p = "tcp." + proto.stat_prefix() + ".";
+  cfg->stats.downstream_cx_total = ctx.store.counter(p + "downstream_cx_total");
+  cfg->stats.downstream_cx_no_route = ctx.store.counter(p + "downstream_cx_no_route");
+  cfg->stats.downstream_cx_rx_bytes_total = ctx.store.counter(p + "downstream_cx_rx_bytes_total");
+  cfg->stats.downstream_cx_tx_bytes_total = ctx.store.counter(p + "downstream_cx_tx_bytes_total");
+  cfg->stats.idle_timeout = ctx.store.counter(p + "idle_timeout");
+  cfg->stats.upstream_flush_total = ctx.store.counter(p + "upstream_flush_total");
+  return std::shared_ptr<const config::NetworkFilterFactory>(cfg);
+}
+
+}  // namespace
+
+void registerTcpProxy() {
+  config::registerNetworkFilter("type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                                createTcpProxy);
+}
+
+}  // namespace strait::filters::network

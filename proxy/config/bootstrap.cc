@@ -1,0 +1,504 @@
+#include "proxy/config/bootstrap.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "envoy/config/bootstrap/v3/bootstrap.pb.h"
+#include "envoy/config/cluster/v3/cluster.pb.h"
+#include "envoy/config/listener/v3/listener.pb.h"
+#include "envoy/extensions/filters/listener/original_dst/v3/original_dst.pb.h"
+#include "google/protobuf/util/json_util.h"
+#include "proxy/common/log.h"
+#include "proxy/config/default_bootstrap.h"
+
+namespace strait::config {
+
+namespace bootstrap_v3 = envoy::config::bootstrap::v3;
+namespace cluster_v3 = envoy::config::cluster::v3;
+namespace listener_v3 = envoy::config::listener::v3;
+namespace core_v3 = envoy::config::core::v3;
+
+namespace {
+
+std::map<std::string, NetworkFilterFactoryFn>& networkFilterRegistry() {
+  static auto* r = new std::map<std::string, NetworkFilterFactoryFn>;
+  return *r;
+}
+
+constexpr const char* kOriginalDstType =
+    "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+
+absl::Status fieldError(const std::string& path, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
+}
+
+// ---- YAML -> JSON ----------------------------------------------------------------------------------
+
+void mergeYaml(YAML::Node base, const YAML::Node& overlay) {
+  for (auto it = overlay.begin(); it != overlay.end(); ++it) {
+    const std::string key = it->first.as<std::string>();
+    if (base[key] && base[key].IsMap() && it->second.IsMap()) {
+      mergeYaml(base[key], it->second);
+    } else {
+      base[key] = it->second;
+    }
+  }
+}
+
+void jsonString(std::ostringstream& out, const std::string& s) {
+  out << '"';
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out << "\\\""; break;
+      case '\\': out << "\\\\"; break;
+      case '\n': out << "\\n"; break;
+      case '\r': out << "\\r"; break;
+      case '\t': out << "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+          out << buf;
+        } else {
+          out << c;
+        }
+    }
+  }
+  out << '"';
+}
+
+bool looksNumeric(const std::string& s) {
+  if (s.empty()) return false;
+  size_t i = (s[0] == '-' || s[0] == '+') ? 1 : 0;
+  if (i >= s.size()) return false;
+  bool digits = false, dot = false, exp = false;
+  for (; i < s.size(); ++i) {
+    char c = s[i];
+    if (c >= '0' && c <= '9') {
+      digits = true;
+    } else if (c == '.' && !dot && !exp) {
+      dot = true;
+    } else if ((c == 'e' || c == 'E') && digits && !exp) {
+      exp = true;
+      if (i + 1 < s.size() && (s[i + 1] == '-' || s[i + 1] == '+')) ++i;
+    } else {
+      return false;
+    }
+  }
+  // A leading '+' or a leading zero followed by digits is not JSON; keep those as strings.
+  if (s[0] == '+') return false;
+  if (s.size() > 1 && s[0] == '0' && s[1] != '.') return false;
+  return digits;
+}
+
+void emitJson(std::ostringstream& out, const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Null:
+    case YAML::NodeType::Undefined:
+      out << "null";
+      break;
+    case YAML::NodeType::Scalar: {
+      const std::string& v = n.Scalar();
+      if (n.Tag() == "!") {  // quoted: always a string
+        jsonString(out, v);
+      } else if (v == "true" || v == "false") {
+        out << v;
+      } else if (v == "null" || v == "~") {
+        out << "null";
+      } else if (looksNumeric(v)) {
+        out << v;
+      } else {
+        jsonString(out, v);
+      }
+      break;
+    }
+    case YAML::NodeType::Sequence: {
+      out << '[';
+      bool first = true;
+      for (const auto& e : n) {
+        if (!first) out << ',';
+        first = false;
+        emitJson(out, e);
+      }
+      out << ']';
+      break;
+    }
+    case YAML::NodeType::Map: {
+      out << '{';
+      bool first = true;
+      for (auto it = n.begin(); it != n.end(); ++it) {
+        if (!first) out << ',';
+        first = false;
+        jsonString(out, it->first.as<std::string>());
+        out << ':';
+        emitJson(out, it->second);
+      }
+      out << '}';
+      break;
+    }
+  }
+}
+
+// ---- validation and translation ---------------------------------------------------------------------
+
+absl::StatusOr<network::Address> translateAddress(const core_v3::Address& a, const std::string& path) {
+  if (!a.has_socket_address()) {
+    if (a.has_pipe()) return fieldError(path + ".pipe", "unix socket addresses are not supported here");
+    return fieldError(path + ".socket_address", "is required");
+  }
+  const auto& sa = a.socket_address();
+  const std::string sp = path + ".socket_address";
+  if (sa.protocol() != core_v3::SocketAddress::TCP) return fieldError(sp + ".protocol", "only TCP is supported");
+  if (sa.port_specifier_case() == core_v3::SocketAddress::kNamedPort) {
+    return fieldError(sp + ".named_port", "named ports are not supported; use port_value");
+  }
+  if (sa.port_value() > 65535) {
+    return fieldError(sp + ".port_value", absl::StrCat(sa.port_value(), " is not a valid port (0-65535)"));
+  }
+  if (sa.address().empty()) return fieldError(sp + ".address", "is required");
+  auto addr = network::Address::parse(sa.address(), sa.port_value());
+  if (!addr) {
+    return fieldError(sp + ".address", absl::StrCat("'", sa.address(), "' is not a numeric IPv4 or IPv6 address"));
+  }
+  return *addr;
+}
+
+absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster& c, const std::string& path,
+                                                     uint32_t index, stats::Store& store) {
+  auto out = std::make_shared<Cluster>();
+  if (c.name().empty()) return fieldError(path + ".name", "is required");
+  out->name = c.name();
+  out->index = index;
+  switch (c.type()) {
+    case cluster_v3::Cluster::STATIC:
+      out->type = Cluster::Type::Static;
+      break;
+    case cluster_v3::Cluster::ORIGINAL_DST:
+      out->type = Cluster::Type::OriginalDst;
+      if (c.lb_policy() != cluster_v3::Cluster::CLUSTER_PROVIDED && c.lb_policy() != cluster_v3::Cluster::ROUND_ROBIN) {
+        return fieldError(path + ".lb_policy", "an ORIGINAL_DST cluster takes CLUSTER_PROVIDED");
+      }
+      if (c.has_load_assignment() && c.load_assignment().endpoints_size() > 0) {
+        return fieldError(path + ".load_assignment", "an ORIGINAL_DST cluster has no static endpoints");
+      }
+      break;
+    default:
+      return fieldError(path + ".type", absl::StrCat("discovery type ", cluster_v3::Cluster::DiscoveryType_Name(c.type()),
+                                                      " is not supported yet (STATIC, ORIGINAL_DST)"));
+  }
+  if (out->type == Cluster::Type::Static && c.lb_policy() != cluster_v3::Cluster::ROUND_ROBIN) {
+    return fieldError(path + ".lb_policy",
+                      absl::StrCat("load balancing policy ", cluster_v3::Cluster::LbPolicy_Name(c.lb_policy()),
+                                   " is not supported yet (ROUND_ROBIN)"));
+  }
+  if (c.has_connect_timeout()) {
+    if (c.connect_timeout().seconds() < 0 || c.connect_timeout().nanos() < 0) {
+      return fieldError(path + ".connect_timeout", "must not be negative");
+    }
+    out->connect_timeout_ms = durationMs(c.connect_timeout());
+  }
+  if (c.has_per_connection_buffer_limit_bytes()) out->buffer_limit = c.per_connection_buffer_limit_bytes().value();
+  if (c.has_load_assignment()) {
+    const auto& la = c.load_assignment();
+    for (int i = 0; i < la.endpoints_size(); ++i) {
+      const auto& locality = la.endpoints(i);
+      for (int j = 0; j < locality.lb_endpoints_size(); ++j) {
+        const std::string ep = absl::StrCat(path, ".load_assignment.endpoints[", i, "].lb_endpoints[", j, "]");
+        const auto& lbe = locality.lb_endpoints(j);
+        if (!lbe.has_endpoint()) return fieldError(ep + ".endpoint", "is required");
+        auto addr = translateAddress(lbe.endpoint().address(), ep + ".endpoint.address");
+        if (!addr.ok()) return addr.status();
+        if (addr->port() == 0) return fieldError(ep + ".endpoint.address.socket_address.port_value", "must not be 0");
+        Host h;
+        h.address = *addr;
+        const std::string hp = absl::StrCat("cluster.", c.name(), ".host.", addr->asString(), ".");
+        h.cx_total = store.counter(hp + "cx_total", true);
+        h.cx_active = store.gauge(hp + "cx_active", true);
+        h.cx_connect_fail = store.counter(hp + "cx_connect_fail", true);
+        out->hosts.push_back(h);
+      }
+    }
+  }
+  const std::string p = "cluster." + (c.alt_stat_name().empty() ? c.name() : c.alt_stat_name()) + ".";
+  out->stats.upstream_cx_total = store.counter(p + "upstream_cx_total");
+  out->stats.upstream_cx_active = store.gauge(p + "upstream_cx_active");
+  out->stats.upstream_cx_connect_fail = store.counter(p + "upstream_cx_connect_fail");
+  out->stats.upstream_cx_connect_timeout = store.counter(p + "upstream_cx_connect_timeout");
+  out->stats.upstream_cx_destroy = store.counter(p + "upstream_cx_destroy");
+  out->stats.upstream_cx_rx_bytes_total = store.counter(p + "upstream_cx_rx_bytes_total");
+  out->stats.upstream_cx_tx_bytes_total = store.counter(p + "upstream_cx_tx_bytes_total");
+  out->stats.upstream_cx_none_healthy = store.counter(p + "upstream_cx_none_healthy");
+  out->stats.membership_total = store.gauge(p + "membership_total");
+  stats::set(store, out->stats.membership_total, static_cast<int64_t>(out->hosts.size()));
+  out->proto = std::make_shared<cluster_v3::Cluster>(c);
+  return ClusterConstSharedPtr(out);
+}
+
+absl::StatusOr<FilterChain> translateFilterChain(const listener_v3::FilterChain& fc, const std::string& path,
+                                                 TranslationContext& ctx) {
+  FilterChain out;
+  out.name = fc.name();
+  if (fc.has_transport_socket()) {
+    return fieldError(path + ".transport_socket", "TLS transport sockets are not supported yet");
+  }
+  if (fc.has_filter_chain_match()) {
+    const auto& m = fc.filter_chain_match();
+    const std::string mp = path + ".filter_chain_match";
+    if (m.has_destination_port()) {
+      if (m.destination_port().value() > 65535) return fieldError(mp + ".destination_port", "is not a valid port");
+      out.destination_port = m.destination_port().value();
+    }
+    for (int i = 0; i < m.prefix_ranges_size(); ++i) {
+      const auto& r = m.prefix_ranges(i);
+      auto a = network::Address::parse(r.address_prefix(), 0);
+      if (!a) return fieldError(absl::StrCat(mp, ".prefix_ranges[", i, "].address_prefix"), "is not an IP address");
+      uint32_t len = r.has_prefix_len() ? r.prefix_len().value() : (a->isV6() ? 128 : 32);
+      if (len > (a->isV6() ? 128u : 32u)) return fieldError(absl::StrCat(mp, ".prefix_ranges[", i, "].prefix_len"), "is too long");
+      out.prefix_ranges.push_back(CidrRange{*a, len});
+    }
+    if (m.server_names_size() > 0 || !m.transport_protocol().empty() || m.application_protocols_size() > 0 ||
+        m.source_prefix_ranges_size() > 0 || m.source_ports_size() > 0 || m.direct_source_prefix_ranges_size() > 0) {
+      return fieldError(mp, "only destination_port and prefix_ranges are supported yet");
+    }
+  }
+  if (fc.filters_size() == 0) return fieldError(path + ".filters", "needs a terminal network filter");
+  for (int i = 0; i < fc.filters_size(); ++i) {
+    const auto& f = fc.filters(i);
+    const std::string fp = absl::StrCat(path, ".filters[", i, "]");
+    if (!f.has_typed_config()) return fieldError(fp + ".typed_config", "is required (extensions are chosen by type URL)");
+    const std::string& type_url = f.typed_config().type_url();
+    auto it = networkFilterRegistry().find(type_url);
+    if (it == networkFilterRegistry().end()) {
+      return fieldError(fp + ".typed_config", absl::StrCat("unsupported network filter type '", type_url, "'"));
+    }
+    if (i != fc.filters_size() - 1) {
+      return fieldError(fp, "only one (terminal) network filter per chain is supported yet");
+    }
+    auto factory = it->second(f.typed_config(), fp + ".typed_config", ctx);
+    if (!factory.ok()) return factory.status();
+    out.terminal = *factory;
+  }
+  return out;
+}
+
+absl::StatusOr<ListenerConstSharedPtr> translateListener(const listener_v3::Listener& l, const std::string& path,
+                                                       TranslationContext& ctx) {
+  auto out = std::make_shared<Listener>();
+  if (l.name().empty()) return fieldError(path + ".name", "is required");
+  out->name = l.name();
+  auto addr = translateAddress(l.address(), path + ".address");
+  if (!addr.ok()) return addr.status();
+  out->address = *addr;
+  if (l.has_bind_to_port() && !l.bind_to_port().value()) {
+    return fieldError(path + ".bind_to_port", "listeners that do not bind are not supported yet");
+  }
+  if (l.has_per_connection_buffer_limit_bytes()) out->buffer_limit = l.per_connection_buffer_limit_bytes().value();
+  // Both forms recover the pre-NAT destination; listener hand-off by original destination comes later.
+  out->restore_original_dst = l.has_use_original_dst() && l.use_original_dst().value();
+  for (int i = 0; i < l.listener_filters_size(); ++i) {
+    const auto& lf = l.listener_filters(i);
+    const std::string lp = absl::StrCat(path, ".listener_filters[", i, "]");
+    if (!lf.has_typed_config()) return fieldError(lp + ".typed_config", "is required");
+    if (lf.typed_config().type_url() == kOriginalDstType) {
+      out->restore_original_dst = true;
+    } else {
+      return fieldError(lp + ".typed_config",
+                        absl::StrCat("unsupported listener filter type '", lf.typed_config().type_url(), "'"));
+    }
+  }
+  if (l.filter_chains_size() == 0 && !l.has_default_filter_chain()) {
+    return fieldError(path + ".filter_chains", "a listener needs at least one filter chain");
+  }
+  for (int i = 0; i < l.filter_chains_size(); ++i) {
+    auto fc = translateFilterChain(l.filter_chains(i), absl::StrCat(path, ".filter_chains[", i, "]"), ctx);
+    if (!fc.ok()) return fc.status();
+    out->filter_chains.push_back(std::move(*fc));
+  }
+  if (l.has_default_filter_chain()) {
+    auto fc = translateFilterChain(l.default_filter_chain(), path + ".default_filter_chain", ctx);
+    if (!fc.ok()) return fc.status();
+    out->default_filter_chain = std::move(*fc);
+  }
+  const std::string p = "listener." + (l.stat_prefix().empty() ? out->address.statName() : l.stat_prefix()) + ".";
+  out->stats.downstream_cx_total = ctx.store.counter(p + "downstream_cx_total");
+  out->stats.downstream_cx_active = ctx.store.gauge(p + "downstream_cx_active");
+  out->stats.downstream_cx_destroy = ctx.store.counter(p + "downstream_cx_destroy");
+  out->stats.no_filter_chain_match = ctx.store.counter(p + "no_filter_chain_match");
+  out->proto = std::make_shared<listener_v3::Listener>(l);
+  return ListenerConstSharedPtr(out);
+}
+
+std::string nowRfc3339() {
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm tm;
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+  return buf;
+}
+
+}  // namespace
+
+void registerNetworkFilter(const std::string& type_url, NetworkFilterFactoryFn fn) {
+  networkFilterRegistry()[type_url] = std::move(fn);
+}
+
+uint64_t durationMs(const google::protobuf::Duration& d) {
+  return static_cast<uint64_t>(d.seconds()) * 1000 + static_cast<uint64_t>(d.nanos()) / 1000000;
+}
+
+absl::StatusOr<std::string> yamlToJson(const std::string& yaml, const std::string& overlay, const std::string& source) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml);
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("line ", e.mark.line + 1, ", column ", e.mark.column + 1, ": ", e.msg));
+  }
+  if (!overlay.empty()) {
+    YAML::Node over;
+    try {
+      over = YAML::Load(overlay);
+    } catch (const YAML::Exception& e) {
+      return absl::InvalidArgumentError(absl::StrCat("--config-yaml: line ", e.mark.line + 1, ": ", e.msg));
+    }
+    if (!over.IsMap()) return absl::InvalidArgumentError("--config-yaml: must be a mapping");
+    if (!root.IsDefined() || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
+    mergeYaml(root, over);
+  }
+  if (!root.IsMap()) return absl::InvalidArgumentError(absl::StrCat(source, " is not a mapping of bootstrap fields"));
+  std::ostringstream out;
+  emitJson(out, root);
+  return out.str();
+}
+
+absl::StatusOr<SnapshotConstSharedPtr> loadBootstrap(const LoadOptions& options, stats::Store& store) {
+  std::string text;
+  if (options.path.empty()) {
+    text = kDefaultBootstrapYaml;
+  } else {
+    std::ifstream in(options.path, std::ios::binary);
+    if (!in) return absl::NotFoundError("cannot open the file");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    text = ss.str();
+  }
+  auto json = yamlToJson(text, options.config_yaml, options.path.empty() ? "default" : options.path);
+  if (!json.ok()) return json.status();
+
+  auto bootstrap = std::make_shared<bootstrap_v3::Bootstrap>();
+  google::protobuf::util::JsonParseOptions parse_options;
+  parse_options.ignore_unknown_fields = false;
+  auto st = google::protobuf::util::JsonStringToMessage(*json, bootstrap.get(), parse_options);
+  if (!st.ok()) {
+    if (!options.allow_unknown_static_fields) return absl::InvalidArgumentError(std::string(st.message()));
+    bootstrap->Clear();
+    parse_options.ignore_unknown_fields = true;
+    auto st2 = google::protobuf::util::JsonStringToMessage(*json, bootstrap.get(), parse_options);
+    if (!st2.ok()) return absl::InvalidArgumentError(std::string(st2.message()));
+    LOG_WARN("ignoring unknown fields (--allow-unknown-static-fields): %s", std::string(st.message()).c_str());
+  }
+  if (!options.service_node.empty()) bootstrap->mutable_node()->set_id(options.service_node);
+  if (!options.service_cluster.empty()) bootstrap->mutable_node()->set_cluster(options.service_cluster);
+
+  auto snap = std::make_shared<Snapshot>();
+  snap->node_id = bootstrap->node().id();
+  snap->node_cluster = bootstrap->node().cluster();
+  if (bootstrap->has_admin() && bootstrap->admin().has_address()) {
+    auto a = translateAddress(bootstrap->admin().address(), "admin.address");
+    if (!a.ok()) return a.status();
+    snap->admin_address = *a;
+  }
+  if (bootstrap->has_dynamic_resources()) {
+    return fieldError("dynamic_resources", "xDS (LDS/CDS/ADS) is not supported yet; use static_resources");
+  }
+  const auto& sr = bootstrap->static_resources();
+  if (sr.secrets_size() > 0) return fieldError("static_resources.secrets", "secrets are not supported yet");
+
+  for (int i = 0; i < sr.clusters_size(); ++i) {
+    const std::string path = absl::StrCat("static_resources.clusters[", i, "]");
+    auto c = translateCluster(sr.clusters(i), path, static_cast<uint32_t>(i), store);
+    if (!c.ok()) return c.status();
+    if (snap->clusters_by_name.count((*c)->name)) {
+      return fieldError(path + ".name", absl::StrCat("duplicate cluster name '", (*c)->name, "'"));
+    }
+    snap->clusters_by_name[(*c)->name] = *c;
+    snap->clusters.push_back(*c);
+  }
+  TranslationContext ctx{store, snap->clusters_by_name};
+  std::set<std::string> listener_names;
+  for (int i = 0; i < sr.listeners_size(); ++i) {
+    const std::string path = absl::StrCat("static_resources.listeners[", i, "]");
+    auto l = translateListener(sr.listeners(i), path, ctx);
+    if (!l.ok()) return l.status();
+    if (!listener_names.insert((*l)->name).second) {
+      return fieldError(path + ".name", absl::StrCat("duplicate listener name '", (*l)->name, "'"));
+    }
+    for (const auto& other : snap->listeners) {
+      if (other->address == (*l)->address && (*l)->address.port() != 0) {
+        return fieldError(path + ".address",
+                          absl::StrCat("listener '", (*l)->name, "' and '", other->name, "' both use ",
+                                       (*l)->address.asString()));
+      }
+    }
+    snap->listeners.push_back(*l);
+  }
+  snap->bootstrap = bootstrap;
+  snap->loaded_at = nowRfc3339();
+  return SnapshotConstSharedPtr(snap);
+}
+
+bool CidrRange::contains(const network::Address& a) const {
+  if (a.family() != prefix.family()) return false;
+  const uint8_t* x;
+  const uint8_t* y;
+  if (a.isV6()) {
+    x = reinterpret_cast<const sockaddr_in6*>(a.sockAddr())->sin6_addr.s6_addr;
+    y = reinterpret_cast<const sockaddr_in6*>(prefix.sockAddr())->sin6_addr.s6_addr;
+  } else {
+    x = reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in*>(a.sockAddr())->sin_addr);
+    y = reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in*>(prefix.sockAddr())->sin_addr);
+  }
+  uint32_t bits = len;
+  for (uint32_t i = 0; bits > 0; ++i) {
+    uint32_t take = bits >= 8 ? 8 : bits;
+    uint8_t mask = static_cast<uint8_t>(0xff00 >> take);
+    if ((x[i] & mask) != (y[i] & mask)) return false;
+    bits -= take;
+  }
+  return true;
+}
+
+const FilterChain* Listener::match(const network::Address& dst) const {
+  // Most specific first: a chain naming the port beats one that does not; within those, the first
+  // chain whose prefix ranges (if any) contain the destination wins.
+  const FilterChain* port_only = nullptr;
+  const FilterChain* any = nullptr;
+  for (const auto& fc : filter_chains) {
+    if (fc.destination_port && *fc.destination_port != dst.port()) continue;
+    bool ip_ok = fc.prefix_ranges.empty();
+    for (const auto& r : fc.prefix_ranges) ip_ok = ip_ok || r.contains(dst);
+    if (!ip_ok) continue;
+    if (fc.destination_port) {
+      if (!fc.prefix_ranges.empty()) return &fc;
+      if (port_only == nullptr) port_only = &fc;
+    } else if (any == nullptr) {
+      any = &fc;
+    }
+  }
+  if (port_only) return port_only;
+  if (any) return any;
+  return default_filter_chain ? &*default_filter_chain : nullptr;
+}
+
+}  // namespace strait::config

@@ -1,0 +1,158 @@
+#pragma once
+
+#include <cstdint>
+#include <list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "proxy/event/dispatcher.h"
+#include "proxy/network/address.h"
+#include "proxy/stats/stats.h"
+
+namespace google::protobuf {
+class Message;
+}
+
+namespace strait::network {
+class Connection;
+}
+
+
+namespace strait::config {
+
+// The immutable, validated configuration that workers run on. A new Snapshot replaces the old one as a
+// whole; connections keep the one they started with through shared_ptr.
+
+struct ClusterStats {
+  stats::Counter upstream_cx_total;
+  stats::Gauge upstream_cx_active;
+  stats::Counter upstream_cx_connect_fail;
+  stats::Counter upstream_cx_connect_timeout;
+  stats::Counter upstream_cx_destroy;
+  stats::Counter upstream_cx_rx_bytes_total;
+  stats::Counter upstream_cx_tx_bytes_total;
+  stats::Counter upstream_cx_none_healthy;
+  stats::Gauge membership_total;
+};
+
+// A STATIC cluster's host with its own counters (for /clusters); not exposed in /stats, as in Envoy.
+struct Host {
+  network::Address address;
+  stats::Counter cx_total;
+  stats::Gauge cx_active;
+  stats::Counter cx_connect_fail;
+};
+
+// What a load balancer picked: an address, and the configured host when there is one
+// (an ORIGINAL_DST destination has none).
+struct HostChoice {
+  network::Address address;
+  const Host* host = nullptr;
+};
+
+struct Cluster {
+  enum class Type { Static, OriginalDst };
+  std::string name;
+  uint32_t index = 0;  // dense index into per-worker state (round-robin cursors)
+  Type type = Type::Static;
+  uint64_t connect_timeout_ms = 5000;
+  uint32_t buffer_limit = 1024 * 1024;
+  std::vector<Host> hosts;
+  ClusterStats stats;
+  std::shared_ptr<const google::protobuf::Message> proto;  // for /config_dump
+};
+using ClusterConstSharedPtr = std::shared_ptr<const Cluster>;
+
+struct Listener;
+struct ListenerStats;
+
+// A downstream connection's processing (a tcp_proxy session, an HTTP connection) owned by its worker.
+// It pins the listener config it was accepted on, so config changes never pull state from under it.
+class ActiveSession : public event::DeferredDeletable {
+ public:
+  explicit ActiveSession(std::shared_ptr<const Listener> listener) : listener_(std::move(listener)) {}
+  // Drain expired: close now.
+  virtual void forceClose() = 0;
+  const std::shared_ptr<const Listener>& listener() const { return listener_; }
+  // Position in the worker's list, for O(1) removal.
+  std::list<ActiveSession*>::iterator list_position;
+
+ private:
+  std::shared_ptr<const Listener> listener_;
+};
+
+using ActiveSessionPtr = std::unique_ptr<ActiveSession>;
+
+// Per-worker services a network filter may use; implemented by the worker.
+class WorkerContext {
+ public:
+  virtual ~WorkerContext() = default;
+  virtual event::Dispatcher& dispatcher() = 0;
+  // Picks an upstream address for `cluster` (round robin, or the downstream's original destination).
+  virtual std::optional<HostChoice> chooseHost(const Cluster& cluster, const network::Connection& downstream) = 0;
+  // The worker owns sessions; a session calls removeSession() once both its sides are closed.
+  virtual void addSession(std::unique_ptr<ActiveSession> session) = 0;
+  virtual void removeSession(ActiveSession& session) = 0;
+  // Random numbers for weighted choices (per worker, not shared).
+  virtual uint64_t random() = 0;
+};
+
+// A terminal network filter's factory (tcp_proxy, later the HTTP connection manager). It takes the
+// accepted connection and owns it from then on.
+class NetworkFilterFactory {
+ public:
+  virtual ~NetworkFilterFactory() = default;
+  virtual void onAccept(WorkerContext& worker, std::unique_ptr<network::Connection> conn,
+                        const std::shared_ptr<const Listener>& listener) const = 0;
+};
+
+struct CidrRange {
+  network::Address prefix;
+  uint32_t len = 0;
+  bool contains(const network::Address& a) const;
+};
+
+struct FilterChain {
+  std::string name;
+  std::optional<uint32_t> destination_port;
+  std::vector<CidrRange> prefix_ranges;
+  std::shared_ptr<const NetworkFilterFactory> terminal;
+};
+
+struct ListenerStats {
+  stats::Counter downstream_cx_total;
+  stats::Gauge downstream_cx_active;
+  stats::Counter downstream_cx_destroy;
+  stats::Counter no_filter_chain_match;
+};
+
+struct Listener {
+  std::string name;
+  network::Address address;
+  bool restore_original_dst = false;
+  uint32_t buffer_limit = 1024 * 1024;
+  std::vector<FilterChain> filter_chains;
+  std::optional<FilterChain> default_filter_chain;
+  ListenerStats stats;
+  std::shared_ptr<const google::protobuf::Message> proto;
+  // The chain for a connection to `dst`, or nullptr when none matches.
+  const FilterChain* match(const network::Address& dst) const;
+};
+using ListenerConstSharedPtr = std::shared_ptr<const Listener>;
+
+struct Snapshot {
+  std::string node_id;
+  std::string node_cluster;
+  std::optional<network::Address> admin_address;
+  std::vector<ListenerConstSharedPtr> listeners;
+  std::vector<ClusterConstSharedPtr> clusters;
+  std::map<std::string, ClusterConstSharedPtr> clusters_by_name;
+  std::shared_ptr<const google::protobuf::Message> bootstrap;  // as loaded, for /config_dump
+  std::string loaded_at;  // RFC 3339, for /config_dump's last_updated
+};
+using SnapshotConstSharedPtr = std::shared_ptr<const Snapshot>;
+
+}  // namespace strait::config

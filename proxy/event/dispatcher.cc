@@ -1,0 +1,115 @@
+#include "proxy/event/dispatcher.h"
+
+#include <uv.h>
+
+#include "proxy/common/log.h"
+
+namespace strait::event {
+
+namespace {
+void freeHandle(uv_handle_t* h) { delete reinterpret_cast<uv_any_handle*>(h); }
+}  // namespace
+
+Timer::Timer(Dispatcher& dispatcher, std::function<void()> cb)
+    : handle_(reinterpret_cast<uv_timer_t*>(new uv_any_handle)), cb_(std::move(cb)) {
+  uv_timer_init(dispatcher.loop(), handle_);
+  handle_->data = this;
+}
+
+Timer::~Timer() {
+  handle_->data = nullptr;
+  uv_timer_stop(handle_);
+  uv_close(reinterpret_cast<uv_handle_t*>(handle_), freeHandle);
+}
+
+void Timer::enable(uint64_t ms) { uv_timer_start(handle_, &Timer::onTimer, ms, 0); }
+void Timer::disable() { uv_timer_stop(handle_); }
+bool Timer::enabled() const { return uv_is_active(reinterpret_cast<const uv_handle_t*>(handle_)) != 0; }
+
+void Timer::onTimer(uv_timer_t* handle) {
+  auto* self = static_cast<Timer*>(handle->data);
+  if (self != nullptr) self->cb_();
+}
+
+Dispatcher::Dispatcher(std::string name)
+    : name_(std::move(name)),
+      loop_(new uv_loop_t),
+      async_(reinterpret_cast<uv_async_t*>(new uv_any_handle)),
+      check_(reinterpret_cast<uv_check_t*>(new uv_any_handle)) {
+  RELEASE_ASSERT(uv_loop_init(loop_) == 0, "uv_loop_init");
+  uv_async_init(loop_, async_, &Dispatcher::onAsync);
+  async_->data = this;
+  uv_check_init(loop_, check_);
+  check_->data = this;
+  uv_check_start(check_, &Dispatcher::onCheck);
+  uv_unref(reinterpret_cast<uv_handle_t*>(check_));
+  run_thread_ = std::this_thread::get_id();
+}
+
+Dispatcher::~Dispatcher() {
+  clearDeferredDeleteList();
+  uv_close(reinterpret_cast<uv_handle_t*>(async_), freeHandle);
+  uv_close(reinterpret_cast<uv_handle_t*>(check_), freeHandle);
+  // Let every pending close callback run, then free the loop.
+  uv_run(loop_, UV_RUN_NOWAIT);
+  for (int i = 0; i < 100 && uv_loop_close(loop_) == UV_EBUSY; ++i) {
+    uv_walk(
+        loop_,
+        [](uv_handle_t* h, void*) {
+          if (!uv_is_closing(h)) uv_close(h, nullptr);
+        },
+        nullptr);
+    uv_run(loop_, UV_RUN_NOWAIT);
+  }
+  delete loop_;
+}
+
+void Dispatcher::post(std::function<void()> cb) {
+  {
+    std::lock_guard<std::mutex> lock(post_lock_);
+    posted_.push_back(std::move(cb));
+  }
+  uv_async_send(async_);
+}
+
+void Dispatcher::deferredDelete(DeferredDeletablePtr obj) { to_delete_.push_back(std::move(obj)); }
+
+void Dispatcher::run() {
+  run_thread_ = std::this_thread::get_id();
+  exited_ = false;
+  // The async handle stays referenced, so this returns only through exit().
+  uv_run(loop_, UV_RUN_DEFAULT);
+  clearDeferredDeleteList();
+}
+
+void Dispatcher::exit() {
+  exited_ = true;
+  uv_stop(loop_);
+}
+
+uint64_t Dispatcher::nowMs() const { return uv_now(loop_); }
+void Dispatcher::updateTime() { uv_update_time(loop_); }
+
+void Dispatcher::onAsync(uv_async_t* handle) { static_cast<Dispatcher*>(handle->data)->runPosted(); }
+
+void Dispatcher::onCheck(uv_check_t* handle) { static_cast<Dispatcher*>(handle->data)->clearDeferredDeleteList(); }
+
+void Dispatcher::runPosted() {
+  std::vector<std::function<void()>> batch;
+  {
+    std::lock_guard<std::mutex> lock(post_lock_);
+    batch.swap(posted_);
+  }
+  for (auto& cb : batch) cb();
+}
+
+void Dispatcher::clearDeferredDeleteList() {
+  // Deleting may queue more deletions; loop until the list stays empty.
+  while (!to_delete_.empty()) {
+    std::vector<DeferredDeletablePtr> batch;
+    batch.swap(to_delete_);
+    batch.clear();
+  }
+}
+
+}  // namespace strait::event

@@ -1,0 +1,90 @@
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+typedef struct uv_loop_s uv_loop_t;
+typedef struct uv_timer_s uv_timer_t;
+typedef struct uv_async_s uv_async_t;
+typedef struct uv_check_s uv_check_t;
+
+namespace strait::event {
+
+// Objects whose destruction must wait until the current callback stack has unwound.
+class DeferredDeletable {
+ public:
+  virtual ~DeferredDeletable() = default;
+};
+using DeferredDeletablePtr = std::unique_ptr<DeferredDeletable>;
+
+class Dispatcher;
+
+// A one-shot timer on a dispatcher's loop. Destroying it cancels it; the libuv handle is freed in its
+// close callback, so a Timer may be destroyed from inside its own callback.
+class Timer {
+ public:
+  Timer(Dispatcher& dispatcher, std::function<void()> cb);
+  ~Timer();
+  Timer(const Timer&) = delete;
+  Timer& operator=(const Timer&) = delete;
+  void enable(uint64_t ms);
+  void disable();
+  bool enabled() const;
+
+ private:
+  static void onTimer(uv_timer_t* handle);
+  uv_timer_t* handle_;
+  std::function<void()> cb_;
+};
+using TimerPtr = std::unique_ptr<Timer>;
+
+// One event loop (one uv_loop_t) driven by one thread. post() is the only call that may come from another
+// thread; everything else belongs to the loop's own thread.
+class Dispatcher {
+ public:
+  explicit Dispatcher(std::string name);
+  ~Dispatcher();
+  Dispatcher(const Dispatcher&) = delete;
+  Dispatcher& operator=(const Dispatcher&) = delete;
+
+  const std::string& name() const { return name_; }
+  uv_loop_t* loop() { return loop_; }
+
+  // Thread-safe: queue `cb` to run on this dispatcher's thread.
+  void post(std::function<void()> cb);
+  TimerPtr createTimer(std::function<void()> cb) { return std::make_unique<Timer>(*this, std::move(cb)); }
+  // Destroys `obj` once the current callback stack unwinds (at the end of this loop iteration).
+  void deferredDelete(DeferredDeletablePtr obj);
+  // Runs the loop until exit() is called.
+  void run();
+  // Stops run(); safe from the loop's own thread (use post() to stop from elsewhere).
+  void exit();
+  // True on the thread running this dispatcher.
+  bool isThreadSafe() const { return run_thread_ == std::this_thread::get_id(); }
+  // Loop time in milliseconds (cached per iteration, monotonic).
+  uint64_t nowMs() const;
+  void updateTime();
+
+ private:
+  static void onAsync(uv_async_t* handle);
+  static void onCheck(uv_check_t* handle);
+  void runPosted();
+  void clearDeferredDeleteList();
+
+  std::string name_;
+  uv_loop_t* loop_;
+  uv_async_t* async_;
+  uv_check_t* check_;
+  std::mutex post_lock_;
+  std::vector<std::function<void()>> posted_;
+  std::vector<DeferredDeletablePtr> to_delete_;
+  std::thread::id run_thread_;
+  bool exited_ = false;
+};
+
+}  // namespace strait::event

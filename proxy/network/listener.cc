@@ -1,0 +1,82 @@
+#include "proxy/network/listener.h"
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "proxy/common/log.h"
+
+namespace strait::network {
+
+uv_tcp_t* allocateAcceptHandle(uv_loop_t* loop);
+void freeUnusedAcceptHandle(uv_tcp_t* t);
+
+int bindReusePortSocket(const Address& addr, std::string* error) {
+  int fd = ::socket(addr.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    *error = std::string("socket: ") + std::strerror(errno);
+    return -1;
+  }
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
+    *error = std::string("SO_REUSEPORT: ") + std::strerror(errno);
+    ::close(fd);
+    return -1;
+  }
+  if (addr.isV6()) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  if (::bind(fd, addr.sockAddr(), addr.sockLen()) != 0) {
+    *error = "bind " + addr.asString() + ": " + std::strerror(errno);
+    ::close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+Address boundAddress(int fd) {
+  sockaddr_storage ss{};
+  socklen_t len = sizeof(ss);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len);
+  return Address(reinterpret_cast<sockaddr*>(&ss));
+}
+
+TcpListener::TcpListener(event::Dispatcher& dispatcher, int fd, int backlog, AcceptCb on_accept)
+    : dispatcher_(dispatcher), handle_(new uv_tcp_t), on_accept_(std::move(on_accept)) {
+  uv_tcp_init(dispatcher.loop(), handle_);
+  handle_->data = this;
+  int rc = uv_tcp_open(handle_, fd);
+  if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(handle_), backlog, &TcpListener::onConnection);
+  if (rc != 0) {
+    error_ = std::string("listen: ") + uv_strerror(rc);
+    return;
+  }
+  ok_ = true;
+}
+
+TcpListener::~TcpListener() {
+  handle_->data = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(handle_), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+}
+
+void TcpListener::onConnection(uv_stream_t* server, int status) {
+  auto* self = static_cast<TcpListener*>(server->data);
+  if (self == nullptr) return;
+  if (status != 0) {
+    LOG_WARN("accept error: %s", uv_strerror(status));
+    return;
+  }
+  uv_tcp_t* client = allocateAcceptHandle(self->dispatcher_.loop());
+  int rc = uv_accept(server, reinterpret_cast<uv_stream_t*>(client));
+  if (rc != 0) {
+    LOG_DEBUG("uv_accept: %s", uv_strerror(rc));
+    freeUnusedAcceptHandle(client);
+    return;
+  }
+  self->on_accept_(std::make_unique<Connection>(self->dispatcher_, client));
+}
+
+}  // namespace strait::network

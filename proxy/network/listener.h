@@ -1,0 +1,44 @@
+#pragma once
+
+#include <functional>
+#include <string>
+
+#include "proxy/event/dispatcher.h"
+#include "proxy/network/address.h"
+#include "proxy/network/connection.h"
+
+typedef struct uv_tcp_s uv_tcp_t;
+typedef struct uv_stream_s uv_stream_t;
+
+namespace strait::network {
+
+// Creates a TCP socket bound to `addr` with SO_REUSEADDR and SO_REUSEPORT set, not yet listening.
+// IPv6 sockets are v6-only (as Envoy's default), so "[::]" and "0.0.0.0" can both be bound.
+// Returns the fd, or -1 with `error` set.
+int bindReusePortSocket(const Address& addr, std::string* error);
+// The address a bound socket got (resolves port 0).
+Address boundAddress(int fd);
+
+// Accepts connections on one socket on one dispatcher. Each worker has its own TcpListener on its own
+// SO_REUSEPORT socket for the same address.
+class TcpListener {
+ public:
+  using AcceptCb = std::function<void(ConnectionPtr)>;
+  // Takes ownership of `fd` (already bound) and starts listening.
+  TcpListener(event::Dispatcher& dispatcher, int fd, int backlog, AcceptCb on_accept);
+  ~TcpListener();
+  TcpListener(const TcpListener&) = delete;
+  TcpListener& operator=(const TcpListener&) = delete;
+  bool ok() const { return ok_; }
+  const std::string& error() const { return error_; }
+
+ private:
+  static void onConnection(uv_stream_t* server, int status);
+  event::Dispatcher& dispatcher_;
+  uv_tcp_t* handle_;
+  AcceptCb on_accept_;
+  bool ok_ = false;
+  std::string error_;
+};
+
+}  // namespace strait::network

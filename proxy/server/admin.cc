@@ -1,0 +1,385 @@
+#include "proxy/server/admin.h"
+
+#include <llhttp.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <map>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "google/protobuf/util/json_util.h"
+#include "proxy/common/log.h"
+#include "proxy/server/server.h"
+#include "re2/re2.h"
+
+namespace strait::server {
+
+namespace {
+
+constexpr size_t kMaxRequestBytes = 64 * 1024;
+
+std::string jsonEscape(const std::string& s) {
+  std::string out = "\"";
+  for (unsigned char c : s) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\r': out += "\\r"; break;
+      case '\t': out += "\\t"; break;
+      default:
+        if (c < 0x20) {
+          char buf[8];
+          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
+          out += buf;
+        } else {
+          out.push_back(static_cast<char>(c));
+        }
+    }
+  }
+  return out + "\"";
+}
+
+std::string protoJson(const google::protobuf::Message& m) {
+  std::string out;
+  google::protobuf::util::JsonPrintOptions o;
+  o.preserve_proto_field_names = true;
+  if (!google::protobuf::util::MessageToJsonString(m, &out, o).ok()) return "{}";
+  return out;
+}
+
+std::string percentDecode(std::string_view s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '%' && i + 2 < s.size() && std::isxdigit(static_cast<unsigned char>(s[i + 1])) &&
+        std::isxdigit(static_cast<unsigned char>(s[i + 2]))) {
+      out.push_back(static_cast<char>(std::stoi(std::string(s.substr(i + 1, 2)), nullptr, 16)));
+      i += 2;
+    } else if (s[i] == '+') {
+      out.push_back(' ');
+    } else {
+      out.push_back(s[i]);
+    }
+  }
+  return out;
+}
+
+std::string addressJson(const network::Address& a) {
+  return absl::StrCat("{\"socket_address\":{\"address\":", jsonEscape(a.ip()), ",\"port_value\":", a.port(), "}}");
+}
+
+const char* kPaths[][2] = {
+    {"/", "this list"},
+    {"/ready", "200 LIVE when serving, 503 otherwise"},
+    {"/server_info", "version, state, uptime, node, options (JSON)"},
+    {"/stats", "all stats as 'name: value' (?filter=RE2, ?format=json)"},
+    {"/stats/prometheus", "stats in Prometheus text format"},
+    {"/config_dump", "the effective configuration (JSON)"},
+    {"/clusters", "clusters and hosts (?format=json)"},
+    {"/listeners", "listeners and bound addresses (?format=json)"},
+    {"/logging", "POST ?level=LEVEL to change the log level"},
+    {"/quitquitquit", "POST: drain and exit"},
+};
+
+std::string pathList() {
+  std::string out = "admin commands are:\n";
+  for (const auto& p : kPaths) out += absl::StrCat("  ", p[0], ": ", p[1], "\n");
+  return out;
+}
+
+}  // namespace
+
+// One admin HTTP connection: reads one request with llhttp, answers, closes.
+class AdminConnection : public network::ConnectionCallbacks {
+ public:
+  AdminConnection(AdminServer& admin, network::ConnectionPtr conn) : admin_(admin), conn_(std::move(conn)) {
+    llhttp_settings_init(&settings_);
+    settings_.on_url = [](llhttp_t* p, const char* at, size_t len) {
+      auto* self = static_cast<AdminConnection*>(p->data);
+      self->url_.append(at, len);
+      return 0;
+    };
+    settings_.on_message_complete = [](llhttp_t* p) {
+      static_cast<AdminConnection*>(p->data)->complete_ = true;
+      return static_cast<int>(HPE_PAUSED);
+    };
+    llhttp_init(&parser_, HTTP_REQUEST, &settings_);
+    parser_.data = this;
+    conn_->setCallbacks(this);
+    conn_->startReading();
+  }
+
+  void onData(network::Connection&, common::Buffer& data, bool end_stream) override {
+    if (responded_) {
+      data.drain(data.length());
+      return;
+    }
+    received_ += data.length();
+    std::string chunk = data.toString();
+    data.drain(data.length());
+    llhttp_errno_t err = llhttp_execute(&parser_, chunk.data(), chunk.size());
+    if (complete_) {
+      AdminServer::Response r = admin_.handle(llhttp_method_name(static_cast<llhttp_method_t>(parser_.method)), url_);
+      respond(r);
+    } else if (err != HPE_OK) {
+      respond(AdminServer::Response{400, "text/plain", absl::StrCat("bad request: ", llhttp_errno_name(err), "\n")});
+    } else if (received_ > kMaxRequestBytes) {
+      respond(AdminServer::Response{431, "text/plain", "request too large\n"});
+    } else if (end_stream) {
+      conn_->close(network::CloseType::NoFlush);
+    }
+  }
+
+  void onEvent(network::Connection&, network::ConnectionEvent e) override {
+    if (e == network::ConnectionEvent::RemoteClose || e == network::ConnectionEvent::LocalClose) admin_.remove(this);
+  }
+
+  void close() { conn_->close(network::CloseType::NoFlush); }
+  network::Connection& connection() { return *conn_; }
+
+ private:
+  void respond(const AdminServer::Response& r) {
+    responded_ = true;
+    const char* reason = r.status == 200 ? "OK" : r.status == 400 ? "Bad Request" : r.status == 404 ? "Not Found"
+                       : r.status == 405 ? "Method Not Allowed" : r.status == 503 ? "Service Unavailable" : "Error";
+    common::Buffer out;
+    out.add(absl::StrCat("HTTP/1.1 ", r.status, " ", reason, "\r\ncontent-type: ", r.content_type,
+                         "\r\ncontent-length: ", r.body.size(),
+                         "\r\ncache-control: no-cache, max-age=0\r\nx-content-type-options: nosniff\r\n"
+                         "connection: close\r\n\r\n"));
+    out.add(r.body);
+    conn_->write(out, false);
+    conn_->close(network::CloseType::FlushWrite);
+  }
+
+  AdminServer& admin_;
+  network::ConnectionPtr conn_;
+  llhttp_t parser_;
+  llhttp_settings_t settings_;
+  std::string url_;
+  size_t received_ = 0;
+  bool complete_ = false;
+  bool responded_ = false;
+};
+
+AdminServer::AdminServer(Server& server) : server_(server) {}
+AdminServer::~AdminServer() { stop(); }
+
+bool AdminServer::bind(const network::Address& address, std::string* error) {
+  int fd = network::bindReusePortSocket(address, error);
+  if (fd < 0) return false;
+  address_ = network::boundAddress(fd);
+  listener_ = std::make_unique<network::TcpListener>(server_.dispatcher(), fd, 128, [this](network::ConnectionPtr c) {
+    connections_.push_back(std::make_unique<AdminConnection>(*this, std::move(c)));
+  });
+  if (!listener_->ok()) {
+    *error = listener_->error();
+    return false;
+  }
+  return true;
+}
+
+void AdminServer::stop() {
+  listener_.reset();
+  // Closing raises events that remove entries; iterate over a copy of the pointers.
+  std::vector<AdminConnection*> open;
+  for (auto& c : connections_) open.push_back(c.get());
+  for (auto* c : open) c->close();
+}
+
+void AdminServer::remove(AdminConnection* c) {
+  for (auto it = connections_.begin(); it != connections_.end(); ++it) {
+    if (it->get() == c) {
+      // The AdminConnection owns the Connection whose callback we are in: free both later.
+      struct Holder : event::DeferredDeletable {
+        std::unique_ptr<AdminConnection> c;
+      };
+      auto h = std::make_unique<Holder>();
+      h->c = std::move(*it);
+      connections_.erase(it);
+      server_.dispatcher().deferredDelete(std::move(h));
+      return;
+    }
+  }
+}
+
+AdminServer::Response AdminServer::handle(const std::string& method, const std::string& url) {
+  std::string path = url;
+  std::map<std::string, std::string> query;
+  size_t q = url.find('?');
+  if (q != std::string::npos) {
+    path = url.substr(0, q);
+    for (absl::string_view akv : absl::StrSplit(url.substr(q + 1), '&', absl::SkipEmpty())) {
+      std::string_view kv(akv.data(), akv.size());
+      size_t eq = kv.find('=');
+      if (eq == std::string_view::npos) {
+        query[percentDecode(kv)] = "";
+      } else {
+        query[percentDecode(kv.substr(0, eq))] = percentDecode(kv.substr(eq + 1));
+      }
+    }
+  }
+  const bool json = query.count("format") && query["format"] == "json";
+  const auto& snap = server_.snapshot();
+  Response r;
+
+  if (path == "/ready") {
+    r.status = server_.state() == Server::State::Live ? 200 : 503;
+    r.body = std::string(server_.stateName()) + "\n";
+    return r;
+  }
+  if (path == "/server_info") {
+    const auto& o = server_.options();
+    r.content_type = "application/json";
+    r.body = absl::StrCat(
+        "{\"version\":\"strait/", STRAIT_VERSION, "\",\"state\":\"", server_.stateName(),
+        "\",\"uptime_current_epoch\":\"", server_.uptimeSeconds(), "s\",\"uptime_all_epochs\":\"",
+        server_.uptimeSeconds(), "s\",\"node\":{\"id\":", jsonEscape(snap->node_id), ",\"cluster\":",
+        jsonEscape(snap->node_cluster), "},\"command_line_options\":{\"concurrency\":", o.concurrency,
+        ",\"config_path\":", jsonEscape(o.config_path), ",\"log_level\":\"",
+        common::logLevelName(common::currentLogLevel()), "\",\"drain_time\":\"", o.drain_time_s,
+        "s\",\"mode\":\"", o.mode == Mode::Serve ? "Serve" : "Validate", "\",\"command_line\":",
+        jsonEscape(o.command_line), "}}\n");
+    return r;
+  }
+  if (path == "/stats") {
+    server_.uptimeSeconds();
+    std::unique_ptr<re2::RE2> filter;
+    if (query.count("filter")) {
+      filter = std::make_unique<re2::RE2>(query["filter"]);
+      if (!filter->ok()) {
+        r.status = 400;
+        r.body = absl::StrCat("invalid regex: ", filter->error(), "\n");
+        return r;
+      }
+    }
+    auto values = server_.store().snapshot();
+    if (json) {
+      r.content_type = "application/json";
+      r.body = "{\"stats\":[";
+      bool first = true;
+      for (const auto& v : values) {
+        if (filter && !re2::RE2::PartialMatch(v.name, *filter)) continue;
+        absl::StrAppend(&r.body, first ? "" : ",", "{\"name\":", jsonEscape(v.name), ",\"value\":", v.value, "}");
+        first = false;
+      }
+      r.body += "]}\n";
+      return r;
+    }
+    for (const auto& v : values) {
+      if (filter && !re2::RE2::PartialMatch(v.name, *filter)) continue;
+      absl::StrAppend(&r.body, v.name, ": ", v.value, "\n");
+    }
+    return r;
+  }
+  if (path == "/stats/prometheus") {
+    server_.uptimeSeconds();
+    r.content_type = "text/plain; version=0.0.4";
+    r.body = stats::renderPrometheus(server_.store().snapshot());
+    return r;
+  }
+  if (path == "/config_dump") {
+    r.content_type = "application/json";
+    std::string listeners, clusters;
+    for (const auto& l : snap->listeners) {
+      absl::StrAppend(&listeners, listeners.empty() ? "" : ",", "{\"listener\":", protoJson(*l->proto),
+                      ",\"last_updated\":\"", snap->loaded_at, "\"}");
+    }
+    for (const auto& c : snap->clusters) {
+      absl::StrAppend(&clusters, clusters.empty() ? "" : ",", "{\"cluster\":", protoJson(*c->proto),
+                      ",\"last_updated\":\"", snap->loaded_at, "\"}");
+    }
+    r.body = absl::StrCat(
+        "{\"configs\":[{\"@type\":\"type.googleapis.com/envoy.admin.v3.BootstrapConfigDump\",\"bootstrap\":",
+        protoJson(*snap->bootstrap), ",\"last_updated\":\"", snap->loaded_at,
+        "\"},{\"@type\":\"type.googleapis.com/envoy.admin.v3.ListenersConfigDump\",\"static_listeners\":[", listeners,
+        "]},{\"@type\":\"type.googleapis.com/envoy.admin.v3.ClustersConfigDump\",\"static_clusters\":[", clusters,
+        "]}]}\n");
+    return r;
+  }
+  if (path == "/clusters") {
+    auto& store = server_.store();
+    if (json) {
+      r.content_type = "application/json";
+      r.body = "{\"cluster_statuses\":[";
+      bool first_c = true;
+      for (const auto& c : snap->clusters) {
+        absl::StrAppend(&r.body, first_c ? "" : ",", "{\"name\":", jsonEscape(c->name), ",\"host_statuses\":[");
+        first_c = false;
+        bool first_h = true;
+        for (const auto& h : c->hosts) {
+          absl::StrAppend(&r.body, first_h ? "" : ",", "{\"address\":", addressJson(h.address),
+                          ",\"stats\":[{\"name\":\"cx_total\",\"value\":\"", store.value(h.cx_total),
+                          "\"},{\"name\":\"cx_active\",\"value\":\"", store.value(h.cx_active),
+                          "\"},{\"name\":\"cx_connect_fail\",\"value\":\"", store.value(h.cx_connect_fail),
+                          "\"}],\"health_status\":{\"eds_health_status\":\"HEALTHY\"},\"weight\":1}");
+          first_h = false;
+        }
+        r.body += "]}";
+      }
+      r.body += "]}\n";
+      return r;
+    }
+    for (const auto& c : snap->clusters) {
+      absl::StrAppend(&r.body, c->name, "::observability_name::", c->name, "\n");
+      for (const auto& h : c->hosts) {
+        const std::string p = absl::StrCat(c->name, "::", h.address.asString(), "::");
+        absl::StrAppend(&r.body, p, "cx_active::", store.value(h.cx_active), "\n", p, "cx_connect_fail::",
+                        store.value(h.cx_connect_fail), "\n", p, "cx_total::", store.value(h.cx_total), "\n", p,
+                        "health_flags::healthy\n", p, "weight::1\n");
+      }
+    }
+    return r;
+  }
+  if (path == "/listeners") {
+    if (json) {
+      r.content_type = "application/json";
+      r.body = "{\"listener_statuses\":[";
+      bool first = true;
+      for (const auto& b : server_.boundListeners()) {
+        absl::StrAppend(&r.body, first ? "" : ",", "{\"name\":", jsonEscape(b.listener->name),
+                        ",\"local_address\":", addressJson(b.address), "}");
+        first = false;
+      }
+      r.body += "]}\n";
+      return r;
+    }
+    for (const auto& b : server_.boundListeners()) {
+      absl::StrAppend(&r.body, b.listener->name, "::", b.address.asString(), "\n");
+    }
+    return r;
+  }
+  if (path == "/logging") {
+    if (query.count("level")) {
+      if (method != "POST") {
+        return Response{405, "text/plain", "use POST to change the log level\n"};
+      }
+      common::LogLevel level;
+      if (!common::parseLogLevel(query["level"], level)) {
+        return Response{400, "text/plain",
+                        absl::StrCat("unknown level '", query["level"],
+                                     "': use trace, debug, info, warning, error, critical or off\n")};
+      }
+      common::setLogLevel(level);
+      LOG_INFO("log level set to %s", common::logLevelName(level));
+    }
+    r.body = absl::StrCat("active loggers:\n  strait: ", common::logLevelName(common::currentLogLevel()), "\n");
+    return r;
+  }
+  if (path == "/quitquitquit") {
+    if (method != "POST") return Response{405, "text/plain", "use POST\n"};
+    server_.dispatcher().post([this] { server_.startDrain("/quitquitquit"); });
+    r.body = "OK\n";
+    return r;
+  }
+  if (path == "/" || path == "/help") {
+    r.body = pathList();
+    return r;
+  }
+  r.status = 404;
+  r.body = absl::StrCat("unknown path ", path, "\n", pathList());
+  return r;
+}
+
+}  // namespace strait::server

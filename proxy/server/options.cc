@@ -1,0 +1,131 @@
+#include "proxy/server/options.h"
+
+#include <sched.h>
+
+#include <charconv>
+#include <cstdlib>
+#include <string_view>
+
+#include "absl/strings/str_cat.h"
+
+namespace strait::server {
+
+const char* usage() {
+  return "usage: strait [-c FILE] [--config-yaml YAML] [--mode serve|validate] [--concurrency N]\n"
+         "              [-l|--log-level trace|debug|info|warning|error|critical|off] [--drain-time-s N]\n"
+         "              [--admin-address-path FILE] [--service-node ID] [--service-cluster NAME]\n"
+         "              [--allow-unknown-static-fields] [--version] [--help]\n"
+         "With no -c, Strait runs its embedded sidecar default: capture listeners 15001 (outbound) and\n"
+         "15006 (inbound) forwarding to original destinations, admin on 127.0.0.1:15000.\n"
+         "Environment: STRAIT_SERVICE_NODE and STRAIT_SERVICE_CLUSTER stand in for the flags.\n";
+}
+
+uint32_t defaultConcurrency() {
+  cpu_set_t set;
+  CPU_ZERO(&set);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
+    int n = CPU_COUNT(&set);
+    if (n > 0) return static_cast<uint32_t>(n);
+  }
+  return 1;
+}
+
+namespace {
+absl::StatusOr<uint32_t> parseUint(std::string_view flag, std::string_view v, uint32_t max) {
+  uint32_t out = 0;
+  auto [p, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+  if (ec != std::errc() || p != v.data() + v.size() || v.empty() || out > max) {
+    return absl::InvalidArgumentError(absl::StrCat(std::string(flag), ": '", std::string(v), "' is not a number from 0 to ", max));
+  }
+  return out;
+}
+}  // namespace
+
+absl::StatusOr<Options> parseOptions(int argc, char** argv) {
+  Options o;
+  for (int i = 0; i < argc; ++i) {
+    if (i) o.command_line += ' ';
+    o.command_line += argv[i];
+  }
+  if (const char* e = std::getenv("STRAIT_SERVICE_NODE")) o.service_node = e;
+  if (const char* e = std::getenv("STRAIT_SERVICE_CLUSTER")) o.service_cluster = e;
+  for (int i = 1; i < argc; ++i) {
+    std::string_view a = argv[i];
+    std::string_view value;
+    bool has_inline = false;
+    if (a.substr(0, 2) == "--") {
+      size_t eq = a.find('=');
+      if (eq != std::string_view::npos) {
+        value = a.substr(eq + 1);
+        a = a.substr(0, eq);
+        has_inline = true;
+      }
+    }
+    auto next = [&]() -> absl::StatusOr<std::string_view> {
+      if (has_inline) return value;
+      if (i + 1 >= argc) return absl::InvalidArgumentError(absl::StrCat(std::string(a), " needs a value"));
+      return std::string_view(argv[++i]);
+    };
+    if (a == "-h" || a == "--help") {
+      o.show_help = true;
+    } else if (a == "--version") {
+      o.show_version = true;
+    } else if (a == "--allow-unknown-static-fields") {
+      o.allow_unknown_static_fields = true;
+    } else if (a == "-c" || a == "--config-path") {
+      auto v = next();
+      if (!v.ok()) return v.status();
+      o.config_path = std::string(*v);
+    } else if (a == "--config-yaml") {
+      auto v = next();
+      if (!v.ok()) return v.status();
+      o.config_yaml = std::string(*v);
+    } else if (a == "--mode") {
+      auto v = next();
+      if (!v.ok()) return v.status();
+      if (*v == "serve") {
+        o.mode = Mode::Serve;
+      } else if (*v == "validate") {
+        o.mode = Mode::Validate;
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat("--mode: '", std::string(*v), "' is not serve or validate"));
+      }
+    } else if (a == "--concurrency") {
+      auto v = next();
+      if (!v.ok()) return v.status();
+      auto n = parseUint(a, *v, 256);
+      if (!n.ok()) return n.status();
+      o.concurrency = *n;
+    } else if (a == "-l" || a == "--log-level") {
+      auto v = next();
+      if (!v.ok()) return v.status();
+      if (!common::parseLogLevel(*v, o.log_level)) {
+        return absl::InvalidArgumentError(absl::StrCat("--log-level: unknown level '", std::string(*v), "'"));
+      }
+    } else if (a == "--drain-time-s") {
+      auto v = next();
+      if (!v.ok()) return v.status();
+      auto n = parseUint(a, *v, 86400);
+      if (!n.ok()) return n.status();
+      o.drain_time_s = *n;
+    } else if (a == "--admin-address-path") {
+      auto v = next();
+      if (!v.ok()) return v.status();
+      o.admin_address_path = std::string(*v);
+    } else if (a == "--service-node") {
+      auto v = next();
+      if (!v.ok()) return v.status();
+      o.service_node = std::string(*v);
+    } else if (a == "--service-cluster") {
+      auto v = next();
+      if (!v.ok()) return v.status();
+      o.service_cluster = std::string(*v);
+    } else {
+      return absl::InvalidArgumentError(absl::StrCat("unknown option '", std::string(a), "'"));
+    }
+  }
+  if (o.concurrency == 0) o.concurrency = defaultConcurrency();
+  return o;
+}
+
+}  // namespace strait::server

@@ -1,0 +1,163 @@
+#include "proxy/server/server.h"
+
+#include <signal.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include <cstdio>
+
+#include "proxy/common/log.h"
+#include "proxy/server/admin.h"
+
+namespace strait::server {
+
+Server::Server(Options options, config::SnapshotConstSharedPtr snapshot, std::unique_ptr<stats::Store> store)
+    : options_(std::move(options)),
+      snapshot_(std::move(snapshot)),
+      store_(std::move(store)),
+      dispatcher_(std::make_unique<event::Dispatcher>("main")),
+      started_(std::chrono::steady_clock::now()) {
+  stats::setThreadShard(&store_->shard(0));
+  live_ = store_->gauge("server.live");
+  uptime_ = store_->gauge("server.uptime");
+  concurrency_ = store_->gauge("server.concurrency");
+  draining_ = store_->gauge("server.state");
+  stats::set(*store_, concurrency_, options_.concurrency);
+}
+
+Server::~Server() {
+  for (auto* s : signals_) {
+    uv_close(reinterpret_cast<uv_handle_t*>(s), [](uv_handle_t* h) { delete reinterpret_cast<uv_signal_t*>(h); });
+  }
+  admin_.reset();
+  drain_timer_.reset();
+  workers_.clear();
+  dispatcher_.reset();
+}
+
+const char* Server::stateName() const {
+  switch (state_) {
+    case State::PreInitializing: return "PRE_INITIALIZING";
+    case State::Live: return "LIVE";
+    case State::Draining: return "DRAINING";
+  }
+  return "UNKNOWN";
+}
+
+uint64_t Server::uptimeSeconds() const {
+  auto d = std::chrono::steady_clock::now() - started_;
+  uint64_t up = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::seconds>(d).count());
+  stats::set(*store_, uptime_, static_cast<int64_t>(up));
+  return up;
+}
+
+bool Server::bindListeners(std::vector<std::vector<WorkerSocket>>& per_worker) {
+  per_worker.assign(options_.concurrency, {});
+  for (const auto& l : snapshot_->listeners) {
+    // The first socket resolves port 0; every worker then binds its own socket to that exact address.
+    std::string err;
+    int first = network::bindReusePortSocket(l->address, &err);
+    if (first < 0) {
+      LOG_CRITICAL("listener '%s': %s", l->name.c_str(), err.c_str());
+      return false;
+    }
+    network::Address bound = network::boundAddress(first);
+    per_worker[0].push_back(WorkerSocket{l, first});
+    for (uint32_t w = 1; w < options_.concurrency; ++w) {
+      int fd = network::bindReusePortSocket(bound, &err);
+      if (fd < 0) {
+        LOG_CRITICAL("listener '%s' (worker %u): %s", l->name.c_str(), w, err.c_str());
+        return false;
+      }
+      per_worker[w].push_back(WorkerSocket{l, fd});
+    }
+    bound_.push_back(BoundListener{l, bound});
+    LOG_INFO("listener '%s' on %s", l->name.c_str(), bound.asString().c_str());
+  }
+  return true;
+}
+
+int Server::run() {
+  signal(SIGPIPE, SIG_IGN);
+  // Admin first: a port clash there is as fatal as one on a listener, and nothing has started yet.
+  if (snapshot_->admin_address) {
+    admin_ = std::make_unique<AdminServer>(*this);
+    std::string err;
+    if (!admin_->bind(*snapshot_->admin_address, &err)) {
+      LOG_CRITICAL("admin: %s", err.c_str());
+      return 1;
+    }
+    LOG_INFO("admin on %s", admin_->address().asString().c_str());
+    if (!options_.admin_address_path.empty()) {
+      std::string tmp = options_.admin_address_path + ".tmp";
+      FILE* f = std::fopen(tmp.c_str(), "w");
+      if (f == nullptr || std::fprintf(f, "%s", admin_->address().asString().c_str()) < 0 || std::fclose(f) != 0 ||
+          std::rename(tmp.c_str(), options_.admin_address_path.c_str()) != 0) {
+        LOG_CRITICAL("cannot write --admin-address-path %s", options_.admin_address_path.c_str());
+        return 1;
+      }
+    }
+  }
+  std::vector<std::vector<WorkerSocket>> per_worker;
+  if (!bindListeners(per_worker)) {
+    for (auto& v : per_worker)
+      for (auto& s : v) ::close(s.fd);
+    return 1;
+  }
+  for (uint32_t w = 0; w < options_.concurrency; ++w) {
+    workers_.push_back(std::make_unique<Worker>(w, store_->shard(w + 1), snapshot_));
+  }
+  for (uint32_t w = 0; w < options_.concurrency; ++w) workers_[w]->start(std::move(per_worker[w]));
+
+  for (int signum : {SIGTERM, SIGINT}) {
+    auto* s = new uv_signal_t;
+    uv_signal_init(dispatcher_->loop(), s);
+    s->data = this;
+    uv_signal_start(
+        s,
+        [](uv_signal_t* h, int sig) {
+          static_cast<Server*>(h->data)->startDrain(sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        },
+        signum);
+    signals_.push_back(s);
+  }
+  state_ = State::Live;
+  stats::set(*store_, live_, 1);
+  LOG_INFO("strait live: %u workers, %zu listeners, %zu clusters", options_.concurrency, bound_.size(),
+           snapshot_->clusters.size());
+  dispatcher_->run();
+  for (auto& w : workers_) w->join();
+  LOG_INFO("strait exiting");
+  return 0;
+}
+
+void Server::startDrain(const char* why) {
+  if (state_ == State::Draining) return;
+  LOG_INFO("%s: draining for up to %u s", why, options_.drain_time_s);
+  state_ = State::Draining;
+  stats::set(*store_, live_, 0);
+  stats::set(*store_, draining_, 1);
+  for (auto& w : workers_) w->stopListening();
+  drain_deadline_ = std::chrono::steady_clock::now() + std::chrono::seconds(options_.drain_time_s);
+  drain_timer_ = dispatcher_->createTimer([this] { onDrainTick(); });
+  drain_timer_->enable(50);
+}
+
+void Server::onDrainTick() {
+  size_t active = 0;
+  for (auto& w : workers_) active += w->activeSessions();
+  if (active == 0 || std::chrono::steady_clock::now() >= drain_deadline_) {
+    if (active) LOG_INFO("drain time over: closing %zu connections", active);
+    finish();
+    return;
+  }
+  drain_timer_->enable(50);
+}
+
+void Server::finish() {
+  for (auto& w : workers_) w->shutdown();
+  if (admin_) admin_->stop();
+  dispatcher_->exit();
+}
+
+}  // namespace strait::server

@@ -1,0 +1,69 @@
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <vector>
+
+#include "proxy/config/snapshot.h"
+#include "proxy/event/dispatcher.h"
+#include "proxy/server/options.h"
+#include "proxy/server/worker.h"
+#include "proxy/stats/stats.h"
+
+typedef struct uv_signal_s uv_signal_t;
+
+namespace strait::server {
+
+class AdminServer;
+
+struct BoundListener {
+  config::ListenerConstSharedPtr listener;
+  network::Address address;  // as bound (port 0 resolved)
+};
+
+// The main thread: owns the config, the workers, the admin server and the process's lifecycle.
+class Server {
+ public:
+  enum class State { PreInitializing, Live, Draining };
+
+  Server(Options options, config::SnapshotConstSharedPtr snapshot, std::unique_ptr<stats::Store> store);
+  ~Server();
+  // Binds, starts the workers and runs until drained. Returns the process exit code.
+  int run();
+
+  // For the admin (main thread only).
+  const Options& options() const { return options_; }
+  const config::SnapshotConstSharedPtr& snapshot() const { return snapshot_; }
+  stats::Store& store() { return *store_; }
+  State state() const { return state_; }
+  const char* stateName() const;
+  uint64_t uptimeSeconds() const;
+  const std::vector<BoundListener>& boundListeners() const { return bound_; }
+  event::Dispatcher& dispatcher() { return *dispatcher_; }
+  // Stop accepting, let connections finish for up to --drain-time-s, then exit 0.
+  void startDrain(const char* why);
+
+ private:
+  bool bindListeners(std::vector<std::vector<WorkerSocket>>& per_worker);
+  void onDrainTick();
+  void finish();
+
+  Options options_;
+  config::SnapshotConstSharedPtr snapshot_;
+  std::unique_ptr<stats::Store> store_;
+  std::unique_ptr<event::Dispatcher> dispatcher_;
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::unique_ptr<AdminServer> admin_;
+  std::vector<BoundListener> bound_;
+  std::vector<uv_signal_t*> signals_;
+  event::TimerPtr drain_timer_;
+  std::chrono::steady_clock::time_point started_;
+  std::chrono::steady_clock::time_point drain_deadline_;
+  State state_ = State::PreInitializing;
+  stats::Gauge live_;
+  stats::Gauge uptime_;
+  stats::Gauge concurrency_;
+  stats::Gauge draining_;
+};
+
+}  // namespace strait::server

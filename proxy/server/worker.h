@@ -1,0 +1,61 @@
+#pragma once
+
+#include <atomic>
+#include <list>
+#include <memory>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include "proxy/config/snapshot.h"
+#include "proxy/event/dispatcher.h"
+#include "proxy/network/listener.h"
+#include "proxy/stats/stats.h"
+
+namespace strait::server {
+
+// One bound socket per (worker, listener): the worker listens on it with SO_REUSEPORT.
+struct WorkerSocket {
+  config::ListenerConstSharedPtr listener;
+  int fd;
+};
+
+// A worker thread: one event loop, its own listening sockets, connections and stat shard.
+class Worker : public config::WorkerContext {
+ public:
+  Worker(uint32_t index, stats::Shard& shard, config::SnapshotConstSharedPtr snapshot);
+  ~Worker() override;
+
+  // Starts the thread; it listens on `sockets` (taking ownership of the fds).
+  void start(std::vector<WorkerSocket> sockets);
+  // Thread-safe: stop accepting (drain begins).
+  void stopListening();
+  // Thread-safe: close every remaining connection and end the thread; join() waits for it.
+  void shutdown();
+  void join();
+  size_t activeSessions() const { return active_sessions_.load(std::memory_order_relaxed); }
+
+  // WorkerContext
+  event::Dispatcher& dispatcher() override { return *dispatcher_; }
+  std::optional<config::HostChoice> chooseHost(const config::Cluster& cluster,
+                                               const network::Connection& downstream) override;
+  void addSession(std::unique_ptr<config::ActiveSession> session) override;
+  void removeSession(config::ActiveSession& session) override;
+  uint64_t random() override { return rng_(); }
+
+ private:
+  void onAccept(const config::ListenerConstSharedPtr& listener, network::ConnectionPtr conn);
+
+  uint32_t index_;
+  stats::Shard& shard_;
+  config::SnapshotConstSharedPtr snapshot_;
+  std::unique_ptr<event::Dispatcher> dispatcher_;
+  std::vector<std::unique_ptr<network::TcpListener>> listeners_;
+  std::list<config::ActiveSession*> sessions_;
+  std::vector<uint32_t> rr_cursor_;  // per cluster index
+  std::atomic<size_t> active_sessions_{0};
+  std::mt19937_64 rng_;
+  std::thread thread_;
+};
+
+}  // namespace strait::server

@@ -1,0 +1,88 @@
+#include <catch2/catch.hpp>
+#include <cstring>
+#include <string>
+
+#include "proxy/common/buffer.h"
+
+using strait::common::Buffer;
+using strait::common::Slice;
+
+TEST_CASE("Buffer: add and toString keep bytes in order across slices") {
+  Buffer b;
+  std::string big(Slice::kBlockSize * 3 + 17, 'x');
+  for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>('a' + i % 26);
+  b.add(big);
+  REQUIRE(b.length() == big.size());
+  REQUIRE(b.sliceCount() == 4);
+  REQUIRE(b.toString() == big);
+}
+
+TEST_CASE("Buffer: drain drops exactly the front bytes") {
+  Buffer b;
+  b.add("hello ");
+  b.add("world");
+  b.drain(3);
+  REQUIRE(b.toString() == "lo world");
+  b.drain(100);
+  REQUIRE(b.empty());
+}
+
+TEST_CASE("Buffer: move transfers all bytes and empties the source") {
+  Buffer a, b;
+  a.add("abc");
+  std::string big(Slice::kBlockSize + 5, 'z');
+  b.add(big);
+  a.move(b);
+  REQUIRE(b.empty());
+  REQUIRE(b.length() == 0);
+  REQUIRE(a.toString() == "abc" + big);
+}
+
+TEST_CASE("Buffer: partial move splits a slice") {
+  Buffer a, b;
+  b.add("0123456789");
+  a.move(b, 4);
+  REQUIRE(a.toString() == "0123");
+  REQUIRE(b.toString() == "456789");
+}
+
+TEST_CASE("Buffer: reserve and commit make read space readable") {
+  Buffer b;
+  size_t avail = 0;
+  char* p = b.reserve(&avail);
+  REQUIRE(avail >= 512);
+  std::memcpy(p, "data", 4);
+  b.commit(4);
+  REQUIRE(b.toString() == "data");
+  REQUIRE(b.length() == 4);
+}
+
+TEST_CASE("Buffer: iovecs cover every readable byte") {
+  Buffer b;
+  std::string big(Slice::kBlockSize * 2 + 1, 'q');
+  b.add(big);
+  iovec iov[8];
+  size_t n = b.fillIovecs(iov, 8);
+  size_t total = 0;
+  for (size_t i = 0; i < n; ++i) total += iov[i].iov_len;
+  REQUIRE(n == 3);
+  REQUIRE(total == big.size());
+}
+
+TEST_CASE("Buffer: search finds a needle across a slice boundary") {
+  Buffer b;
+  std::string pad(Slice::kBlockSize - 2, '.');
+  b.add(pad);
+  b.add("\r\n\r\nbody");
+  REQUIRE(b.search("\r\n\r\n") == pad.size());
+  REQUIRE(b.search("nope") == Buffer::npos);
+}
+
+TEST_CASE("Buffer: blocks return to the per-thread pool") {
+  size_t before = strait::common::pooledBlocksForTest();
+  {
+    Buffer b;
+    b.add(std::string(Slice::kBlockSize * 2, 'p'));
+  }
+  REQUIRE(strait::common::pooledBlocksForTest() >= before + 2);
+}
