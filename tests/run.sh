@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds, and runs the whole test suite: unit tests through CTest, then the
+# integration tests that drive the real binary with real peers (some need root: network namespaces and
+# iptables; they skip with a reason otherwise).
+# Usage: tests/run.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+deploy/install-deps.sh test
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+ninja -C build
+echo "== unit tests (ctest)"
+(cd build && ctest --output-on-failure --timeout 120)
+echo "== integration tests (pytest, Debian's python3)"
+STRAIT_BIN="$PWD/build/proxy/strait" /usr/bin/python3 -m pytest tests/integration -q "$@"
