@@ -326,11 +326,9 @@ absl::StatusOr<ListenerConstSharedPtr> translateListener(const listener_v3::List
     if (!fc.ok()) return fc.status();
     out->default_filter_chain = std::move(*fc);
   }
-  const std::string p = "listener." + (l.stat_prefix().empty() ? out->address.statName() : l.stat_prefix()) + ".";
-  out->stats.downstream_cx_total = ctx.store.counter(p + "downstream_cx_total");
-  out->stats.downstream_cx_active = ctx.store.gauge(p + "downstream_cx_active");
-  out->stats.downstream_cx_destroy = ctx.store.counter(p + "downstream_cx_destroy");
-  out->stats.no_filter_chain_match = ctx.store.counter(p + "no_filter_chain_match");
+  out->stat_prefix = l.stat_prefix();
+  // A listener on port 0 gets its stats once bound (named after the real port), see createListenerStats.
+  if (out->address.port() != 0 || !out->stat_prefix.empty()) createListenerStats(*out, out->address, ctx.store);
   out->proto = std::make_shared<listener_v3::Listener>(l);
   return ListenerConstSharedPtr(out);
 }
@@ -348,6 +346,15 @@ std::string nowRfc3339() {
 }
 
 }  // namespace
+
+void createListenerStats(Listener& l, const network::Address& bound, stats::Store& store) {
+  const std::string p = "listener." + (l.stat_prefix.empty() ? bound.statName() : l.stat_prefix) + ".";
+  l.stats.downstream_cx_total = store.counter(p + "downstream_cx_total");
+  l.stats.downstream_cx_active = store.gauge(p + "downstream_cx_active");
+  l.stats.downstream_cx_destroy = store.counter(p + "downstream_cx_destroy");
+  l.stats.no_filter_chain_match = store.counter(p + "no_filter_chain_match");
+  l.stats_ready = true;
+}
 
 void registerNetworkFilter(const std::string& type_url, NetworkFilterFactoryFn fn) {
   networkFilterRegistry()[type_url] = std::move(fn);

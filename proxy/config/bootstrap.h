@@ -41,6 +41,10 @@ absl::StatusOr<SnapshotConstSharedPtr> loadBootstrap(const LoadOptions& options,
 // Turns YAML (or JSON, which is YAML) text into JSON text; `overlay` (may be empty) is merged over it.
 absl::StatusOr<std::string> yamlToJson(const std::string& yaml, const std::string& overlay, const std::string& source);
 
+// Names a listener's stats after its address (Envoy: listener.<ip>_<port>.*) or its stat_prefix.
+// Listeners configured on port 0 get theirs from the server once bound, before any worker runs.
+void createListenerStats(Listener& l, const network::Address& bound, stats::Store& store);
+
 uint64_t durationMs(const google::protobuf::Duration& d);
 
 }  // namespace strait::config

@@ -136,7 +136,9 @@ struct Listener {
   uint32_t buffer_limit = 1024 * 1024;
   std::vector<FilterChain> filter_chains;
   std::optional<FilterChain> default_filter_chain;
+  std::string stat_prefix;
   ListenerStats stats;
+  bool stats_ready = false;
   std::shared_ptr<const google::protobuf::Message> proto;
   // The chain for a connection to `dst`, or nullptr when none matches.
   const FilterChain* match(const network::Address& dst) const;

@@ -7,6 +7,7 @@
 #include <cstdio>
 
 #include "proxy/common/log.h"
+#include "proxy/config/bootstrap.h"
 #include "proxy/server/admin.h"
 
 namespace strait::server {
@@ -62,6 +63,10 @@ bool Server::bindListeners(std::vector<std::vector<WorkerSocket>>& per_worker) {
       return false;
     }
     network::Address bound = network::boundAddress(first);
+    if (!l->stats_ready) {
+      // Still single-threaded and unpublished: no worker has seen this listener yet.
+      config::createListenerStats(const_cast<config::Listener&>(*l), bound, *store_);
+    }
     per_worker[0].push_back(WorkerSocket{l, first});
     for (uint32_t w = 1; w < options_.concurrency; ++w) {
       int fd = network::bindReusePortSocket(bound, &err);

@@ -1,0 +1,69 @@
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace strait::http {
+
+// Case-insensitive ASCII comparison of header names.
+bool headerNameEquals(std::string_view a, std::string_view b);
+std::string toLower(std::string_view s);
+
+// An ordered list of headers. Names keep the case they arrived with (HTTP/1 peers that care about case
+// get it back when forwarding HTTP/1 to HTTP/1); lookups ignore case; the HTTP/2 codec lowercases on
+// output. Pseudo-headers are not stored here: they are fields of RequestHeaders / ResponseHeaders.
+class HeaderMap {
+ public:
+  struct Entry {
+    std::string name;
+    std::string value;
+  };
+
+  void add(std::string_view name, std::string_view value);
+  // Replaces every header of that name with one value.
+  void set(std::string_view name, std::string_view value);
+  // The first value of `name`, or nullptr.
+  const std::string* get(std::string_view name) const;
+  // Every value of `name` joined with ", " (RFC 9110 list semantics); empty if absent.
+  std::string getJoined(std::string_view name) const;
+  size_t count(std::string_view name) const;
+  // Removes every header of that name; returns how many were removed.
+  size_t remove(std::string_view name);
+  bool empty() const { return entries_.empty(); }
+  size_t size() const { return entries_.size(); }
+  // Bytes of names and values (what the header limit counts).
+  size_t byteSize() const;
+  const std::vector<Entry>& entries() const { return entries_; }
+  std::vector<Entry>& entries() { return entries_; }
+  void clear() { entries_.clear(); }
+
+ private:
+  std::vector<Entry> entries_;
+};
+
+// A request: pseudo-headers as fields, the rest in the map. For HTTP/1, `authority` is the Host header
+// (which is then not kept in the map) and `scheme` is "http" unless the transport says otherwise.
+struct RequestHeaders : HeaderMap {
+  std::string method;     // :method
+  std::string path;       // :path (origin-form; absolute-form is split into authority + path)
+  std::string authority;  // :authority / Host
+  std::string scheme;     // :scheme
+  std::string protocol;   // :protocol (extended CONNECT); for HTTP/1 Upgrade requests, the Upgrade token
+};
+using RequestHeadersPtr = std::unique_ptr<RequestHeaders>;
+
+struct ResponseHeaders : HeaderMap {
+  uint32_t status = 0;  // :status
+};
+using ResponseHeadersPtr = std::unique_ptr<ResponseHeaders>;
+
+using TrailerMap = HeaderMap;
+using TrailerMapPtr = std::unique_ptr<TrailerMap>;
+
+// The reason phrase HTTP/1 puts after a status code.
+const char* statusReason(uint32_t status);
+
+}  // namespace strait::http
