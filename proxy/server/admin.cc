@@ -269,7 +269,11 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
     }
     for (const auto& v : values) {
       if (filter && !re2::RE2::PartialMatch(v.name, *filter)) continue;
-      absl::StrAppend(&r.body, v.name, ": ", v.value, "\n");
+      if (v.type == stats::StatType::Histogram) {
+        absl::StrAppend(&r.body, v.name, ": ", stats::histogramSummary(v), "\n");
+      } else {
+        absl::StrAppend(&r.body, v.name, ": ", v.value, "\n");
+      }
     }
     return r;
   }

@@ -1,6 +1,7 @@
 #include "proxy/stats/stats.h"
 
 #include <algorithm>
+#include <cstdio>
 
 namespace strait::stats {
 
@@ -35,20 +36,26 @@ Store::Store(uint32_t shards) {
   for (uint32_t i = 0; i < shards; ++i) shards_.push_back(std::make_unique<Shard>());
 }
 
-uint32_t Store::create(const std::string& name, StatType type, bool hidden) {
+uint32_t Store::create(const std::string& name, StatType type, bool hidden, uint32_t slots) {
   std::lock_guard<std::mutex> lock(lock_);
   auto it = by_name_.find(name);
   if (it != by_name_.end()) return it->second;
-  uint32_t index = static_cast<uint32_t>(infos_.size());
-  if (index / Shard::kChunk >= Shard::kMaxChunks) std::abort();
+  uint32_t index = next_slot_;
+  // A multi-slot stat never straddles a chunk boundary.
+  if (index / Shard::kChunk != (index + slots - 1) / Shard::kChunk) index = (index / Shard::kChunk + 1) * Shard::kChunk;
+  if ((index + slots - 1) / Shard::kChunk >= Shard::kMaxChunks) std::abort();
   for (auto& s : shards_) s->ensureChunk(index / Shard::kChunk);
-  infos_.push_back(StatInfo{name, type, hidden});
+  next_slot_ = index + slots;
+  infos_.emplace(index, StatInfo{name, type, hidden});
   by_name_.emplace(name, index);
   return index;
 }
 
 Counter Store::counter(const std::string& name, bool hidden) { return Counter{create(name, StatType::Counter, hidden)}; }
 Gauge Store::gauge(const std::string& name, bool hidden) { return Gauge{create(name, StatType::Gauge, hidden)}; }
+Histogram Store::histogram(const std::string& name) {
+  return Histogram{create(name, StatType::Histogram, false, kHistogramBuckets + 1)};
+}
 
 int64_t Store::sum(uint32_t index) const {
   int64_t total = 0;
@@ -61,10 +68,21 @@ std::vector<Store::Value> Store::snapshot() const {
   std::vector<Value> out;
   out.reserve(infos_.size());
   for (const auto& [name, index] : by_name_) {
-    if (infos_[index].hidden) continue;
+    const StatInfo& info = infos_.at(index);
+    if (info.hidden) continue;
+    if (info.type == StatType::Histogram) {
+      Value v{name, StatType::Histogram, 0, std::vector<int64_t>(kHistogramBuckets, 0), 0};
+      for (uint32_t b = 0; b < kHistogramBuckets; ++b) {
+        for (const auto& s : shards_) v.buckets[b] += s->read(index + b);
+        v.value += v.buckets[b];
+      }
+      for (const auto& s : shards_) v.sum_us += s->read(index + kHistogramBuckets);
+      out.push_back(std::move(v));
+      continue;
+    }
     int64_t sum = 0;
     for (const auto& s : shards_) sum += s->read(index);
-    out.push_back(Value{name, infos_[index].type, sum});
+    out.push_back(Value{name, info.type, sum, {}, 0});
   }
   return out;
 }
@@ -122,10 +140,36 @@ std::string escapeLabel(const std::string& s) {
 
 }  // namespace
 
+std::string histogramSummary(const Store::Value& v) {
+  if (v.value == 0) return "No recorded values";
+  std::string out;
+  for (double q : {0.5, 0.9, 0.99}) {
+    int64_t target = static_cast<int64_t>(q * static_cast<double>(v.value) + 0.999999);
+    int64_t seen = 0;
+    uint32_t b = 0;
+    for (; b < kHistogramBuckets; ++b) {
+      seen += v.buckets[b];
+      if (seen >= target) break;
+    }
+    char buf[64];
+    if (b < kHistogramBuckets - 1) {
+      std::snprintf(buf, sizeof(buf), "P%g(<=%gms) ", q * 100, kHistogramBounds[b]);
+    } else {
+      std::snprintf(buf, sizeof(buf), "P%g(>%gms) ", q * 100, kHistogramBounds[kHistogramBuckets - 2]);
+    }
+    out += buf;
+  }
+  char buf[96];
+  std::snprintf(buf, sizeof(buf), "count=%lld sum=%.3fms", static_cast<long long>(v.value),
+                static_cast<double>(v.sum_us) / 1000.0);
+  return out + buf;
+}
+
 std::string renderPrometheus(const std::vector<Store::Value>& values) {
   struct Sample {
     std::string labels;
     int64_t value;
+    const Store::Value* hist = nullptr;
   };
   struct Family {
     StatType type;
@@ -151,13 +195,34 @@ std::string renderPrometheus(const std::vector<Store::Value>& values) {
     std::string full = "envoy_" + sanitize(metric);
     auto& fam = families[full];
     fam.type = v.type;
-    fam.samples.push_back(Sample{labels, v.value});
+    fam.samples.push_back(Sample{labels, v.value, v.type == StatType::Histogram ? &v : nullptr});
   }
   std::string out;
   for (const auto& [name, fam] : families) {
-    out += "# TYPE " + name + (fam.type == StatType::Counter ? " counter\n" : " gauge\n");
+    const char* type = fam.type == StatType::Counter ? " counter\n" : fam.type == StatType::Gauge ? " gauge\n" : " histogram\n";
+    out += "# TYPE " + name + type;
     for (const auto& s : fam.samples) {
-      out += name + s.labels + " " + std::to_string(s.value) + "\n";
+      if (s.hist == nullptr) {
+        out += name + s.labels + " " + std::to_string(s.value) + "\n";
+        continue;
+      }
+      // Labels for buckets: the family's tag plus le.
+      std::string inner = s.labels.empty() ? "" : s.labels.substr(1, s.labels.size() - 2) + ",";
+      int64_t cumulative = 0;
+      for (uint32_t b = 0; b < kHistogramBuckets; ++b) {
+        cumulative += s.hist->buckets[b];
+        char le[32];
+        if (b < kHistogramBuckets - 1) {
+          std::snprintf(le, sizeof(le), "%g", kHistogramBounds[b]);
+        } else {
+          std::snprintf(le, sizeof(le), "+Inf");
+        }
+        out += name + "_bucket{" + inner + "le=\"" + le + "\"} " + std::to_string(cumulative) + "\n";
+      }
+      char sum[64];
+      std::snprintf(sum, sizeof(sum), "%.3f", static_cast<double>(s.hist->sum_us) / 1000.0);
+      out += name + "_sum" + s.labels + " " + sum + "\n";
+      out += name + "_count" + s.labels + " " + std::to_string(s.hist->value) + "\n";
     }
   }
   return out;

@@ -12,12 +12,21 @@ namespace strait::stats {
 
 // A stat is a slot index. Each thread writes its own shard of plain integers (a relaxed load+store,
 // no lock, no shared cache line between workers); the admin sums the shards when scraped.
-enum class StatType : uint8_t { Counter, Gauge };
+enum class StatType : uint8_t { Counter, Gauge, Histogram };
 
 struct Counter {
   uint32_t index = 0;
 };
 struct Gauge {
+  uint32_t index = 0;
+};
+// A histogram of durations in milliseconds with fixed bucket bounds (Envoy's defaults). It occupies
+// kHistogramBuckets + 2 consecutive slots: one count per bucket (the last is +Inf), then the sum in
+// microseconds. Recording is two relaxed adds on the thread's own shard.
+inline constexpr double kHistogramBounds[] = {0.5,   1,    5,     10,    25,     50,     100,     250,    500,    1000,
+                                              2500,  5000, 10000, 30000, 60000,  300000, 600000,  1800000, 3600000};
+inline constexpr uint32_t kHistogramBuckets = sizeof(kHistogramBounds) / sizeof(kHistogramBounds[0]) + 1;
+struct Histogram {
   uint32_t index = 0;
 };
 
@@ -52,13 +61,16 @@ class Store {
   // /clusters shows, as Envoy keeps them out of /stats.
   Counter counter(const std::string& name, bool hidden = false);
   Gauge gauge(const std::string& name, bool hidden = false);
+  Histogram histogram(const std::string& name);
   uint32_t shardCount() const { return static_cast<uint32_t>(shards_.size()); }
   Shard& shard(uint32_t i) { return *shards_[i]; }
 
   struct Value {
     std::string name;
     StatType type;
-    int64_t value;
+    int64_t value;                 // counters and gauges; for histograms, the sample count
+    std::vector<int64_t> buckets;  // histograms: per-bucket counts (not cumulative), last is +Inf
+    int64_t sum_us = 0;            // histograms: sum of samples in microseconds
   };
   // Every stat with its value summed over shards, sorted by name.
   std::vector<Value> snapshot() const;
@@ -67,11 +79,12 @@ class Store {
   int64_t value(Gauge g) const { return sum(g.index); }
 
  private:
-  uint32_t create(const std::string& name, StatType type, bool hidden);
+  uint32_t create(const std::string& name, StatType type, bool hidden, uint32_t slots = 1);
   int64_t sum(uint32_t index) const;
   mutable std::mutex lock_;  // guards registration and the name list (never the data path)
   std::map<std::string, uint32_t> by_name_;
-  std::vector<StatInfo> infos_;
+  std::map<uint32_t, StatInfo> infos_;  // by first slot
+  uint32_t next_slot_ = 0;
   std::vector<std::unique_ptr<Shard>> shards_;
 };
 
@@ -88,9 +101,22 @@ inline void add(Gauge g, int64_t by) {
   s.store(s.load(std::memory_order_relaxed) + by, std::memory_order_relaxed);
 }
 inline void inc(Gauge g) { add(g, 1); }
+inline void record(Histogram h, uint64_t micros) {
+  uint32_t b = 0;
+  const double ms = static_cast<double>(micros) / 1000.0;
+  while (b < kHistogramBuckets - 1 && ms > kHistogramBounds[b]) ++b;
+  Shard* shard = threadShard();
+  auto& c = shard->slot(h.index + b);
+  c.store(c.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+  auto& s = shard->slot(h.index + kHistogramBuckets);
+  s.store(s.load(std::memory_order_relaxed) + static_cast<int64_t>(micros), std::memory_order_relaxed);
+}
 inline void dec(Gauge g) { add(g, -1); }
 // A gauge set from one thread only (the main thread), e.g. uptime.
 void set(Store& store, Gauge g, int64_t value);
+
+// "P50(ms) P90 P99" style summary line for /stats, from bucket counts (upper bucket bounds).
+std::string histogramSummary(const Store::Value& v);
 
 // Prometheus text exposition of a store snapshot, with Envoy's tag extraction for the common prefixes
 // (cluster.<name>., listener.<addr>., http.<prefix>., tcp.<prefix>.).

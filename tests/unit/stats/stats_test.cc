@@ -47,3 +47,32 @@ TEST_CASE("Stats: Prometheus output extracts Envoy's tags") {
           std::string::npos);
   REQUIRE(out.find("envoy_server_live 1\n") != std::string::npos);
 }
+
+TEST_CASE("Stats: histograms bucket samples and render cumulative Prometheus buckets") {
+  Store store(1);
+  setThreadShard(&store.shard(0));
+  Histogram h = store.histogram("http.in.downstream_rq_time");
+  Counter after = store.counter("http.in.downstream_rq_total");
+  record(h, 300);      // 0.3 ms -> le 0.5
+  record(h, 3000);     // 3 ms -> le 5
+  record(h, 3000);
+  inc(after);          // a stat created after a histogram must not overlap its slots
+  auto values = store.snapshot();
+  const Store::Value* hv = nullptr;
+  for (const auto& v : values) {
+    if (v.name == "http.in.downstream_rq_time") hv = &v;
+  }
+  REQUIRE(hv != nullptr);
+  REQUIRE(hv->value == 3);
+  REQUIRE(hv->sum_us == 6300);
+  REQUIRE(store.value("http.in.downstream_rq_total") == 1);
+  std::string out = renderPrometheus(values);
+  REQUIRE(out.find("# TYPE envoy_http_downstream_rq_time histogram\n") != std::string::npos);
+  REQUIRE(out.find("envoy_http_downstream_rq_time_bucket{envoy_http_conn_manager_prefix=\"in\",le=\"0.5\"} 1\n") !=
+          std::string::npos);
+  REQUIRE(out.find("envoy_http_downstream_rq_time_bucket{envoy_http_conn_manager_prefix=\"in\",le=\"5\"} 3\n") !=
+          std::string::npos);
+  REQUIRE(out.find("envoy_http_downstream_rq_time_count{envoy_http_conn_manager_prefix=\"in\"} 3\n") !=
+          std::string::npos);
+  REQUIRE(histogramSummary(*hv).find("P50(<=5ms)") != std::string::npos);
+}
