@@ -57,6 +57,10 @@ void Buffer::add(const void* data, size_t size) {
   }
 }
 
+void Buffer::copyFrom(const Buffer& other) {
+  for (const Slice& s : other.slices_) add(s.data(), s.length());
+}
+
 void Buffer::move(Buffer& other) {
   if (other.slices_.empty()) return;
   // Small tails are coalesced into our last block to keep chains short when data trickles in.

@@ -43,6 +43,8 @@ class Buffer {
   // Copies bytes in at the end.
   void add(const void* data, size_t size);
   void add(std::string_view s) { add(s.data(), s.size()); }
+  // Appends a copy of every byte of `other` (which is left as it is).
+  void copyFrom(const Buffer& other);
   // Moves every byte of `other` to the end of this buffer; `other` is left empty.
   void move(Buffer& other);
   // Moves the first `size` bytes of `other` (at most its length).

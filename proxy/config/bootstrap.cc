@@ -13,6 +13,7 @@
 #include "envoy/config/bootstrap/v3/bootstrap.pb.h"
 #include "envoy/config/cluster/v3/cluster.pb.h"
 #include "envoy/config/listener/v3/listener.pb.h"
+#include "envoy/extensions/upstreams/http/v3/http_protocol_options.pb.h"
 #include "envoy/extensions/filters/listener/original_dst/v3/original_dst.pb.h"
 #include "google/protobuf/util/json_util.h"
 #include "proxy/common/log.h"
@@ -32,8 +33,55 @@ std::map<std::string, NetworkFilterFactoryFn>& networkFilterRegistry() {
   return *r;
 }
 
+absl::Status fieldError(const std::string& path, const std::string& what);
+
 constexpr const char* kOriginalDstType =
     "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+constexpr const char* kTlsInspectorType =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+constexpr const char* kHttpInspectorType =
+    "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
+
+absl::StatusOr<PortPredicate> translatePredicate(const listener_v3::ListenerFilterChainMatchPredicate& p,
+                                                 const std::string& path, int depth) {
+  if (depth > 16) return fieldError(path, "nested too deeply");
+  PortPredicate out;
+  using P = listener_v3::ListenerFilterChainMatchPredicate;
+  switch (p.rule_case()) {
+    case P::kAnyMatch:
+      out.kind = PortPredicate::Kind::Any;
+      return out;
+    case P::kDestinationPortRange:
+      out.kind = PortPredicate::Kind::Range;
+      out.start = p.destination_port_range().start();
+      out.end = p.destination_port_range().end();
+      if (out.start >= out.end) return fieldError(path + ".destination_port_range", "start must be below end");
+      return out;
+    case P::kNotMatch: {
+      out.kind = PortPredicate::Kind::Not;
+      auto c = translatePredicate(p.not_match(), path + ".not_match", depth + 1);
+      if (!c.ok()) return c.status();
+      out.children.push_back(*c);
+      return out;
+    }
+    case P::kOrMatch:
+    case P::kAndMatch: {
+      bool is_or = p.rule_case() == P::kOrMatch;
+      out.kind = is_or ? PortPredicate::Kind::Or : PortPredicate::Kind::And;
+      const auto& set = is_or ? p.or_match() : p.and_match();
+      const std::string sp = path + (is_or ? ".or_match" : ".and_match");
+      if (set.rules_size() < 2) return fieldError(sp + ".rules", "needs at least two rules");
+      for (int i = 0; i < set.rules_size(); ++i) {
+        auto c = translatePredicate(set.rules(i), absl::StrCat(sp, ".rules[", i, "]"), depth + 1);
+        if (!c.ok()) return c.status();
+        out.children.push_back(*c);
+      }
+      return out;
+    }
+    default:
+      return fieldError(path, "a rule is required");
+  }
+}
 
 absl::Status fieldError(const std::string& path, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
@@ -205,6 +253,61 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
     out->connect_timeout_ms = durationMs(c.connect_timeout());
   }
   if (c.has_per_connection_buffer_limit_bytes()) out->buffer_limit = c.per_connection_buffer_limit_bytes().value();
+  for (const auto& [key, any] : c.typed_extension_protocol_options()) {
+    const std::string op = absl::StrCat(path, ".typed_extension_protocol_options[\"", key, "\"]");
+    if (any.type_url() != "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions") {
+      return fieldError(op, absl::StrCat("unsupported protocol options type '", any.type_url(), "'"));
+    }
+    envoy::extensions::upstreams::http::v3::HttpProtocolOptions hpo;
+    if (!any.UnpackTo(&hpo)) return fieldError(op, "cannot decode HttpProtocolOptions");
+    const envoy::config::core::v3::Http2ProtocolOptions* h2 = nullptr;
+    if (hpo.has_explicit_http_config()) {
+      if (hpo.explicit_http_config().has_http2_protocol_options()) {
+        out->http_protocol = Cluster::HttpProtocol::Http2;
+        h2 = &hpo.explicit_http_config().http2_protocol_options();
+      }
+    } else if (hpo.has_use_downstream_protocol_config()) {
+      out->http_protocol = Cluster::HttpProtocol::UseDownstream;
+      if (hpo.use_downstream_protocol_config().has_http2_protocol_options()) {
+        h2 = &hpo.use_downstream_protocol_config().http2_protocol_options();
+      }
+    }
+    // auto_config picks by ALPN, which needs TLS: over plaintext it is HTTP/1.1, as in Envoy.
+    if (h2 != nullptr) {
+      if (h2->has_max_concurrent_streams()) {
+        if (h2->max_concurrent_streams().value() == 0) {
+          return fieldError(op + ".http2_protocol_options.max_concurrent_streams", "must be at least 1");
+        }
+        out->http2_max_concurrent_streams = h2->max_concurrent_streams().value();
+      }
+      if (h2->has_initial_stream_window_size()) {
+        uint32_t v = h2->initial_stream_window_size().value();
+        if (v < 65535 || v > 2147483647) {
+          return fieldError(op + ".http2_protocol_options.initial_stream_window_size", "must be 65535..2147483647");
+        }
+        out->http2_initial_stream_window = v;
+      }
+      if (h2->has_initial_connection_window_size()) {
+        uint32_t v = h2->initial_connection_window_size().value();
+        if (v < 65535 || v > 2147483647) {
+          return fieldError(op + ".http2_protocol_options.initial_connection_window_size", "must be 65535..2147483647");
+        }
+        out->http2_initial_connection_window = v;
+      }
+    }
+    if (hpo.has_common_http_protocol_options() && hpo.common_http_protocol_options().has_idle_timeout()) {
+      out->idle_timeout_ms = durationMs(hpo.common_http_protocol_options().idle_timeout());
+    }
+  }
+  if (c.has_circuit_breakers()) {
+    for (const auto& t : c.circuit_breakers().thresholds()) {
+      if (t.priority() != envoy::config::core::v3::DEFAULT) continue;
+      if (t.has_max_connections()) out->max_connections = t.max_connections().value();
+      if (t.has_max_pending_requests()) out->max_pending_requests = t.max_pending_requests().value();
+      if (t.has_max_requests()) out->max_requests = t.max_requests().value();
+      if (t.has_max_retries()) out->max_retries = t.max_retries().value();
+    }
+  }
   if (c.has_load_assignment()) {
     const auto& la = c.load_assignment();
     for (int i = 0; i < la.endpoints_size(); ++i) {
@@ -236,6 +339,24 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
   out->stats.upstream_cx_tx_bytes_total = store.counter(p + "upstream_cx_tx_bytes_total");
   out->stats.upstream_cx_none_healthy = store.counter(p + "upstream_cx_none_healthy");
   out->stats.membership_total = store.gauge(p + "membership_total");
+  out->stats.upstream_cx_http1_total = store.counter(p + "upstream_cx_http1_total");
+  out->stats.upstream_cx_http2_total = store.counter(p + "upstream_cx_http2_total");
+  out->stats.upstream_rq_total = store.counter(p + "upstream_rq_total");
+  out->stats.upstream_rq_active = store.gauge(p + "upstream_rq_active");
+  out->stats.upstream_rq_1xx = store.counter(p + "upstream_rq_1xx");
+  out->stats.upstream_rq_2xx = store.counter(p + "upstream_rq_2xx");
+  out->stats.upstream_rq_3xx = store.counter(p + "upstream_rq_3xx");
+  out->stats.upstream_rq_4xx = store.counter(p + "upstream_rq_4xx");
+  out->stats.upstream_rq_5xx = store.counter(p + "upstream_rq_5xx");
+  out->stats.upstream_rq_timeout = store.counter(p + "upstream_rq_timeout");
+  out->stats.upstream_rq_per_try_timeout = store.counter(p + "upstream_rq_per_try_timeout");
+  out->stats.upstream_rq_retry = store.counter(p + "upstream_rq_retry");
+  out->stats.upstream_rq_retry_success = store.counter(p + "upstream_rq_retry_success");
+  out->stats.upstream_rq_pending_total = store.counter(p + "upstream_rq_pending_total");
+  out->stats.upstream_rq_pending_overflow = store.counter(p + "upstream_rq_pending_overflow");
+  out->stats.upstream_rq_rx_reset = store.counter(p + "upstream_rq_rx_reset");
+  out->stats.upstream_rq_tx_reset = store.counter(p + "upstream_rq_tx_reset");
+  out->stats.upstream_rq_time = store.histogram(p + "upstream_rq_time");
   stats::set(store, out->stats.membership_total, static_cast<int64_t>(out->hosts.size()));
   out->proto = std::make_shared<cluster_v3::Cluster>(c);
   return ClusterConstSharedPtr(out);
@@ -263,9 +384,12 @@ absl::StatusOr<FilterChain> translateFilterChain(const listener_v3::FilterChain&
       if (len > (a->isV6() ? 128u : 32u)) return fieldError(absl::StrCat(mp, ".prefix_ranges[", i, "].prefix_len"), "is too long");
       out.prefix_ranges.push_back(CidrRange{*a, len});
     }
-    if (m.server_names_size() > 0 || !m.transport_protocol().empty() || m.application_protocols_size() > 0 ||
-        m.source_prefix_ranges_size() > 0 || m.source_ports_size() > 0 || m.direct_source_prefix_ranges_size() > 0) {
-      return fieldError(mp, "only destination_port and prefix_ranges are supported yet");
+    out.transport_protocol = m.transport_protocol();
+    for (const auto& ap : m.application_protocols()) out.application_protocols.push_back(ap);
+    if (m.server_names_size() > 0) return fieldError(mp + ".server_names", "SNI matching arrives with TLS");
+    if (m.source_prefix_ranges_size() > 0 || m.source_ports_size() > 0 || m.direct_source_prefix_ranges_size() > 0) {
+      return fieldError(mp, "source matching is not supported yet (destination_port, prefix_ranges, "
+                            "transport_protocol, application_protocols are)");
     }
   }
   if (fc.filters_size() == 0) return fieldError(path + ".filters", "needs a terminal network filter");
@@ -306,13 +430,24 @@ absl::StatusOr<ListenerConstSharedPtr> translateListener(const listener_v3::List
     const auto& lf = l.listener_filters(i);
     const std::string lp = absl::StrCat(path, ".listener_filters[", i, "]");
     if (!lf.has_typed_config()) return fieldError(lp + ".typed_config", "is required");
-    if (lf.typed_config().type_url() == kOriginalDstType) {
+    const std::string& t = lf.typed_config().type_url();
+    Inspector* inspector = t == kTlsInspectorType ? &out->tls_inspector : t == kHttpInspectorType ? &out->http_inspector : nullptr;
+    if (t == kOriginalDstType) {
       out->restore_original_dst = true;
+    } else if (inspector != nullptr) {
+      inspector->enabled = true;
+      if (lf.has_filter_disabled()) {
+        auto pred = translatePredicate(lf.filter_disabled(), lp + ".filter_disabled", 0);
+        if (!pred.ok()) return pred.status();
+        inspector->disabled = *pred;
+      }
     } else {
       return fieldError(lp + ".typed_config",
                         absl::StrCat("unsupported listener filter type '", lf.typed_config().type_url(), "'"));
     }
   }
+  if (l.has_listener_filters_timeout()) out->listener_filters_timeout_ms = durationMs(l.listener_filters_timeout());
+  out->continue_on_listener_filters_timeout = l.continue_on_listener_filters_timeout();
   if (l.filter_chains_size() == 0 && !l.has_default_filter_chain()) {
     return fieldError(path + ".filter_chains", "a listener needs at least one filter chain");
   }
@@ -353,6 +488,16 @@ void createListenerStats(Listener& l, const network::Address& bound, stats::Stor
   l.stats.downstream_cx_active = store.gauge(p + "downstream_cx_active");
   l.stats.downstream_cx_destroy = store.counter(p + "downstream_cx_destroy");
   l.stats.no_filter_chain_match = store.counter(p + "no_filter_chain_match");
+  l.stats.downstream_pre_cx_timeout = store.counter(p + "downstream_pre_cx_timeout");
+  if (l.http_inspector.enabled) {
+    l.stats.http1_found = store.counter(p + "http_inspector.http1_found");
+    l.stats.http2_found = store.counter(p + "http_inspector.http2_found");
+    l.stats.http_not_found = store.counter(p + "http_inspector.http_not_found");
+  }
+  if (l.tls_inspector.enabled) {
+    l.stats.tls_found = store.counter(p + "tls_inspector.tls_found");
+    l.stats.tls_not_found = store.counter(p + "tls_inspector.tls_not_found");
+  }
   l.stats_ready = true;
 }
 
@@ -486,25 +631,60 @@ bool CidrRange::contains(const network::Address& a) const {
   return true;
 }
 
-const FilterChain* Listener::match(const network::Address& dst) const {
-  // Most specific first: a chain naming the port beats one that does not; within those, the first
-  // chain whose prefix ranges (if any) contain the destination wins.
-  const FilterChain* port_only = nullptr;
-  const FilterChain* any = nullptr;
+bool PortPredicate::matches(uint32_t port) const {
+  switch (kind) {
+    case Kind::Any: return true;
+    case Kind::Range: return static_cast<int64_t>(port) >= start && static_cast<int64_t>(port) < end;
+    case Kind::Not: return !children[0].matches(port);
+    case Kind::Or:
+      for (const auto& c : children) {
+        if (c.matches(port)) return true;
+      }
+      return false;
+    case Kind::And:
+      for (const auto& c : children) {
+        if (!c.matches(port)) return false;
+      }
+      return true;
+  }
+  return false;
+}
+
+const FilterChain* Listener::match(const network::Address& dst, std::string_view transport,
+                                   std::string_view application) const {
+  // Every criterion a chain names must hold; among the chains that fit, the most specific wins (a port
+  // beats an IP range beats a transport protocol beats application protocols), the first on a tie.
+  const FilterChain* best = nullptr;
+  int best_rank = -1;
   for (const auto& fc : filter_chains) {
-    if (fc.destination_port && *fc.destination_port != dst.port()) continue;
-    bool ip_ok = fc.prefix_ranges.empty();
-    for (const auto& r : fc.prefix_ranges) ip_ok = ip_ok || r.contains(dst);
-    if (!ip_ok) continue;
+    int rank = 0;
     if (fc.destination_port) {
-      if (!fc.prefix_ranges.empty()) return &fc;
-      if (port_only == nullptr) port_only = &fc;
-    } else if (any == nullptr) {
-      any = &fc;
+      if (*fc.destination_port != dst.port()) continue;
+      rank += 8;
+    }
+    if (!fc.prefix_ranges.empty()) {
+      bool ip_ok = false;
+      for (const auto& r : fc.prefix_ranges) ip_ok = ip_ok || r.contains(dst);
+      if (!ip_ok) continue;
+      rank += 4;
+    }
+    if (!fc.transport_protocol.empty()) {
+      std::string_view t = transport.empty() ? std::string_view("raw_buffer") : transport;
+      if (fc.transport_protocol != t) continue;
+      rank += 2;
+    }
+    if (!fc.application_protocols.empty()) {
+      bool found = false;
+      for (const auto& ap : fc.application_protocols) found = found || ap == application;
+      if (!found) continue;
+      rank += 1;
+    }
+    if (rank > best_rank) {
+      best = &fc;
+      best_rank = rank;
     }
   }
-  if (port_only) return port_only;
-  if (any) return any;
+  if (best) return best;
   return default_filter_chain ? &*default_filter_chain : nullptr;
 }
 

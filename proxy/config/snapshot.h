@@ -19,6 +19,9 @@ class Message;
 namespace strait::network {
 class Connection;
 }
+namespace strait::upstream {
+class HttpPoolManager;
+}
 
 
 namespace strait::config {
@@ -36,6 +39,25 @@ struct ClusterStats {
   stats::Counter upstream_cx_tx_bytes_total;
   stats::Counter upstream_cx_none_healthy;
   stats::Gauge membership_total;
+  // HTTP
+  stats::Counter upstream_cx_http1_total;
+  stats::Counter upstream_cx_http2_total;
+  stats::Counter upstream_rq_total;
+  stats::Gauge upstream_rq_active;
+  stats::Counter upstream_rq_1xx;
+  stats::Counter upstream_rq_2xx;
+  stats::Counter upstream_rq_3xx;
+  stats::Counter upstream_rq_4xx;
+  stats::Counter upstream_rq_5xx;
+  stats::Counter upstream_rq_timeout;
+  stats::Counter upstream_rq_per_try_timeout;
+  stats::Counter upstream_rq_retry;
+  stats::Counter upstream_rq_retry_success;
+  stats::Counter upstream_rq_pending_total;
+  stats::Counter upstream_rq_pending_overflow;
+  stats::Counter upstream_rq_rx_reset;
+  stats::Counter upstream_rq_tx_reset;
+  stats::Histogram upstream_rq_time;
 };
 
 // A STATIC cluster's host with its own counters (for /clusters); not exposed in /stats, as in Envoy.
@@ -61,6 +83,18 @@ struct Cluster {
   uint64_t connect_timeout_ms = 5000;
   uint32_t buffer_limit = 1024 * 1024;
   std::vector<Host> hosts;
+  // HTTP to this cluster: the protocol (typed_extension_protocol_options HttpProtocolOptions), HTTP/2
+  // settings, idle timeout and circuit-breaker limits (Envoy's defaults).
+  enum class HttpProtocol { Http1, Http2, UseDownstream };
+  HttpProtocol http_protocol = HttpProtocol::Http1;
+  uint32_t http2_max_concurrent_streams = 100;
+  uint32_t http2_initial_stream_window = 1024 * 1024;
+  uint32_t http2_initial_connection_window = 16 * 1024 * 1024;
+  uint64_t idle_timeout_ms = 3600 * 1000;
+  uint32_t max_connections = 1024;
+  uint32_t max_pending_requests = 1024;
+  uint32_t max_requests = 1024;
+  uint32_t max_retries = 3;
   ClusterStats stats;
   std::shared_ptr<const google::protobuf::Message> proto;  // for /config_dump
 };
@@ -98,6 +132,8 @@ class WorkerContext {
   virtual void removeSession(ActiveSession& session) = 0;
   // Random numbers for weighted choices (per worker, not shared).
   virtual uint64_t random() = 0;
+  // This worker's HTTP connection pools (created on first use).
+  virtual upstream::HttpPoolManager& httpPools() = 0;
 };
 
 // A terminal network filter's factory (tcp_proxy, later the HTTP connection manager). It takes the
@@ -119,6 +155,8 @@ struct FilterChain {
   std::string name;
   std::optional<uint32_t> destination_port;
   std::vector<CidrRange> prefix_ranges;
+  std::string transport_protocol;                 // "raw_buffer" / "tls" (tls_inspector)
+  std::vector<std::string> application_protocols;  // "http/1.1", "h2c", ... (http_inspector)
   std::shared_ptr<const NetworkFilterFactory> terminal;
 };
 
@@ -127,12 +165,38 @@ struct ListenerStats {
   stats::Gauge downstream_cx_active;
   stats::Counter downstream_cx_destroy;
   stats::Counter no_filter_chain_match;
+  stats::Counter downstream_pre_cx_timeout;  // listener filters did not decide in time
+  stats::Counter http1_found;                // listener.<addr>.http_inspector.*
+  stats::Counter http2_found;
+  stats::Counter http_not_found;
+  stats::Counter tls_found;  // listener.<addr>.tls_inspector.*
+  stats::Counter tls_not_found;
+};
+
+// ListenerFilterChainMatchPredicate, for filter_disabled: which connections skip a listener filter.
+struct PortPredicate {
+  enum class Kind { Any, Range, Or, And, Not };
+  Kind kind = Kind::Any;
+  int32_t start = 0, end = 0;  // [start, end)
+  std::vector<PortPredicate> children;
+  bool matches(uint32_t port) const;
+};
+
+// Protocol detection on a listener (Envoy's tls_inspector and http_inspector listener filters).
+struct Inspector {
+  bool enabled = false;
+  std::optional<PortPredicate> disabled;  // skip for these destinations (opaque / server-first ports)
+  bool activeFor(uint32_t port) const { return enabled && !(disabled && disabled->matches(port)); }
 };
 
 struct Listener {
   std::string name;
   network::Address address;
   bool restore_original_dst = false;
+  Inspector tls_inspector;
+  Inspector http_inspector;
+  uint64_t listener_filters_timeout_ms = 15000;  // Envoy's default
+  bool continue_on_listener_filters_timeout = false;
   uint32_t buffer_limit = 1024 * 1024;
   std::vector<FilterChain> filter_chains;
   std::optional<FilterChain> default_filter_chain;
@@ -140,8 +204,10 @@ struct Listener {
   ListenerStats stats;
   bool stats_ready = false;
   std::shared_ptr<const google::protobuf::Message> proto;
-  // The chain for a connection to `dst`, or nullptr when none matches.
-  const FilterChain* match(const network::Address& dst) const;
+  // The chain for a connection to `dst` with the detected transport / application protocol (empty when
+  // not detected), or nullptr when none matches.
+  const FilterChain* match(const network::Address& dst, std::string_view transport = {},
+                           std::string_view application = {}) const;
 };
 using ListenerConstSharedPtr = std::shared_ptr<const Listener>;
 

@@ -163,6 +163,14 @@ void Connection::onConnect(int status) {
 void Connection::startReading() {
   read_started_ = true;
   updateReading();
+  if ((!read_buffer_.empty() || read_ended_) && callbacks_ != nullptr && state_ == State::Open) {
+    callbacks_->onData(*this, read_buffer_, read_ended_);
+  }
+}
+
+void Connection::stopReading() {
+  read_started_ = false;
+  updateReading();
 }
 
 void Connection::readDisable(bool disable) {

@@ -59,8 +59,11 @@ class Connection : public event::DeferredDeletable {
   // High watermark = limit, low = limit / 2. 0 disables watermarks.
   void setBufferLimits(uint32_t limit);
   void connect(uint64_t timeout_ms);
-  // Starts delivering data (accepted connections start paused so the owner can set itself up).
+  // Starts delivering data (accepted connections start paused so the owner can set itself up). Bytes
+  // already read (by a listener filter that peeked at them) are delivered at once.
   void startReading();
+  // Pauses delivery until the next startReading() (a listener filter handing the connection on).
+  void stopReading();
   // Moves `data` to the write buffer and sends it; `end_stream` half-closes after it.
   void write(common::Buffer& data, bool end_stream);
   // Reference-counted: each disable(true) needs a disable(false) before reading resumes.

@@ -1,6 +1,8 @@
 #include <cstdio>
 
+#include "filters/http/router.h"
 #include "filters/network/tcp_proxy.h"
+#include "proxy/http/conn_manager.h"
 #include "proxy/config/bootstrap.h"
 #include "proxy/server/options.h"
 #include "proxy/server/server.h"
@@ -22,6 +24,8 @@ int main(int argc, char** argv) {
   }
   common::setLogLevel(options->log_level);
   filters::network::registerTcpProxy();
+  http::registerHttpConnectionManager();
+  filters::http::registerRouter();
 
   auto store = std::make_unique<stats::Store>(options->concurrency + 1);
   stats::setThreadShard(&store->shard(0));

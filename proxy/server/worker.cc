@@ -2,16 +2,139 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+
 #include "proxy/common/log.h"
 #include "proxy/network/connection.h"
 
 namespace strait::server {
+
+// Envoy's tls_inspector and http_inspector as one listener filter: peeks at the first bytes (leaving them
+// in the connection's read buffer) until it can tell TLS, HTTP/2 (prior knowledge), HTTP/1 or something
+// else, then hands the connection to the matching filter chain. A server-first protocol sends nothing:
+// the listener_filters_timeout then decides (continue_on_listener_filters_timeout picks the default).
+class ProtocolSniffer : public network::ConnectionCallbacks {
+ public:
+  ProtocolSniffer(Worker& worker, config::ListenerConstSharedPtr listener, network::ConnectionPtr conn, bool tls,
+                  bool http)
+      : worker_(worker), listener_(std::move(listener)), conn_(std::move(conn)), tls_(tls), http_(http) {}
+
+  void start() {
+    conn_->setCallbacks(this);
+    if (listener_->listener_filters_timeout_ms > 0) {
+      timer_ = worker_.dispatcher().createTimer([this] { onTimeout(); });
+      timer_->enable(listener_->listener_filters_timeout_ms);
+    }
+    conn_->startReading();
+  }
+  void forceClose() {
+    if (conn_) conn_->close(network::CloseType::NoFlush);
+  }
+  const config::ListenerConstSharedPtr& listener() const { return listener_; }
+
+  void onData(network::Connection&, common::Buffer& data, bool end_stream) override {
+    if (done_) return;
+    char head[64];
+    size_t n = std::min<size_t>(data.length(), sizeof(head));
+    data.copyOut(0, n, head);
+    std::string_view v(head, n);
+    Verdict tls = tls_ ? inspectTls(v) : Verdict::No;
+    if (tls == Verdict::Yes) {
+      stats::inc(listener_->stats.tls_found);
+      return finish("tls", "");
+    }
+    Verdict h2 = http_ ? inspectH2(v) : Verdict::No;
+    Verdict h1 = http_ ? inspectH1(v) : Verdict::No;
+    if (h2 == Verdict::Yes) {
+      stats::inc(listener_->stats.http2_found);
+      return finish("raw_buffer", "h2c");
+    }
+    if (h1 == Verdict::Yes) {
+      stats::inc(listener_->stats.http1_found);
+      bool http10 = v.find("HTTP/1.0\r\n") != std::string_view::npos;
+      return finish("raw_buffer", http10 ? "http/1.0" : "http/1.1");
+    }
+    bool undecided = tls == Verdict::NeedMore || h2 == Verdict::NeedMore || h1 == Verdict::NeedMore;
+    if (undecided && !end_stream && n < sizeof(head)) return;
+    if (tls_) stats::inc(listener_->stats.tls_not_found);
+    if (http_) stats::inc(listener_->stats.http_not_found);
+    finish("raw_buffer", "");
+  }
+
+  void onEvent(network::Connection&, network::ConnectionEvent e) override {
+    if (done_) return;
+    if (e == network::ConnectionEvent::RemoteClose || e == network::ConnectionEvent::LocalClose) {
+      done_ = true;
+      timer_.reset();
+      worker_.sniffDone(*this, nullptr, "", "");
+    }
+  }
+
+  std::list<std::unique_ptr<ProtocolSniffer>>::iterator position;
+
+ private:
+  enum class Verdict { No, Yes, NeedMore };
+
+  static Verdict inspectTls(std::string_view v) {
+    // A TLS record header: handshake (22), major version 3.
+    if (v.empty()) return Verdict::NeedMore;
+    if (static_cast<uint8_t>(v[0]) != 0x16) return Verdict::No;
+    if (v.size() < 2) return Verdict::NeedMore;
+    return static_cast<uint8_t>(v[1]) == 0x03 ? Verdict::Yes : Verdict::No;
+  }
+  static Verdict inspectH2(std::string_view v) {
+    constexpr std::string_view preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    size_t n = std::min(v.size(), preface.size());
+    if (v.substr(0, n) != preface.substr(0, n)) return Verdict::No;
+    return n == preface.size() ? Verdict::Yes : Verdict::NeedMore;
+  }
+  static Verdict inspectH1(std::string_view v) {
+    static constexpr std::string_view kMethods[] = {"GET ", "POST ", "PUT ", "DELETE ", "HEAD ", "OPTIONS ",
+                                                    "PATCH ", "CONNECT ", "TRACE "};
+    bool prefix = false;
+    for (auto m : kMethods) {
+      size_t n = std::min(v.size(), m.size());
+      if (v.substr(0, n) != m.substr(0, n)) continue;
+      if (n == m.size()) return Verdict::Yes;
+      prefix = true;
+    }
+    return prefix ? Verdict::NeedMore : Verdict::No;
+  }
+
+  void onTimeout() {
+    if (done_) return;
+    stats::inc(listener_->stats.downstream_pre_cx_timeout);
+    if (!listener_->continue_on_listener_filters_timeout) {
+      conn_->close(network::CloseType::NoFlush);
+      return;
+    }
+    finish("raw_buffer", "");
+  }
+
+  void finish(std::string_view transport, std::string_view application) {
+    done_ = true;
+    timer_.reset();
+    conn_->stopReading();
+    conn_->setCallbacks(nullptr);
+    worker_.sniffDone(*this, std::move(conn_), transport, application);
+  }
+
+  Worker& worker_;
+  config::ListenerConstSharedPtr listener_;
+  network::ConnectionPtr conn_;
+  event::TimerPtr timer_;
+  bool tls_;
+  bool http_;
+  bool done_ = false;
+};
+
 
 Worker::Worker(uint32_t index, stats::Shard& shard, config::SnapshotConstSharedPtr snapshot)
     : index_(index),
       shard_(shard),
       snapshot_(std::move(snapshot)),
       dispatcher_(std::make_unique<event::Dispatcher>("worker_" + std::to_string(index))),
+      pools_(std::make_unique<upstream::HttpPoolManager>(*dispatcher_)),
       rng_(std::random_device{}() + index) {
   rr_cursor_.assign(snapshot_->clusters.size(), index);  // workers start at different hosts
 }
@@ -38,6 +161,10 @@ void Worker::start(std::vector<WorkerSocket> sockets) {
     // Whatever is still open after the drain is closed now.
     std::vector<config::ActiveSession*> left(sessions_.begin(), sessions_.end());
     for (auto* s : left) s->forceClose();
+    std::vector<ProtocolSniffer*> sniffing;
+    for (auto& s : sniffers_) sniffing.push_back(s.get());
+    for (auto* s : sniffing) s->forceClose();
+    pools_.reset();
     dispatcher_.reset();
     LOG_DEBUG("worker %u stopped", index_);
   });
@@ -55,10 +182,44 @@ void Worker::join() {
   if (thread_.joinable()) thread_.join();
 }
 
+void Worker::sniffDone(ProtocolSniffer& s, network::ConnectionPtr conn, std::string_view transport,
+                       std::string_view application) {
+  struct Holder : event::DeferredDeletable {
+    std::unique_ptr<ProtocolSniffer> s;
+    network::ConnectionPtr conn;
+  };
+  auto h = std::make_unique<Holder>();
+  h->s = std::move(*s.position);
+  sniffers_.erase(s.position);
+  auto listener = h->s->listener();
+  if (conn) {
+    dispatchToChain(listener, std::move(conn), transport, application);
+  } else {
+    stats::inc(listener->stats.downstream_cx_destroy);
+  }
+  dispatcher_->deferredDelete(std::move(h));
+}
+
 void Worker::onAccept(const config::ListenerConstSharedPtr& listener, network::ConnectionPtr conn) {
   stats::inc(listener->stats.downstream_cx_total);
   if (listener->restore_original_dst) conn->restoreOriginalDestination();
-  const config::FilterChain* chain = listener->match(conn->localAddress());
+  const uint32_t port = conn->localAddress().port();
+  const bool tls = listener->tls_inspector.activeFor(port);
+  const bool http = listener->http_inspector.activeFor(port);
+  if (tls || http) {
+    auto s = std::make_unique<ProtocolSniffer>(*this, listener, std::move(conn), tls, http);
+    ProtocolSniffer* raw = s.get();
+    sniffers_.push_back(std::move(s));
+    raw->position = std::prev(sniffers_.end());
+    raw->start();
+    return;
+  }
+  dispatchToChain(listener, std::move(conn), "", "");
+}
+
+void Worker::dispatchToChain(const config::ListenerConstSharedPtr& listener, network::ConnectionPtr conn,
+                             std::string_view transport, std::string_view application) {
+  const config::FilterChain* chain = listener->match(conn->localAddress(), transport, application);
   if (chain == nullptr || !chain->terminal) {
     stats::inc(listener->stats.no_filter_chain_match);
     stats::inc(listener->stats.downstream_cx_destroy);

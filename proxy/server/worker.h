@@ -11,8 +11,11 @@
 #include "proxy/event/dispatcher.h"
 #include "proxy/network/listener.h"
 #include "proxy/stats/stats.h"
+#include "proxy/upstream/http_pool.h"
 
 namespace strait::server {
+
+class ProtocolSniffer;
 
 // One bound socket per (worker, listener): the worker listens on it with SO_REUSEPORT.
 struct WorkerSocket {
@@ -42,16 +45,25 @@ class Worker : public config::WorkerContext {
   void addSession(std::unique_ptr<config::ActiveSession> session) override;
   void removeSession(config::ActiveSession& session) override;
   uint64_t random() override { return rng_(); }
+  upstream::HttpPoolManager& httpPools() override { return *pools_; }
 
  private:
+  friend class ProtocolSniffer;
   void onAccept(const config::ListenerConstSharedPtr& listener, network::ConnectionPtr conn);
+  // Hands a connection to the filter chain that fits what detection found.
+  void dispatchToChain(const config::ListenerConstSharedPtr& listener, network::ConnectionPtr conn,
+                       std::string_view transport, std::string_view application);
+  void sniffDone(ProtocolSniffer& s, network::ConnectionPtr conn, std::string_view transport,
+                 std::string_view application);
 
   uint32_t index_;
   stats::Shard& shard_;
   config::SnapshotConstSharedPtr snapshot_;
   std::unique_ptr<event::Dispatcher> dispatcher_;
+  std::unique_ptr<upstream::HttpPoolManager> pools_;
   std::vector<std::unique_ptr<network::TcpListener>> listeners_;
   std::list<config::ActiveSession*> sessions_;
+  std::list<std::unique_ptr<ProtocolSniffer>> sniffers_;
   std::vector<uint32_t> rr_cursor_;  // per cluster index
   std::atomic<size_t> active_sessions_{0};
   std::mt19937_64 rng_;

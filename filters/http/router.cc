@@ -1,0 +1,473 @@
+#include "filters/http/router.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/any.pb.h"
+#include "proxy/common/log.h"
+#include "proxy/config/snapshot.h"
+#include "proxy/http/conn_manager.h"
+#include "proxy/http/route_table.h"
+#include "proxy/network/connection.h"
+#include "proxy/upstream/http_pool.h"
+
+namespace strait::filters::http {
+
+namespace {
+
+using namespace strait::http;
+using upstream::PoolFailureReason;
+
+// The router: picks the cluster and host for a request, sends it upstream through the worker's
+// connection pool, streams the response back, and applies timeouts and retries. Bodies stream in both
+// directions; for retries the request body is also kept (up to the buffer limit), as Envoy does.
+class Router : public StreamDecoderFilter, public upstream::PoolCallbacks {
+ public:
+  ~Router() override { cleanup(); }
+
+  void setDecoderFilterCallbacks(DecoderFilterCallbacks& cb) override { cb_ = &cb; }
+
+  FilterHeadersStatus decodeHeaders(RequestHeaders& headers, bool end_stream) override {
+    request_ = &headers;
+    route_ = cb_->route();
+    request_complete_ = end_stream;
+    if (route_->kind == RouteEntry::Kind::DirectResponse) {
+      cb_->sendLocalReply(route_->direct_status, route_->direct_body, "direct_response");
+      return FilterHeadersStatus::StopIteration;
+    }
+    if (route_->kind == RouteEntry::Kind::Redirect) {
+      sendRedirect(headers);
+      return FilterHeadersStatus::StopIteration;
+    }
+    const config::ClusterConstSharedPtr* c = nullptr;
+    const HeaderMutation* request_mutation = &route_->request_headers;
+    if (route_->kind == RouteEntry::Kind::WeightedClusters) {
+      const WeightedTarget* t = route_->pickWeighted(cb_->worker().random());
+      if (t != nullptr) {
+        c = &t->cluster;
+        request_mutation = &t->request_headers;
+      }
+    } else if (route_->kind == RouteEntry::Kind::Cluster) {
+      c = &route_->cluster;
+    }
+    if (c == nullptr || !*c) {
+      cb_->sendLocalReply(route_->cluster_not_found_status, "", "cluster_not_found");
+      return FilterHeadersStatus::StopIteration;
+    }
+    cluster_ = *c;
+    cb_->streamInfo().cluster = cluster_.get();
+    // Upgrades: WebSocket only where configured; an h2c upgrade offer is simply dropped.
+    if (const std::string* up = headers.get("upgrade")) {
+      if (headerNameEquals(*up, "h2c")) {
+        headers.remove("upgrade");
+        headers.remove("http2-settings");
+        headers.protocol.clear();
+      } else if (!route_->websocket_upgrade || !headerNameEquals(*up, "websocket")) {
+        cb_->sendLocalReply(403, "upgrade not allowed\n", "upgrade_failed");
+        return FilterHeadersStatus::StopIteration;
+      } else {
+        upgrade_ = true;
+      }
+    }
+    route_->rewrite(headers);
+    request_mutation->applyTo(headers);
+    switch (cluster_->http_protocol) {
+      case config::Cluster::HttpProtocol::Http2: protocol_ = Protocol::Http2; break;
+      case config::Cluster::HttpProtocol::UseDownstream:
+        protocol_ = cb_->streamInfo().protocol == Protocol::Http2 ? Protocol::Http2 : Protocol::Http11;
+        break;
+      default: protocol_ = Protocol::Http11; break;
+    }
+    // WebSocket over HTTP/1 needs an HTTP/1 upstream connection of its own.
+    if (upgrade_) protocol_ = Protocol::Http11;
+    if (route_->retry.enabled) retries_left_ = std::min(route_->retry.num_retries, cluster_->max_retries);
+    buffering_ = !upgrade_;
+    cb_->setDownstreamWatermarkCallbacks(&dw_);
+    if (request_complete_) startGlobalTimer();
+    startAttempt();
+    return FilterHeadersStatus::StopIteration;
+  }
+
+  FilterDataStatus decodeData(common::Buffer& data, bool end_stream) override {
+    if (end_stream) {
+      request_complete_ = true;
+      startGlobalTimer();
+    }
+    if (buffering_) {
+      if (retry_buffer_.length() + data.length() > cb_->bufferLimit()) {
+        // Too big to keep: this request can no longer be retried.
+        buffering_ = false;
+        retry_buffer_.clear();
+        retries_left_ = 0;
+        race_retry_allowed_ = false;
+      } else {
+        retry_buffer_.copyFrom(data);
+      }
+    }
+    if (upstream_ != nullptr) {
+      if (end_stream) upstream_request_complete_ = true;
+      upstream_->encodeData(data, end_stream);
+    } else {
+      pending_body_.move(data);
+      if (!pending_paused_ && pending_body_.length() > cb_->bufferLimit()) {
+        pending_paused_ = true;
+        cb_->onDecoderFilterAboveWriteBufferHighWatermark();
+      }
+    }
+    return FilterDataStatus::StopIterationNoBuffer;
+  }
+
+  FilterTrailersStatus decodeTrailers(TrailerMap& trailers) override {
+    request_complete_ = true;
+    request_trailers_ = &trailers;
+    startGlobalTimer();
+    if (upstream_ != nullptr) {
+      upstream_request_complete_ = true;
+      upstream_->encodeTrailers(trailers);
+    }
+    return FilterTrailersStatus::StopIteration;
+  }
+
+  void onDestroy() override {
+    destroyed_ = true;
+    cleanup();
+  }
+
+  // ---- pool ----
+  void onPoolReady(RequestEncoder& encoder, bool reused) override {
+    pending_ = nullptr;
+    upstream_ = &encoder;
+    reused_ = reused;
+    upstream_->stream().setCallbacks(&up_);
+    for (uint32_t i = 0; i < downstream_above_; ++i) upstream_->stream().readDisable(true);
+    // Headers, then whatever body arrived meanwhile (a retry resends the kept copy), then the end.
+    common::Buffer body;
+    if (attempts_ > 1 && buffering_) {
+      body.copyFrom(retry_buffer_);
+      pending_body_.clear();
+    } else {
+      body.move(pending_body_);
+    }
+    const bool end_with_headers = request_complete_ && body.empty() && request_trailers_ == nullptr;
+    if (request_complete_) upstream_request_complete_ = true;
+    upstream_->encodeHeaders(*request_, end_with_headers);
+    if (upstream_ == nullptr) return;  // reset while sending
+    if (!end_with_headers && (!body.empty() || (request_complete_ && request_trailers_ == nullptr))) {
+      upstream_->encodeData(body, request_complete_ && request_trailers_ == nullptr);
+      if (upstream_ == nullptr) return;
+    }
+    if (request_complete_ && request_trailers_ != nullptr) upstream_->encodeTrailers(*request_trailers_);
+    if (pending_paused_) {
+      pending_paused_ = false;
+      cb_->onDecoderFilterBelowWriteBufferLowWatermark();
+    }
+  }
+
+  void onPoolFailure(PoolFailureReason reason) override {
+    pending_ = nullptr;
+    endAttempt();
+    if (reason == PoolFailureReason::Overflow) {
+      cb_->sendLocalReply(503, "upstream overflow\n", "upstream_overflow");
+      return;
+    }
+    if (retryOn(route_->retry.on_connect_failure || route_->retry.on_reset)) return;
+    cb_->sendLocalReply(503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure\n",
+                        "upstream_reset_before_response_started{connection_failure}");
+  }
+
+  // ---- upstream response ----
+  void onUpstream1xx(ResponseHeadersPtr headers) {
+    response_bytes_ = true;
+    cb_->encode1xxHeaders(std::move(headers));
+  }
+
+  void onUpstreamHeaders(ResponseHeadersPtr headers, bool end_stream) {
+    response_bytes_ = true;
+    const uint32_t status = headers->status;
+    countStatus(status);
+    if (!response_started_ && shouldRetryStatus(status)) {
+      resetUpstream();
+      endAttempt();
+      if (retryOn(true)) return;
+    }
+    response_started_ = true;
+    if (per_try_timer_) per_try_timer_->disable();
+    if (attempts_ > 1) stats::inc(cluster_->stats.upstream_rq_retry_success);
+    if (end_stream) onUpstreamComplete();
+    cb_->encodeHeaders(std::move(headers), end_stream);
+  }
+
+  void onUpstreamData(common::Buffer& data, bool end_stream) {
+    if (end_stream) onUpstreamComplete();
+    cb_->encodeData(data, end_stream);
+  }
+
+  void onUpstreamTrailers(TrailerMapPtr trailers) {
+    onUpstreamComplete();
+    cb_->encodeTrailers(std::move(trailers));
+  }
+
+  // ---- upstream stream events ----
+  void onUpstreamReset(StreamResetReason reason) {
+    upstream_ = nullptr;
+    endAttempt();
+    if (reason == StreamResetReason::RemoteReset) stats::inc(cluster_->stats.upstream_rq_rx_reset);
+    LOG_DEBUG("upstream reset: %s (response started: %d)", resetReasonName(reason), response_started_ ? 1 : 0);
+    if (response_started_) {
+      // Part of the response is already with the client: it must see the failure, not a short body.
+      cb_->resetStream();
+      return;
+    }
+    // The keep-alive race: a reused connection closed by the server as we sent. Nothing was received,
+    // so the request is retried once on a fresh connection, whatever the retry policy says.
+    if (reused_ && reason == StreamResetReason::ConnectionTermination && !response_bytes_ && race_retry_allowed_ &&
+        buffering_) {
+      race_retry_allowed_ = false;
+      scheduleRetry(true);
+      return;
+    }
+    const auto& rp = route_->retry;
+    bool retriable = (reason == StreamResetReason::ConnectionFailure && (rp.on_connect_failure || rp.on_reset)) ||
+                     (reason == StreamResetReason::RefusedStream && (rp.on_refused_stream || rp.on_reset)) ||
+                     ((reason == StreamResetReason::RemoteReset || reason == StreamResetReason::ConnectionTermination ||
+                       reason == StreamResetReason::ProtocolError) && (rp.on_reset || rp.on_5xx || rp.on_gateway_error));
+    if (retryOn(retriable)) return;
+    const bool refused = reason == StreamResetReason::ConnectionFailure || reason == StreamResetReason::Overflow ||
+                         reason == StreamResetReason::RefusedStream;
+    cb_->sendLocalReply(refused ? 503 : 502,
+                        absl::StrCat("upstream connect error or disconnect/reset before headers. reset reason: ",
+                                     resetReasonName(reason), "\n"),
+                        absl::StrCat("upstream_reset_before_response_started{", resetReasonName(reason), "}"));
+  }
+
+
+ private:
+  // DownstreamWatermarkCallbacks and StreamCallbacks share method names; the downstream ones come
+  // through this adapter.
+  struct DownstreamWatermarks : DownstreamWatermarkCallbacks {
+    Router* r;
+    void onAboveWriteBufferHighWatermark() override {
+      ++r->downstream_above_;
+      if (r->upstream_) r->upstream_->stream().readDisable(true);
+    }
+    void onBelowWriteBufferLowWatermark() override {
+      if (r->downstream_above_ == 0) return;
+      --r->downstream_above_;
+      if (r->upstream_) r->upstream_->stream().readDisable(false);
+    }
+  };
+
+  // The upstream stream's decoder and events (names clash with the filter's, hence the adapter).
+  struct Upstream : ResponseDecoder, StreamCallbacks {
+    Router* r;
+    void decode1xxHeaders(ResponseHeadersPtr h) override { r->onUpstream1xx(std::move(h)); }
+    void decodeHeaders(ResponseHeadersPtr h, bool end_stream) override { r->onUpstreamHeaders(std::move(h), end_stream); }
+    void decodeData(common::Buffer& d, bool end_stream) override { r->onUpstreamData(d, end_stream); }
+    void decodeTrailers(TrailerMapPtr t) override { r->onUpstreamTrailers(std::move(t)); }
+    void onResetStream(StreamResetReason reason) override { r->onUpstreamReset(reason); }
+    // Our request body is backing up upstream: stop reading it from the client until it drains.
+    void onAboveWriteBufferHighWatermark() override { r->cb_->onDecoderFilterAboveWriteBufferHighWatermark(); }
+    void onBelowWriteBufferLowWatermark() override { r->cb_->onDecoderFilterBelowWriteBufferLowWatermark(); }
+  };
+
+ public:
+  Router() {
+    dw_.r = this;
+    up_.r = this;
+  }
+
+ private:
+  void sendRedirect(const RequestHeaders& h) {
+    auto resp = std::make_unique<ResponseHeaders>();
+    resp->status = route_->redirect.response_code;
+    resp->add("location", route_->redirectLocation(h));
+    resp->add("content-length", "0");
+    cb_->encodeHeaders(std::move(resp), true);
+  }
+
+  bool shouldRetryStatus(uint32_t status) const {
+    if (retries_left_ == 0) return false;
+    const auto& rp = route_->retry;
+    if (rp.on_5xx && status >= 500) return true;
+    if (rp.on_gateway_error && (status == 502 || status == 503 || status == 504)) return true;
+    if (rp.on_retriable_status_codes) {
+      for (uint32_t c : rp.retriable_status_codes) {
+        if (c == status) return true;
+      }
+    }
+    return false;
+  }
+
+  bool retryOn(bool condition) {
+    if (!condition || retries_left_ == 0 || destroyed_) return false;
+    // Without the whole body kept, a retry would send a different request.
+    if (!buffering_) return false;
+    --retries_left_;
+    scheduleRetry(false);
+    return true;
+  }
+
+  void scheduleRetry(bool immediate) {
+    stats::inc(cluster_->stats.upstream_rq_retry);
+    response_bytes_ = false;
+    uint64_t delay = 0;
+    if (!immediate) {
+      const auto& rp = route_->retry;
+      uint64_t cap = rp.base_interval_ms << std::min<uint32_t>(attempts_ - 1, 10);
+      cap = std::min(cap, rp.max_interval_ms);
+      delay = cap == 0 ? 0 : cb_->worker().random() % (cap + 1);
+    }
+    retry_timer_ = cb_->worker().dispatcher().createTimer([this] { startAttempt(); });
+    retry_timer_->enable(delay);
+  }
+
+  void startAttempt() {
+    if (destroyed_) return;
+    ++attempts_;
+    auto host = cb_->worker().chooseHost(*cluster_, cb_->connection());
+    if (!host) {
+      stats::inc(cluster_->stats.upstream_cx_none_healthy);
+      cb_->sendLocalReply(503, "no healthy upstream\n", "no_healthy_upstream");
+      return;
+    }
+    if (route_->auto_host_rewrite && host->host != nullptr) request_->authority = host->address.asString();
+    attempt_active_ = true;
+    attempt_start_ = std::chrono::steady_clock::now();
+    stats::inc(cluster_->stats.upstream_rq_total);
+    stats::inc(cluster_->stats.upstream_rq_active);
+    if (route_->retry.per_try_timeout_ms > 0) {
+      per_try_timer_ = cb_->worker().dispatcher().createTimer([this] { onPerTryTimeout(); });
+      per_try_timer_->enable(route_->retry.per_try_timeout_ms);
+    }
+    auto& pool = cb_->worker().httpPools().pool(cluster_, *host, protocol_);
+    pending_ = pool.newStream(up_, *this);
+  }
+
+  void endAttempt() {
+    if (!attempt_active_) return;
+    attempt_active_ = false;
+    stats::dec(cluster_->stats.upstream_rq_active);
+    if (per_try_timer_) per_try_timer_->disable();
+  }
+
+  void onUpstreamComplete() {
+    if (!attempt_active_) return;
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - attempt_start_).count();
+    stats::record(cluster_->stats.upstream_rq_time, static_cast<uint64_t>(us));
+    endAttempt();
+    if (timeout_timer_) timeout_timer_->disable();
+    // The server answered before it had the whole request: the exchange cannot finish cleanly.
+    if (upstream_ != nullptr && !upstream_request_complete_) resetUpstream();
+    upstream_ = nullptr;
+  }
+
+  void countStatus(uint32_t status) {
+    const auto& s = cluster_->stats;
+    uint32_t c = status / 100;
+    stats::inc(c == 1 ? s.upstream_rq_1xx : c == 2 ? s.upstream_rq_2xx : c == 3 ? s.upstream_rq_3xx
+               : c == 4 ? s.upstream_rq_4xx : s.upstream_rq_5xx);
+  }
+
+  void startGlobalTimer() {
+    if (timeout_timer_ || route_ == nullptr || route_->timeout_ms == 0 || cluster_ == nullptr) return;
+    timeout_timer_ = cb_->worker().dispatcher().createTimer([this] { onGlobalTimeout(); });
+    timeout_timer_->enable(route_->timeout_ms);
+  }
+
+  void onGlobalTimeout() {
+    stats::inc(cluster_->stats.upstream_rq_timeout);
+    resetUpstream();
+    endAttempt();
+    if (retry_timer_) retry_timer_->disable();
+    if (response_started_) {
+      cb_->resetStream();
+    } else {
+      cb_->sendLocalReply(504, "upstream request timeout\n", "upstream_response_timeout");
+    }
+  }
+
+  void onPerTryTimeout() {
+    stats::inc(cluster_->stats.upstream_rq_per_try_timeout);
+    resetUpstream();
+    endAttempt();
+    if (response_started_) {
+      cb_->resetStream();
+      return;
+    }
+    const auto& rp = route_->retry;
+    if (retryOn(rp.on_5xx || rp.on_gateway_error || rp.on_reset)) return;
+    cb_->sendLocalReply(504, "upstream request timeout\n", "upstream_per_try_timeout");
+  }
+
+  void resetUpstream() {
+    if (pending_ != nullptr) {
+      pending_->cancel();
+      pending_ = nullptr;
+    }
+    if (upstream_ != nullptr) {
+      RequestEncoder* u = upstream_;
+      upstream_ = nullptr;
+      stats::inc(cluster_->stats.upstream_rq_tx_reset);
+      u->stream().resetStream(StreamResetReason::LocalReset);
+    }
+  }
+
+  void cleanup() {
+    resetUpstream();
+    endAttempt();
+    timeout_timer_.reset();
+    per_try_timer_.reset();
+    retry_timer_.reset();
+    if (cb_ && cluster_) cb_->setDownstreamWatermarkCallbacks(nullptr);
+  }
+
+  DecoderFilterCallbacks* cb_ = nullptr;
+  const RouteEntry* route_ = nullptr;
+  RequestHeaders* request_ = nullptr;
+  TrailerMap* request_trailers_ = nullptr;
+  config::ClusterConstSharedPtr cluster_;
+  Protocol protocol_ = Protocol::Http11;
+  upstream::Cancellable* pending_ = nullptr;
+  RequestEncoder* upstream_ = nullptr;
+  common::Buffer pending_body_;
+  common::Buffer retry_buffer_;
+  event::TimerPtr timeout_timer_;
+  event::TimerPtr per_try_timer_;
+  event::TimerPtr retry_timer_;
+  std::chrono::steady_clock::time_point attempt_start_;
+  DownstreamWatermarks dw_;
+  Upstream up_;
+  uint32_t retries_left_ = 0;
+  uint32_t attempts_ = 0;
+  uint32_t downstream_above_ = 0;
+  bool request_complete_ = false;
+  bool upstream_request_complete_ = false;
+  bool response_started_ = false;
+  bool response_bytes_ = false;
+  bool reused_ = false;
+  bool race_retry_allowed_ = true;
+  bool buffering_ = false;
+  bool pending_paused_ = false;
+  bool attempt_active_ = false;
+  bool upgrade_ = false;
+  bool destroyed_ = false;
+};
+
+class RouterFactory : public HttpFilterFactory {
+ public:
+  void createFilters(FilterChainBuilder& builder) const override { builder.addDecoderFilter(std::make_unique<Router>()); }
+};
+
+}  // namespace
+
+void registerRouter() {
+  strait::http::registerHttpFilter(
+      "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router",
+      [](const google::protobuf::Any&, const std::string&, HttpFilterContext&) -> absl::StatusOr<HttpFilterFactorySharedPtr> {
+        return HttpFilterFactorySharedPtr(std::make_shared<RouterFactory>());
+      },
+      true);
+}
+
+}  // namespace strait::filters::http

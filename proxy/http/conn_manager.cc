@@ -1,0 +1,852 @@
+#include "proxy/http/conn_manager.h"
+
+#include <cinttypes>
+#include <cstdio>
+#include <list>
+
+#include "absl/strings/str_cat.h"
+#include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
+#include "google/protobuf/any.pb.h"
+#include "proxy/common/log.h"
+#include "proxy/config/bootstrap.h"
+#include "proxy/http/http1/codec.h"
+#include "proxy/http/http2/codec.h"
+#include "proxy/http/route_table.h"
+#include "proxy/network/connection.h"
+
+namespace strait::http {
+
+namespace {
+
+using network::CloseType;
+namespace hcm_v3 = envoy::extensions::filters::network::http_connection_manager::v3;
+
+constexpr std::string_view kH2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+class HttpConnection;
+
+bool isGrpc(const RequestHeaders& h) {
+  const std::string* ct = h.get("content-type");
+  return ct != nullptr && ct->rfind("application/grpc", 0) == 0;
+}
+
+// gRPC status for an HTTP status of a local reply (the mapping gRPC's own spec gives).
+int grpcStatusFor(uint32_t http) {
+  switch (http) {
+    case 400: return 13;  // INTERNAL
+    case 401: return 16;  // UNAUTHENTICATED
+    case 403: return 7;   // PERMISSION_DENIED
+    case 404: return 12;  // UNIMPLEMENTED
+    case 429: return 14;  // UNAVAILABLE
+    case 502: return 14;
+    case 503: return 14;
+    case 504: return 4;   // DEADLINE_EXCEEDED
+    default: return 2;    // UNKNOWN
+  }
+}
+
+// One request/response exchange on a downstream connection, and its HTTP filter chain.
+class ActiveStream : public RequestDecoder,
+                     public StreamCallbacks,
+                     public DecoderFilterCallbacks,
+                     public EncoderFilterCallbacks,
+                     public FilterChainBuilder {
+ public:
+  ActiveStream(HttpConnection& conn, ResponseEncoder& encoder);
+  ~ActiveStream() override;
+
+  // RequestDecoder
+  void decodeHeaders(RequestHeadersPtr headers, bool end_stream) override;
+  void decodeData(common::Buffer& data, bool end_stream) override;
+  void decodeTrailers(TrailerMapPtr trailers) override;
+
+  // StreamCallbacks (downstream codec stream)
+  void onResetStream(StreamResetReason reason) override;
+  void onAboveWriteBufferHighWatermark() override {
+    ++downstream_above_;
+    if (watermark_cb_) watermark_cb_->onAboveWriteBufferHighWatermark();
+  }
+  void onBelowWriteBufferLowWatermark() override {
+    if (downstream_above_ > 0) --downstream_above_;
+    if (watermark_cb_) watermark_cb_->onBelowWriteBufferLowWatermark();
+  }
+
+  // DecoderFilterCallbacks
+  void continueDecoding() override;
+  void sendLocalReply(uint32_t status, std::string_view body, std::string_view details) override;
+  const RouteEntry* route() const override { return route_; }
+  config::WorkerContext& worker() override;
+  const network::Connection& connection() const override;
+  StreamInfo& streamInfo() override { return info_; }
+  const RequestHeaders& requestHeaders() const override { return *request_headers_; }
+  void encode1xxHeaders(ResponseHeadersPtr headers) override;
+  void encodeHeaders(ResponseHeadersPtr headers, bool end_stream) override;
+  void encodeData(common::Buffer& data, bool end_stream) override;
+  void encodeTrailers(TrailerMapPtr trailers) override;
+  void resetStream() override;
+  void onDecoderFilterAboveWriteBufferHighWatermark() override { encoder_.stream().readDisable(true); }
+  void onDecoderFilterBelowWriteBufferLowWatermark() override { encoder_.stream().readDisable(false); }
+  void setDownstreamWatermarkCallbacks(DownstreamWatermarkCallbacks* cb) override {
+    watermark_cb_ = cb;
+    // A filter that arrives while the client is already backed up hears about it at once.
+    if (cb) {
+      for (uint32_t i = 0; i < downstream_above_; ++i) cb->onAboveWriteBufferHighWatermark();
+    }
+  }
+  uint32_t bufferLimit() const override;
+
+  // EncoderFilterCallbacks
+  void continueEncoding() override {}
+
+  // FilterChainBuilder
+  void addDecoderFilter(StreamDecoderFilterPtr f) override { decoder_filters_.push_back(std::move(f)); }
+  void addEncoderFilter(StreamEncoderFilterPtr f) override { encoder_filters_.push_back(std::move(f)); }
+
+  std::list<std::unique_ptr<ActiveStream>>::iterator position;
+
+ private:
+  void runDecodeHeaders(size_t from);
+  void runDecodeData(size_t from, common::Buffer& data, bool end_stream);
+  void runDecodeTrailers(size_t from);
+  void onStreamIdle();
+  void touch();
+  void maybeFinish();
+  void finish();
+  bool prepareRequest(RequestHeaders& h);
+  const HcmConfig& config() const;
+
+  HttpConnection& conn_;
+  ResponseEncoder& encoder_;
+  RequestHeadersPtr request_headers_;
+  TrailerMapPtr request_trailers_;
+  const RouteEntry* route_ = nullptr;
+  std::vector<StreamDecoderFilterPtr> decoder_filters_;
+  std::vector<StreamEncoderFilterPtr> encoder_filters_;
+  StreamInfo info_;
+  DownstreamWatermarkCallbacks* watermark_cb_ = nullptr;
+  event::TimerPtr idle_timer_;
+  event::TimerPtr request_timer_;
+  uint64_t last_activity_ms_ = 0;
+  common::Buffer stopped_data_;    // request body held while a filter has stopped the chain
+  size_t stopped_at_ = 0;          // index of the filter that stopped
+  bool decode_stopped_ = false;
+  bool stopped_end_stream_ = false;
+  bool decode_complete_ = false;
+  bool encode_complete_ = false;
+  bool response_started_ = false;
+  bool head_request_ = false;
+  bool grpc_ = false;
+  bool finished_ = false;
+  uint32_t downstream_above_ = 0;
+  std::string request_id_;
+};
+
+// A downstream HTTP connection: codec, streams, connection-level timers.
+class HttpConnection : public config::ActiveSession,
+                       public network::ConnectionCallbacks,
+                       public ServerConnectionCallbacks,
+                       public CodecTransport {
+ public:
+  HttpConnection(HcmConfigConstSharedPtr config, config::WorkerContext& worker, network::ConnectionPtr conn,
+                 std::shared_ptr<const config::Listener> listener)
+      : ActiveSession(std::move(listener)), config_(std::move(config)), worker_(worker), conn_(std::move(conn)) {
+    conn_->setCallbacks(this);
+    conn_->setBufferLimits(config_->buffer_limit);
+    stats::inc(config_->stats.downstream_cx_total);
+    stats::inc(config_->stats.downstream_cx_active);
+    if (config_->codec == HcmConfig::Codec::Http1) createCodec(Protocol::Http11);
+    if (config_->codec == HcmConfig::Codec::Http2) createCodec(Protocol::Http2);
+    if (config_->idle_timeout_ms > 0) {
+      idle_timer_ = worker_.dispatcher().createTimer([this] { onIdleTimeout(); });
+      idle_timer_->enable(config_->idle_timeout_ms);
+    }
+  }
+
+  ~HttpConnection() override = default;
+
+  void start() { conn_->startReading(); }
+
+  // ActiveSession
+  void forceClose() override { conn_->close(CloseType::NoFlush); }
+
+  // CodecTransport
+  void write(common::Buffer& data, bool end_stream) override {
+    stats::inc(config_->stats.downstream_cx_tx_bytes_total, static_cast<int64_t>(data.length()));
+    conn_->write(data, end_stream);
+  }
+  void closeAfterFlush() override { conn_->close(CloseType::FlushWrite); }
+  void readDisable(bool disable) override { conn_->readDisable(disable); }
+  event::Dispatcher& dispatcher() override { return worker_.dispatcher(); }
+
+  // ServerConnectionCallbacks
+  RequestDecoder& newStream(ResponseEncoder& encoder) override {
+    if (headers_timer_) headers_timer_->disable();
+    if (idle_timer_) idle_timer_->disable();
+    auto s = std::make_unique<ActiveStream>(*this, encoder);
+    ActiveStream* raw = s.get();
+    streams_.push_back(std::move(s));
+    raw->position = std::prev(streams_.end());
+    return *raw;
+  }
+
+  // ConnectionCallbacks
+  void onData(network::Connection&, common::Buffer& data, bool end_stream) override {
+    stats::inc(config_->stats.downstream_cx_rx_bytes_total, static_cast<int64_t>(data.length()));
+    if (!codec_) {
+      // AUTO: the HTTP/2 connection preface decides; any other first bytes are HTTP/1.
+      size_t n = std::min(data.length(), kH2Preface.size());
+      char head[24];
+      data.copyOut(0, n, head);
+      if (std::string_view(head, n) == kH2Preface.substr(0, n) && n < kH2Preface.size() && !end_stream) return;
+      createCodec(std::string_view(head, n) == kH2Preface ? Protocol::Http2 : Protocol::Http11);
+    }
+    if (protocol_ != Protocol::Http2 && streams_.empty() && data.length() > 0 && config_->request_headers_timeout_ms > 0) {
+      if (!headers_timer_) headers_timer_ = worker_.dispatcher().createTimer([this] { onHeadersTimeout(); });
+      if (!headers_timer_->enabled()) headers_timer_->enable(config_->request_headers_timeout_ms);
+    }
+    CodecError err;
+    if (!codec_->dispatch(data, err)) {
+      onCodecError(err);
+      return;
+    }
+    if (end_stream && streams_.empty()) conn_->close(CloseType::FlushWrite);
+  }
+
+  void onEvent(network::Connection&, network::ConnectionEvent event) override {
+    if (event != network::ConnectionEvent::RemoteClose && event != network::ConnectionEvent::LocalClose) return;
+    if (closed_) return;
+    closed_ = true;
+    if (codec_) codec_->onTransportClosed();
+    // Streams the codec did not know about (none expected) go too.
+    while (!streams_.empty()) streams_.front()->resetStream();
+    headers_timer_.reset();
+    idle_timer_.reset();
+    stats::dec(config_->stats.downstream_cx_active);
+    stats::inc(config_->stats.downstream_cx_destroy);
+    worker_.removeSession(*this);
+  }
+  void onAboveWriteBufferHighWatermark(network::Connection&) override {
+    if (codec_) codec_->onUnderlyingConnectionAboveWriteBufferHighWatermark();
+  }
+  void onBelowWriteBufferLowWatermark(network::Connection&) override {
+    if (codec_) codec_->onUnderlyingConnectionBelowWriteBufferLowWatermark();
+  }
+
+  void removeStream(ActiveStream& s) {
+    auto it = s.position;
+    struct Holder : event::DeferredDeletable {
+      std::unique_ptr<ActiveStream> s;
+    };
+    auto h = std::make_unique<Holder>();
+    h->s = std::move(*it);
+    streams_.erase(it);
+    worker_.dispatcher().deferredDelete(std::move(h));
+    if (streams_.empty() && !closed_) {
+      if (idle_timer_) idle_timer_->enable(config_->idle_timeout_ms);
+      if (conn_->readHalfClosed()) conn_->close(CloseType::FlushWrite);
+    }
+  }
+
+  const HcmConfig& config() const { return *config_; }
+  config::WorkerContext& worker() { return worker_; }
+  const network::Connection& connection() const { return *conn_; }
+  Protocol protocol() const { return protocol_; }
+
+ private:
+  void createCodec(Protocol p) {
+    protocol_ = p;
+    if (p == Protocol::Http2) {
+      stats::inc(config_->stats.downstream_cx_http2_total);
+      codec_ = http2::createServerConnection(*this, *this, config_->codec_settings);
+    } else {
+      stats::inc(config_->stats.downstream_cx_http1_total);
+      codec_ = http1::createServerConnection(*this, *this, config_->codec_settings);
+    }
+  }
+
+  void onCodecError(const CodecError& err) {
+    stats::inc(config_->stats.downstream_cx_protocol_error);
+    LOG_DEBUG("[C%lu] downstream protocol error: %u %s", conn_->id(), err.status, err.detail.c_str());
+    if (protocol_ != Protocol::Http2) {
+      // Answer on the wire directly: the request may not have got far enough to have a stream.
+      bool answered = false;
+      for (auto& s : streams_) {
+        (void)s;
+      }
+      if (!answered) writeRawError(err.status, err.detail);
+    }
+    conn_->close(CloseType::FlushWrite);
+  }
+
+  void writeRawError(uint32_t status, const std::string& detail) {
+    if (status >= 500) {
+      stats::inc(config_->stats.downstream_rq_5xx);
+    } else {
+      stats::inc(config_->stats.downstream_rq_4xx);
+    }
+    std::string body = std::string(statusReason(status)) + "\n";
+    common::Buffer out;
+    out.add(absl::StrCat("HTTP/1.1 ", status, " ", statusReason(status), "\r\ncontent-length: ", body.size(),
+                         "\r\ncontent-type: text/plain\r\nconnection: close\r\n\r\n", body));
+    (void)detail;
+    write(out, false);
+  }
+
+  void onHeadersTimeout() {
+    if (!streams_.empty() || closed_) return;
+    stats::inc(config_->stats.downstream_rq_header_timeout);
+    LOG_DEBUG("[C%lu] request headers timeout", conn_->id());
+    writeRawError(408, "request_headers_timeout");
+    conn_->close(CloseType::FlushWrite);
+  }
+
+  void onIdleTimeout() {
+    if (!streams_.empty()) return;
+    stats::inc(config_->stats.downstream_cx_idle_timeout);
+    if (codec_) codec_->goAway();
+    conn_->close(CloseType::FlushWrite);
+  }
+
+  HcmConfigConstSharedPtr config_;
+  config::WorkerContext& worker_;
+  network::ConnectionPtr conn_;
+  std::unique_ptr<ServerConnection> codec_;
+  Protocol protocol_ = Protocol::Http11;
+  std::list<std::unique_ptr<ActiveStream>> streams_;
+  event::TimerPtr headers_timer_;
+  event::TimerPtr idle_timer_;
+  bool closed_ = false;
+};
+
+// ---- ActiveStream --------------------------------------------------------------------------------
+
+ActiveStream::ActiveStream(HttpConnection& conn, ResponseEncoder& encoder) : conn_(conn), encoder_(encoder) {
+  encoder_.stream().setCallbacks(this);
+  info_.start = std::chrono::steady_clock::now();
+  info_.protocol = conn.protocol();
+  const auto& st = config().stats;
+  stats::inc(st.downstream_rq_total);
+  stats::inc(st.downstream_rq_active);
+  stats::inc(conn.protocol() == Protocol::Http2 ? st.downstream_rq_http2_total : st.downstream_rq_http1_total);
+  if (config().stream_idle_timeout_ms > 0) {
+    idle_timer_ = conn_.worker().dispatcher().createTimer([this] { onStreamIdle(); });
+    idle_timer_->enable(config().stream_idle_timeout_ms);
+    last_activity_ms_ = conn_.worker().dispatcher().nowMs();
+  }
+  for (const auto& f : config().filters) f->createFilters(*this);
+  for (auto& f : decoder_filters_) f->setDecoderFilterCallbacks(*this);
+  for (auto& f : encoder_filters_) f->setEncoderFilterCallbacks(*this);
+}
+
+ActiveStream::~ActiveStream() {
+  if (!finished_) {
+    for (auto& f : decoder_filters_) f->onDestroy();
+    for (auto& f : encoder_filters_) f->onDestroy();
+  }
+}
+
+const HcmConfig& ActiveStream::config() const { return conn_.config(); }
+config::WorkerContext& ActiveStream::worker() { return conn_.worker(); }
+const network::Connection& ActiveStream::connection() const { return conn_.connection(); }
+uint32_t ActiveStream::bufferLimit() const { return config().buffer_limit; }
+
+void ActiveStream::touch() { last_activity_ms_ = conn_.worker().dispatcher().nowMs(); }
+
+bool ActiveStream::prepareRequest(RequestHeaders& h) {
+  const HcmConfig& cfg = config();
+  if (h.method.empty() || (h.path.empty() && h.method != "CONNECT")) {
+    sendLocalReply(400, "missing method or path\n", "missing_required_header");
+    return false;
+  }
+  if (h.authority.empty() && h.method != "CONNECT") {
+    sendLocalReply(400, "missing host\n", "missing_host_header");
+    return false;
+  }
+  if (h.method != "CONNECT" && !(h.method == "OPTIONS" && h.path == "*")) {
+    PathNormalizeResult r = normalizePath(h.path, cfg.path);
+    if (r == PathNormalizeResult::Reject) {
+      sendLocalReply(400, "invalid path\n", "path_normalization_failed");
+      return false;
+    }
+    if (r == PathNormalizeResult::Redirect) {
+      auto resp = std::make_unique<ResponseHeaders>();
+      resp->status = 307;
+      resp->add("location", h.path);
+      resp->add("content-length", "0");
+      encodeHeaders(std::move(resp), true);
+      return false;
+    }
+  }
+  if (h.scheme.empty()) h.scheme = "http";
+  // x-forwarded-for / x-forwarded-proto, as Envoy does with use_remote_address.
+  if (cfg.use_remote_address && !cfg.skip_xff_append) {
+    std::string ip = connection().remoteAddress().ip();
+    const std::string* xff = h.get("x-forwarded-for");
+    if (xff) {
+      h.set("x-forwarded-for", absl::StrCat(*xff, ",", ip));
+    } else {
+      h.add("x-forwarded-for", ip);
+    }
+  }
+  if (cfg.use_remote_address || h.get("x-forwarded-proto") == nullptr) h.set("x-forwarded-proto", "http");
+  // x-request-id: kept when present (preserve_external_request_id), made otherwise.
+  const std::string* rid = h.get("x-request-id");
+  if (cfg.generate_request_id && (rid == nullptr || rid->empty() || !cfg.preserve_external_request_id)) {
+    uint64_t a = conn_.worker().random(), b = conn_.worker().random();
+    char buf[40];
+    // UUID version 4, variant 1.
+    std::snprintf(buf, sizeof(buf), "%08x-%04x-4%03x-%04x-%012" PRIx64, static_cast<uint32_t>(a >> 32),
+                  static_cast<uint32_t>((a >> 16) & 0xffff), static_cast<uint32_t>(a & 0xfff),
+                  static_cast<uint32_t>(0x8000 | ((b >> 48) & 0x3fff)), static_cast<uint64_t>(b & 0xffffffffffffULL));
+    h.set("x-request-id", buf);
+  }
+  if (cfg.always_set_request_id_in_response) {
+    const std::string* id = h.get("x-request-id");
+    if (id) request_id_ = *id;
+  }
+  // Expect: 100-continue is answered here, and not forwarded (Envoy's default).
+  const std::string* expect = h.get("expect");
+  if (expect != nullptr && headerNameEquals(*expect, "100-continue")) {
+    h.remove("expect");
+    ResponseHeaders cont;
+    cont.status = 100;
+    encoder_.encode1xxHeaders(cont);
+  }
+  return true;
+}
+
+void ActiveStream::decodeHeaders(RequestHeadersPtr headers, bool end_stream) {
+  touch();
+  request_headers_ = std::move(headers);
+  head_request_ = request_headers_->method == "HEAD";
+  grpc_ = isGrpc(*request_headers_);
+  if (end_stream) decode_complete_ = true;
+  if (config().request_timeout_ms > 0 && !end_stream) {
+    request_timer_ = conn_.worker().dispatcher().createTimer([this] {
+      if (decode_complete_ || finished_) return;
+      stats::inc(config().stats.downstream_rq_timeout);
+      sendLocalReply(408, "request timeout\n", "request_overall_timeout");
+    });
+    request_timer_->enable(config().request_timeout_ms);
+  }
+  if (!prepareRequest(*request_headers_)) return;
+  route_ = config().routes ? config().routes->route(*request_headers_) : nullptr;
+  info_.route = route_;
+  if (route_ == nullptr) {
+    stats::inc(config().stats.no_route);
+    sendLocalReply(404, "", "route_not_found");
+    return;
+  }
+  runDecodeHeaders(0);
+}
+
+void ActiveStream::runDecodeHeaders(size_t from) {
+  for (size_t i = from; i < decoder_filters_.size(); ++i) {
+    if (finished_ || response_started_) return;
+    FilterHeadersStatus s = decoder_filters_[i]->decodeHeaders(*request_headers_, decode_complete_ && stopped_data_.empty() && !request_trailers_);
+    if (s == FilterHeadersStatus::StopIteration) {
+      decode_stopped_ = true;
+      stopped_at_ = i;
+      return;
+    }
+  }
+}
+
+void ActiveStream::decodeData(common::Buffer& data, bool end_stream) {
+  touch();
+  info_.bytes_received += data.length();
+  if (end_stream) decode_complete_ = true;
+  if (finished_ || response_started_) {
+    // The response is out (e.g. a local reply): the rest of the request goes nowhere.
+    data.drain(data.length());
+    maybeFinish();
+    return;
+  }
+  if (decode_stopped_) {
+    stopped_data_.move(data);
+    stopped_end_stream_ = end_stream;
+    if (stopped_data_.length() > bufferLimit()) {
+      sendLocalReply(413, "payload too large\n", "request_payload_too_large");
+    }
+    return;
+  }
+  runDecodeData(0, data, end_stream);
+}
+
+void ActiveStream::runDecodeData(size_t from, common::Buffer& data, bool end_stream) {
+  for (size_t i = from; i < decoder_filters_.size(); ++i) {
+    if (finished_) return;
+    FilterDataStatus s = decoder_filters_[i]->decodeData(data, end_stream);
+    if (s == FilterDataStatus::StopIterationAndBuffer) {
+      stopped_data_.move(data);
+      stopped_end_stream_ = end_stream;
+      decode_stopped_ = true;
+      stopped_at_ = i;
+      return;
+    }
+    if (s == FilterDataStatus::StopIterationNoBuffer) return;
+  }
+}
+
+void ActiveStream::decodeTrailers(TrailerMapPtr trailers) {
+  touch();
+  decode_complete_ = true;
+  request_trailers_ = std::move(trailers);
+  if (finished_ || response_started_) {
+    maybeFinish();
+    return;
+  }
+  if (decode_stopped_) return;
+  runDecodeTrailers(0);
+}
+
+void ActiveStream::runDecodeTrailers(size_t from) {
+  for (size_t i = from; i < decoder_filters_.size(); ++i) {
+    if (finished_) return;
+    if (decoder_filters_[i]->decodeTrailers(*request_trailers_) == FilterTrailersStatus::StopIteration) {
+      decode_stopped_ = true;
+      stopped_at_ = i;
+      return;
+    }
+  }
+}
+
+void ActiveStream::continueDecoding() {
+  if (!decode_stopped_ || finished_) return;
+  decode_stopped_ = false;
+  size_t next = stopped_at_ + 1;
+  runDecodeHeaders(next);
+  if (decode_stopped_ || finished_) return;
+  if (!stopped_data_.empty() || (stopped_end_stream_ && !request_trailers_)) {
+    common::Buffer data;
+    data.move(stopped_data_);
+    runDecodeData(next, data, stopped_end_stream_);
+    if (decode_stopped_ || finished_) return;
+  }
+  if (request_trailers_) runDecodeTrailers(next);
+}
+
+void ActiveStream::sendLocalReply(uint32_t status, std::string_view body, std::string_view details) {
+  if (finished_) return;
+  info_.details = std::string(details);
+  if (response_started_) {
+    resetStream();
+    return;
+  }
+  LOG_DEBUG("local reply %u (%.*s) to %s %s", status, static_cast<int>(details.size()), details.data(),
+            request_headers_ ? request_headers_->method.c_str() : "-", request_headers_ ? request_headers_->path.c_str() : "-");
+  auto h = std::make_unique<ResponseHeaders>();
+  if (grpc_) {
+    // gRPC clients read errors from grpc-status; a "trailers-only" response carries it in the headers.
+    h->status = 200;
+    h->add("content-type", "application/grpc");
+    h->add("grpc-status", std::to_string(grpcStatusFor(status)));
+    std::string msg(body.empty() ? std::string(statusReason(status)) : std::string(body));
+    while (!msg.empty() && msg.back() == '\n') msg.pop_back();
+    h->add("grpc-message", msg);
+    encodeHeaders(std::move(h), true);
+    return;
+  }
+  h->status = status;
+  if (!body.empty()) h->add("content-type", "text/plain");
+  h->add("content-length", std::to_string(body.size()));
+  if (body.empty() || head_request_) {
+    encodeHeaders(std::move(h), true);
+    return;
+  }
+  encodeHeaders(std::move(h), false);
+  common::Buffer b;
+  b.add(body);
+  encodeData(b, true);
+}
+
+void ActiveStream::encode1xxHeaders(ResponseHeadersPtr headers) {
+  if (finished_ || response_started_) return;
+  if (headers->status == 100) return;  // 100 Continue was answered by us already
+  encoder_.encode1xxHeaders(*headers);
+}
+
+void ActiveStream::encodeHeaders(ResponseHeadersPtr headers, bool end_stream) {
+  if (finished_) return;
+  touch();
+  response_started_ = true;
+  for (auto it = encoder_filters_.rbegin(); it != encoder_filters_.rend(); ++it) (*it)->encodeHeaders(*headers, end_stream);
+  if (route_) route_->response_headers.applyTo(*headers);
+  if (!config().server_name.empty()) headers->set("server", config().server_name);
+  if (!request_id_.empty()) headers->set("x-request-id", request_id_);
+  info_.response_code = headers->status;
+  const auto& st = config().stats;
+  uint32_t c = headers->status / 100;
+  stats::inc(c == 1 ? st.downstream_rq_1xx : c == 2 ? st.downstream_rq_2xx : c == 3 ? st.downstream_rq_3xx
+             : c == 4 ? st.downstream_rq_4xx : st.downstream_rq_5xx);
+  if (end_stream) encode_complete_ = true;
+  encoder_.encodeHeaders(*headers, end_stream);
+  if (end_stream) maybeFinish();
+}
+
+void ActiveStream::encodeData(common::Buffer& data, bool end_stream) {
+  if (finished_) {
+    data.drain(data.length());
+    return;
+  }
+  touch();
+  info_.bytes_sent += data.length();
+  for (auto it = encoder_filters_.rbegin(); it != encoder_filters_.rend(); ++it) (*it)->encodeData(data, end_stream);
+  if (end_stream) encode_complete_ = true;
+  if (head_request_) {
+    data.drain(data.length());
+    if (end_stream) {
+      common::Buffer empty;
+      encoder_.encodeData(empty, true);
+    }
+  } else {
+    encoder_.encodeData(data, end_stream);
+  }
+  if (end_stream) maybeFinish();
+}
+
+void ActiveStream::encodeTrailers(TrailerMapPtr trailers) {
+  if (finished_) return;
+  touch();
+  for (auto it = encoder_filters_.rbegin(); it != encoder_filters_.rend(); ++it) (*it)->encodeTrailers(*trailers);
+  encode_complete_ = true;
+  encoder_.encodeTrailers(*trailers);
+  maybeFinish();
+}
+
+void ActiveStream::maybeFinish() {
+  if (finished_ || !encode_complete_) return;
+  if (!decode_complete_) {
+    // The response is complete but the request is not: nothing more of it will be read. HTTP/2 resets
+    // the stream; HTTP/1 closes the connection after the response (it cannot find the next request).
+    finished_ = true;
+    for (auto& f : decoder_filters_) f->onDestroy();
+    for (auto& f : encoder_filters_) f->onDestroy();
+    stats::inc(config().stats.downstream_rq_tx_reset);
+    encoder_.stream().resetStream(StreamResetReason::LocalReset);
+    finish();
+    return;
+  }
+  finished_ = true;
+  for (auto& f : decoder_filters_) f->onDestroy();
+  for (auto& f : encoder_filters_) f->onDestroy();
+  finish();
+}
+
+void ActiveStream::finish() {
+  const auto& st = config().stats;
+  stats::dec(st.downstream_rq_active);
+  stats::inc(st.downstream_rq_completed);
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - info_.start).count();
+  stats::record(st.downstream_rq_time, static_cast<uint64_t>(us));
+  idle_timer_.reset();
+  request_timer_.reset();
+  conn_.removeStream(*this);
+}
+
+void ActiveStream::resetStream() {
+  if (finished_) return;
+  finished_ = true;
+  for (auto& f : decoder_filters_) f->onDestroy();
+  for (auto& f : encoder_filters_) f->onDestroy();
+  stats::inc(config().stats.downstream_rq_tx_reset);
+  encoder_.stream().resetStream(StreamResetReason::LocalReset);
+  finish();
+}
+
+void ActiveStream::onResetStream(StreamResetReason reason) {
+  if (finished_) return;
+  finished_ = true;
+  LOG_DEBUG("downstream stream reset: %s", resetReasonName(reason));
+  if (reason == StreamResetReason::RemoteReset) stats::inc(config().stats.downstream_rq_rx_reset);
+  for (auto& f : decoder_filters_) f->onDestroy();
+  for (auto& f : encoder_filters_) f->onDestroy();
+  finish();
+}
+
+void ActiveStream::onStreamIdle() {
+  if (finished_) return;
+  uint64_t now = conn_.worker().dispatcher().nowMs();
+  uint64_t idle = now - last_activity_ms_;
+  if (idle < config().stream_idle_timeout_ms) {
+    idle_timer_->enable(config().stream_idle_timeout_ms - idle);
+    return;
+  }
+  stats::inc(config().stats.downstream_rq_idle_timeout);
+  sendLocalReply(408, "stream timeout\n", "stream_idle_timeout");
+}
+
+// ---- config translation --------------------------------------------------------------------------
+
+struct HttpFilterRegistration {
+  HttpFilterFactoryFn fn;
+  bool terminal;
+};
+std::map<std::string, HttpFilterRegistration>& httpFilterRegistry() {
+  static auto* r = new std::map<std::string, HttpFilterRegistration>;
+  return *r;
+}
+
+class HcmFactory : public config::NetworkFilterFactory {
+ public:
+  explicit HcmFactory(HcmConfigConstSharedPtr c) : config_(std::move(c)) {}
+  void onAccept(config::WorkerContext& worker, network::ConnectionPtr conn,
+                const std::shared_ptr<const config::Listener>& listener) const override {
+    startHttpConnection(config_, worker, std::move(conn), listener);
+  }
+
+ private:
+  HcmConfigConstSharedPtr config_;
+};
+
+absl::Status fieldError(const std::string& path, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
+}
+
+absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(const google::protobuf::Any& any,
+                                                                             const std::string& path,
+                                                                             config::TranslationContext& ctx) {
+  hcm_v3::HttpConnectionManager proto;
+  if (!any.UnpackTo(&proto)) return fieldError(path, "cannot decode HttpConnectionManager");
+  auto cfg = std::make_shared<HcmConfig>();
+  if (proto.stat_prefix().empty()) return fieldError(path + ".stat_prefix", "is required");
+  cfg->stat_prefix = proto.stat_prefix();
+  switch (proto.codec_type()) {
+    case hcm_v3::HttpConnectionManager::AUTO: cfg->codec = HcmConfig::Codec::Auto; break;
+    case hcm_v3::HttpConnectionManager::HTTP1: cfg->codec = HcmConfig::Codec::Http1; break;
+    case hcm_v3::HttpConnectionManager::HTTP2: cfg->codec = HcmConfig::Codec::Http2; break;
+    default: return fieldError(path + ".codec_type", "only AUTO, HTTP1 and HTTP2 are supported");
+  }
+  if (proto.has_rds()) {
+    return fieldError(path + ".rds", "RDS needs xDS, which is not supported yet; use route_config");
+  }
+  if (!proto.has_route_config()) return fieldError(path + ".route_config", "is required");
+  RouteTable::Options ro;
+  ro.validate_clusters = true;
+  for (const auto& u : proto.upgrade_configs()) {
+    if (u.upgrade_type() == "websocket" && (!u.has_enabled() || u.enabled().value())) ro.hcm_websocket_upgrade = true;
+  }
+  auto routes = RouteTable::create(proto.route_config(), path + ".route_config", ctx.clusters, ro);
+  if (!routes.ok()) return routes.status();
+  cfg->routes = *routes;
+
+  if (proto.has_stream_idle_timeout()) cfg->stream_idle_timeout_ms = config::durationMs(proto.stream_idle_timeout());
+  if (proto.has_request_timeout()) cfg->request_timeout_ms = config::durationMs(proto.request_timeout());
+  if (proto.has_request_headers_timeout()) {
+    cfg->request_headers_timeout_ms = config::durationMs(proto.request_headers_timeout());
+  }
+  if (proto.has_common_http_protocol_options()) {
+    const auto& o = proto.common_http_protocol_options();
+    if (o.has_idle_timeout()) cfg->idle_timeout_ms = config::durationMs(o.idle_timeout());
+    if (o.has_max_headers_count()) {
+      if (o.max_headers_count().value() == 0) return fieldError(path + ".common_http_protocol_options.max_headers_count", "must be at least 1");
+      cfg->codec_settings.max_headers_count = o.max_headers_count().value();
+    }
+  }
+  if (proto.has_max_request_headers_kb()) {
+    uint32_t kb = proto.max_request_headers_kb().value();
+    if (kb == 0 || kb > 8192) return fieldError(path + ".max_request_headers_kb", "must be 1..8192");
+    cfg->codec_settings.max_request_headers_kb = kb;
+  }
+  if (proto.has_http2_protocol_options()) {
+    const auto& h2 = proto.http2_protocol_options();
+    if (h2.has_max_concurrent_streams()) {
+      if (h2.max_concurrent_streams().value() == 0) return fieldError(path + ".http2_protocol_options.max_concurrent_streams", "must be at least 1");
+      cfg->codec_settings.max_concurrent_streams = h2.max_concurrent_streams().value();
+    }
+    if (h2.has_initial_stream_window_size()) cfg->codec_settings.initial_stream_window_size = h2.initial_stream_window_size().value();
+    if (h2.has_initial_connection_window_size()) cfg->codec_settings.initial_connection_window_size = h2.initial_connection_window_size().value();
+    if (h2.has_hpack_table_size()) cfg->codec_settings.hpack_table_size = h2.hpack_table_size().value();
+  }
+  cfg->use_remote_address = proto.has_use_remote_address() && proto.use_remote_address().value();
+  cfg->skip_xff_append = proto.skip_xff_append();
+  if (proto.has_generate_request_id()) cfg->generate_request_id = proto.generate_request_id().value();
+  cfg->always_set_request_id_in_response = proto.always_set_request_id_in_response();
+  cfg->server_name = proto.server_name();
+  if (proto.has_normalize_path()) cfg->path.normalize_path = proto.normalize_path().value();
+  cfg->path.merge_slashes = proto.merge_slashes();
+  switch (proto.path_with_escaped_slashes_action()) {
+    case hcm_v3::HttpConnectionManager::REJECT_REQUEST: cfg->path.escaped_slashes = PathEscapedSlashesAction::RejectRequest; break;
+    case hcm_v3::HttpConnectionManager::UNESCAPE_AND_REDIRECT: cfg->path.escaped_slashes = PathEscapedSlashesAction::UnescapeAndRedirect; break;
+    case hcm_v3::HttpConnectionManager::UNESCAPE_AND_FORWARD: cfg->path.escaped_slashes = PathEscapedSlashesAction::UnescapeAndForward; break;
+    default: cfg->path.escaped_slashes = PathEscapedSlashesAction::Keep; break;
+  }
+
+  HttpFilterContext fctx{ctx.store, ctx.clusters, cfg->stat_prefix};
+  bool have_terminal = false;
+  for (int i = 0; i < proto.http_filters_size(); ++i) {
+    const auto& f = proto.http_filters(i);
+    const std::string fp = absl::StrCat(path, ".http_filters[", i, "]");
+    if (f.disabled()) continue;
+    if (have_terminal) return fieldError(fp, "no HTTP filter may follow the router");
+    if (!f.has_typed_config()) {
+      if (f.is_optional()) continue;
+      return fieldError(fp + ".typed_config", "is required (filters are chosen by type URL)");
+    }
+    auto it = httpFilterRegistry().find(f.typed_config().type_url());
+    if (it == httpFilterRegistry().end()) {
+      if (f.is_optional()) {
+        LOG_INFO("%s: skipping optional unsupported HTTP filter '%s'", fp.c_str(), f.typed_config().type_url().c_str());
+        continue;
+      }
+      return fieldError(fp + ".typed_config", absl::StrCat("unsupported HTTP filter type '", f.typed_config().type_url(), "'"));
+    }
+    auto factory = it->second.fn(f.typed_config(), fp + ".typed_config", fctx);
+    if (!factory.ok()) return factory.status();
+    cfg->filters.push_back(*factory);
+    have_terminal = it->second.terminal;
+  }
+  if (!have_terminal) return fieldError(path + ".http_filters", "the last HTTP filter must be the router");
+
+  const std::string p = "http." + cfg->stat_prefix + ".";
+  auto& s = ctx.store;
+  HcmStats& st = cfg->stats;
+  st.downstream_cx_total = s.counter(p + "downstream_cx_total");
+  st.downstream_cx_active = s.gauge(p + "downstream_cx_active");
+  st.downstream_cx_destroy = s.counter(p + "downstream_cx_destroy");
+  st.downstream_cx_http1_total = s.counter(p + "downstream_cx_http1_total");
+  st.downstream_cx_http2_total = s.counter(p + "downstream_cx_http2_total");
+  st.downstream_cx_protocol_error = s.counter(p + "downstream_cx_protocol_error");
+  st.downstream_cx_idle_timeout = s.counter(p + "downstream_cx_idle_timeout");
+  st.downstream_cx_rx_bytes_total = s.counter(p + "downstream_cx_rx_bytes_total");
+  st.downstream_cx_tx_bytes_total = s.counter(p + "downstream_cx_tx_bytes_total");
+  st.downstream_rq_total = s.counter(p + "downstream_rq_total");
+  st.downstream_rq_active = s.gauge(p + "downstream_rq_active");
+  st.downstream_rq_http1_total = s.counter(p + "downstream_rq_http1_total");
+  st.downstream_rq_http2_total = s.counter(p + "downstream_rq_http2_total");
+  st.downstream_rq_1xx = s.counter(p + "downstream_rq_1xx");
+  st.downstream_rq_2xx = s.counter(p + "downstream_rq_2xx");
+  st.downstream_rq_3xx = s.counter(p + "downstream_rq_3xx");
+  st.downstream_rq_4xx = s.counter(p + "downstream_rq_4xx");
+  st.downstream_rq_5xx = s.counter(p + "downstream_rq_5xx");
+  st.downstream_rq_completed = s.counter(p + "downstream_rq_completed");
+  st.downstream_rq_timeout = s.counter(p + "downstream_rq_timeout");
+  st.downstream_rq_idle_timeout = s.counter(p + "downstream_rq_idle_timeout");
+  st.downstream_rq_header_timeout = s.counter(p + "downstream_rq_header_timeout");
+  st.downstream_rq_rx_reset = s.counter(p + "downstream_rq_rx_reset");
+  st.downstream_rq_tx_reset = s.counter(p + "downstream_rq_tx_reset");
+  st.no_route = s.counter(p + "no_route");
+  st.downstream_rq_time = s.histogram(p + "downstream_rq_time");
+  return std::shared_ptr<const config::NetworkFilterFactory>(std::make_shared<HcmFactory>(cfg));
+}
+
+}  // namespace
+
+void registerHttpFilter(const std::string& type_url, HttpFilterFactoryFn fn, bool terminal) {
+  httpFilterRegistry()[type_url] = HttpFilterRegistration{std::move(fn), terminal};
+}
+
+void registerHttpConnectionManager() {
+  config::registerNetworkFilter(
+      "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", createHcm);
+}
+
+void startHttpConnection(const HcmConfigConstSharedPtr& config, config::WorkerContext& worker,
+                         network::ConnectionPtr conn, const std::shared_ptr<const config::Listener>& listener) {
+  auto c = std::make_unique<HttpConnection>(config, worker, std::move(conn), listener);
+  HttpConnection* raw = c.get();
+  worker.addSession(std::move(c));
+  raw->start();
+}
+
+}  // namespace strait::http

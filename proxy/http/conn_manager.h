@@ -1,0 +1,99 @@
+#pragma once
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+#include "proxy/config/snapshot.h"
+#include "proxy/http/codec.h"
+#include "proxy/http/filter.h"
+#include "proxy/http/path_util.h"
+#include "proxy/stats/stats.h"
+
+namespace google::protobuf {
+class Any;
+}
+
+namespace strait::http {
+
+class RouteTable;
+
+struct HcmStats {
+  stats::Counter downstream_cx_total;
+  stats::Gauge downstream_cx_active;
+  stats::Counter downstream_cx_destroy;
+  stats::Counter downstream_cx_http1_total;
+  stats::Counter downstream_cx_http2_total;
+  stats::Counter downstream_cx_protocol_error;
+  stats::Counter downstream_cx_idle_timeout;
+  stats::Counter downstream_cx_rx_bytes_total;
+  stats::Counter downstream_cx_tx_bytes_total;
+  stats::Counter downstream_rq_total;
+  stats::Gauge downstream_rq_active;
+  stats::Counter downstream_rq_http1_total;
+  stats::Counter downstream_rq_http2_total;
+  stats::Counter downstream_rq_1xx;
+  stats::Counter downstream_rq_2xx;
+  stats::Counter downstream_rq_3xx;
+  stats::Counter downstream_rq_4xx;
+  stats::Counter downstream_rq_5xx;
+  stats::Counter downstream_rq_completed;
+  stats::Counter downstream_rq_timeout;
+  stats::Counter downstream_rq_idle_timeout;
+  stats::Counter downstream_rq_header_timeout;
+  stats::Counter downstream_rq_rx_reset;
+  stats::Counter downstream_rq_tx_reset;
+  stats::Counter no_route;
+  stats::Histogram downstream_rq_time;
+};
+
+// The HTTP connection manager's configuration (envoy.filters.network.http_connection_manager),
+// translated once at config time.
+struct HcmConfig {
+  enum class Codec { Auto, Http1, Http2 };
+  std::string stat_prefix;
+  Codec codec = Codec::Auto;
+  std::shared_ptr<const RouteTable> routes;
+  std::vector<HttpFilterFactorySharedPtr> filters;  // the router last
+  CodecSettings codec_settings;
+  PathNormalizeOptions path;
+  uint64_t stream_idle_timeout_ms = 300 * 1000;  // Envoy's default: 5 min
+  uint64_t request_timeout_ms = 0;               // off unless configured
+  uint64_t request_headers_timeout_ms = 10 * 1000;  // Strait's default (Envoy: off); slowloris guard
+  uint64_t idle_timeout_ms = 3600 * 1000;        // connection idle: 1 h
+  bool use_remote_address = false;
+  bool skip_xff_append = false;
+  bool generate_request_id = true;
+  bool preserve_external_request_id = true;
+  bool always_set_request_id_in_response = false;
+  std::string server_name;  // when set, the `server` response header is overwritten
+  uint32_t buffer_limit = 1024 * 1024;
+  HcmStats stats;
+};
+using HcmConfigConstSharedPtr = std::shared_ptr<const HcmConfig>;
+
+// Registers the network filter (type.googleapis.com/envoy.extensions.filters.network.
+// http_connection_manager.v3.HttpConnectionManager) with the bootstrap translator.
+void registerHttpConnectionManager();
+
+// HTTP filters are chosen by typed_config type URL, like network filters.
+struct HttpFilterContext {
+  stats::Store& store;
+  const std::map<std::string, config::ClusterConstSharedPtr>& clusters;
+  const std::string& stat_prefix;
+};
+using HttpFilterFactoryFn = std::function<absl::StatusOr<HttpFilterFactorySharedPtr>(
+    const google::protobuf::Any& typed_config, const std::string& field_path, HttpFilterContext& ctx)>;
+void registerHttpFilter(const std::string& type_url, HttpFilterFactoryFn fn, bool terminal);
+
+// Creates the HCM session for a connection whose protocol is already known (used by the network
+// filter factory; exposed for protocol detection).
+void startHttpConnection(const HcmConfigConstSharedPtr& config, config::WorkerContext& worker,
+                         std::unique_ptr<network::Connection> conn,
+                         const std::shared_ptr<const config::Listener>& listener);
+
+}  // namespace strait::http

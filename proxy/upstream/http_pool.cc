@@ -1,0 +1,449 @@
+#include "proxy/upstream/http_pool.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "proxy/common/log.h"
+#include "proxy/http/http1/codec.h"
+#include "proxy/http/http2/codec.h"
+#include "proxy/network/connection.h"
+
+namespace strait::upstream {
+
+struct HttpPool::Pending : public Cancellable {
+  Pending(HttpPool& pool, http::ResponseDecoder& d, PoolCallbacks& c) : pool(pool), decoder(d), callbacks(c) {}
+  void cancel() override { pool.cancelPending(this); }
+  HttpPool& pool;
+  http::ResponseDecoder& decoder;
+  PoolCallbacks& callbacks;
+};
+
+class StreamWrapper;
+
+// One upstream connection of a pool, with its client codec.
+class ActiveClient : public network::ConnectionCallbacks,
+                     public http::CodecTransport,
+                     public http::ClientConnectionCallbacks,
+                     public event::DeferredDeletable {
+ public:
+  explicit ActiveClient(HttpPool& pool);
+  ~ActiveClient() override;
+
+  uint32_t capacity() const;  // streams it could take now
+  bool ready() const { return state_ == State::Ready && !draining_; }
+  uint64_t totalStreams() const { return total_streams_; }
+  http::RequestEncoder& newStream(http::ResponseDecoder& decoder);
+  void onStreamDone(StreamWrapper& stream);
+  void close() {
+    if (conn_ && conn_->state() != network::Connection::State::Closed) conn_->close(network::CloseType::NoFlush);
+  }
+
+  // CodecTransport
+  void write(common::Buffer& data, bool end_stream) override { conn_->write(data, end_stream); }
+  void closeAfterFlush() override { conn_->close(network::CloseType::FlushWrite); }
+  void readDisable(bool disable) override { conn_->readDisable(disable); }
+  event::Dispatcher& dispatcher() override { return pool_.dispatcher_; }
+
+  // ConnectionCallbacks
+  void onData(network::Connection&, common::Buffer& data, bool end_stream) override;
+  void onEvent(network::Connection&, network::ConnectionEvent event) override;
+  void onAboveWriteBufferHighWatermark(network::Connection&) override {
+    if (codec_) codec_->onUnderlyingConnectionAboveWriteBufferHighWatermark();
+  }
+  void onBelowWriteBufferLowWatermark(network::Connection&) override {
+    if (codec_) codec_->onUnderlyingConnectionBelowWriteBufferLowWatermark();
+  }
+
+  // ClientConnectionCallbacks
+  void onGoAway() override { draining_ = true; }
+  void onMaxConcurrentStreamsChanged(uint32_t max) override { peer_max_streams_ = max; }
+
+ private:
+  friend class HttpPool;
+  enum class State { Connecting, Ready, Closed };
+  void armIdleTimer();
+
+  HttpPool& pool_;
+  network::ConnectionPtr conn_;
+  std::unique_ptr<http::ClientConnection> codec_;
+  std::list<std::unique_ptr<StreamWrapper>> streams_;
+  event::TimerPtr idle_timer_;
+  State state_ = State::Connecting;
+  uint32_t active_streams_ = 0;
+  uint64_t total_streams_ = 0;
+  uint32_t peer_max_streams_;
+  bool draining_ = false;
+  bool in_dispatch_ = false;
+  bool ready_after_dispatch_ = false;
+};
+
+// Sits between the router and the codec's stream: tells the pool when the exchange is over (request
+// sent and response received, or reset) so the connection can serve the next request.
+class StreamWrapper : public http::ResponseDecoder,
+                      public http::RequestEncoder,
+                      public http::StreamCallbacks,
+                      public http::Stream {
+ public:
+  StreamWrapper(ActiveClient& client, http::ResponseDecoder& inner) : client_(client), inner_(inner) {}
+  void setCodecEncoder(http::RequestEncoder& e) {
+    codec_encoder_ = &e;
+    e.stream().setCallbacks(this);
+  }
+
+  // ResponseDecoder (from the codec)
+  void decode1xxHeaders(http::ResponseHeadersPtr h) override {
+    if (!done_) inner_.decode1xxHeaders(std::move(h));
+  }
+  void decodeHeaders(http::ResponseHeadersPtr h, bool end_stream) override {
+    if (done_) return;
+    if (end_stream) response_done_ = true;
+    inner_.decodeHeaders(std::move(h), end_stream);
+    maybeDone();
+  }
+  void decodeData(common::Buffer& data, bool end_stream) override {
+    if (done_) return;
+    if (end_stream) response_done_ = true;
+    inner_.decodeData(data, end_stream);
+    maybeDone();
+  }
+  void decodeTrailers(http::TrailerMapPtr t) override {
+    if (done_) return;
+    response_done_ = true;
+    inner_.decodeTrailers(std::move(t));
+    maybeDone();
+  }
+
+  // RequestEncoder (from the router)
+  void encodeHeaders(const http::RequestHeaders& h, bool end_stream) override {
+    if (end_stream) request_done_ = true;
+    codec_encoder_->encodeHeaders(h, end_stream);
+    maybeDone();
+  }
+  void encodeData(common::Buffer& data, bool end_stream) override {
+    if (end_stream) request_done_ = true;
+    codec_encoder_->encodeData(data, end_stream);
+    maybeDone();
+  }
+  void encodeTrailers(const http::TrailerMap& t) override {
+    request_done_ = true;
+    codec_encoder_->encodeTrailers(t);
+    maybeDone();
+  }
+  http::Stream& stream() override { return *this; }
+
+  // Stream (for the router)
+  void setCallbacks(http::StreamCallbacks* cb) override { user_ = cb; }
+  void resetStream(http::StreamResetReason reason) override {
+    if (done_) return;
+    done_ = true;
+    user_ = nullptr;  // the router asked for it: no callback back into it
+    codec_encoder_->stream().resetStream(reason);
+    client_.onStreamDone(*this);
+  }
+  void readDisable(bool disable) override {
+    if (!done_) codec_encoder_->stream().readDisable(disable);
+  }
+
+  // StreamCallbacks (from the codec)
+  void onResetStream(http::StreamResetReason reason) override {
+    if (done_) return;
+    done_ = true;
+    if (user_) user_->onResetStream(reason);
+    client_.onStreamDone(*this);
+  }
+  void onAboveWriteBufferHighWatermark() override {
+    if (user_ && !done_) user_->onAboveWriteBufferHighWatermark();
+  }
+  void onBelowWriteBufferLowWatermark() override {
+    if (user_ && !done_) user_->onBelowWriteBufferLowWatermark();
+  }
+
+  std::list<std::unique_ptr<StreamWrapper>>::iterator position;
+
+ private:
+  void maybeDone() {
+    if (!done_ && request_done_ && response_done_) {
+      done_ = true;
+      client_.onStreamDone(*this);
+    }
+  }
+
+  ActiveClient& client_;
+  http::ResponseDecoder& inner_;
+  http::RequestEncoder* codec_encoder_ = nullptr;
+  http::StreamCallbacks* user_ = nullptr;
+  bool request_done_ = false;
+  bool response_done_ = false;
+  bool done_ = false;
+};
+
+namespace {
+struct StreamHolder : event::DeferredDeletable {
+  std::unique_ptr<StreamWrapper> s;
+};
+}  // namespace
+
+ActiveClient::ActiveClient(HttpPool& pool)
+    : pool_(pool),
+      conn_(std::make_unique<network::Connection>(pool.dispatcher_, pool.address_)),
+      peer_max_streams_(pool.protocol_ == http::Protocol::Http2 ? pool.cluster_->http2_max_concurrent_streams : 1) {
+  conn_->setCallbacks(this);
+  conn_->setBufferLimits(pool.cluster_->buffer_limit);
+  conn_->connect(pool.cluster_->connect_timeout_ms);
+  if (pool.protocol_ == http::Protocol::Http2) {
+    codec_ = http::http2::createClientConnection(*this, *this, pool.settings_);
+  } else {
+    codec_ = http::http1::createClientConnection(*this, *this, pool.settings_);
+  }
+}
+
+ActiveClient::~ActiveClient() {
+  if (conn_) {
+    conn_->setCallbacks(nullptr);
+    close();
+  }
+}
+
+uint32_t ActiveClient::capacity() const {
+  if (state_ == State::Closed || draining_) return 0;
+  if (pool_.protocol_ != http::Protocol::Http2) return active_streams_ == 0 ? 1 : 0;
+  uint32_t max = std::min(peer_max_streams_, pool_.cluster_->http2_max_concurrent_streams);
+  if (state_ == State::Ready && !codec_->canOpenStream()) return 0;
+  return active_streams_ >= max ? 0 : max - active_streams_;
+}
+
+http::RequestEncoder& ActiveClient::newStream(http::ResponseDecoder& decoder) {
+  if (idle_timer_) idle_timer_->disable();
+  auto w = std::make_unique<StreamWrapper>(*this, decoder);
+  StreamWrapper* raw = w.get();
+  streams_.push_back(std::move(w));
+  raw->position = std::prev(streams_.end());
+  raw->setCodecEncoder(codec_->newStream(*raw));
+  ++active_streams_;
+  ++total_streams_;
+  return *raw;
+}
+
+void ActiveClient::onStreamDone(StreamWrapper& stream) {
+  --active_streams_;
+  auto h = std::make_unique<StreamHolder>();
+  h->s = std::move(*stream.position);
+  streams_.erase(stream.position);
+  pool_.dispatcher_.deferredDelete(std::move(h));
+  if (state_ != State::Ready) return;
+  if (pool_.protocol_ != http::Protocol::Http2 && !codec_->canOpenStream()) {
+    // HTTP/1 connection that cannot carry another request (close, an unfinished exchange).
+    close();
+    return;
+  }
+  if (in_dispatch_) {
+    // Hand the connection to the next request only once the codec has finished with this response.
+    ready_after_dispatch_ = true;
+    return;
+  }
+  pool_.onClientReady(*this);
+  if (active_streams_ == 0) armIdleTimer();
+}
+
+void ActiveClient::armIdleTimer() {
+  if (pool_.cluster_->idle_timeout_ms == 0 || state_ != State::Ready) return;
+  if (!idle_timer_) {
+    idle_timer_ = pool_.dispatcher_.createTimer([this] {
+      if (active_streams_ == 0) close();
+    });
+  }
+  idle_timer_->enable(pool_.cluster_->idle_timeout_ms);
+}
+
+void ActiveClient::onData(network::Connection&, common::Buffer& data, bool end_stream) {
+  in_dispatch_ = true;
+  http::CodecError err;
+  bool ok = codec_->dispatch(data, err);
+  in_dispatch_ = false;
+  if (!ok) {
+    LOG_DEBUG("[C%lu] upstream protocol error: %s", conn_->id(), err.detail.c_str());
+    close();
+    return;
+  }
+  if (end_stream && conn_->state() != network::Connection::State::Closed) {
+    // The server half-closed: no more responses can come on this connection.
+    draining_ = true;
+    if (active_streams_ == 0) close();
+  }
+  if (ready_after_dispatch_ && conn_->state() != network::Connection::State::Closed) {
+    ready_after_dispatch_ = false;
+    pool_.onClientReady(*this);
+    if (active_streams_ == 0) armIdleTimer();
+  }
+}
+
+void ActiveClient::onEvent(network::Connection&, network::ConnectionEvent event) {
+  const auto& stats = pool_.cluster_->stats;
+  switch (event) {
+    case network::ConnectionEvent::Connected:
+      state_ = State::Ready;
+      stats::inc(stats.upstream_cx_total);
+      stats::inc(stats.upstream_cx_active);
+      stats::inc(pool_.protocol_ == http::Protocol::Http2 ? stats.upstream_cx_http2_total : stats.upstream_cx_http1_total);
+      if (pool_.host_) {
+        stats::inc(pool_.host_->cx_total);
+        stats::inc(pool_.host_->cx_active);
+      }
+      conn_->startReading();
+      pool_.onClientReady(*this);
+      if (active_streams_ == 0) armIdleTimer();
+      break;
+    case network::ConnectionEvent::ConnectFailed:
+    case network::ConnectionEvent::ConnectTimeout: {
+      bool timeout = event == network::ConnectionEvent::ConnectTimeout;
+      stats::inc(stats.upstream_cx_total);
+      stats::inc(timeout ? stats.upstream_cx_connect_timeout : stats.upstream_cx_connect_fail);
+      stats::inc(stats.upstream_cx_destroy);
+      if (pool_.host_) {
+        stats::inc(pool_.host_->cx_total);
+        stats::inc(pool_.host_->cx_connect_fail);
+      }
+      state_ = State::Closed;
+      codec_->onTransportClosed();
+      pool_.onClientClosed(*this, true, timeout);
+      break;
+    }
+    case network::ConnectionEvent::RemoteClose:
+    case network::ConnectionEvent::LocalClose: {
+      bool was_ready = state_ == State::Ready;
+      state_ = State::Closed;
+      if (was_ready) {
+        stats::dec(stats.upstream_cx_active);
+        stats::inc(stats.upstream_cx_destroy);
+        if (pool_.host_) stats::dec(pool_.host_->cx_active);
+      }
+      codec_->onTransportClosed();
+      pool_.onClientClosed(*this, !was_ready, false);
+      break;
+    }
+  }
+}
+
+HttpPool::HttpPool(event::Dispatcher& dispatcher, config::ClusterConstSharedPtr cluster, network::Address address,
+                   const config::Host* host, http::Protocol protocol)
+    : dispatcher_(dispatcher), cluster_(std::move(cluster)), address_(address), host_(host), protocol_(protocol) {
+  settings_.max_concurrent_streams = cluster_->http2_max_concurrent_streams;
+  settings_.initial_stream_window_size = cluster_->http2_initial_stream_window;
+  settings_.initial_connection_window_size = cluster_->http2_initial_connection_window;
+  settings_.stream_buffer_limit = cluster_->buffer_limit;
+}
+
+HttpPool::~HttpPool() {
+  for (auto& p : pending_) p->callbacks.onPoolFailure(PoolFailureReason::ConnectionFailure);
+  pending_.clear();
+  clients_.clear();
+}
+
+bool HttpPool::idle() const { return clients_.empty() && pending_.empty(); }
+
+Cancellable* HttpPool::newStream(http::ResponseDecoder& decoder, PoolCallbacks& callbacks) {
+  for (auto& c : clients_) {
+    if (c->ready() && c->capacity() > 0) {
+      attach(*c, decoder, callbacks);
+      return nullptr;
+    }
+  }
+  if (pending_.size() >= cluster_->max_pending_requests) {
+    stats::inc(cluster_->stats.upstream_rq_pending_overflow);
+    callbacks.onPoolFailure(PoolFailureReason::Overflow);
+    return nullptr;
+  }
+  stats::inc(cluster_->stats.upstream_rq_pending_total);
+  pending_.push_back(std::make_unique<Pending>(*this, decoder, callbacks));
+  Pending* p = pending_.back().get();
+  if (connecting_capacity_ < pending_.size() && clients_.size() < cluster_->max_connections) createClient();
+  return p;
+}
+
+void HttpPool::createClient() {
+  auto c = std::make_unique<ActiveClient>(*this);
+  connecting_capacity_ += c->capacity();
+  clients_.push_back(std::move(c));
+}
+
+void HttpPool::attach(ActiveClient& client, http::ResponseDecoder& decoder, PoolCallbacks& callbacks) {
+  http::RequestEncoder& encoder = client.newStream(decoder);
+  callbacks.onPoolReady(encoder, client.totalStreams() > 1);
+}
+
+void HttpPool::onClientReady(ActiveClient& client) {
+  if (client.total_streams_ == 0 && client.state_ == ActiveClient::State::Ready && !client.ready_after_dispatch_) {
+    // First readiness of a new connection: its capacity is no longer "connecting".
+  }
+  processPending();
+}
+
+void HttpPool::processPending() {
+  // Recompute the capacity still on its way from connections that are connecting.
+  connecting_capacity_ = 0;
+  for (auto& c : clients_) {
+    if (c->state_ == ActiveClient::State::Connecting) connecting_capacity_ += c->capacity();
+  }
+  for (auto& c : clients_) {
+    while (!pending_.empty() && c->ready() && c->capacity() > 0) {
+      std::unique_ptr<Pending> p = std::move(pending_.front());
+      pending_.pop_front();
+      attach(*c, p->decoder, p->callbacks);
+    }
+  }
+}
+
+void HttpPool::onClientClosed(ActiveClient& client, bool connect_failed, bool timed_out) {
+  for (auto it = clients_.begin(); it != clients_.end(); ++it) {
+    if (it->get() == &client) {
+      dispatcher_.deferredDelete(std::move(*it));
+      clients_.erase(it);
+      break;
+    }
+  }
+  connecting_capacity_ = 0;
+  for (auto& c : clients_) {
+    if (c->state_ == ActiveClient::State::Connecting) connecting_capacity_ += c->capacity();
+  }
+  if (connect_failed) {
+    // Requests that no connecting client will serve fail now.
+    while (pending_.size() > connecting_capacity_) {
+      std::unique_ptr<Pending> p = std::move(pending_.back());
+      pending_.pop_back();
+      p->callbacks.onPoolFailure(timed_out ? PoolFailureReason::Timeout : PoolFailureReason::ConnectionFailure);
+    }
+    return;
+  }
+  processPending();
+  if (connecting_capacity_ < pending_.size() && clients_.size() < cluster_->max_connections) createClient();
+}
+
+void HttpPool::cancelPending(Pending* p) {
+  for (auto it = pending_.begin(); it != pending_.end(); ++it) {
+    if (it->get() == p) {
+      pending_.erase(it);
+      return;
+    }
+  }
+}
+
+bool HttpPoolManager::Key::operator<(const Key& o) const {
+  if (cluster != o.cluster) return cluster < o.cluster;
+  if (protocol != o.protocol) return protocol < o.protocol;
+  if (address.family() != o.address.family()) return address.family() < o.address.family();
+  return std::memcmp(address.sockAddr(), o.address.sockAddr(), address.sockLen()) < 0;
+}
+
+HttpPool& HttpPoolManager::pool(const config::ClusterConstSharedPtr& cluster, const config::HostChoice& host,
+                                http::Protocol protocol) {
+  Key key{cluster.get(), host.address, protocol};
+  auto it = pools_.find(key);
+  if (it != pools_.end()) return *it->second;
+  auto p = std::make_unique<HttpPool>(dispatcher_, cluster, host.address, host.host, protocol);
+  HttpPool& ref = *p;
+  pools_.emplace(key, std::move(p));
+  return ref;
+}
+
+}  // namespace strait::upstream
