@@ -854,3 +854,133 @@ def kill_pid(pid: int) -> None:
 
 def rss_limit_kib(default_mib: int) -> int:
     return int(os.environ.get("STRAIT_TEST_RSS_LIMIT_MIB", default_mib)) * 1024
+
+
+# ---------------------------------------------------------------------------------------------------
+# HTTP: bootstrap builders for the HTTP connection manager, and small helpers for the HTTP tests
+# (test_http*.py, test_grpc.py, test_websocket.py, test_protocol_detection.py; peers in peers/).
+
+HCM_FILTER = "envoy.filters.network.http_connection_manager"
+HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
+            "HttpConnectionManager")
+ROUTER_FILTER = "envoy.filters.http.router"
+ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
+HTTP_PROTOCOL_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+HTTP_PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+HTTP_INSPECTOR = "envoy.filters.listener.http_inspector"
+HTTP_INSPECTOR_TYPE = "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector"
+TLS_INSPECTOR = "envoy.filters.listener.tls_inspector"
+TLS_INSPECTOR_TYPE = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+
+
+def router_filter() -> dict:
+    return {"name": ROUTER_FILTER, "typed_config": {"@type": ROUTER_TYPE}}
+
+
+def route_to(cluster: str, prefix: str = "/", **action) -> dict:
+    """A route matching `prefix` that sends to `cluster`; extra RouteAction fields as keywords."""
+    return {"match": {"prefix": prefix}, "route": {"cluster": cluster, **action}}
+
+
+def virtual_host(name: str, domains: list[str], routes: list[dict], **extra) -> dict:
+    return {"name": name, "domains": list(domains), "routes": list(routes), **extra}
+
+
+def http_connection_manager(stat_prefix: str, virtual_hosts: list[dict], *, codec_type: str = "AUTO",
+                            route_config_name: str = "local_routes", http_filters: list[dict] | None = None,
+                            **extra) -> dict:
+    """The HCM's typed_config (Envoy v3 shape) with an inline route_config; extra HCM fields as keywords."""
+    return {
+        "@type": HCM_TYPE,
+        "stat_prefix": stat_prefix,
+        "codec_type": codec_type,
+        "route_config": {"name": route_config_name, "virtual_hosts": virtual_hosts},
+        "http_filters": http_filters if http_filters is not None else [router_filter()],
+        **extra,
+    }
+
+
+def hcm_filter(typed_config: dict) -> dict:
+    return {"name": HCM_FILTER, "typed_config": typed_config}
+
+
+def http_listener(name: str, stat_prefix: str, virtual_hosts: list[dict], *, port: int = 0,
+                  address: str = LOOPBACK, listener_extra: dict | None = None, **hcm_extra) -> dict:
+    return {
+        "name": name,
+        "address": socket_address(port, address),
+        "filter_chains": [{"filters": [hcm_filter(http_connection_manager(stat_prefix, virtual_hosts,
+                                                                          **hcm_extra))]}],
+        **(listener_extra or {}),
+    }
+
+
+def http2_cluster(name: str, ports: Iterable[int], *, http2_options: dict | None = None, **kw) -> dict:
+    """A STATIC cluster whose upstream protocol is HTTP/2 (explicit_http_config.http2_protocol_options)."""
+    cluster = static_cluster(name, ports, **kw)
+    cluster["typed_extension_protocol_options"] = {
+        HTTP_PROTOCOL_OPTIONS: {
+            "@type": HTTP_PROTOCOL_OPTIONS_TYPE,
+            "explicit_http_config": {"http2_protocol_options": dict(http2_options or {})},
+        }
+    }
+    return cluster
+
+
+def simple_http_config(upstream_port: int, *, cluster: str = "backend", listener: str = "http",
+                       stat_prefix: str = "ingress_http", h2_upstream: bool = False,
+                       route_action: dict | None = None, connect_timeout: str = "1s",
+                       listener_port: int = 0, **hcm_extra) -> dict:
+    """One HCM listener, one virtual host `*`, prefix `/` to one cluster of one endpoint."""
+    make = http2_cluster if h2_upstream else static_cluster
+    vh = virtual_host("all", ["*"], [route_to(cluster, **(route_action or {}))])
+    return bootstrap([http_listener(listener, stat_prefix, [vh], port=listener_port, **hcm_extra)],
+                     [make(cluster, [upstream_port], connect_timeout=connect_timeout)])
+
+
+def track(fleet, server):
+    """Has the fleet close `server` (anything with close()) at teardown."""
+    fleet.servers.append(server)
+    return server
+
+
+def proc_status_kib(pid: int, field: str = "VmHWM") -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+def run_tool(args: list[str], timeout: float = 60.0, input: bytes | None = None) -> subprocess.CompletedProcess:
+    """Runs a client tool (curl, nghttp, h2load, wrk) to completion; fails the test if it hangs (the
+    child is killed by subprocess.run on timeout)."""
+    try:
+        return subprocess.run(args, input=input, stdin=None if input is not None else subprocess.DEVNULL,
+                              capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"{' '.join(args)} did not finish within {timeout}s (stdout: {err.stdout!r:.2000}, "
+                    f"stderr: {err.stderr!r:.2000})", pytrace=False)
+        raise
+
+
+def curl(args: list[str], timeout: float = 30.0, input: bytes | None = None) -> subprocess.CompletedProcess:
+    """Debian's curl, never through a proxy from the environment."""
+    return run_tool(["curl", "-sS", "--noproxy", "*", "--max-time", str(int(timeout))] + list(args),
+                    timeout=timeout + 5, input=input)
+
+
+def stat(stats: dict[str, int], name: str) -> int:
+    """A stat's value; fails with the similar names when it is missing."""
+    if name in stats:
+        return stats[name]
+    stem = name.rsplit(".", 1)[0]
+    near = sorted(k for k in stats if k.startswith(stem))[:40]
+    raise AssertionError(f"stat {name!r} missing; present under {stem!r}: {near}")
+
+
+def assert_ready(proc) -> None:
+    """strait is alive and /ready answers 200."""
+    assert proc.alive(), f"strait exited with {proc.proc.returncode}"
+    resp = proc.get("/ready", timeout=5)
+    assert resp.status == 200, f"/ready: {resp!r}"
