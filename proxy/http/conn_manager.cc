@@ -641,6 +641,9 @@ void ActiveStream::finish() {
   stats::record(st.downstream_rq_time, static_cast<uint64_t>(us));
   idle_timer_.reset();
   request_timer_.reset();
+  // The codec may keep its stream a little longer (HTTP/1 until the connection moves on): it must not
+  // call back into a finished stream.
+  encoder_.stream().setCallbacks(nullptr);
   conn_.removeStream(*this);
 }
 

@@ -21,7 +21,6 @@ from harness import bootstrap, static_cluster, tcp_proxy_listener, to_yaml
 # unsupported field, until the issue that builds it lands (then the xfail turns into a failure, strict).
 _NOT_YET = {
     "ads.yaml": "dynamic_resources: xDS arrives with the xDS issue",
-    "http-routes.yaml": "http_connection_manager arrives with the HTTP issue",
 }
 
 

@@ -3,12 +3,20 @@
 #include <unistd.h>
 #include <cstdio>
 
+#include "filters/http/router.h"
 #include "filters/network/tcp_proxy.h"
+#include "proxy/http/conn_manager.h"
 #include "proxy/config/bootstrap.h"
 
 using namespace strait;
 
 namespace {
+
+void registerAll() {
+  filters::network::registerTcpProxy();
+  http::registerHttpConnectionManager();
+  filters::http::registerRouter();
+}
 
 std::string writeTemp(const std::string& text) {
   static int n = 0;
@@ -18,11 +26,7 @@ std::string writeTemp(const std::string& text) {
 }
 
 absl::StatusOr<config::SnapshotConstSharedPtr> load(const std::string& yaml) {
-  static bool registered = false;
-  if (!registered) {
-    filters::network::registerTcpProxy();
-    registered = true;
-  }
+  registerAll();
   stats::Store store(1);
   config::LoadOptions o;
   o.path = writeTemp(yaml);
@@ -73,12 +77,16 @@ TEST_CASE("Bootstrap: a valid file becomes a snapshot") {
 }
 
 TEST_CASE("Bootstrap: the embedded default loads") {
-  filters::network::registerTcpProxy();
+  registerAll();
   stats::Store store(1);
   auto snap = config::loadBootstrap(config::LoadOptions{}, store);
   REQUIRE(snap.ok());
   REQUIRE((*snap)->listeners.size() == 2);
   REQUIRE((*snap)->listeners[0]->restore_original_dst);
+  REQUIRE((*snap)->listeners[0]->http_inspector.enabled);
+  // Server-first ports skip detection; others wait for the first bytes.
+  REQUIRE_FALSE((*snap)->listeners[0]->http_inspector.activeFor(3306));
+  REQUIRE((*snap)->listeners[0]->http_inspector.activeFor(8080));
   REQUIRE((*snap)->admin_address->asString() == "127.0.0.1:15000");
 }
 
