@@ -128,8 +128,10 @@ class ActiveStream : public RequestDecoder,
   event::TimerPtr request_timer_;
   uint64_t last_activity_ms_ = 0;
   common::Buffer stopped_data_;    // request body held while a filter has stopped the chain
-  size_t stopped_at_ = 0;          // index of the filter that stopped
-  bool decode_stopped_ = false;
+  size_t headers_next_ = 0;        // first filter that has not seen the headers
+  size_t data_resume_at_ = 0;      // where held body data goes on continueDecoding()
+  bool headers_stopped_ = false;
+  bool data_stopped_ = false;
   bool stopped_end_stream_ = false;
   bool decode_complete_ = false;
   bool encode_complete_ = false;
@@ -440,16 +442,20 @@ void ActiveStream::decodeHeaders(RequestHeadersPtr headers, bool end_stream) {
   runDecodeHeaders(0);
 }
 
+// Filter iteration. `headers_next_` is the first filter that has not seen the request headers; a filter
+// that stopped the headers still gets the body (it may be the router, which takes it from there), and
+// one that returns Continue from decodeData lets the headers go on, as in Envoy.
 void ActiveStream::runDecodeHeaders(size_t from) {
   for (size_t i = from; i < decoder_filters_.size(); ++i) {
     if (finished_ || response_started_) return;
-    FilterHeadersStatus s = decoder_filters_[i]->decodeHeaders(*request_headers_, decode_complete_ && stopped_data_.empty() && !request_trailers_);
-    if (s == FilterHeadersStatus::StopIteration) {
-      decode_stopped_ = true;
-      stopped_at_ = i;
+    headers_next_ = i + 1;
+    const bool end = decode_complete_ && stopped_data_.empty() && !request_trailers_;
+    if (decoder_filters_[i]->decodeHeaders(*request_headers_, end) == FilterHeadersStatus::StopIteration) {
+      headers_stopped_ = true;
       return;
     }
   }
+  headers_stopped_ = false;
 }
 
 void ActiveStream::decodeData(common::Buffer& data, bool end_stream) {
@@ -462,12 +468,11 @@ void ActiveStream::decodeData(common::Buffer& data, bool end_stream) {
     maybeFinish();
     return;
   }
-  if (decode_stopped_) {
+  if (data_stopped_) {
+    // A filter is holding the body: keep adding to what it holds.
     stopped_data_.move(data);
     stopped_end_stream_ = end_stream;
-    if (stopped_data_.length() > bufferLimit()) {
-      sendLocalReply(413, "payload too large\n", "request_payload_too_large");
-    }
+    if (stopped_data_.length() > bufferLimit()) sendLocalReply(413, "payload too large\n", "request_payload_too_large");
     return;
   }
   runDecodeData(0, data, end_stream);
@@ -475,13 +480,26 @@ void ActiveStream::decodeData(common::Buffer& data, bool end_stream) {
 
 void ActiveStream::runDecodeData(size_t from, common::Buffer& data, bool end_stream) {
   for (size_t i = from; i < decoder_filters_.size(); ++i) {
-    if (finished_) return;
+    if (finished_ || response_started_) return;
+    if (i >= headers_next_) {
+      // The filter that stopped the headers let the body through with Continue: the headers go on
+      // first (runDecodeHeaders always reaches filter i), then the body follows them.
+      runDecodeHeaders(i);
+      if (finished_ || response_started_) return;
+    }
+    if (i >= headers_next_) {
+      stopped_data_.move(data);
+      stopped_end_stream_ = end_stream;
+      data_stopped_ = true;
+      data_resume_at_ = i;
+      return;
+    }
     FilterDataStatus s = decoder_filters_[i]->decodeData(data, end_stream);
     if (s == FilterDataStatus::StopIterationAndBuffer) {
       stopped_data_.move(data);
       stopped_end_stream_ = end_stream;
-      decode_stopped_ = true;
-      stopped_at_ = i;
+      data_stopped_ = true;
+      data_resume_at_ = i + 1;
       return;
     }
     if (s == FilterDataStatus::StopIterationNoBuffer) return;
@@ -496,34 +514,26 @@ void ActiveStream::decodeTrailers(TrailerMapPtr trailers) {
     maybeFinish();
     return;
   }
-  if (decode_stopped_) return;
+  if (data_stopped_) return;  // delivered after the held body, on continueDecoding()
   runDecodeTrailers(0);
 }
 
 void ActiveStream::runDecodeTrailers(size_t from) {
-  for (size_t i = from; i < decoder_filters_.size(); ++i) {
+  for (size_t i = from; i < decoder_filters_.size() && i < headers_next_; ++i) {
     if (finished_) return;
-    if (decoder_filters_[i]->decodeTrailers(*request_trailers_) == FilterTrailersStatus::StopIteration) {
-      decode_stopped_ = true;
-      stopped_at_ = i;
-      return;
-    }
+    if (decoder_filters_[i]->decodeTrailers(*request_trailers_) == FilterTrailersStatus::StopIteration) return;
   }
 }
 
 void ActiveStream::continueDecoding() {
-  if (!decode_stopped_ || finished_) return;
-  decode_stopped_ = false;
-  size_t next = stopped_at_ + 1;
-  runDecodeHeaders(next);
-  if (decode_stopped_ || finished_) return;
-  if (!stopped_data_.empty() || (stopped_end_stream_ && !request_trailers_)) {
-    common::Buffer data;
-    data.move(stopped_data_);
-    runDecodeData(next, data, stopped_end_stream_);
-    if (decode_stopped_ || finished_) return;
-  }
-  if (request_trailers_) runDecodeTrailers(next);
+  if (finished_) return;
+  if (headers_stopped_) runDecodeHeaders(headers_next_);
+  if (finished_ || response_started_ || !data_stopped_) return;
+  data_stopped_ = false;
+  common::Buffer data;
+  data.move(stopped_data_);
+  runDecodeData(data_resume_at_, data, stopped_end_stream_);
+  if (!data_stopped_ && request_trailers_ && !finished_) runDecodeTrailers(data_resume_at_);
 }
 
 void ActiveStream::sendLocalReply(uint32_t status, std::string_view body, std::string_view details) {
