@@ -360,6 +360,11 @@ bool ActiveStream::prepareRequest(RequestHeaders& h) {
     sendLocalReply(400, "missing method or path\n", "missing_required_header");
     return false;
   }
+  if (h.authority.empty() && conn_.protocol() != Protocol::Http2) {
+    // Only HTTP/1.0 may omit Host (the codec rejects HTTP/1.1 without it): route it as addressed to
+    // this listener.
+    h.authority = connection().localAddress().asString();
+  }
   if (h.authority.empty() && h.method != "CONNECT") {
     sendLocalReply(400, "missing host\n", "missing_host_header");
     return false;

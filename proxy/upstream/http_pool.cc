@@ -35,6 +35,7 @@ class ActiveClient : public network::ConnectionCallbacks,
   uint64_t totalStreams() const { return total_streams_; }
   http::RequestEncoder& newStream(http::ResponseDecoder& decoder);
   void onStreamDone(StreamWrapper& stream);
+  void onReusable();
   void close() {
     if (conn_ && conn_->state() != network::Connection::State::Closed) conn_->close(network::CloseType::NoFlush);
   }
@@ -232,14 +233,18 @@ void ActiveClient::onStreamDone(StreamWrapper& stream) {
   streams_.erase(stream.position);
   pool_.dispatcher_.deferredDelete(std::move(h));
   if (state_ != State::Ready) return;
-  if (pool_.protocol_ != http::Protocol::Http2 && !codec_->canOpenStream()) {
-    // HTTP/1 connection that cannot carry another request (close, an unfinished exchange).
-    close();
+  if (in_dispatch_) {
+    // Decide about reuse only once the codec has finished with this response.
+    ready_after_dispatch_ = true;
     return;
   }
-  if (in_dispatch_) {
-    // Hand the connection to the next request only once the codec has finished with this response.
-    ready_after_dispatch_ = true;
+  onReusable();
+}
+
+void ActiveClient::onReusable() {
+  if (pool_.protocol_ != http::Protocol::Http2 && !codec_->canOpenStream()) {
+    // An HTTP/1 connection that cannot carry another request (close, an unfinished exchange).
+    close();
     return;
   }
   pool_.onClientReady(*this);
@@ -273,8 +278,7 @@ void ActiveClient::onData(network::Connection&, common::Buffer& data, bool end_s
   }
   if (ready_after_dispatch_ && conn_->state() != network::Connection::State::Closed) {
     ready_after_dispatch_ = false;
-    pool_.onClientReady(*this);
-    if (active_streams_ == 0) armIdleTimer();
+    onReusable();
   }
 }
 
