@@ -6,6 +6,7 @@
 #include <cstring>
 #include <list>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -49,15 +50,6 @@ constexpr uint64_t kResetFloodMinResets = 100;
 constexpr uint64_t kResetRateBurst = 1000;
 constexpr uint64_t kResetRatePerSecond = 33;
 constexpr uint32_t kMaxWindow = 0x7fffffff;
-
-inline char lowerChar(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c + 32) : c; }
-
-inline bool hasUpper(std::string_view s) {
-  for (char c : s) {
-    if (c >= 'A' && c <= 'Z') return true;
-  }
-  return false;
-}
 
 // Connection-specific header fields (RFC 9113 8.2.2) that must never be sent on HTTP/2. `te` is
 // allowed only as "trailers". Checked by length first so most names cost one switch.
@@ -134,13 +126,12 @@ class StreamBase : public Stream, public event::DeferredDeletable {
   uint32_t header_count_ = 0;
   int32_t cookie_index_ = -1;
 
-  // Inbound body: the current DATA frame's chunks, delivered when the frame ends.
-  Buffer recv_;
   uint32_t read_disable_count_ = 0;
   size_t unconsumed_ = 0;  // delivered while read-disabled: window not yet returned
 
-  // Outbound body.
-  Buffer send_;
+  // Outbound body (created on first use: libstdc++'s deque allocates even when empty).
+  std::optional<Buffer> send_;
+  size_t sendLength() const { return send_ ? send_->length() : 0; }
   TrailerMapPtr trailers_out_;
   bool has_provider_ = false;
   bool data_deferred_ = false;
@@ -224,7 +215,8 @@ class ConnectionBase {
   bool writeBlocked() const { return write_blocked_; }
   uint32_t streamBufferLimit() const { return settings_.stream_buffer_limit; }
 
-  // Header list conversion into nva_ (names lowercased, connection-specific fields dropped).
+  // Header list conversion into nva_ (connection-specific fields dropped; nghttp2 lowercases names
+  // as it copies them at submission).
   void buildRequestNva(const RequestHeaders& headers);
   void buildResponseNva(const ResponseHeaders& headers);
   void buildTrailerNva(const HeaderMap& trailers);
@@ -263,7 +255,6 @@ class ConnectionBase {
   void maybeCloseTransport();
   void addNv(std::string_view name, std::string_view value);
   void addRegularHeaders(const HeaderMap& headers, bool skip_host);
-  void reserveScratch(const HeaderMap& headers);
   StreamBase* streamFor(int32_t id) {
     return static_cast<StreamBase*>(nghttp2_session_get_stream_user_data(session_, id));
   }
@@ -275,6 +266,7 @@ class ConnectionBase {
   }
   void deliverHeaders(StreamBase& s, const nghttp2_frame* frame);
   void deliverData(StreamBase& s, bool end_stream);
+  void dropUndelivered();
   int headerFailure(StreamBase& s, uint32_t code, StreamResetReason reason);
   void countPeerReset();
   void countFrameWhileBlocked(uint8_t type);
@@ -307,11 +299,14 @@ class ConnectionBase {
   const uint32_t max_header_bytes_;
 
   Buffer out_;
+  // The chunks of the DATA frame being received, delivered when the frame ends.
+  Buffer recv_;
+  StreamBase* recv_owner_ = nullptr;
   std::list<std::unique_ptr<StreamBase>> active_;
   std::vector<std::unique_ptr<StreamBase>> orphans_;  // client streams opened on a dead connection
   std::vector<StreamBase*> below_pending_;
   std::vector<nghttp2_nv> nva_;
-  std::string scratch_;
+  char status_digits_[3] = {'2', '0', '0'};
 
   int scope_depth_ = 0;
   bool in_flush_ = false;
@@ -368,9 +363,10 @@ void StreamBase::encodeDataImpl(Buffer& data, bool end_stream) {
     return;
   }
   ConnectionBase::FlushScope scope(parent_);
-  send_.move(data);
+  if (!send_) send_.emplace();
+  send_->move(data);
   if (end_stream) local_end_ = true;
-  if (!above_stream_limit_ && send_.length() > parent_.streamBufferLimit()) {
+  if (!above_stream_limit_ && send_->length() > parent_.streamBufferLimit()) {
     above_stream_limit_ = true;
     raiseWatermark();
   }
@@ -547,7 +543,7 @@ void ConnectionBase::flushNow() {
       pending.swap(below_pending_);
       for (StreamBase* s : pending) {
         s->below_pending_ = false;
-        if (s->closed_ || !s->above_stream_limit_ || s->send_.length() >= streamBufferLimit() / 2) continue;
+        if (s->closed_ || !s->above_stream_limit_ || s->sendLength() >= streamBufferLimit() / 2) continue;
         s->above_stream_limit_ = false;
         s->lowerWatermark();
       }
@@ -655,8 +651,11 @@ void ConnectionBase::belowLowWatermarkImpl() {
 }
 
 void ConnectionBase::transportClosedImpl() {
+  if (terminal_error_.empty()) terminal_error_ = "http2: connection closed";
   session_dead_ = true;
   close_requested_ = true;
+  recv_.clear();
+  recv_owner_ = nullptr;
   auto streams = std::move(active_);
   active_.clear();
   for (auto& s : streams) {
@@ -678,7 +677,7 @@ RequestEncoder& ConnectionBase::newClientStream(ResponseDecoder& decoder) {
   s.response_decoder_ = &decoder;
   s.delivered_ = true;
   if (session_dead_) {
-    s.closed_ = true;
+    // The pool should not do this (canOpenStream() is false); encodeHeaders() will report the failure.
     orphans_.push_back(std::move(stream));
     return s;
   }
@@ -700,11 +699,7 @@ bool ConnectionBase::canOpenStreamImpl() const {
 void ConnectionBase::finishStream(StreamBase& s, uint32_t error_code) {
   if (s.closed_) return;
   s.closed_ = true;
-  if (!s.recv_.empty()) {
-    // Received but never delivered: the connection window still has to come back.
-    if (!session_dead_) nghttp2_session_consume_connection(session_, s.recv_.length());
-    s.recv_.clear();
-  }
+  if (recv_owner_ == &s) dropUndelivered();
   bool complete = s.local_end_ && s.remote_end_ && !s.remote_rst_ && error_code == NGHTTP2_NO_ERROR;
   bool notify = s.delivered_ && !s.local_reset_ && !complete;
   StreamResetReason reason = StreamResetReason::ConnectionTermination;
@@ -756,13 +751,6 @@ void ConnectionBase::countFrameWhileBlocked(uint8_t type) {
 
 // ---- header lists -------------------------------------------------------------------------------
 
-void ConnectionBase::reserveScratch(const HeaderMap& headers) {
-  size_t need = 16;
-  for (const auto& e : headers.entries()) need += e.name.size();
-  scratch_.clear();
-  if (scratch_.capacity() < need) scratch_.reserve(need);
-}
-
 void ConnectionBase::addNv(std::string_view name, std::string_view value) {
   nghttp2_nv nv;
   nv.name = reinterpret_cast<uint8_t*>(const_cast<char*>(name.data()));
@@ -778,20 +766,14 @@ void ConnectionBase::addRegularHeaders(const HeaderMap& headers, bool skip_host)
     if (e.name.empty() || e.name[0] == ':') continue;
     if (isConnectionSpecific(e.name, e.value)) continue;
     if (skip_host && isHost(e.name)) continue;
-    if (!hasUpper(e.name)) {
-      addNv(e.name, e.value);
-      continue;
-    }
-    // scratch_ was reserved for every name, so appending never moves earlier names.
-    size_t pos = scratch_.size();
-    for (char c : e.name) scratch_.push_back(lowerChar(c));
-    addNv(std::string_view(scratch_.data() + pos, e.name.size()), e.value);
+    // nghttp2 copies the fields when a frame is submitted and lowercases names as it copies.
+    addNv(e.name, e.value);
   }
 }
 
 void ConnectionBase::buildRequestNva(const RequestHeaders& h) {
   nva_.clear();
-  reserveScratch(h);
+  nva_.reserve(h.size() + 5);
   const bool connect = h.method == "CONNECT";
   addNv(":method", h.method.empty() ? std::string_view("GET") : std::string_view(h.method));
   std::string_view authority = h.authority;
@@ -811,19 +793,18 @@ void ConnectionBase::buildRequestNva(const RequestHeaders& h) {
 
 void ConnectionBase::buildResponseNva(const ResponseHeaders& h) {
   nva_.clear();
-  reserveScratch(h);
+  nva_.reserve(h.size() + 1);
   uint32_t status = (h.status >= 100 && h.status <= 999) ? h.status : 500;
-  size_t pos = scratch_.size();
-  scratch_.push_back(static_cast<char>('0' + status / 100));
-  scratch_.push_back(static_cast<char>('0' + status / 10 % 10));
-  scratch_.push_back(static_cast<char>('0' + status % 10));
-  addNv(":status", std::string_view(scratch_.data() + pos, 3));
+  status_digits_[0] = static_cast<char>('0' + status / 100);
+  status_digits_[1] = static_cast<char>('0' + status / 10 % 10);
+  status_digits_[2] = static_cast<char>('0' + status % 10);
+  addNv(":status", std::string_view(status_digits_, 3));
   addRegularHeaders(h, false);
 }
 
 void ConnectionBase::buildTrailerNva(const HeaderMap& t) {
   nva_.clear();
-  reserveScratch(t);
+  nva_.reserve(t.size());
   addRegularHeaders(t, false);
 }
 
@@ -861,22 +842,31 @@ void ConnectionBase::deliverHeaders(StreamBase& s, const nghttp2_frame* frame) {
   }
 }
 
+void ConnectionBase::dropUndelivered() {
+  // Received but never delivered: the connection window still has to come back.
+  if (!recv_.empty() && !session_dead_) nghttp2_session_consume_connection(session_, recv_.length());
+  recv_.clear();
+  recv_owner_ = nullptr;
+}
+
 void ConnectionBase::deliverData(StreamBase& s, bool end_stream) {
-  const size_t len = s.recv_.length();
+  if (recv_owner_ != &s) dropUndelivered();  // (a zero-length DATA frame has no chunks)
+  recv_owner_ = nullptr;
+  const size_t len = recv_.length();
   if (end_stream) s.remote_end_ = true;
   if (!s.live() || !s.delivered_) {
     if (len > 0) {
       nghttp2_session_consume(session_, s.id_, len);
-      s.recv_.clear();
+      recv_.clear();
     }
     return;
   }
   if (server()) {
-    if (s.request_decoder_ != nullptr) s.request_decoder_->decodeData(s.recv_, end_stream);
+    if (s.request_decoder_ != nullptr) s.request_decoder_->decodeData(recv_, end_stream);
   } else {
-    s.response_decoder_->decodeData(s.recv_, end_stream);
+    s.response_decoder_->decodeData(recv_, end_stream);
   }
-  s.recv_.clear();
+  recv_.clear();
   if (len == 0) return;
   nghttp2_session_consume_connection(session_, len);
   if (s.closed_) return;
@@ -911,19 +901,19 @@ int ConnectionBase::onSendData(nghttp2_session*, nghttp2_frame* frame, const uin
   auto* c = static_cast<ConnectionBase*>(user_data);
   auto* s = static_cast<StreamBase*>(source->ptr);
   if (c->out_.length() >= kFlushChunk) return NGHTTP2_ERR_WOULDBLOCK;
-  RELEASE_ASSERT(s->send_.length() >= length, "http2: DATA frame longer than the pending body");
+  RELEASE_ASSERT(s->sendLength() >= length, "http2: DATA frame longer than the pending body");
   c->out_.add(framehd, 9);
   const size_t padlen = frame->data.padlen;
   if (padlen > 0) {
     uint8_t pad_field = static_cast<uint8_t>(padlen - 1);
     c->out_.add(&pad_field, 1);
   }
-  c->out_.move(s->send_, length);
+  if (length > 0) c->out_.move(*s->send_, length);
   if (padlen > 1) {
     static const uint8_t zeros[256] = {};
     c->out_.add(zeros, padlen - 1);
   }
-  if (s->above_stream_limit_ && s->send_.length() < c->streamBufferLimit() / 2) c->schedulePendingBelow(*s);
+  if (s->above_stream_limit_ && s->sendLength() < c->streamBufferLimit() / 2) c->schedulePendingBelow(*s);
   return 0;
 }
 
@@ -931,7 +921,7 @@ ssize_t ConnectionBase::onDataSourceRead(nghttp2_session* session, int32_t strea
                                          uint32_t* data_flags, nghttp2_data_source* source, void* user_data) {
   auto* c = static_cast<ConnectionBase*>(user_data);
   auto* s = static_cast<StreamBase*>(source->ptr);
-  const size_t avail = s->send_.length();
+  const size_t avail = s->sendLength();
   if ((avail == 0 && !s->local_end_) || c->write_blocked_) {
     s->data_deferred_ = true;
     return NGHTTP2_ERR_DEFERRED;
@@ -943,8 +933,8 @@ ssize_t ConnectionBase::onDataSourceRead(nghttp2_session* session, int32_t strea
     if (s->trailers_out_) {
       *data_flags |= NGHTTP2_DATA_FLAG_NO_END_STREAM;
       c->buildTrailerNva(*s->trailers_out_);
+      int rv = nghttp2_submit_trailer(session, stream_id, c->nva(), c->nvaLength());  // copies the fields
       s->trailers_out_.reset();
-      int rv = nghttp2_submit_trailer(session, stream_id, c->nva(), c->nvaLength());
       if (rv != 0) {
         LOG_DEBUG("http2: stream %d: cannot submit trailers: %s", stream_id, nghttp2_strerror(rv));
         return NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE;
@@ -1120,7 +1110,12 @@ int ConnectionBase::onDataChunkRecv(nghttp2_session* session, uint8_t, int32_t s
     nghttp2_session_consume(session, stream_id, len);
     return 0;
   }
-  s->recv_.add(data, len);
+  // Frames are never interleaved, so one buffer holds the chunks of the DATA frame being received.
+  if (c->recv_owner_ != s) {
+    if (!c->recv_.empty()) c->dropUndelivered();
+    c->recv_owner_ = s;
+  }
+  c->recv_.add(data, len);
   return 0;
 }
 
