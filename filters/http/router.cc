@@ -85,11 +85,15 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks {
     buffering_ = !upgrade_;
     cb_->setDownstreamWatermarkCallbacks(&dw_);
     if (request_complete_) startGlobalTimer();
+    LOG_DEBUG("router: %s %s%s -> cluster %s", headers.method.c_str(), headers.authority.c_str(), headers.path.c_str(),
+              cluster_->name.c_str());
     startAttempt();
     return FilterHeadersStatus::StopIteration;
   }
 
   FilterDataStatus decodeData(common::Buffer& data, bool end_stream) override {
+    LOG_TRACE("router: request data %zu (end %d, upstream %d)", data.length(), end_stream ? 1 : 0,
+              upstream_ != nullptr ? 1 : 0);
     if (end_stream) {
       request_complete_ = true;
       startGlobalTimer();
@@ -136,6 +140,8 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks {
 
   // ---- pool ----
   void onPoolReady(RequestEncoder& encoder, bool reused) override {
+    LOG_DEBUG("router: upstream ready (reused %d, pending body %zu, request complete %d)", reused ? 1 : 0,
+              pending_body_.length(), request_complete_ ? 1 : 0);
     pending_ = nullptr;
     upstream_ = &encoder;
     reused_ = reused;
@@ -183,6 +189,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks {
   }
 
   void onUpstreamHeaders(ResponseHeadersPtr headers, bool end_stream) {
+    LOG_DEBUG("router: upstream response %u (end %d)", headers->status, end_stream ? 1 : 0);
     response_bytes_ = true;
     const uint32_t status = headers->status;
     countStatus(status);
@@ -199,6 +206,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks {
   }
 
   void onUpstreamData(common::Buffer& data, bool end_stream) {
+    LOG_TRACE("router: upstream data %zu (end %d)", data.length(), end_stream ? 1 : 0);
     if (end_stream) onUpstreamComplete();
     cb_->encodeData(data, end_stream);
   }

@@ -136,6 +136,7 @@ class ActiveStream : public RequestDecoder,
   bool decode_complete_ = false;
   bool encode_complete_ = false;
   bool response_started_ = false;
+  bool local_replied_ = false;  // answered here: the rest of the request is dropped
   bool head_request_ = false;
   bool grpc_ = false;
   bool finished_ = false;
@@ -173,6 +174,7 @@ class HttpConnection : public config::ActiveSession,
 
   // CodecTransport
   void write(common::Buffer& data, bool end_stream) override {
+    LOG_TRACE("[C%lu] hcm: write %zu bytes", conn_->id(), data.length());
     stats::inc(config_->stats.downstream_cx_tx_bytes_total, static_cast<int64_t>(data.length()));
     conn_->write(data, end_stream);
   }
@@ -193,6 +195,7 @@ class HttpConnection : public config::ActiveSession,
 
   // ConnectionCallbacks
   void onData(network::Connection&, common::Buffer& data, bool end_stream) override {
+    LOG_TRACE("[C%lu] hcm: read %zu bytes (end %d)", conn_->id(), data.length(), end_stream ? 1 : 0);
     stats::inc(config_->stats.downstream_cx_rx_bytes_total, static_cast<int64_t>(data.length()));
     if (!codec_) {
       // AUTO: the HTTP/2 connection preface decides; any other first bytes are HTTP/1.
@@ -380,6 +383,7 @@ bool ActiveStream::prepareRequest(RequestHeaders& h) {
       resp->status = 307;
       resp->add("location", h.path);
       resp->add("content-length", "0");
+      local_replied_ = true;
       encodeHeaders(std::move(resp), true);
       return false;
     }
@@ -452,7 +456,7 @@ void ActiveStream::decodeHeaders(RequestHeadersPtr headers, bool end_stream) {
 // one that returns Continue from decodeData lets the headers go on, as in Envoy.
 void ActiveStream::runDecodeHeaders(size_t from) {
   for (size_t i = from; i < decoder_filters_.size(); ++i) {
-    if (finished_ || response_started_) return;
+    if (finished_ || local_replied_) return;
     headers_next_ = i + 1;
     const bool end = decode_complete_ && stopped_data_.empty() && !request_trailers_;
     if (decoder_filters_[i]->decodeHeaders(*request_headers_, end) == FilterHeadersStatus::StopIteration) {
@@ -467,8 +471,8 @@ void ActiveStream::decodeData(common::Buffer& data, bool end_stream) {
   touch();
   info_.bytes_received += data.length();
   if (end_stream) decode_complete_ = true;
-  if (finished_ || response_started_) {
-    // The response is out (e.g. a local reply): the rest of the request goes nowhere.
+  if (finished_ || local_replied_) {
+    // A local reply answered the request: the rest of it goes nowhere.
     data.drain(data.length());
     maybeFinish();
     return;
@@ -485,12 +489,12 @@ void ActiveStream::decodeData(common::Buffer& data, bool end_stream) {
 
 void ActiveStream::runDecodeData(size_t from, common::Buffer& data, bool end_stream) {
   for (size_t i = from; i < decoder_filters_.size(); ++i) {
-    if (finished_ || response_started_) return;
+    if (finished_ || local_replied_) return;
     if (i >= headers_next_) {
       // The filter that stopped the headers let the body through with Continue: the headers go on
       // first (runDecodeHeaders always reaches filter i), then the body follows them.
       runDecodeHeaders(i);
-      if (finished_ || response_started_) return;
+      if (finished_ || local_replied_) return;
     }
     if (i >= headers_next_) {
       stopped_data_.move(data);
@@ -515,7 +519,7 @@ void ActiveStream::decodeTrailers(TrailerMapPtr trailers) {
   touch();
   decode_complete_ = true;
   request_trailers_ = std::move(trailers);
-  if (finished_ || response_started_) {
+  if (finished_ || local_replied_) {
     maybeFinish();
     return;
   }
@@ -533,7 +537,7 @@ void ActiveStream::runDecodeTrailers(size_t from) {
 void ActiveStream::continueDecoding() {
   if (finished_) return;
   if (headers_stopped_) runDecodeHeaders(headers_next_);
-  if (finished_ || response_started_ || !data_stopped_) return;
+  if (finished_ || local_replied_ || !data_stopped_) return;
   data_stopped_ = false;
   common::Buffer data;
   data.move(stopped_data_);
@@ -544,6 +548,7 @@ void ActiveStream::continueDecoding() {
 void ActiveStream::sendLocalReply(uint32_t status, std::string_view body, std::string_view details) {
   if (finished_) return;
   info_.details = std::string(details);
+  local_replied_ = true;
   if (response_started_) {
     resetStream();
     return;

@@ -1064,6 +1064,8 @@ int ConnectionBase::onFrameRecv(nghttp2_session*, const nghttp2_frame* frame, vo
   switch (frame->hd.type) {
     case NGHTTP2_DATA: {
       StreamBase* s = c->streamFor(frame->hd.stream_id);
+      LOG_TRACE("h2: DATA frame on stream %d, %zu bytes (known %d, closed %d, live %d)", frame->hd.stream_id,
+                frame->hd.length, s != nullptr ? 1 : 0, s != nullptr && s->closed_ ? 1 : 0, s != nullptr && s->live() ? 1 : 0);
       if (s != nullptr && !s->closed_) c->deliverData(*s, (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0);
       break;
     }

@@ -1,0 +1,242 @@
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "proxy/config/snapshot.h"
+#include "proxy/http/header_map.h"
+
+namespace envoy::config::route::v3 {
+class RouteConfiguration;
+class Route;
+class VirtualHost;
+}  // namespace envoy::config::route::v3
+
+namespace re2 {
+class RE2;
+}
+
+namespace strait::http {
+
+// Header additions and removals as an ordered list of operations. Envoy applies each level's removals,
+// then its additions, level by level from the most specific (weighted cluster, route, virtual host, route
+// configuration); the list is that sequence flattened at config time, so a later level can remove or
+// overwrite what an earlier one added exactly as in Envoy. Names are lower case; values are literals
+// ("%%" in the config is a literal '%'); additions with an empty value are dropped unless
+// keep_empty_value, as Envoy does.
+struct HeaderMutation {
+  struct Op {
+    enum class Action {
+      Remove,             // *_headers_to_remove
+      Append,             // APPEND_IF_EXISTS_OR_ADD (default), or append: true
+      AddIfAbsent,        // ADD_IF_ABSENT
+      Overwrite,          // OVERWRITE_IF_EXISTS_OR_ADD, or append: false
+      OverwriteIfExists,  // OVERWRITE_IF_EXISTS
+    };
+    Action action = Action::Append;
+    std::string name;
+    std::string value;
+  };
+  std::vector<Op> ops;
+
+  bool empty() const { return ops.empty(); }
+  void applyTo(HeaderMap& headers) const;
+};
+
+struct RetryPolicy {
+  bool enabled = false;      // a policy exists (on the route, else on the virtual host)
+  uint32_t num_retries = 1;  // Envoy's default when a policy exists
+  // retry_on conditions.
+  bool on_5xx = false;
+  bool on_gateway_error = false;  // 502, 503, 504
+  bool on_reset = false;
+  bool on_reset_before_request = false;
+  bool on_connect_failure = false;
+  bool on_retriable_4xx = false;  // 409
+  bool on_refused_stream = false;
+  bool on_retriable_status_codes = false;
+  bool on_envoy_ratelimited = false;  // x-envoy-ratelimited in the response
+  // gRPC status in the response headers/trailers.
+  bool on_grpc_cancelled = false;
+  bool on_grpc_deadline_exceeded = false;
+  bool on_grpc_internal = false;
+  bool on_grpc_resource_exhausted = false;
+  bool on_grpc_unavailable = false;
+  std::vector<uint32_t> retriable_status_codes;
+  uint64_t per_try_timeout_ms = 0;       // 0: none (the route timeout still applies)
+  uint64_t per_try_idle_timeout_ms = 0;  // 0: none
+  uint64_t base_interval_ms = 25;
+  uint64_t max_interval_ms = 250;  // 10 x base_interval unless set
+};
+
+struct RedirectAction {
+  enum class PathKind { Keep, Path, PrefixRewrite, RegexRewrite };
+  std::string scheme;  // empty: the request's; "https" for https_redirect; else scheme_redirect (lower case)
+  std::string host;    // empty: the request's
+  uint32_t port = 0;   // 0: keep
+  PathKind path_kind = PathKind::Keep;
+  std::string path;            // path_redirect (may carry its own query, which then replaces the request's)
+  std::string prefix_rewrite;  // replaces the matched prefix (the whole path for path / regex routes)
+  std::shared_ptr<const re2::RE2> regex_rewrite;
+  std::string regex_substitution;
+  uint32_t response_code = 301;  // 301, 302, 303, 307 or 308
+  bool strip_query = false;
+};
+
+struct WeightedTarget {
+  std::string name;
+  config::ClusterConstSharedPtr cluster;  // null when the cluster is not known (validate_clusters off)
+  uint32_t weight = 0;
+  // The complete chains for requests sent to this target: the cluster weight's own mutations first,
+  // then the route's, virtual host's and route configuration's (RouteEntry::request_headers). Use these
+  // instead of the entry's when the route is weighted.
+  HeaderMutation request_headers;
+  HeaderMutation response_headers;
+};
+
+// One route: what the router does with a request that matched it. Immutable; owned by the RouteTable.
+struct RouteEntry {
+  enum class Kind { Cluster, WeightedClusters, ClusterHeader, DirectResponse, Redirect };
+  enum class PathMatch { Prefix, Path, Regex, PathSeparatedPrefix };
+
+  std::string name;               // Route.name (may be empty)
+  std::string virtual_host_name;  // the virtual host it belongs to
+  Kind kind = Kind::Cluster;
+
+  // Kind::Cluster. `cluster` is resolved at config time; null when the name is not known (only possible
+  // with validate_clusters off): the router then answers cluster_not_found_status.
+  std::string cluster_name;
+  config::ClusterConstSharedPtr cluster;
+  // Kind::WeightedClusters.
+  std::vector<WeightedTarget> weighted;
+  uint64_t total_weight = 0;
+  // Kind::ClusterHeader: the cluster is named by this request header (lower case); the router looks it up.
+  std::string cluster_header;
+  uint32_t cluster_not_found_status = 503;  // 503, 404 or 500 (cluster_not_found_response_code)
+
+  // How the route matched the path, for rewrites: `matched_prefix` is the prefix (Prefix,
+  // PathSeparatedPrefix) or the path (Path); for Path and Regex routes the whole path (without the query)
+  // is what a prefix_rewrite replaces, as in Envoy.
+  PathMatch path_match = PathMatch::Prefix;
+  std::string matched_prefix;
+  std::string prefix_rewrite;
+  std::shared_ptr<const re2::RE2> regex_rewrite;  // applied to the path without the query, every match
+  std::string regex_rewrite_substitution;
+  std::string host_rewrite_literal;
+  std::string host_rewrite_header;  // lower case; the authority becomes that header's value when present
+  bool auto_host_rewrite = false;   // the router sets the authority to the chosen host's name
+
+  uint64_t timeout_ms = 15000;  // Envoy's default route timeout; 0: none
+  uint64_t idle_timeout_ms = 0;
+  std::optional<uint64_t> max_stream_duration_ms;
+  std::optional<uint64_t> grpc_timeout_header_max_ms;  // set: honour grpc-timeout, capped (0: no cap)
+  RetryPolicy retry;  // the route's, else the virtual host's
+
+  // Kind::DirectResponse.
+  uint32_t direct_status = 0;
+  std::string direct_body;
+  // Kind::Redirect (also the synthesized https redirect of a virtual host with require_tls).
+  RedirectAction redirect;
+
+  // Merged at config time, most specific level first: route, then virtual host, then route configuration.
+  // The router also applies response_headers to direct responses and redirects, as Envoy does.
+  HeaderMutation request_headers;
+  HeaderMutation response_headers;
+
+  bool websocket_upgrade = false;  // the HCM default, overridden by the route's upgrade_configs
+
+  // The route's proto (typed_per_filter_config, metadata, hash_policy for the load balancer) and its
+  // virtual host's; they live as long as the table. Null for a synthesized https redirect's `proto`.
+  const envoy::config::route::v3::Route* proto = nullptr;
+  const envoy::config::route::v3::VirtualHost* virtual_host_proto = nullptr;
+
+  // Applies prefix/regex rewrite (path; the query is kept) and host_rewrite_literal/_header (authority).
+  // When the path changes and `insert_original_path`, x-envoy-original-path gets the old one (Envoy does
+  // unless the router's suppress_envoy_headers).
+  void rewrite(RequestHeaders& headers, bool insert_original_path = true) const;
+  // Picks a weighted cluster: `random % total_weight` falls in one target's share (Envoy's rule), so the
+  // choice is deterministic for a given number. Null unless Kind::WeightedClusters.
+  const WeightedTarget* pickWeighted(uint64_t random) const;
+  // Kind::Redirect: the Location for this request (scheme://host[:port]/path[?query]).
+  std::string redirectLocation(const RequestHeaders& headers) const;
+};
+
+// The immutable route table the HTTP router uses, translated from envoy.config.route.v3.RouteConfiguration.
+// Built once per config (static route_config or an RDS resource); workers share it by shared_ptr.
+class RouteTable {
+ public:
+  struct Options {
+    // For a route config inline in the bootstrap; xDS passes false. The proto's own validate_clusters,
+    // when set, wins.
+    bool validate_clusters = true;
+    bool hcm_websocket_upgrade = false;  // the HCM's upgrade_configs allow websocket
+  };
+
+  // Errors name the field: "<path>.virtual_hosts[1].routes[0].match.safe_regex.regex: invalid regex: ..."
+  static absl::StatusOr<std::shared_ptr<const RouteTable>> create(
+      const envoy::config::route::v3::RouteConfiguration& proto, const std::string& path,
+      const std::map<std::string, config::ClusterConstSharedPtr>& clusters, const Options& options);
+
+  // The route for a request, or nullptr (the router answers 404, response flag NR). The virtual host is
+  // chosen by :authority, ignoring case; the port is dropped for matching unless some domain of the
+  // table names a port ("host:8080", "host:*"). Envoy's order: exact domain, then suffix wildcards
+  // ("*.foo", "*-bar.foo") longest first, then prefix wildcards ("foo.*") longest first, then "*". A
+  // wildcard matches at least one character. In a virtual host with require_tls, a request that is not
+  // https (x-forwarded-proto, else :scheme) gets a 301 https redirect entry (EXTERNAL_ONLY: unless
+  // x-envoy-internal is "true"). Then the first route whose match fits wins:
+  //  - prefix: on the whole :path (Envoy's rule); path and safe_regex (full match): on the path without
+  //    query and fragment; path_separated_prefix: the prefix then '/' or the end of the path;
+  //    case_sensitive (default true) applies to prefix/path/path_separated_prefix, not to regexes;
+  //  - headers: names ignore case; ":method", ":path", ":authority" (also "host"), ":scheme" and
+  //    ":protocol" read the pseudo-header fields; repeated headers are joined with "," (Envoy); no
+  //    specifier means "present"; a missing header fails every matcher except present_match: false (or an
+  //    inverted present_match: true) unless treat_missing_header_as_empty;
+  //  - query_parameters: the first parameter of that name, value as sent (not percent-decoded); no '='
+  //    gives an empty value;
+  //  - grpc: content-type application/grpc, or application/grpc+... / application/grpc;...
+  // Does not allocate (steady state) and never looks anything up by name.
+  const RouteEntry* route(const RequestHeaders& headers) const;
+
+  const std::string& name() const { return name_; }
+  // RouteConfiguration.internal_only_headers (lower case): to drop from requests of external clients.
+  const std::vector<std::string>& internalOnlyHeaders() const { return internal_only_headers_; }
+  // The configuration as given, for /config_dump.
+  const envoy::config::route::v3::RouteConfiguration& proto() const { return *proto_; }
+
+  ~RouteTable();
+  RouteTable(const RouteTable&) = delete;
+  RouteTable& operator=(const RouteTable&) = delete;
+
+  struct VirtualHost;  // defined in route_table.cc
+
+ private:
+  RouteTable();
+  const VirtualHost* findVirtualHost(std::string_view authority) const;
+
+  using DomainEntry = std::pair<std::string, const VirtualHost*>;  // lower case, sorted
+  struct WildcardGroup {
+    size_t length = 0;  // of every key in `entries`
+    std::vector<DomainEntry> entries;
+  };
+
+  std::string name_;
+  std::unique_ptr<envoy::config::route::v3::RouteConfiguration> proto_;
+  std::vector<std::unique_ptr<VirtualHost>> virtual_hosts_;
+  std::vector<DomainEntry> exact_;
+  std::vector<WildcardGroup> suffix_;  // "*.foo" stored as ".foo", longest first
+  std::vector<WildcardGroup> prefix_;  // "foo.*" stored as "foo.", longest first
+  const VirtualHost* default_ = nullptr;
+  bool strip_port_ = true;
+  std::vector<std::string> internal_only_headers_;
+};
+
+using RouteTableConstSharedPtr = std::shared_ptr<const RouteTable>;
+
+}  // namespace strait::http
