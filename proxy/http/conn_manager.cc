@@ -214,7 +214,11 @@ class HttpConnection : public config::ActiveSession,
       onCodecError(err);
       return;
     }
-    if (end_stream && streams_.empty()) conn_->close(CloseType::FlushWrite);
+    if (end_stream) {
+      // The client half-closed: a tunnel (WebSocket) passes that on; otherwise nothing more will come.
+      if (protocol_ != Protocol::Http2) static_cast<http1::Http1ServerConnection&>(*codec_).onRemoteHalfClose();
+      if (streams_.empty() && !closed_) conn_->close(CloseType::FlushWrite);
+    }
   }
 
   void onEvent(network::Connection&, network::ConnectionEvent event) override {
@@ -266,6 +270,9 @@ class HttpConnection : public config::ActiveSession,
     } else {
       stats::inc(config_->stats.downstream_cx_http1_total);
       codec_ = http1::createServerConnection(*this, *this, config_->codec_settings);
+      // Errors in pipelined requests surface outside dispatch().
+      static_cast<http1::Http1ServerConnection&>(*codec_).setDeferredErrorHandler(
+          [this](const CodecError& err) { onCodecError(err); });
     }
   }
 
@@ -273,14 +280,15 @@ class HttpConnection : public config::ActiveSession,
     stats::inc(config_->stats.downstream_cx_protocol_error);
     LOG_DEBUG("[C%lu] downstream protocol error: %u %s", conn_->id(), err.status, err.detail.c_str());
     if (protocol_ != Protocol::Http2) {
-      // Answer on the wire directly: the request may not have got far enough to have a stream.
-      bool answered = false;
-      for (auto& s : streams_) {
-        (void)s;
+      // The codec answers (unless a response already started) and closes after flushing.
+      if (err.status >= 500) {
+        stats::inc(config_->stats.downstream_rq_5xx);
+      } else {
+        stats::inc(config_->stats.downstream_rq_4xx);
       }
-      if (!answered) writeRawError(err.status, err.detail);
+      static_cast<http1::Http1ServerConnection&>(*codec_).sendErrorResponse(err);
     }
-    conn_->close(CloseType::FlushWrite);
+    if (!closed_) conn_->close(CloseType::FlushWrite);
   }
 
   void writeRawError(uint32_t status, const std::string& detail) {

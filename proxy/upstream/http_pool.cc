@@ -272,7 +272,13 @@ void ActiveClient::onData(network::Connection&, common::Buffer& data, bool end_s
     return;
   }
   if (end_stream && conn_->state() != network::Connection::State::Closed) {
-    // The server half-closed: no more responses can come on this connection.
+    // The server half-closed: that ends a close-delimited body or a tunnel's response direction, and no
+    // more responses can come on this connection.
+    if (pool_.protocol_ != http::Protocol::Http2) {
+      in_dispatch_ = true;
+      static_cast<http::http1::Http1ClientConnection&>(*codec_).onRemoteHalfClose();
+      in_dispatch_ = false;
+    }
     draining_ = true;
     if (active_streams_ == 0) close();
   }
