@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark of Strait against direct, HAProxy 2.6 and nginx 1.22 (see perf/README.md).
+#
+# Usage: perf/run.sh [--quick|--full] [--out DIR] [--keep] [--figures throughput,latency,h2,tcp]
+#   --quick    3 interleaved rounds, short runs: about 2.5 minutes (default)
+#   --full     5 interleaved rounds, wrk 10 s, fixed-rate 30 s, h2 10 s, iperf3 5 s: about 35 minutes
+#   --out DIR  where the report goes (default perf/results): <DATE>-<mode>.md, .csv and -*.png
+#   --keep     keep the temporary run directory (generated configs, logs, per-request latency logs)
+# Environment: STRAIT_BIN (default build/proxy/strait), PROXY_CPU (default 0), CLIENT_CPU (default 1),
+#   PERF_NICE (e.g. -10: run every peer and client under nice -n -10 on a busy shared machine; needs root).
+#
+# Installs nothing: it names what is missing and the command that installs it.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=$(dirname "$here")
+
+mode=quick
+out="$here/results"
+extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) mode=quick ;;
+    --full) mode=full ;;
+    --out) [ $# -ge 2 ] || { echo "run.sh: --out needs a directory" >&2; exit 2; }; out=$2; shift ;;
+    --out=*) out=${1#--out=} ;;
+    --keep) extra+=(--keep) ;;
+    --figures) [ $# -ge 2 ] || { echo "run.sh: --figures needs a list" >&2; exit 2; }
+               extra+=(--figures "$2"); shift ;;
+    --figures=*) extra+=(--figures "${1#--figures=}") ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
+    *) echo "run.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+# tool -> Debian package that provides it
+declare -A pkg=([wrk]=wrk [h2load]=nghttp2-client [haproxy]=haproxy [nginx]=nginx
+                [gnuplot]=gnuplot-nox [iperf3]=iperf3 [taskset]=util-linux [python3]=python3)
+missing=()
+for t in wrk h2load haproxy nginx gnuplot iperf3 taskset python3; do
+  command -v "$t" >/dev/null 2>&1 || missing+=("$t (${pkg[$t]})")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "perf/run.sh: missing: ${missing[*]}" >&2
+  echo "install them with:  $root/deploy/install-deps.sh perf" >&2
+  exit 2
+fi
+case "$(haproxy -v 2>&1 | head -1)" in *" 2.6."*) ;; *) echo "note: not HAProxy 2.6: $(haproxy -v 2>&1 | head -1)" ;; esac
+case "$(nginx -v 2>&1)" in *"/1.22."*) ;; *) echo "note: not nginx 1.22: $(nginx -v 2>&1)" ;; esac
+
+strait=${STRAIT_BIN:-$root/build/proxy/strait}
+if [ ! -x "$strait" ]; then
+  echo "perf/run.sh: no Strait binary at $strait" >&2
+  echo "build it with 'ninja -C $root/build strait', or point STRAIT_BIN at a binary" >&2
+  exit 2
+fi
+
+pcpu=${PROXY_CPU:-0}
+ccpu=${CLIENT_CPU:-1}
+for c in "$pcpu" "$ccpu"; do
+  if ! taskset -c "$c" true 2>/dev/null; then
+    echo "perf/run.sh: cannot pin to CPU $c (this machine: $(nproc) CPUs); set PROXY_CPU / CLIENT_CPU" >&2
+    exit 2
+  fi
+done
+[ "$pcpu" != "$ccpu" ] || echo "note: proxy and clients share CPU $pcpu; figures will not mean much"
+if [ -n "${PERF_NICE:-}" ]; then extra+=(--nice "$PERF_NICE"); fi
+
+# bench.py stops every process it started (by PID) on exit, error, SIGINT, SIGTERM and SIGHUP.
+exec python3 "$here/bench.py" --mode "$mode" --out "$out" --strait "$strait" \
+  --proxy-cpu "$pcpu" --client-cpu "$ccpu" "${extra[@]}"
