@@ -794,9 +794,15 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
   if (proto.has_generate_request_id()) cfg->generate_request_id = proto.generate_request_id().value();
   cfg->always_set_request_id_in_response = proto.always_set_request_id_in_response();
   cfg->server_name = proto.server_name();
+  // Unless the path handling is configured, Strait normalises fully before routing (hardening guide):
+  // dot segments, "//", and escaped slashes (%2F, %5C) unescaped and normalised. Configured, it does
+  // exactly what the fields say, as Envoy does.
+  const bool path_configured = proto.has_normalize_path() || proto.merge_slashes() ||
+                               proto.path_with_escaped_slashes_action() != hcm_v3::HttpConnectionManager::IMPLEMENTATION_SPECIFIC_DEFAULT;
   if (proto.has_normalize_path()) cfg->path.normalize_path = proto.normalize_path().value();
-  cfg->path.merge_slashes = proto.merge_slashes();
-  switch (proto.path_with_escaped_slashes_action()) {
+  cfg->path.merge_slashes = path_configured ? proto.merge_slashes() : true;
+  if (!path_configured) cfg->path.escaped_slashes = PathEscapedSlashesAction::UnescapeAndForward;
+  if (path_configured) switch (proto.path_with_escaped_slashes_action()) {
     case hcm_v3::HttpConnectionManager::REJECT_REQUEST: cfg->path.escaped_slashes = PathEscapedSlashesAction::RejectRequest; break;
     case hcm_v3::HttpConnectionManager::UNESCAPE_AND_REDIRECT: cfg->path.escaped_slashes = PathEscapedSlashesAction::UnescapeAndRedirect; break;
     case hcm_v3::HttpConnectionManager::UNESCAPE_AND_FORWARD: cfg->path.escaped_slashes = PathEscapedSlashesAction::UnescapeAndForward; break;

@@ -110,7 +110,9 @@ PathNormalizeResult normalizePath(std::string& path, const PathNormalizeOptions&
       (has_escaped_slash && options.escaped_slashes == PathEscapedSlashesAction::UnescapeAndRedirect)
           ? PathNormalizeResult::Redirect
           : PathNormalizeResult::Ok;
-  if (!unescape_slashes && !may_have_double_slash && !(options.normalize_path && (has_percent || may_have_dots))) {
+  const bool has_backslash = options.normalize_path && path.find('\\') < plen;
+  if (!unescape_slashes && !may_have_double_slash && !has_backslash &&
+      !(options.normalize_path && (has_percent || may_have_dots))) {
     return ok;  // nothing would change
   }
 
@@ -120,12 +122,14 @@ PathNormalizeResult normalizePath(std::string& path, const PathNormalizeOptions&
   for (size_t i = 0; i < plen; ++i) {
     const char c = path[i];
     if (c != '%') {
-      p.push_back(c);
+      // Normalising treats a backslash as a slash (as browsers and Envoy's canonicaliser do), so
+      // "/admin\\x" cannot slip past a "/admin/" route.
+      p.push_back(c == '\\' && options.normalize_path ? '/' : c);
       continue;
     }
     const char decoded = static_cast<char>(hexValue(path[i + 1]) * 16 + hexValue(path[i + 2]));
     if (unescape_slashes && (decoded == '/' || decoded == '\\')) {
-      p.push_back(decoded);
+      p.push_back(decoded == '\\' && options.normalize_path ? '/' : decoded);
     } else if (options.normalize_path && isUnreserved(static_cast<unsigned char>(decoded))) {
       p.push_back(decoded);
     } else if (options.normalize_path) {

@@ -34,7 +34,7 @@ struct PathNormalizeOptions {
 //     and %5C into '\';
 //  4. when normalize_path: percent-encoded unreserved characters (ALPHA DIGIT - . _ ~) are decoded,
 //     other escapes get upper-case hex ("%2f" -> "%2F"), and RFC 3986 remove_dot_segments runs
-//     ("/a/../b" -> "/b", "/a/./b" -> "/a/b", "/../a" -> "/a"); a backslash is an ordinary character;
+//     ("/a/../b" -> "/b", "/a/./b" -> "/a/b", "/../a" -> "/a"); a backslash becomes a slash;
 //  5. when merge_slashes: runs of '/' become one.
 // The caller does not pass "*" (OPTIONS *) or a CONNECT authority: they are not paths (they give Reject).
 PathNormalizeResult normalizePath(std::string& path, const PathNormalizeOptions& options);

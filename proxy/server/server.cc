@@ -113,6 +113,7 @@ int Server::run() {
     workers_.push_back(std::make_unique<Worker>(w, store_->shard(w + 1), snapshot_));
   }
   for (uint32_t w = 0; w < options_.concurrency; ++w) workers_[w]->start(std::move(per_worker[w]));
+  for (auto& w : workers_) w->waitListening();
 
   for (int signum : {SIGTERM, SIGINT}) {
     auto* s = new uv_signal_t;

@@ -156,6 +156,7 @@ void Worker::start(std::vector<WorkerSocket> sockets) {
       listeners_.push_back(std::move(l));
     }
     LOG_DEBUG("worker %u started with %zu listeners", index_, listeners_.size());
+    listening_.set_value();
     dispatcher_->run();
     listeners_.clear();
     // Whatever is still open after the drain is closed now.

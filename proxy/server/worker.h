@@ -1,6 +1,7 @@
 #pragma once
 
 #include <atomic>
+#include <future>
 #include <list>
 #include <memory>
 #include <random>
@@ -36,6 +37,8 @@ class Worker : public config::WorkerContext {
   // Thread-safe: close every remaining connection and end the thread; join() waits for it.
   void shutdown();
   void join();
+  // Blocks until the worker's listeners accept connections (so /ready never says LIVE too early).
+  void waitListening() { listening_.get_future().wait(); }
   size_t activeSessions() const { return active_sessions_.load(std::memory_order_relaxed); }
 
   // WorkerContext
@@ -68,6 +71,7 @@ class Worker : public config::WorkerContext {
   std::atomic<size_t> active_sessions_{0};
   std::mt19937_64 rng_;
   std::thread thread_;
+  std::promise<void> listening_;
 };
 
 }  // namespace strait::server

@@ -78,7 +78,7 @@ TEST_CASE("PathUtil: escaped slashes per action") {
   CHECK(norm("/a/b?x=%2F", false, PathEscapedSlashesAction::RejectRequest) == "/a/b?x=%2F");
   // Unescape and forward: then dot segments and merging see real slashes.
   CHECK(norm("/a%2Fb", false, PathEscapedSlashesAction::UnescapeAndForward) == "/a/b");
-  CHECK(norm("/a%5Cb", false, PathEscapedSlashesAction::UnescapeAndForward) == "/a\\b");
+  CHECK(norm("/a%5Cb", false, PathEscapedSlashesAction::UnescapeAndForward) == "/a/b");
   CHECK(norm("/a/b%2F..%2Fc", false, PathEscapedSlashesAction::UnescapeAndForward) == "/a/c");
   CHECK(norm("/a%2F%2Fb", true, PathEscapedSlashesAction::UnescapeAndForward) == "/a/b");
   // Unescape and redirect: only when there was one.
@@ -86,9 +86,15 @@ TEST_CASE("PathUtil: escaped slashes per action") {
   CHECK(norm("/a/b", false, PathEscapedSlashesAction::UnescapeAndRedirect) == "/a/b");
 }
 
-TEST_CASE("PathUtil: backslash is an ordinary character") {
-  CHECK(norm("/a\\..\\b") == "/a\\..\\b");
-  CHECK(norm("/a\\b/../c") == "/c");
+TEST_CASE("PathUtil: normalising turns a backslash into a slash") {
+  CHECK(norm("/a\\..\\b") == "/b");
+  CHECK(norm("/a\\b/../c") == "/a/c");
+  CHECK(norm("/admin\\secret") == "/admin/secret");
+  PathNormalizeOptions off;
+  off.normalize_path = false;
+  std::string p = "/a\\b";
+  REQUIRE(normalizePath(p, off) == PathNormalizeResult::Ok);
+  CHECK(p == "/a\\b");
 }
 
 TEST_CASE("PathUtil: invalid paths are rejected") {
