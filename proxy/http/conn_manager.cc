@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
+#include "envoy/config/route/v3/route.pb.h"
 #include "google/protobuf/any.pb.h"
 #include "proxy/common/log.h"
 #include "proxy/config/bootstrap.h"
@@ -226,8 +227,10 @@ class HttpConnection : public config::ActiveSession,
     if (closed_) return;
     closed_ = true;
     if (codec_) codec_->onTransportClosed();
-    // Streams the codec did not know about (none expected) go too.
-    while (!streams_.empty()) streams_.front()->resetStream();
+    // Streams the codec did not reset go too (a stream finishing right now removes itself).
+    std::vector<ActiveStream*> left;
+    for (auto& st : streams_) left.push_back(st.get());
+    for (auto* st : left) st->resetStream();
     headers_timer_.reset();
     idle_timer_.reset();
     stats::dec(config_->stats.downstream_cx_active);
@@ -748,18 +751,32 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
     case hcm_v3::HttpConnectionManager::HTTP2: cfg->codec = HcmConfig::Codec::Http2; break;
     default: return fieldError(path + ".codec_type", "only AUTO, HTTP1 and HTTP2 are supported");
   }
-  if (proto.has_rds()) {
-    return fieldError(path + ".rds", "RDS needs xDS, which is not supported yet; use route_config");
-  }
-  if (!proto.has_route_config()) return fieldError(path + ".route_config", "is required");
   RouteTable::Options ro;
   ro.validate_clusters = true;
   for (const auto& u : proto.upgrade_configs()) {
     if (u.upgrade_type() == "websocket" && (!u.has_enabled() || u.enabled().value())) ro.hcm_websocket_upgrade = true;
   }
-  auto routes = RouteTable::create(proto.route_config(), path + ".route_config", ctx.clusters, ro);
-  if (!routes.ok()) return routes.status();
-  cfg->routes = *routes;
+  if (proto.has_rds()) {
+    const auto& rds = proto.rds();
+    if (rds.route_config_name().empty()) return fieldError(path + ".rds.route_config_name", "is required");
+    if (rds.has_config_source() && !rds.config_source().has_ads()) {
+      return fieldError(path + ".rds.config_source", "only ads: {} is supported");
+    }
+    if (ctx.rds_names) ctx.rds_names->insert(rds.route_config_name());
+    auto it = ctx.route_tables ? ctx.route_tables->find(rds.route_config_name()) : decltype(ctx.route_tables->end()){};
+    if (ctx.route_tables == nullptr || it == ctx.route_tables->end()) {
+      // Warming: the listener waits for its RouteConfiguration.
+      return absl::UnavailableError(absl::StrCat("waiting for RouteConfiguration '", rds.route_config_name(), "'"));
+    }
+    cfg->routes = std::static_pointer_cast<const RouteTable>(it->second);
+    // WebSocket upgrades allowed on the HCM apply to RDS routes that do not say otherwise.
+    cfg->hcm_websocket_upgrade = ro.hcm_websocket_upgrade;
+  } else {
+    if (!proto.has_route_config()) return fieldError(path + ".route_config", "is required (or rds)");
+    auto routes = RouteTable::create(proto.route_config(), path + ".route_config", ctx.clusters, ro);
+    if (!routes.ok()) return routes.status();
+    cfg->routes = *routes;
+  }
 
   if (proto.has_stream_idle_timeout()) cfg->stream_idle_timeout_ms = config::durationMs(proto.stream_idle_timeout());
   if (proto.has_request_timeout()) cfg->request_timeout_ms = config::durationMs(proto.request_timeout());
@@ -874,6 +891,16 @@ void registerHttpFilter(const std::string& type_url, HttpFilterFactoryFn fn, boo
 }
 
 void registerHttpConnectionManager() {
+  // RDS tables are built by the config layer through this (it knows no HTTP types).
+  config::setRouteTableFactory([](const google::protobuf::Message& m, const std::string& path,
+                                  const std::map<std::string, config::ClusterConstSharedPtr>& clusters)
+                                   -> absl::StatusOr<std::shared_ptr<const void>> {
+    RouteTable::Options o;
+    o.validate_clusters = false;  // xDS: an unknown cluster answers 503 at run time, as in Envoy
+    auto t = RouteTable::create(static_cast<const envoy::config::route::v3::RouteConfiguration&>(m), path, clusters, o);
+    if (!t.ok()) return t.status();
+    return std::shared_ptr<const void>(*t);
+  });
   config::registerNetworkFilter(
       "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager", createHcm);
 }

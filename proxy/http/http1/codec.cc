@@ -15,10 +15,11 @@
 // - Callbacks never call user code. Span callbacks (URL, header names/values, chunk extensions) only copy and
 //   check bytes; on_headers_complete, on_body and on_message_complete return HPE_PAUSED, and the parse loop acts
 //   outside llhttp at the exact position llhttp paused at (llhttp_get_error_pos). That gives:
-//   * a framing scan of every non-body byte before anything is delivered: each CR must be followed by LF, each LF
-//     preceded by CR, and a line may not start with SP/HTAB (obs-fold). llhttp 8.1 accepts a bare LF ending the
-//     header block and a bare CR inside a chunk extension (it then swallows the next byte as if it were LF), and
-//     it joins obs-fold lines silently;
+//   * a framing scan of the non-body bytes before anything built from them is delivered: each CR must be
+//     followed by LF, each LF preceded by CR, and a line may not start with SP/HTAB (obs-fold). The gaps between
+//     spans are scanned byte by byte, spans only at their edges (their insides are checked per kind). llhttp 8.1
+//     accepts a bare LF ending the header block or before the request line, and a bare CR inside a chunk
+//     extension (it then swallows the next byte as if it were the LF), and it joins obs-fold lines silently;
 //   * zero-copy bodies: a body span that covers the rest of an input slice moves that slice to the decoder;
 //   * control over the body: for a response we may set F_SKIPBODY before resuming (HEAD, 1xx, 204, 304, 101 and
 //     CONNECT 2xx), which is what returning 1 from on_headers_complete would do.
@@ -34,7 +35,10 @@ using common::Buffer;
 
 struct CharTables {
   bool tchar[256] = {};
+  uint8_t bad_value[256] = {};  // CTLs but HTAB, and DEL: never in a field value
   constexpr CharTables() {
+    for (int c = 0; c < 0x20; ++c) bad_value[c] = c == '\t' ? 0 : 1;
+    bad_value[0x7f] = 1;
     for (int c = '0'; c <= '9'; ++c) tchar[c] = true;
     for (int c = 'a'; c <= 'z'; ++c) tchar[c] = true;
     for (int c = 'A'; c <= 'Z'; ++c) tchar[c] = true;
@@ -368,9 +372,16 @@ class ParserConnection {
     return true;
   }
 
-  bool scanTo(const char* to) {
-    if (!scanFraming(scan_from_, to)) return false;
-    scan_from_ = to;
+  // For a span llhttp hands us (URL, header name or value, reason, chunk extension): the gap before it is
+  // scanned, the span itself only at its edges. Its inside cannot hold CR or LF (llhttp ends spans there, and
+  // the per-span checks refuse them anyway), but a line that starts with its first byte may be an obs-fold.
+  bool scanSpan(const char* at, size_t len) {
+    if (!scanFraming(scan_from_, at)) return false;
+    scan_from_ = at + len;
+    if (len == 0) return true;
+    if (scan_prev_ == '\r') return fail(400, "http1.bare_cr");
+    if (scan_prev_ == '\n' && isOws(at[0])) return fail(400, "http1.obs_fold");
+    scan_prev_ = at[len - 1];
     return true;
   }
 
@@ -420,7 +431,7 @@ class ParserConnection {
   }
 
   int cbUrl(const char* at, size_t len) {
-    if (!scanTo(at + len)) return HPE_USER;
+    if (!scanSpan(at, len)) return HPE_USER;
     for (size_t i = 0; i < len; ++i) {
       const unsigned char c = static_cast<unsigned char>(at[i]);
       if (c <= 0x20 || c == 0x7f) return failCb(400, "http1.invalid_url_character");
@@ -441,7 +452,7 @@ class ParserConnection {
     return 0;
   }
 
-  int cbScanSpan(const char* at, size_t len) { return scanTo(at + len) ? 0 : HPE_USER; }
+  int cbScanSpan(const char* at, size_t len) { return scanSpan(at, len) ? 0 : HPE_USER; }
 
   bool countHeaderBytes(size_t len) {
     header_bytes_ += len;
@@ -450,7 +461,7 @@ class ParserConnection {
   }
 
   int cbHeaderField(const char* at, size_t len) {
-    if (!scanTo(at + len)) return HPE_USER;
+    if (!scanSpan(at, len)) return HPE_USER;
     if (!in_field_) {
       in_field_ = true;
       if (headers_done_ && trailers_ == nullptr) {
@@ -482,12 +493,12 @@ class ParserConnection {
   }
 
   int cbHeaderValue(const char* at, size_t len) {
-    if (!scanTo(at + len)) return HPE_USER;
+    if (!scanSpan(at, len)) return HPE_USER;
     if (!in_value_) return failCb(400, "http1.header_value_without_name");
-    for (size_t i = 0; i < len; ++i) {
-      const unsigned char c = static_cast<unsigned char>(at[i]);
-      if ((c < 0x20 && c != '\t') || c == 0x7f) return failCb(400, "http1.invalid_header_value");
-    }
+    // llhttp checks value bytes too; this is the backstop (branch-free: values are most of the header bytes).
+    uint8_t bad = 0;
+    for (size_t i = 0; i < len; ++i) bad |= kChars.bad_value[static_cast<unsigned char>(at[i])];
+    if (bad != 0) return failCb(400, "http1.invalid_header_value");
     if (!countHeaderBytes(len)) return HPE_USER;
     cur_map_->entries().back().value.append(at, len);
     return 0;
@@ -568,6 +579,14 @@ class ParserConnection {
     return true;
   }
 
+  // Closes the transport from a zero-delay timer rather than under the caller: a reset often comes from deep
+  // inside the owner's own stream teardown, and a synchronous close would re-enter it (LocalClose ->
+  // onTransportClosed) before that teardown finished. Callers stop reading and writing at once.
+  void closeTransportSoon() {
+    if (close_timer_ == nullptr) close_timer_ = dispatcher_.createTimer([this] { transport_.closeAfterFlush(); });
+    close_timer_->enable(0);
+  }
+
   bool keepAliveRequested() const {
     if (parser_.http_minor >= 1) return (parser_.flags & F_CONNECTION_CLOSE) == 0;
     return (parser_.flags & F_CONNECTION_KEEP_ALIVE) != 0 && (parser_.flags & F_CONNECTION_CLOSE) == 0;
@@ -580,6 +599,7 @@ class ParserConnection {
   llhttp_t parser_;
   uint32_t header_limit_ = 0;
 
+  event::TimerPtr close_timer_;
   CodecError error_;
   bool failed_ = false;
   bool stop_parsing_ = false;  // one-shot: parse() returns at the next loop turn (client, after a response)
@@ -720,7 +740,17 @@ class ServerConnectionImpl final : public Http1ServerConnection, public ParserCo
   }
 
   void onRemoteHalfClose() override {
-    if (!tunnel_ || active_ == nullptr || active_->request_complete_) return;
+    remote_half_closed_ = true;
+    if (active_ == nullptr || active_->request_complete_) return;
+    if (!tunnel_) {
+      if (waiting_) return;  // a tunnel request waiting for its response: replayed once the tunnel opens
+      // The request can never be completed now: give up on it.
+      closed_ = true;
+      pending_.clear();
+      resetActive(StreamResetReason::ConnectionTermination);
+      closeTransportSoon();
+      return;
+    }
     if (!pending_.empty()) deliverTunnel(pending_);
     if (active_ == nullptr) return;
     active_->request_complete_ = true;
@@ -815,7 +845,7 @@ class ServerConnectionImpl final : public Http1ServerConnection, public ParserCo
       tunnel_ = true;
       waiting_ = false;
       releaseInput();
-      if (!pending_.empty()) scheduleResume();
+      if (!pending_.empty() || remote_half_closed_) scheduleResume();
     }
     if (end_stream) responseComplete(s);
   }
@@ -849,8 +879,8 @@ class ServerConnectionImpl final : public Http1ServerConnection, public ParserCo
     (void)s;
     closed_ = true;
     pending_.clear();
-    transport_.closeAfterFlush();
     resetActive(reason);
+    closeTransportSoon();
   }
 
   void streamReadDisable(ServerStream& s, bool disable) {
@@ -1058,11 +1088,13 @@ class ServerConnectionImpl final : public Http1ServerConnection, public ParserCo
   }
 
   void onResume() {
-    if (closed_ || failed_ || pending_.empty()) return;
+    if (closed_ || failed_) return;
     if (tunnel_) {
       deliverTunnel(pending_);
+      if (remote_half_closed_) onRemoteHalfClose();
       return;
     }
+    if (pending_.empty()) return;
     if (waiting_) return;
     CodecError error;
     if (!processInput(pending_, error)) {
@@ -1077,10 +1109,11 @@ class ServerConnectionImpl final : public Http1ServerConnection, public ParserCo
   void responseComplete(ServerStream& s) {
     s.response_complete_ = true;
     if (close_after_response_ || (go_away_ && !tunnel_)) {
+      // The stream completed: it leaves before the close, which comes after the caller's stack unwinds.
       closed_ = true;
       pending_.clear();
-      transport_.closeAfterFlush();
       finishStream();
+      closeTransportSoon();
       return;
     }
     if (tunnel_) {
@@ -1145,6 +1178,7 @@ class ServerConnectionImpl final : public Http1ServerConnection, public ParserCo
   bool close_after_response_ = false;
   bool go_away_ = false;
   bool input_held_ = false;      // we readDisable(true)d the transport for pipelining
+  bool remote_half_closed_ = false;
   bool above_high_ = false;
 };
 
@@ -1310,7 +1344,12 @@ class ClientConnectionImpl final : public Http1ClientConnection, public ParserCo
       if (active_ == s && s->request_complete_) finishStream();
       return;
     }
-    endCloseDelimitedResponse();
+    if (endCloseDelimitedResponse()) return;
+    // No more response bytes can come: an unfinished response is lost. responseStarted() tells the pool
+    // whether the request may be retried (the keep-alive race: the upstream closed an idle connection as we
+    // reused it).
+    closed_ = true;
+    resetActive(StreamResetReason::ConnectionTermination);
   }
 
   // ---- called by ClientStream ----
@@ -1401,8 +1440,8 @@ class ClientConnectionImpl final : public Http1ClientConnection, public ParserCo
     (void)s;
     closed_ = true;
     reusable_ = false;
-    transport_.closeAfterFlush();
     resetActive(reason);
+    closeTransportSoon();
   }
 
   void streamReadDisable(ClientStream& s, bool disable) {

@@ -30,6 +30,14 @@ std::unique_ptr<ClientConnection> createClientConnection(CodecTransport& transpo
 //
 // A response that completes before its request was fully received closes the connection after it (the rest
 // of that request is not delivered).
+//
+// Closing: when the codec itself decides to close (after a last response: `connection: close`, HTTP/1.0,
+// goAway(), a refused upgrade, a response before the end of its request; or on Stream::resetStream() or a
+// half-close mid-request), nothing more is read or written from that moment, the stream is detached first, and
+// the transport's closeAfterFlush() follows from a zero-delay timer: never synchronously under the caller, who
+// is usually in the middle of encoding or tearing its own stream down. resetStream() also gives the stream's
+// callbacks onResetStream (with the caller's reason). goAway() with nothing in flight and sendErrorResponse()
+// close synchronously (they are called by the owner, not from inside a stream).
 class Http1ServerConnection : public ServerConnection {
  public:
   virtual void setDeferredErrorHandler(std::function<void(const CodecError&)> handler) = 0;
@@ -38,7 +46,8 @@ class Http1ServerConnection : public ServerConnection {
   // before any stream existed (no encoder to answer with).
   virtual void sendErrorResponse(const CodecError& error) = 0;
   // The peer half-closed (the transport read EOF). In a tunnel this ends the stream's request direction
-  // (decodeData with end_stream); otherwise it changes nothing.
+  // (decodeData with end_stream). A request still being received can never complete: its stream is reset
+  // (ConnectionTermination) and the connection closes after flushing. A complete request is unaffected.
   virtual void onRemoteHalfClose() = 0;
 };
 
@@ -49,7 +58,9 @@ class Http1ClientConnection : public ClientConnection {
   // is reset, until the next newStream()). A stream reset with ConnectionTermination while this is false was
   // never answered: the pool may retry it once on a fresh connection.
   virtual bool responseStarted() const = 0;
-  // The upstream half-closed: ends a close-delimited response body, or the response direction of a tunnel.
+  // The upstream half-closed: ends a close-delimited response body, or the response direction of a tunnel;
+  // any other unfinished response is lost and its stream is reset with ConnectionTermination (check
+  // responseStarted() to decide on a retry). The connection is never reusable after this.
   virtual void onRemoteHalfClose() = 0;
 };
 
