@@ -12,7 +12,9 @@
 #include "absl/strings/str_cat.h"
 #include "envoy/config/bootstrap/v3/bootstrap.pb.h"
 #include "envoy/config/cluster/v3/cluster.pb.h"
+#include "envoy/config/endpoint/v3/endpoint.pb.h"
 #include "envoy/config/listener/v3/listener.pb.h"
+#include "envoy/config/route/v3/route.pb.h"
 #include "envoy/extensions/upstreams/http/v3/http_protocol_options.pb.h"
 #include "envoy/extensions/filters/listener/original_dst/v3/original_dst.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -25,6 +27,8 @@ namespace bootstrap_v3 = envoy::config::bootstrap::v3;
 namespace cluster_v3 = envoy::config::cluster::v3;
 namespace listener_v3 = envoy::config::listener::v3;
 namespace core_v3 = envoy::config::core::v3;
+namespace endpoint_v3 = envoy::config::endpoint::v3;
+namespace route_v3 = envoy::config::route::v3;
 
 namespace {
 
@@ -218,8 +222,45 @@ absl::StatusOr<network::Address> translateAddress(const core_v3::Address& a, con
   return *addr;
 }
 
+// Hosts of a ClusterLoadAssignment (EDS or a static load_assignment). Unhealthy and draining endpoints
+// are left out. `allow_pipe`: the control-plane cluster may name a unix socket (Istio's bootstrap).
+absl::Status translateEndpoints(const endpoint_v3::ClusterLoadAssignment& la, const std::string& path,
+                                const std::string& cluster_name, stats::Store& store, bool allow_pipe,
+                                std::vector<Host>& out, std::string* pipe_target) {
+  for (int i = 0; i < la.endpoints_size(); ++i) {
+    const auto& locality = la.endpoints(i);
+    for (int j = 0; j < locality.lb_endpoints_size(); ++j) {
+      const std::string ep = absl::StrCat(path, ".endpoints[", i, "].lb_endpoints[", j, "]");
+      const auto& lbe = locality.lb_endpoints(j);
+      if (!lbe.has_endpoint()) return fieldError(ep + ".endpoint", "is required");
+      if (allow_pipe && lbe.endpoint().address().has_pipe()) {
+        if (pipe_target) *pipe_target = "unix:" + lbe.endpoint().address().pipe().path();
+        continue;
+      }
+      auto addr = translateAddress(lbe.endpoint().address(), ep + ".endpoint.address");
+      if (!addr.ok()) return addr.status();
+      if (addr->port() == 0) return fieldError(ep + ".endpoint.address.socket_address.port_value", "must not be 0");
+      if (lbe.health_status() == envoy::config::core::v3::UNHEALTHY ||
+          lbe.health_status() == envoy::config::core::v3::DRAINING ||
+          lbe.health_status() == envoy::config::core::v3::TIMEOUT) {
+        continue;
+      }
+      Host h;
+      h.address = *addr;
+      const std::string hp = absl::StrCat("cluster.", cluster_name, ".host.", addr->asString(), ".");
+      h.cx_total = store.counter(hp + "cx_total", true);
+      h.cx_active = store.gauge(hp + "cx_active", true);
+      h.cx_connect_fail = store.counter(hp + "cx_connect_fail", true);
+      out.push_back(h);
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster& c, const std::string& path,
-                                                     uint32_t index, stats::Store& store) {
+                                                     uint32_t index, stats::Store& store,
+                                                     const std::map<std::string, DynamicResource>* endpoints,
+                                                     bool allow_pipe, std::string* pipe_target, bool* warming) {
   auto out = std::make_shared<Cluster>();
   if (c.name().empty()) return fieldError(path + ".name", "is required");
   out->name = c.name();
@@ -228,6 +269,31 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
     case cluster_v3::Cluster::STATIC:
       out->type = Cluster::Type::Static;
       break;
+    case cluster_v3::Cluster::EDS: {
+      out->type = Cluster::Type::Eds;
+      if (c.has_eds_cluster_config() && c.eds_cluster_config().has_eds_config() &&
+          !c.eds_cluster_config().eds_config().has_ads()) {
+        return fieldError(path + ".eds_cluster_config.eds_config", "only ads: {} is supported as the EDS source");
+      }
+      const std::string service =
+          c.eds_cluster_config().service_name().empty() ? c.name() : c.eds_cluster_config().service_name();
+      out->eds_service_name = service;
+      const DynamicResource* cla = nullptr;
+      if (endpoints != nullptr) {
+        auto it = endpoints->find(service);
+        if (it != endpoints->end()) cla = &it->second;
+      }
+      if (cla == nullptr) {
+        if (warming) *warming = true;  // waits for its ClusterLoadAssignment
+      } else {
+        auto st = translateEndpoints(static_cast<const endpoint_v3::ClusterLoadAssignment&>(*cla->proto),
+                                     absl::StrCat("ClusterLoadAssignment '", service, "'"), c.name(), store, false,
+                                     out->hosts, nullptr);
+        if (!st.ok()) return st;
+        out->eds_version = cla->version;
+      }
+      break;
+    }
     case cluster_v3::Cluster::ORIGINAL_DST:
       out->type = Cluster::Type::OriginalDst;
       if (c.lb_policy() != cluster_v3::Cluster::CLUSTER_PROVIDED && c.lb_policy() != cluster_v3::Cluster::ROUND_ROBIN) {
@@ -239,9 +305,9 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
       break;
     default:
       return fieldError(path + ".type", absl::StrCat("discovery type ", cluster_v3::Cluster::DiscoveryType_Name(c.type()),
-                                                      " is not supported yet (STATIC, ORIGINAL_DST)"));
+                                                      " is not supported yet (STATIC, EDS, ORIGINAL_DST)"));
   }
-  if (out->type == Cluster::Type::Static && c.lb_policy() != cluster_v3::Cluster::ROUND_ROBIN) {
+  if (out->type != Cluster::Type::OriginalDst && c.lb_policy() != cluster_v3::Cluster::ROUND_ROBIN) {
     return fieldError(path + ".lb_policy",
                       absl::StrCat("load balancing policy ", cluster_v3::Cluster::LbPolicy_Name(c.lb_policy()),
                                    " is not supported yet (ROUND_ROBIN)"));
@@ -308,26 +374,10 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
       if (t.has_max_retries()) out->max_retries = t.max_retries().value();
     }
   }
-  if (c.has_load_assignment()) {
-    const auto& la = c.load_assignment();
-    for (int i = 0; i < la.endpoints_size(); ++i) {
-      const auto& locality = la.endpoints(i);
-      for (int j = 0; j < locality.lb_endpoints_size(); ++j) {
-        const std::string ep = absl::StrCat(path, ".load_assignment.endpoints[", i, "].lb_endpoints[", j, "]");
-        const auto& lbe = locality.lb_endpoints(j);
-        if (!lbe.has_endpoint()) return fieldError(ep + ".endpoint", "is required");
-        auto addr = translateAddress(lbe.endpoint().address(), ep + ".endpoint.address");
-        if (!addr.ok()) return addr.status();
-        if (addr->port() == 0) return fieldError(ep + ".endpoint.address.socket_address.port_value", "must not be 0");
-        Host h;
-        h.address = *addr;
-        const std::string hp = absl::StrCat("cluster.", c.name(), ".host.", addr->asString(), ".");
-        h.cx_total = store.counter(hp + "cx_total", true);
-        h.cx_active = store.gauge(hp + "cx_active", true);
-        h.cx_connect_fail = store.counter(hp + "cx_connect_fail", true);
-        out->hosts.push_back(h);
-      }
-    }
+  if (c.has_load_assignment() && out->type != Cluster::Type::Eds) {
+    auto st = translateEndpoints(c.load_assignment(), path + ".load_assignment", c.name(), store, allow_pipe, out->hosts,
+                                 pipe_target);
+    if (!st.ok()) return st;
   }
   const std::string p = "cluster." + (c.alt_stat_name().empty() ? c.name() : c.alt_stat_name()) + ".";
   out->stats.upstream_cx_total = store.counter(p + "upstream_cx_total");
@@ -465,6 +515,7 @@ absl::StatusOr<ListenerConstSharedPtr> translateListener(const listener_v3::List
   // A listener on port 0 gets its stats once bound (named after the real port), see createListenerStats.
   if (out->address.port() != 0 || !out->stat_prefix.empty()) createListenerStats(*out, out->address, ctx.store);
   out->proto = std::make_shared<listener_v3::Listener>(l);
+  out->proto_hash = l.SerializeAsString();
   return ListenerConstSharedPtr(out);
 }
 
@@ -534,7 +585,237 @@ absl::StatusOr<std::string> yamlToJson(const std::string& yaml, const std::strin
   return out.str();
 }
 
+namespace {
+
+RouteTableFactory& routeTableFactory() {
+  static auto* f = new RouteTableFactory;
+  return *f;
+}
+
+// The bootstrap's ADS settings, and the name of the static cluster that reaches the control plane.
+absl::StatusOr<std::optional<AdsSettings>> translateAds(const bootstrap_v3::Bootstrap& b, std::string* xds_cluster) {
+  if (!b.has_dynamic_resources()) return std::optional<AdsSettings>();
+  const auto& dr = b.dynamic_resources();
+  const std::string p = "dynamic_resources";
+  if (!dr.has_ads_config()) {
+    return fieldError(p + ".ads_config", "is required: Strait takes LDS and CDS over ADS only");
+  }
+  for (const auto* cs : {&dr.lds_config(), &dr.cds_config()}) {
+    const bool lds = cs == &dr.lds_config();
+    const bool present = lds ? dr.has_lds_config() : dr.has_cds_config();
+    if (present && !cs->has_ads()) {
+      return fieldError(p + (lds ? ".lds_config" : ".cds_config"), "only ads: {} is supported");
+    }
+  }
+  AdsSettings ads;
+  const auto& ac = dr.ads_config();
+  switch (ac.api_type()) {
+    case core_v3::ApiConfigSource::GRPC:
+    case core_v3::ApiConfigSource::AGGREGATED_GRPC: ads.delta = false; break;
+    case core_v3::ApiConfigSource::DELTA_GRPC:
+    case core_v3::ApiConfigSource::AGGREGATED_DELTA_GRPC: ads.delta = true; break;
+    default: return fieldError(p + ".ads_config.api_type", "must be GRPC or DELTA_GRPC");
+  }
+  if (ac.grpc_services_size() != 1) return fieldError(p + ".ads_config.grpc_services", "needs exactly one entry");
+  const auto& gs = ac.grpc_services(0);
+  if (gs.has_envoy_grpc()) {
+    if (gs.envoy_grpc().cluster_name().empty()) {
+      return fieldError(p + ".ads_config.grpc_services[0].envoy_grpc.cluster_name", "is required");
+    }
+    *xds_cluster = gs.envoy_grpc().cluster_name();
+  } else if (gs.has_google_grpc()) {
+    if (gs.google_grpc().target_uri().empty()) {
+      return fieldError(p + ".ads_config.grpc_services[0].google_grpc.target_uri", "is required");
+    }
+    ads.target = gs.google_grpc().target_uri();
+  } else {
+    return fieldError(p + ".ads_config.grpc_services[0]", "needs envoy_grpc or google_grpc");
+  }
+  // The longer of the two initial fetch timeouts bounds how long /ready waits (Envoy's default: 15 s).
+  std::optional<uint64_t> timeout;
+  for (const auto* cs : {&dr.lds_config(), &dr.cds_config()}) {
+    if (cs->has_initial_fetch_timeout()) timeout = std::max(timeout.value_or(0), durationMs(cs->initial_fetch_timeout()));
+  }
+  ads.initial_fetch_timeout_ms = timeout.value_or(15000);
+  return std::optional<AdsSettings>(ads);
+}
+
+}  // namespace
+
+uint32_t ClusterIds::get(const std::string& name) {
+  auto it = ids_.find(name);
+  if (it != ids_.end()) return it->second;
+  uint32_t id = static_cast<uint32_t>(ids_.size());
+  ids_.emplace(name, id);
+  return id;
+}
+
+void setRouteTableFactory(RouteTableFactory f) { routeTableFactory() = std::move(f); }
+
+absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> sources, const Snapshot* previous,
+                                          stats::Store& store, ClusterIds& ids) {
+  const auto& bootstrap = static_cast<const bootstrap_v3::Bootstrap&>(*sources->bootstrap);
+  BuildResult result;
+  auto snap = std::make_shared<Snapshot>();
+  snap->node_id = bootstrap.node().id();
+  snap->node_cluster = bootstrap.node().cluster();
+  if (bootstrap.has_admin() && bootstrap.admin().has_address()) {
+    auto a = translateAddress(bootstrap.admin().address(), "admin.address");
+    if (!a.ok()) return a.status();
+    snap->admin_address = *a;
+  }
+  std::string xds_cluster;
+  auto ads = translateAds(bootstrap, &xds_cluster);
+  if (!ads.ok()) return ads.status();
+  snap->ads = *ads;
+  const auto& sr = bootstrap.static_resources();
+  if (sr.secrets_size() > 0) return fieldError("static_resources.secrets", "secrets are not supported yet");
+
+  // Clusters: static ones, then CDS ones (a CDS cluster may not replace a static one).
+  auto addCluster = [&](ClusterConstSharedPtr c, const std::string& path) -> absl::Status {
+    if (snap->clusters_by_name.count(c->name)) {
+      return fieldError(path + ".name", absl::StrCat("duplicate cluster name '", c->name, "'"));
+    }
+    snap->clusters_by_name[c->name] = c;
+    snap->clusters.push_back(c);
+    return absl::OkStatus();
+  };
+  for (int i = 0; i < sr.clusters_size(); ++i) {
+    const std::string path = absl::StrCat("static_resources.clusters[", i, "]");
+    const auto& cp = sr.clusters(i);
+    std::string pipe;
+    bool warming = false;
+    auto c = translateCluster(cp, path, ids.get(cp.name()), store, &sources->endpoints, cp.name() == xds_cluster,
+                              &pipe, &warming);
+    if (!c.ok()) return c.status();
+    if (cp.name() == xds_cluster && snap->ads) {
+      if (!pipe.empty()) {
+        snap->ads->target = pipe;
+      } else if (!(*c)->hosts.empty()) {
+        snap->ads->target = (*c)->hosts[0].address.asString();
+      } else {
+        return fieldError(path + ".load_assignment", "the xDS cluster needs an endpoint");
+      }
+    }
+    if (cp.type() == cluster_v3::Cluster::EDS) {
+      result.eds_names.insert((*c)->eds_service_name);
+      if (warming) continue;
+    }
+    auto st = addCluster(*c, path);
+    if (!st.ok()) return st;
+  }
+  if (!xds_cluster.empty() && snap->ads && snap->ads->target.empty()) {
+    return fieldError("dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
+                      absl::StrCat("no static cluster named '", xds_cluster, "'"));
+  }
+  for (const auto& [name, res] : sources->clusters) {
+    const auto& cp = static_cast<const cluster_v3::Cluster&>(*res.proto);
+    const std::string path = absl::StrCat("Cluster '", name, "'");
+    bool warming = false;
+    auto c = translateCluster(cp, path, ids.get(name), store, &sources->endpoints, false, nullptr, &warming);
+    if (!c.ok()) return c.status();
+    auto* mc = const_cast<Cluster*>(c->get());
+    mc->dynamic = true;
+    mc->version_info = res.version;
+    if (mc->type == Cluster::Type::Eds) result.eds_names.insert(mc->eds_service_name);
+    if (warming) {
+      // Keeps serving the version it had, if any, until its endpoints arrive.
+      result.warming.push_back(path);
+      if (previous) {
+        auto it = previous->clusters_by_name.find(name);
+        if (it != previous->clusters_by_name.end()) {
+          auto st = addCluster(it->second, path);
+          if (!st.ok()) return st;
+        }
+      }
+      continue;
+    }
+    auto st = addCluster(*c, path);
+    if (!st.ok()) return st;
+  }
+
+  // RDS route tables, against the clusters just built (unknown clusters answer 503 at run time).
+  std::map<std::string, std::shared_ptr<const void>> tables;
+  for (const auto& [name, res] : sources->routes) {
+    if (!routeTableFactory()) return absl::InternalError("no route table factory registered");
+    auto t = routeTableFactory()(*res.proto, absl::StrCat("RouteConfiguration '", name, "'"), snap->clusters_by_name);
+    if (!t.ok()) return t.status();
+    tables[name] = *t;
+  }
+  snap->route_tables = tables;
+
+  std::set<std::string> rds_names;
+  TranslationContext ctx{store, snap->clusters_by_name, &snap->route_tables, &rds_names};
+  std::set<std::string> listener_names;
+  auto addListener = [&](ListenerConstSharedPtr l, const std::string& path) -> absl::Status {
+    if (!listener_names.insert(l->name).second) {
+      return fieldError(path + ".name", absl::StrCat("duplicate listener name '", l->name, "'"));
+    }
+    for (const auto& other : snap->listeners) {
+      if (other->address == l->address && l->address.port() != 0) {
+        return fieldError(path + ".address", absl::StrCat("listener '", l->name, "' and '", other->name,
+                                                          "' both use ", l->address.asString()));
+      }
+    }
+    snap->listeners.push_back(std::move(l));
+    return absl::OkStatus();
+  };
+  for (int i = 0; i < sr.listeners_size(); ++i) {
+    const std::string path = absl::StrCat("static_resources.listeners[", i, "]");
+    auto l = translateListener(sr.listeners(i), path, ctx);
+    if (!l.ok()) {
+      if (absl::IsUnavailable(l.status())) {
+        result.warming.push_back(path);
+        continue;
+      }
+      return l.status();
+    }
+    auto st = addListener(*l, path);
+    if (!st.ok()) return st;
+  }
+  for (const auto& [name, res] : sources->listeners) {
+    const auto& lp = static_cast<const listener_v3::Listener&>(*res.proto);
+    const std::string path = absl::StrCat("Listener '", name, "'");
+    auto l = translateListener(lp, path, ctx);
+    if (!l.ok()) {
+      if (!absl::IsUnavailable(l.status())) return l.status();
+      // Waiting for its RouteConfiguration: the previous version keeps serving.
+      result.warming.push_back(path + ": " + std::string(l.status().message()));
+      if (previous) {
+        for (const auto& old : previous->listeners) {
+          if (old->name == name) {
+            auto st = addListener(old, path);
+            if (!st.ok()) return st;
+          }
+        }
+      }
+      continue;
+    }
+    auto* ml = const_cast<Listener*>(l->get());
+    ml->dynamic = true;
+    ml->version_info = res.version;
+    auto st = addListener(*l, path);
+    if (!st.ok()) return st;
+  }
+  result.rds_names = rds_names;
+  snap->sources = sources;
+  snap->bootstrap = sources->bootstrap;
+  snap->loaded_at = nowRfc3339();
+  result.snapshot = snap;
+  return result;
+}
+
 absl::StatusOr<SnapshotConstSharedPtr> loadBootstrap(const LoadOptions& options, stats::Store& store) {
+  auto b = parseBootstrap(options);
+  if (!b.ok()) return b.status();
+  auto sources = std::make_shared<ConfigSources>();
+  sources->bootstrap = *b;
+  auto r = buildSnapshot(sources, nullptr, store, clusterIds());
+  if (!r.ok()) return r.status();
+  return r->snapshot;
+}
+
+absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> parseBootstrap(const LoadOptions& options) {
   std::string text;
   if (options.path.empty()) {
     text = kDefaultBootstrapYaml;
@@ -562,52 +843,12 @@ absl::StatusOr<SnapshotConstSharedPtr> loadBootstrap(const LoadOptions& options,
   }
   if (!options.service_node.empty()) bootstrap->mutable_node()->set_id(options.service_node);
   if (!options.service_cluster.empty()) bootstrap->mutable_node()->set_cluster(options.service_cluster);
+  return std::shared_ptr<const google::protobuf::Message>(bootstrap);
+}
 
-  auto snap = std::make_shared<Snapshot>();
-  snap->node_id = bootstrap->node().id();
-  snap->node_cluster = bootstrap->node().cluster();
-  if (bootstrap->has_admin() && bootstrap->admin().has_address()) {
-    auto a = translateAddress(bootstrap->admin().address(), "admin.address");
-    if (!a.ok()) return a.status();
-    snap->admin_address = *a;
-  }
-  if (bootstrap->has_dynamic_resources()) {
-    return fieldError("dynamic_resources", "xDS (LDS/CDS/ADS) is not supported yet; use static_resources");
-  }
-  const auto& sr = bootstrap->static_resources();
-  if (sr.secrets_size() > 0) return fieldError("static_resources.secrets", "secrets are not supported yet");
-
-  for (int i = 0; i < sr.clusters_size(); ++i) {
-    const std::string path = absl::StrCat("static_resources.clusters[", i, "]");
-    auto c = translateCluster(sr.clusters(i), path, static_cast<uint32_t>(i), store);
-    if (!c.ok()) return c.status();
-    if (snap->clusters_by_name.count((*c)->name)) {
-      return fieldError(path + ".name", absl::StrCat("duplicate cluster name '", (*c)->name, "'"));
-    }
-    snap->clusters_by_name[(*c)->name] = *c;
-    snap->clusters.push_back(*c);
-  }
-  TranslationContext ctx{store, snap->clusters_by_name};
-  std::set<std::string> listener_names;
-  for (int i = 0; i < sr.listeners_size(); ++i) {
-    const std::string path = absl::StrCat("static_resources.listeners[", i, "]");
-    auto l = translateListener(sr.listeners(i), path, ctx);
-    if (!l.ok()) return l.status();
-    if (!listener_names.insert((*l)->name).second) {
-      return fieldError(path + ".name", absl::StrCat("duplicate listener name '", (*l)->name, "'"));
-    }
-    for (const auto& other : snap->listeners) {
-      if (other->address == (*l)->address && (*l)->address.port() != 0) {
-        return fieldError(path + ".address",
-                          absl::StrCat("listener '", (*l)->name, "' and '", other->name, "' both use ",
-                                       (*l)->address.asString()));
-      }
-    }
-    snap->listeners.push_back(*l);
-  }
-  snap->bootstrap = bootstrap;
-  snap->loaded_at = nowRfc3339();
-  return SnapshotConstSharedPtr(snap);
+ClusterIds& clusterIds() {
+  static auto* ids = new ClusterIds;
+  return *ids;
 }
 
 bool CidrRange::contains(const network::Address& a) const {

@@ -2,6 +2,8 @@
 
 #include <functional>
 #include <map>
+#include <set>
+#include <vector>
 #include <string>
 
 #include "absl/status/statusor.h"
@@ -26,13 +28,64 @@ struct LoadOptions {
 struct TranslationContext {
   stats::Store& store;
   const std::map<std::string, ClusterConstSharedPtr>& clusters;
+  // RDS route tables by name (type-erased http::RouteTable); null without xDS.
+  const std::map<std::string, std::shared_ptr<const void>>* route_tables = nullptr;
+  // Names of RDS route configurations the translated listeners refer to (filled in as they are seen).
+  std::set<std::string>* rds_names = nullptr;
 };
+
+// An xDS resource as accepted: its proto, version, and when it arrived.
+struct DynamicResource {
+  std::shared_ptr<const google::protobuf::Message> proto;
+  std::string version;
+  std::string last_updated;
+};
+
+// Everything a Snapshot is built from: the bootstrap and the dynamic resources by type and name.
+struct ConfigSources {
+  std::shared_ptr<const google::protobuf::Message> bootstrap;  // envoy.config.bootstrap.v3.Bootstrap
+  std::map<std::string, DynamicResource> listeners;            // LDS
+  std::map<std::string, DynamicResource> clusters;             // CDS
+  std::map<std::string, DynamicResource> routes;               // RDS
+  std::map<std::string, DynamicResource> endpoints;            // EDS, by cluster_name
+};
+
+// Stable cluster indices by name, for the life of the process.
+class ClusterIds {
+ public:
+  uint32_t get(const std::string& name);
+
+ private:
+  std::map<std::string, uint32_t> ids_;
+};
+
+struct BuildResult {
+  SnapshotConstSharedPtr snapshot;
+  std::set<std::string> rds_names;  // route configurations the listeners want (RDS subscription)
+  std::set<std::string> eds_names;  // cluster load assignments the EDS clusters want
+  std::vector<std::string> warming;  // resources held back, waiting for their dependencies
+};
+
+// Builds a snapshot from `sources`. Resources still waiting for a dependency (an EDS cluster without
+// its ClusterLoadAssignment, a listener without its RouteConfiguration) keep their version from
+// `previous` if it had one, and are left out otherwise. Errors name the resource and field.
+using RouteTableFactory = std::function<absl::StatusOr<std::shared_ptr<const void>>(
+    const google::protobuf::Message& route_configuration, const std::string& path,
+    const std::map<std::string, ClusterConstSharedPtr>& clusters)>;
+void setRouteTableFactory(RouteTableFactory f);
+absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> sources, const Snapshot* previous,
+                                          stats::Store& store, ClusterIds& ids);
+// The process's cluster indices (main and xDS threads, never concurrently).
+ClusterIds& clusterIds();
 
 using NetworkFilterFactoryFn = std::function<absl::StatusOr<std::shared_ptr<const NetworkFilterFactory>>(
     const google::protobuf::Any& typed_config, const std::string& field_path, TranslationContext& ctx)>;
 
 // Extensions are chosen by the typed_config type URL, never by name.
 void registerNetworkFilter(const std::string& type_url, NetworkFilterFactoryFn fn);
+
+// Reads and parses a bootstrap file (or the embedded default) into an envoy Bootstrap proto.
+absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> parseBootstrap(const LoadOptions& options);
 
 // Reads, parses, validates and translates a bootstrap. Errors name the field at fault:
 // "static_resources.listeners[0].address.socket_address.port_value: 70000 is not a valid port".

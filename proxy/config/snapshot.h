@@ -76,9 +76,13 @@ struct HostChoice {
 };
 
 struct Cluster {
-  enum class Type { Static, OriginalDst };
+  enum class Type { Static, OriginalDst, Eds };
   std::string name;
-  uint32_t index = 0;  // dense index into per-worker state (round-robin cursors)
+  uint32_t index = 0;  // stable per name for the life of the process: per-worker state (cursors, pools)
+  bool dynamic = false;     // from CDS
+  std::string version_info;  // of the CDS resource
+  std::string eds_service_name;  // EDS: the ClusterLoadAssignment it takes its hosts from
+  std::string eds_version;
   Type type = Type::Static;
   uint64_t connect_timeout_ms = 5000;
   uint32_t buffer_limit = 1024 * 1024;
@@ -191,6 +195,9 @@ struct Inspector {
 
 struct Listener {
   std::string name;
+  bool dynamic = false;       // from LDS
+  std::string version_info;   // of the LDS resource
+  std::string proto_hash;     // serialized proto: equal means the listener did not change
   network::Address address;
   bool restore_original_dst = false;
   Inspector tls_inspector;
@@ -211,10 +218,21 @@ struct Listener {
 };
 using ListenerConstSharedPtr = std::shared_ptr<const Listener>;
 
+// Where the xDS client connects (from the bootstrap's dynamic_resources.ads_config).
+struct AdsSettings {
+  std::string target;  // "host:port" or "unix:/path"
+  bool delta = false;
+  uint64_t initial_fetch_timeout_ms = 15000;
+};
+
 struct Snapshot {
   std::string node_id;
   std::string node_cluster;
   std::optional<network::Address> admin_address;
+  std::optional<AdsSettings> ads;
+  // xDS route tables by name (RDS) and the raw dynamic resources with their versions, for /config_dump.
+  std::map<std::string, std::shared_ptr<const void>> route_tables;
+  std::shared_ptr<const struct ConfigSources> sources;
   std::vector<ListenerConstSharedPtr> listeners;
   std::vector<ClusterConstSharedPtr> clusters;
   std::map<std::string, ClusterConstSharedPtr> clusters_by_name;

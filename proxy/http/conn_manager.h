@@ -72,6 +72,7 @@ struct HcmConfig {
   bool always_set_request_id_in_response = false;
   std::string server_name;  // when set, the `server` response header is overwritten
   uint32_t buffer_limit = 1024 * 1024;
+  bool hcm_websocket_upgrade = false;
   HcmStats stats;
 };
 using HcmConfigConstSharedPtr = std::shared_ptr<const HcmConfig>;

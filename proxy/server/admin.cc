@@ -10,7 +10,9 @@
 #include "absl/strings/str_split.h"
 #include "google/protobuf/util/json_util.h"
 #include "proxy/common/log.h"
+#include "proxy/config/bootstrap.h"
 #include "proxy/server/server.h"
+#include "proxy/server/xds_applier.h"
 #include "re2/re2.h"
 
 namespace strait::server {
@@ -285,21 +287,63 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
   }
   if (path == "/config_dump") {
     r.content_type = "application/json";
-    std::string listeners, clusters;
+    const config::ConfigSources* src = snap->sources.get();
+    auto lastUpdated = [&](const std::map<std::string, config::DynamicResource>* m, const std::string& name) {
+      if (m) {
+        auto it = m->find(name);
+        if (it != m->end()) return it->second.last_updated;
+      }
+      return snap->loaded_at;
+    };
+    std::string static_listeners, dynamic_listeners, static_clusters, dynamic_clusters;
     for (const auto& l : snap->listeners) {
-      absl::StrAppend(&listeners, listeners.empty() ? "" : ",", "{\"listener\":", protoJson(*l->proto),
-                      ",\"last_updated\":\"", snap->loaded_at, "\"}");
+      if (l->dynamic) {
+        absl::StrAppend(&dynamic_listeners, dynamic_listeners.empty() ? "" : ",", "{\"name\":", jsonEscape(l->name),
+                        ",\"active_state\":{\"version_info\":", jsonEscape(l->version_info), ",\"listener\":",
+                        protoJson(*l->proto), ",\"last_updated\":\"", lastUpdated(src ? &src->listeners : nullptr, l->name),
+                        "\"}}");
+      } else {
+        absl::StrAppend(&static_listeners, static_listeners.empty() ? "" : ",", "{\"listener\":", protoJson(*l->proto),
+                        ",\"last_updated\":\"", snap->loaded_at, "\"}");
+      }
     }
     for (const auto& c : snap->clusters) {
-      absl::StrAppend(&clusters, clusters.empty() ? "" : ",", "{\"cluster\":", protoJson(*c->proto),
-                      ",\"last_updated\":\"", snap->loaded_at, "\"}");
+      std::string& out = c->dynamic ? dynamic_clusters : static_clusters;
+      absl::StrAppend(&out, out.empty() ? "" : ",", "{", c->dynamic ? absl::StrCat("\"version_info\":", jsonEscape(c->version_info), ",") : "",
+                      "\"cluster\":", protoJson(*c->proto), ",\"last_updated\":\"",
+                      lastUpdated(c->dynamic && src ? &src->clusters : nullptr, c->name), "\"}");
+    }
+    std::string routes, endpoints;
+    if (src) {
+      for (const auto& [name, res] : src->routes) {
+        absl::StrAppend(&routes, routes.empty() ? "" : ",", "{\"version_info\":", jsonEscape(res.version),
+                        ",\"route_config\":", protoJson(*res.proto), ",\"last_updated\":\"", res.last_updated, "\"}");
+      }
+      for (const auto& [name, res] : src->endpoints) {
+        absl::StrAppend(&endpoints, endpoints.empty() ? "" : ",", "{\"version_info\":", jsonEscape(res.version),
+                        ",\"endpoint_config\":", protoJson(*res.proto), ",\"last_updated\":\"", res.last_updated,
+                        "\"}");
+      }
+    }
+    std::string xds_status;
+    if (server_.xds() != nullptr) {
+      // Strait's own section: per type, the accepted version and the last rejected update with its error.
+      for (const auto& [type, st] : server_.xds()->status()) {
+        absl::StrAppend(&xds_status, xds_status.empty() ? "" : ",", jsonEscape(type), ":{\"version_info\":",
+                        jsonEscape(st.version), ",\"last_rejected\":{\"version_info\":", jsonEscape(st.last_error_version),
+                        ",\"error\":", jsonEscape(st.last_error), "}}");
+      }
     }
     r.body = absl::StrCat(
         "{\"configs\":[{\"@type\":\"type.googleapis.com/envoy.admin.v3.BootstrapConfigDump\",\"bootstrap\":",
         protoJson(*snap->bootstrap), ",\"last_updated\":\"", snap->loaded_at,
-        "\"},{\"@type\":\"type.googleapis.com/envoy.admin.v3.ListenersConfigDump\",\"static_listeners\":[", listeners,
-        "]},{\"@type\":\"type.googleapis.com/envoy.admin.v3.ClustersConfigDump\",\"static_clusters\":[", clusters,
-        "]}]}\n");
+        "\"},{\"@type\":\"type.googleapis.com/envoy.admin.v3.ClustersConfigDump\",\"static_clusters\":[", static_clusters,
+        "],\"dynamic_active_clusters\":[", dynamic_clusters,
+        "]},{\"@type\":\"type.googleapis.com/envoy.admin.v3.ListenersConfigDump\",\"static_listeners\":[", static_listeners,
+        "],\"dynamic_listeners\":[", dynamic_listeners,
+        "]},{\"@type\":\"type.googleapis.com/envoy.admin.v3.RoutesConfigDump\",\"dynamic_route_configs\":[", routes,
+        "]},{\"@type\":\"type.googleapis.com/envoy.admin.v3.EndpointsConfigDump\",\"dynamic_endpoint_configs\":[",
+        endpoints, "]},{\"@type\":\"type.googleapis.com/strait.admin.XdsStatus\",\"types\":{", xds_status, "}}]}\n");
     return r;
   }
   if (path == "/clusters") {

@@ -27,7 +27,8 @@ int main(int argc, char** argv) {
   http::registerHttpConnectionManager();
   filters::http::registerRouter();
 
-  auto store = std::make_unique<stats::Store>(options->concurrency + 1);
+  // Shards: main thread, one per worker, and the xDS thread.
+  auto store = std::make_unique<stats::Store>(options->concurrency + 2);
   stats::setThreadShard(&store->shard(0));
   config::LoadOptions load;
   load.path = options->config_path;

@@ -9,6 +9,10 @@
 #include "proxy/common/log.h"
 #include "proxy/config/bootstrap.h"
 #include "proxy/server/admin.h"
+#include "proxy/server/xds_applier.h"
+
+#include <condition_variable>
+#include "absl/strings/str_cat.h"
 
 namespace strait::server {
 
@@ -30,6 +34,7 @@ Server::~Server() {
   for (auto* s : signals_) {
     uv_close(reinterpret_cast<uv_handle_t*>(s), [](uv_handle_t* h) { delete reinterpret_cast<uv_signal_t*>(h); });
   }
+  xds_.reset();
   admin_.reset();
   drain_timer_.reset();
   workers_.clear();
@@ -52,34 +57,100 @@ uint64_t Server::uptimeSeconds() const {
   return up;
 }
 
+absl::Status Server::bindListener(const config::ListenerConstSharedPtr& l,
+                                  std::vector<std::vector<WorkerSocket>>& per_worker, network::Address* bound) {
+  // The first socket resolves port 0; every worker then binds its own socket to that exact address.
+  std::string err;
+  int first = network::bindReusePortSocket(l->address, &err);
+  if (first < 0) return absl::UnavailableError(absl::StrCat("listener '", l->name, "': ", err));
+  *bound = network::boundAddress(first);
+  std::vector<int> fds{first};
+  for (uint32_t w = 1; w < options_.concurrency; ++w) {
+    int fd = network::bindReusePortSocket(*bound, &err);
+    if (fd < 0) {
+      for (int f : fds) ::close(f);
+      return absl::UnavailableError(absl::StrCat("listener '", l->name, "' (worker ", w, "): ", err));
+    }
+    fds.push_back(fd);
+  }
+  if (!l->stats_ready) {
+    // Not yet seen by any worker: naming its stats after the bound port is still safe.
+    config::createListenerStats(const_cast<config::Listener&>(*l), *bound, *store_);
+  }
+  for (uint32_t w = 0; w < options_.concurrency; ++w) per_worker[w].push_back(WorkerSocket{l, fds[w]});
+  return absl::OkStatus();
+}
+
 bool Server::bindListeners(std::vector<std::vector<WorkerSocket>>& per_worker) {
   per_worker.assign(options_.concurrency, {});
   for (const auto& l : snapshot_->listeners) {
-    // The first socket resolves port 0; every worker then binds its own socket to that exact address.
-    std::string err;
-    int first = network::bindReusePortSocket(l->address, &err);
-    if (first < 0) {
-      LOG_CRITICAL("listener '%s': %s", l->name.c_str(), err.c_str());
+    network::Address bound;
+    auto st = bindListener(l, per_worker, &bound);
+    if (!st.ok()) {
+      LOG_CRITICAL("%s", std::string(st.message()).c_str());
       return false;
-    }
-    network::Address bound = network::boundAddress(first);
-    if (!l->stats_ready) {
-      // Still single-threaded and unpublished: no worker has seen this listener yet.
-      config::createListenerStats(const_cast<config::Listener&>(*l), bound, *store_);
-    }
-    per_worker[0].push_back(WorkerSocket{l, first});
-    for (uint32_t w = 1; w < options_.concurrency; ++w) {
-      int fd = network::bindReusePortSocket(bound, &err);
-      if (fd < 0) {
-        LOG_CRITICAL("listener '%s' (worker %u): %s", l->name.c_str(), w, err.c_str());
-        return false;
-      }
-      per_worker[w].push_back(WorkerSocket{l, fd});
     }
     bound_.push_back(BoundListener{l, bound});
     LOG_INFO("listener '%s' on %s", l->name.c_str(), bound.asString().c_str());
   }
   return true;
+}
+
+absl::Status Server::applySnapshot(config::SnapshotConstSharedPtr snapshot) {
+  std::vector<std::vector<WorkerSocket>> per_worker(options_.concurrency);
+  std::vector<BoundListener> bound;
+  std::vector<BoundListener> current = boundListeners();
+  std::vector<int> opened;
+  for (const auto& l : snapshot->listeners) {
+    const BoundListener* have = nullptr;
+    for (const auto& b : current) {
+      if (b.listener->name == l->name) have = &b;
+    }
+    // Same configured address: the socket stays (a port-0 listener keeps the port it got).
+    if (have != nullptr && have->listener->address == l->address) {
+      if (!l->stats_ready) config::createListenerStats(const_cast<config::Listener&>(*l), have->address, *store_);
+      bound.push_back(BoundListener{l, have->address});
+      continue;
+    }
+    network::Address addr;
+    auto st = bindListener(l, per_worker, &addr);
+    if (!st.ok()) {
+      for (auto& v : per_worker)
+        for (auto& s : v) ::close(s.fd);
+      return st;
+    }
+    LOG_INFO("listener '%s' on %s", l->name.c_str(), addr.asString().c_str());
+    bound.push_back(BoundListener{l, addr});
+  }
+  // Every worker takes the snapshot; the caller's ACK waits for the last one.
+  std::mutex m;
+  std::condition_variable cv;
+  size_t pending = workers_.size();
+  for (uint32_t w = 0; w < workers_.size(); ++w) {
+    workers_[w]->applySnapshot(snapshot, std::move(per_worker[w]), uint64_t(options_.drain_time_s) * 1000, [&] {
+      std::lock_guard<std::mutex> lock(m);
+      if (--pending == 0) cv.notify_one();
+    });
+  }
+  {
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, [&] { return pending == 0; });
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  snapshot_ = std::move(snapshot);
+  bound_ = std::move(bound);
+  return absl::OkStatus();
+}
+
+void Server::onXdsInitialized() {
+  dispatcher_->post([this] {
+    xds_ready_ = true;
+    if (state_ == State::PreInitializing && workers_started_) {
+      state_ = State::Live;
+      stats::set(*store_, live_, 1);
+      LOG_INFO("xDS initialized: live");
+    }
+  });
 }
 
 int Server::run() {
@@ -127,11 +198,21 @@ int Server::run() {
         signum);
     signals_.push_back(s);
   }
-  state_ = State::Live;
-  stats::set(*store_, live_, 1);
-  LOG_INFO("strait live: %u workers, %zu listeners, %zu clusters", options_.concurrency, bound_.size(),
-           snapshot_->clusters.size());
+  workers_started_ = true;
+  if (snapshot_->ads) {
+    // Not ready until the first CDS and LDS are applied (or their initial fetch times out).
+    xds_ready_ = false;
+    xds_ = std::make_unique<XdsApplier>(*this, *store_, snapshot_);
+    xds_->start();
+  }
+  if (xds_ready_) {
+    state_ = State::Live;
+    stats::set(*store_, live_, 1);
+  }
+  LOG_INFO("strait %s: %u workers, %zu listeners, %zu clusters", xds_ready_ ? "live" : "waiting for xDS",
+           options_.concurrency, bound_.size(), snapshot_->clusters.size());
   dispatcher_->run();
+  if (xds_) xds_->stop();
   for (auto& w : workers_) w->join();
   LOG_INFO("strait exiting");
   return 0;
@@ -139,6 +220,7 @@ int Server::run() {
 
 void Server::startDrain(const char* why) {
   if (state_ == State::Draining) return;
+  if (xds_) xds_->stop();
   LOG_INFO("%s: draining for up to %u s", why, options_.drain_time_s);
   state_ = State::Draining;
   stats::set(*store_, live_, 0);

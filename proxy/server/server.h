@@ -1,6 +1,10 @@
 #pragma once
 
+#include <atomic>
 #include <chrono>
+#include <mutex>
+
+#include "absl/status/status.h"
 #include <memory>
 #include <vector>
 
@@ -33,23 +37,41 @@ class Server {
 
   // For the admin (main thread only).
   const Options& options() const { return options_; }
-  const config::SnapshotConstSharedPtr& snapshot() const { return snapshot_; }
+  config::SnapshotConstSharedPtr snapshot() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return snapshot_;
+  }
   stats::Store& store() { return *store_; }
-  State state() const { return state_; }
+  State state() const { return state_.load(); }
   const char* stateName() const;
   uint64_t uptimeSeconds() const;
-  const std::vector<BoundListener>& boundListeners() const { return bound_; }
+  std::vector<BoundListener> boundListeners() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return bound_;
+  }
+  // From the xDS thread: binds what new listeners need, hands `snapshot` to every worker and returns
+  // once all of them have it (so the ACK that follows is true). An error (a port that cannot be bound)
+  // leaves everything as it was.
+  absl::Status applySnapshot(config::SnapshotConstSharedPtr snapshot);
+  // From the xDS thread: the first CDS and LDS are applied (or their initial fetch timed out).
+  void onXdsInitialized();
+  // The xDS client's view, for /config_dump (may be null).
+  class XdsApplier* xds() const { return xds_.get(); }
   event::Dispatcher& dispatcher() { return *dispatcher_; }
   // Stop accepting, let connections finish for up to --drain-time-s, then exit 0.
   void startDrain(const char* why);
 
  private:
   bool bindListeners(std::vector<std::vector<WorkerSocket>>& per_worker);
+  absl::Status bindListener(const config::ListenerConstSharedPtr& l, std::vector<std::vector<WorkerSocket>>& per_worker,
+                            network::Address* bound);
   void onDrainTick();
   void finish();
 
   Options options_;
+  mutable std::mutex mu_;  // guards snapshot_ and bound_ (admin on main, xDS thread writes)
   config::SnapshotConstSharedPtr snapshot_;
+  std::unique_ptr<class XdsApplier> xds_;
   std::unique_ptr<stats::Store> store_;
   std::unique_ptr<event::Dispatcher> dispatcher_;
   std::vector<std::unique_ptr<Worker>> workers_;
@@ -59,7 +81,9 @@ class Server {
   event::TimerPtr drain_timer_;
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point drain_deadline_;
-  State state_ = State::PreInitializing;
+  std::atomic<State> state_{State::PreInitializing};
+  bool xds_ready_ = true;
+  bool workers_started_ = false;
   stats::Gauge live_;
   stats::Gauge uptime_;
   stats::Gauge concurrency_;

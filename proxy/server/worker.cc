@@ -145,16 +145,7 @@ void Worker::start(std::vector<WorkerSocket> sockets) {
   // The loop was made on this thread but is only ever run and touched by the worker thread from here on.
   thread_ = std::thread([this, sockets = std::move(sockets)]() mutable {
     stats::setThreadShard(&shard_);
-    for (auto& s : sockets) {
-      auto listener = s.listener;
-      auto l = std::make_unique<network::TcpListener>(
-          *dispatcher_, s.fd, 1024, [this, listener](network::ConnectionPtr c) { onAccept(listener, std::move(c)); });
-      if (!l->ok()) {
-        LOG_ERROR("worker %u: listener %s: %s", index_, listener->name.c_str(), l->error().c_str());
-        continue;
-      }
-      listeners_.push_back(std::move(l));
-    }
+    for (auto& s : sockets) openListener(s);
     LOG_DEBUG("worker %u started with %zu listeners", index_, listeners_.size());
     listening_.set_value();
     dispatcher_->run();
@@ -165,14 +156,90 @@ void Worker::start(std::vector<WorkerSocket> sockets) {
     std::vector<ProtocolSniffer*> sniffing;
     for (auto& s : sniffers_) sniffing.push_back(s.get());
     for (auto* s : sniffing) s->forceClose();
+    drain_timer_.reset();
     pools_.reset();
     dispatcher_.reset();
     LOG_DEBUG("worker %u stopped", index_);
   });
 }
 
+void Worker::openListener(const WorkerSocket& s) {
+  auto active = std::make_unique<ActiveListener>();
+  ActiveListener* raw = active.get();
+  raw->config = s.listener;
+  raw->tcp = std::make_unique<network::TcpListener>(*dispatcher_, s.fd, 1024, [this, raw](network::ConnectionPtr c) {
+    // The listener's current config: an xDS update may have replaced it since the socket opened.
+    onAccept(raw->config, std::move(c));
+  });
+  if (!raw->tcp->ok()) {
+    LOG_ERROR("worker %u: listener %s: %s", index_, s.listener->name.c_str(), raw->tcp->error().c_str());
+    return;
+  }
+  listeners_[s.listener->name] = std::move(active);
+}
+
 void Worker::stopListening() {
   dispatcher_->post([this] { listeners_.clear(); });
+}
+
+void Worker::applySnapshot(config::SnapshotConstSharedPtr snapshot, std::vector<WorkerSocket> sockets,
+                           uint64_t drain_ms, std::function<void()> done) {
+  dispatcher_->post([this, snapshot = std::move(snapshot), sockets = std::move(sockets), drain_ms,
+                     done = std::move(done)]() mutable {
+    std::map<std::string, config::ListenerConstSharedPtr> wanted;
+    for (const auto& l : snapshot->listeners) wanted[l->name] = l;
+    bool drain = false;
+    // Removed listeners stop accepting; their connections drain.
+    for (auto it = listeners_.begin(); it != listeners_.end();) {
+      if (!wanted.count(it->first)) {
+        LOG_INFO("worker %u: listener '%s' removed", index_, it->first.c_str());
+        stale_listeners_.insert(it->first);
+        drain = true;
+        it = listeners_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    // Listeners that need a new socket (new, or moved to another address).
+    for (auto& s : sockets) {
+      listeners_.erase(s.listener->name);
+      openListener(s);
+    }
+    // The rest keep their socket and take the new config for new connections. A changed listener's
+    // existing connections drain; an unchanged one's keep going.
+    for (auto& [name, active] : listeners_) {
+      auto it = wanted.find(name);
+      if (it == wanted.end()) continue;
+      if (active->config->proto_hash != it->second->proto_hash) {
+        stale_listeners_.insert(name);
+        drain = true;
+      }
+      active->config = it->second;
+    }
+    snapshot_ = std::move(snapshot);
+    uint32_t max_index = 0;
+    for (const auto& c : snapshot_->clusters) max_index = std::max(max_index, c->index + 1);
+    if (rr_cursor_.size() < max_index) rr_cursor_.resize(max_index, index_);
+    if (drain) {
+      // After the drain time, connections still on a config that is gone are closed.
+      drain_timer_ = dispatcher_->createTimer([this] { closeStaleSessions(); });
+      drain_timer_->enable(drain_ms);
+    }
+    done();
+  });
+}
+
+void Worker::closeStaleSessions() {
+  std::vector<config::ActiveSession*> stale;
+  for (auto* s : sessions_) {
+    const auto& l = s->listener();
+    auto it = listeners_.find(l->name);
+    bool current = it != listeners_.end() && it->second->config->proto_hash == l->proto_hash;
+    if (!current && stale_listeners_.count(l->name)) stale.push_back(s);
+  }
+  if (!stale.empty()) LOG_INFO("worker %u: drain over, closing %zu connections of old listeners", index_, stale.size());
+  for (auto* s : stale) s->forceClose();
+  stale_listeners_.clear();
 }
 
 void Worker::shutdown() {

@@ -2,7 +2,10 @@
 
 #include <atomic>
 #include <future>
+#include <functional>
 #include <list>
+#include <map>
+#include <set>
 #include <memory>
 #include <random>
 #include <thread>
@@ -40,6 +43,10 @@ class Worker : public config::WorkerContext {
   // Blocks until the worker's listeners accept connections (so /ready never says LIVE too early).
   void waitListening() { listening_.get_future().wait(); }
   size_t activeSessions() const { return active_sessions_.load(std::memory_order_relaxed); }
+  // Thread-safe: switch to `snapshot` (an xDS update). `sockets` are for listeners that are new or moved;
+  // `done` runs on the worker once it has the snapshot.
+  void applySnapshot(config::SnapshotConstSharedPtr snapshot, std::vector<WorkerSocket> sockets, uint64_t drain_ms,
+                     std::function<void()> done);
 
   // WorkerContext
   event::Dispatcher& dispatcher() override { return *dispatcher_; }
@@ -64,7 +71,15 @@ class Worker : public config::WorkerContext {
   config::SnapshotConstSharedPtr snapshot_;
   std::unique_ptr<event::Dispatcher> dispatcher_;
   std::unique_ptr<upstream::HttpPoolManager> pools_;
-  std::vector<std::unique_ptr<network::TcpListener>> listeners_;
+  struct ActiveListener {
+    std::unique_ptr<network::TcpListener> tcp;
+    config::ListenerConstSharedPtr config;  // current; replaced by xDS updates
+  };
+  void openListener(const WorkerSocket& s);
+  void closeStaleSessions();
+  std::map<std::string, std::unique_ptr<ActiveListener>> listeners_;
+  std::set<std::string> stale_listeners_;
+  event::TimerPtr drain_timer_;
   std::list<config::ActiveSession*> sessions_;
   std::list<std::unique_ptr<ProtocolSniffer>> sniffers_;
   std::vector<uint32_t> rr_cursor_;  // per cluster index

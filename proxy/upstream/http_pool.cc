@@ -447,9 +447,12 @@ bool HttpPoolManager::Key::operator<(const Key& o) const {
 
 HttpPool& HttpPoolManager::pool(const config::ClusterConstSharedPtr& cluster, const config::HostChoice& host,
                                 http::Protocol protocol) {
-  Key key{cluster.get(), host.address, protocol};
+  Key key{cluster->index, host.address, protocol};
   auto it = pools_.find(key);
-  if (it != pools_.end()) return *it->second;
+  if (it != pools_.end()) {
+    if (it->second->cluster() != cluster.get()) it->second->updateCluster(cluster, host.host);
+    return *it->second;
+  }
   auto p = std::make_unique<HttpPool>(dispatcher_, cluster, host.address, host.host, protocol);
   HttpPool& ref = *p;
   pools_.emplace(key, std::move(p));

@@ -47,6 +47,12 @@ class HttpPool {
   Cancellable* newStream(http::ResponseDecoder& decoder, PoolCallbacks& callbacks);
   bool idle() const;
   http::Protocol protocol() const { return protocol_; }
+  // A config update replaced the cluster: connections stay, new ones use the new settings.
+  void updateCluster(const config::ClusterConstSharedPtr& cluster, const config::Host* host) {
+    cluster_ = cluster;
+    host_ = host;
+  }
+  const config::Cluster* cluster() const { return cluster_.get(); }
 
  private:
   friend class ActiveClient;
@@ -78,7 +84,7 @@ class HttpPoolManager {
 
  private:
   struct Key {
-    const config::Cluster* cluster;
+    uint32_t cluster;  // the cluster's stable index: pools outlive config updates of their cluster
     network::Address address;
     http::Protocol protocol;
     bool operator<(const Key& o) const;

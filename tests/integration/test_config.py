@@ -20,7 +20,6 @@ from harness import bootstrap, static_cluster, tcp_proxy_listener, to_yaml
 # Examples whose features are not built yet: each is expected to fail validation, naming the
 # unsupported field, until the issue that builds it lands (then the xfail turns into a failure, strict).
 _NOT_YET = {
-    "ads.yaml": "dynamic_resources: xDS arrives with the xDS issue",
 }
 
 

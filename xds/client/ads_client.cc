@@ -621,7 +621,13 @@ class AdsClient::Impl {
 
   // While connecting: opens the stream once the channel is READY; a failed attempt backs off.
   void pollConnect(Clock::time_point now) {
-    const grpc_connectivity_state state = channel_->GetState(/*try_to_connect=*/true);
+    grpc_connectivity_state state = channel_->GetState(/*try_to_connect=*/true);
+    if (state != GRPC_CHANNEL_READY && state != GRPC_CHANNEL_TRANSIENT_FAILURE && state != GRPC_CHANNEL_SHUTDOWN) {
+      // Waiting on the channel drives gRPC's I/O polling; GetState() alone does not, and with no other
+      // gRPC activity in the process the connect would only be noticed by gRPC's 5 s backup poller.
+      channel_->WaitForStateChange(state, std::chrono::system_clock::now() + std::chrono::milliseconds(10));
+      state = channel_->GetState(/*try_to_connect=*/true);
+    }
     if (state == GRPC_CHANNEL_READY) {
       openStream();
     } else if (state == GRPC_CHANNEL_TRANSIENT_FAILURE || state == GRPC_CHANNEL_SHUTDOWN) {

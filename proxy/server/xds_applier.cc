@@ -1,0 +1,229 @@
+#include "proxy/server/xds_applier.h"
+
+#include <chrono>
+#include <ctime>
+
+#include "absl/strings/str_cat.h"
+#include "envoy/config/bootstrap/v3/bootstrap.pb.h"
+#include "envoy/config/cluster/v3/cluster.pb.h"
+#include "envoy/config/endpoint/v3/endpoint.pb.h"
+#include "envoy/config/listener/v3/listener.pb.h"
+#include "envoy/config/route/v3/route.pb.h"
+#include "proxy/common/log.h"
+#include "proxy/network/address.h"
+#include "proxy/server/server.h"
+
+namespace strait::server {
+
+namespace {
+
+std::string nowRfc3339() {
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm tm;
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+  return buf;
+}
+
+const char* shortName(const std::string& type_url) {
+  if (type_url == xds::kClusterType) return "Cluster";
+  if (type_url == xds::kListenerType) return "Listener";
+  if (type_url == xds::kRouteType) return "RouteConfiguration";
+  if (type_url == xds::kEndpointType) return "ClusterLoadAssignment";
+  return "resource";
+}
+
+// Decodes an Any into a fresh message of the type the type URL names.
+absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> decode(const std::string& type_url,
+                                                                        const xds::Resource& r) {
+  std::shared_ptr<google::protobuf::Message> m;
+  if (type_url == xds::kClusterType) {
+    m = std::make_shared<envoy::config::cluster::v3::Cluster>();
+  } else if (type_url == xds::kListenerType) {
+    m = std::make_shared<envoy::config::listener::v3::Listener>();
+  } else if (type_url == xds::kRouteType) {
+    m = std::make_shared<envoy::config::route::v3::RouteConfiguration>();
+  } else if (type_url == xds::kEndpointType) {
+    m = std::make_shared<envoy::config::endpoint::v3::ClusterLoadAssignment>();
+  } else {
+    return absl::InvalidArgumentError(absl::StrCat("unsupported resource type ", type_url));
+  }
+  if (r.resource.type_url() != type_url || !m->ParseFromString(r.resource.value())) {
+    return absl::InvalidArgumentError(absl::StrCat(shortName(type_url), " '", r.name, "': cannot be decoded as ", type_url));
+  }
+  return std::shared_ptr<const google::protobuf::Message>(m);
+}
+
+}  // namespace
+
+XdsApplier::XdsApplier(Server& server, stats::Store& store, config::SnapshotConstSharedPtr initial)
+    : server_(server), store_(store), snapshot_(std::move(initial)) {
+  auto sources = std::make_shared<config::ConfigSources>();
+  sources->bootstrap = snapshot_->bootstrap;
+  sources_ = sources;
+  connected_state_ = store_.gauge("control_plane.connected_state");
+  // Envoy's names for the families dashboards look at.
+  auto make = [&](const std::string& prefix) {
+    return TypeStats{store_.counter(prefix + ".update_attempt"), store_.counter(prefix + ".update_success"),
+                     store_.counter(prefix + ".update_rejected")};
+  };
+  type_stats_[xds::kClusterType] = make("cluster_manager.cds");
+  type_stats_[xds::kListenerType] = make("listener_manager.lds");
+  type_stats_[xds::kRouteType] = make("xds.rds");
+  type_stats_[xds::kEndpointType] = make("xds.eds");
+}
+
+XdsApplier::~XdsApplier() { stop(); }
+
+void XdsApplier::start() {
+  const auto& ads = *snapshot_->ads;
+  xds::AdsConfig cfg;
+  cfg.target = ads.target;
+  // An IP literal goes straight to gRPC's ipv4:/ipv6: resolvers: its DNS resolver would otherwise
+  // consult the system's DNS configuration first (seconds where there is none).
+  if (cfg.target.find(':') != std::string::npos && cfg.target.rfind("unix:", 0) != 0 &&
+      cfg.target.find("://") == std::string::npos && cfg.target.rfind("ipv4:", 0) != 0 &&
+      cfg.target.rfind("ipv6:", 0) != 0 && cfg.target.rfind("dns:", 0) != 0) {
+    if (auto a = network::Address::parseHostPort(cfg.target)) cfg.target = (a->isV6() ? "ipv6:" : "ipv4:") + a->asString();
+  }
+  cfg.delta = ads.delta;
+  cfg.initial_fetch_timeout_ms = ads.initial_fetch_timeout_ms;
+  cfg.node = static_cast<const envoy::config::bootstrap::v3::Bootstrap&>(*snapshot_->bootstrap).node();
+  cfg.node.set_user_agent_name("strait");
+  cfg.node.set_user_agent_version(STRAIT_VERSION);
+  cfg.log = [](int level, const std::string& message) {
+    STRAIT_LOG(static_cast<common::LogLevel>(level), "xds: %s", message.c_str());
+  };
+  LOG_INFO("xds: connecting to %s (%s)", cfg.target.c_str(), cfg.delta ? "delta" : "state of the world");
+  client_ = std::make_unique<xds::AdsClient>(std::move(cfg), *this);
+  client_->start();
+}
+
+void XdsApplier::stop() {
+  if (client_) client_->stop();
+}
+
+XdsApplier::TypeStats& XdsApplier::statsFor(const std::string& type_url) { return type_stats_[type_url]; }
+
+std::shared_ptr<const config::ConfigSources> XdsApplier::sources() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return sources_;
+}
+
+std::map<std::string, XdsApplier::TypeStatus> XdsApplier::status() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return status_;
+}
+
+namespace {
+// The ADS client's thread writes the last stat shard.
+void useXdsShard(stats::Store& store) {
+  if (stats::threadShard() == nullptr) stats::setThreadShard(&store.shard(store.shardCount() - 1));
+}
+}  // namespace
+
+absl::Status XdsApplier::onResources(const std::string& type_url, const std::vector<xds::Resource>& resources,
+                                     const std::vector<std::string>& removed, const std::string& version, bool sotw) {
+  useXdsShard(store_);
+  auto& st = statsFor(type_url);
+  stats::inc(st.update_attempt);
+  auto result = apply(type_url, resources, removed, version, sotw);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!result.ok()) {
+    stats::inc(st.update_rejected);
+    status_[type_url].last_error = std::string(result.message());
+    status_[type_url].last_error_version = version;
+    LOG_WARN("xds: rejected %s version '%s': %s", shortName(type_url), version.c_str(),
+             std::string(result.message()).c_str());
+    return result;
+  }
+  stats::inc(st.update_success);
+  status_[type_url].version = version;
+  LOG_INFO("xds: applied %s version '%s' (%zu resources, %zu removed)", shortName(type_url), version.c_str(),
+           resources.size(), removed.size());
+  return absl::OkStatus();
+}
+
+absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xds::Resource>& resources,
+                               const std::vector<std::string>& removed, const std::string& version, bool sotw) {
+  auto next = std::make_shared<config::ConfigSources>(*sources_);
+  std::map<std::string, config::DynamicResource>* target = nullptr;
+  if (type_url == xds::kClusterType) target = &next->clusters;
+  if (type_url == xds::kListenerType) target = &next->listeners;
+  if (type_url == xds::kRouteType) target = &next->routes;
+  if (type_url == xds::kEndpointType) target = &next->endpoints;
+  if (target == nullptr) return absl::InvalidArgumentError(absl::StrCat("unsupported resource type ", type_url));
+
+  const std::string now = nowRfc3339();
+  // State of the world for LDS and CDS is the whole set; removals come from the client for the others.
+  if (sotw && (type_url == xds::kClusterType || type_url == xds::kListenerType)) target->clear();
+  for (const auto& name : removed) target->erase(name);
+  for (const auto& r : resources) {
+    auto m = decode(type_url, r);
+    if (!m.ok()) return m.status();
+    // The name inside must be the name the resource was sent under.
+    std::string inner;
+    if (type_url == xds::kClusterType) inner = static_cast<const envoy::config::cluster::v3::Cluster&>(**m).name();
+    if (type_url == xds::kListenerType) inner = static_cast<const envoy::config::listener::v3::Listener&>(**m).name();
+    if (type_url == xds::kRouteType) inner = static_cast<const envoy::config::route::v3::RouteConfiguration&>(**m).name();
+    if (type_url == xds::kEndpointType) {
+      inner = static_cast<const envoy::config::endpoint::v3::ClusterLoadAssignment&>(**m).cluster_name();
+    }
+    if (inner.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(shortName(type_url), " '", r.name, "': name: is required"));
+    }
+    config::DynamicResource res;
+    res.proto = *m;
+    res.version = r.version.empty() ? version : r.version;
+    // Unchanged resources keep the time they were last updated.
+    auto old = sources_->clusters.end();
+    const auto* prev_map = type_url == xds::kClusterType ? &sources_->clusters
+                           : type_url == xds::kListenerType ? &sources_->listeners
+                           : type_url == xds::kRouteType ? &sources_->routes : &sources_->endpoints;
+    old = prev_map->find(inner);
+    bool same = old != prev_map->end() && old->second.proto->SerializeAsString() == (*m)->SerializeAsString();
+    res.last_updated = same ? old->second.last_updated : now;
+    (*target)[inner] = std::move(res);
+  }
+  auto built = config::buildSnapshot(next, snapshot_.get(), store_, config::clusterIds());
+  if (!built.ok()) return built.status();
+  for (const auto& w : built->warming) LOG_DEBUG("xds: warming: %s", w.c_str());
+  auto st = server_.applySnapshot(built->snapshot);
+  if (!st.ok()) return st;
+  snapshot_ = built->snapshot;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    sources_ = next;
+  }
+  // Ask for what the new config refers to (full sets, as SotW wants).
+  client_->setResourceNames(xds::kRouteType, {built->rds_names.begin(), built->rds_names.end()});
+  client_->setResourceNames(xds::kEndpointType, {built->eds_names.begin(), built->eds_names.end()});
+  if (type_url == xds::kClusterType || type_url == xds::kListenerType) onInitialFetchDone(type_url, false);
+  return absl::OkStatus();
+}
+
+void XdsApplier::onResourceDoesNotExist(const std::string& type_url, const std::string& name) {
+  LOG_WARN("xds: %s '%s' does not exist (no answer within the timeout)", shortName(type_url), name.c_str());
+}
+
+void XdsApplier::onStreamState(bool connected) {
+  useXdsShard(store_);
+  stats::set(store_, connected_state_, connected ? 1 : 0);
+  LOG_INFO("xds: stream %s", connected ? "connected" : "disconnected");
+}
+
+void XdsApplier::onInitialFetchDone(const std::string& type_url, bool timed_out) {
+  if (timed_out) LOG_WARN("xds: initial fetch of %s timed out; going on with what there is", shortName(type_url));
+  if (type_url != xds::kClusterType && type_url != xds::kListenerType) return;
+  initialized_.insert(type_url);
+  if (!ready_signalled_ && initialized_.count(xds::kClusterType) && initialized_.count(xds::kListenerType)) {
+    ready_signalled_ = true;
+    server_.onXdsInitialized();
+  }
+}
+
+}  // namespace strait::server

@@ -1,0 +1,69 @@
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+
+#include "proxy/config/bootstrap.h"
+#include "proxy/config/snapshot.h"
+#include "proxy/stats/stats.h"
+#include "xds/client/ads_client.h"
+
+namespace strait::server {
+
+class Server;
+
+// Turns what the ADS client receives into snapshots: decodes and validates each response, builds a
+// whole new Snapshot from the bootstrap plus every accepted resource (unchanged parts are re-used by
+// the workers: listener sockets, connection pools), hands it to the server, and only then lets the
+// client ACK. A response that does not translate is NACKed with the resource and field named, and the
+// last good config keeps serving. Runs on the ADS client's thread.
+class XdsApplier : public xds::XdsSubscriber {
+ public:
+  XdsApplier(Server& server, stats::Store& store, config::SnapshotConstSharedPtr initial);
+  ~XdsApplier() override;
+  void start();
+  void stop();
+
+  // XdsSubscriber
+  absl::Status onResources(const std::string& type_url, const std::vector<xds::Resource>& resources,
+                           const std::vector<std::string>& removed, const std::string& version, bool sotw) override;
+  void onResourceDoesNotExist(const std::string& type_url, const std::string& name) override;
+  void onStreamState(bool connected) override;
+  void onInitialFetchDone(const std::string& type_url, bool timed_out) override;
+
+  // For /config_dump: the accepted resources, and per type the version and the last rejection.
+  struct TypeStatus {
+    std::string version;
+    std::string last_error;
+    std::string last_error_version;
+  };
+  std::shared_ptr<const config::ConfigSources> sources() const;
+  std::map<std::string, TypeStatus> status() const;
+
+ private:
+  struct TypeStats {
+    stats::Counter update_attempt;
+    stats::Counter update_success;
+    stats::Counter update_rejected;
+  };
+  TypeStats& statsFor(const std::string& type_url);
+  absl::Status apply(const std::string& type_url, const std::vector<xds::Resource>& resources,
+                     const std::vector<std::string>& removed, const std::string& version, bool sotw);
+
+  Server& server_;
+  stats::Store& store_;
+  config::SnapshotConstSharedPtr snapshot_;  // the last applied
+  std::shared_ptr<const config::ConfigSources> sources_;
+  std::map<std::string, TypeStats> type_stats_;
+  stats::Gauge connected_state_;
+  mutable std::mutex mu_;  // guards sources_ and status_ for the admin
+  std::map<std::string, TypeStatus> status_;
+  std::set<std::string> initialized_;
+  bool ready_signalled_ = false;
+  std::unique_ptr<xds::AdsClient> client_;
+};
+
+}  // namespace strait::server
