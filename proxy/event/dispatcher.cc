@@ -35,7 +35,8 @@ Dispatcher::Dispatcher(std::string name)
     : name_(std::move(name)),
       loop_(new uv_loop_t),
       async_(reinterpret_cast<uv_async_t*>(new uv_any_handle)),
-      check_(reinterpret_cast<uv_check_t*>(new uv_any_handle)) {
+      check_(reinterpret_cast<uv_check_t*>(new uv_any_handle)),
+      prepare_(reinterpret_cast<uv_prepare_t*>(new uv_any_handle)) {
   RELEASE_ASSERT(uv_loop_init(loop_) == 0, "uv_loop_init");
   uv_async_init(loop_, async_, &Dispatcher::onAsync);
   async_->data = this;
@@ -43,6 +44,12 @@ Dispatcher::Dispatcher(std::string name)
   check_->data = this;
   uv_check_start(check_, &Dispatcher::onCheck);
   uv_unref(reinterpret_cast<uv_handle_t*>(check_));
+  // Writes queued by timers and posted work go out before the loop blocks in poll; writes queued by
+  // I/O callbacks go out in the check phase right after them.
+  uv_prepare_init(loop_, prepare_);
+  prepare_->data = this;
+  uv_prepare_start(prepare_, &Dispatcher::onPrepare);
+  uv_unref(reinterpret_cast<uv_handle_t*>(prepare_));
   run_thread_ = std::this_thread::get_id();
 }
 
@@ -50,6 +57,7 @@ Dispatcher::~Dispatcher() {
   clearDeferredDeleteList();
   uv_close(reinterpret_cast<uv_handle_t*>(async_), freeHandle);
   uv_close(reinterpret_cast<uv_handle_t*>(check_), freeHandle);
+  uv_close(reinterpret_cast<uv_handle_t*>(prepare_), freeHandle);
   // Let every pending close callback run, then free the loop.
   uv_run(loop_, UV_RUN_NOWAIT);
   for (int i = 0; i < 100 && uv_loop_close(loop_) == UV_EBUSY; ++i) {
@@ -92,7 +100,32 @@ void Dispatcher::updateTime() { uv_update_time(loop_); }
 
 void Dispatcher::onAsync(uv_async_t* handle) { static_cast<Dispatcher*>(handle->data)->runPosted(); }
 
-void Dispatcher::onCheck(uv_check_t* handle) { static_cast<Dispatcher*>(handle->data)->clearDeferredDeleteList(); }
+void Dispatcher::onCheck(uv_check_t* handle) {
+  auto* self = static_cast<Dispatcher*>(handle->data);
+  self->runFlushes();
+  self->clearDeferredDeleteList();
+}
+
+void Dispatcher::onPrepare(uv_prepare_t* handle) { static_cast<Dispatcher*>(handle->data)->runFlushes(); }
+
+void Dispatcher::queueFlush(DeferredFlush* f) { flush_queue_.push_back(f); }
+
+void Dispatcher::cancelFlush(DeferredFlush* f) {
+  for (auto& p : flush_queue_) {
+    if (p == f) p = nullptr;
+  }
+}
+
+void Dispatcher::runFlushes() {
+  // A flush may queue more (a connection whose write completes another's): run until none are left.
+  while (!flush_queue_.empty()) {
+    std::vector<DeferredFlush*> batch;
+    batch.swap(flush_queue_);
+    for (auto* f : batch) {
+      if (f != nullptr) f->runDeferredFlush();
+    }
+  }
+}
 
 void Dispatcher::runPosted() {
   std::vector<std::function<void()>> batch;

@@ -12,6 +12,7 @@ typedef struct uv_loop_s uv_loop_t;
 typedef struct uv_timer_s uv_timer_t;
 typedef struct uv_async_s uv_async_t;
 typedef struct uv_check_s uv_check_t;
+typedef struct uv_prepare_s uv_prepare_t;
 
 namespace strait::event {
 
@@ -23,6 +24,14 @@ class DeferredDeletable {
 using DeferredDeletablePtr = std::unique_ptr<DeferredDeletable>;
 
 class Dispatcher;
+
+// Something that writes once per loop iteration, whatever number of write() calls it got in between
+// (a connection gathering a response's headers and body into one writev).
+class DeferredFlush {
+ public:
+  virtual ~DeferredFlush() = default;
+  virtual void runDeferredFlush() = 0;
+};
 
 // A one-shot timer on a dispatcher's loop. Destroying it cancels it; the libuv handle is freed in its
 // close callback, so a Timer may be destroyed from inside its own callback.
@@ -60,6 +69,10 @@ class Dispatcher {
   TimerPtr createTimer(std::function<void()> cb) { return std::make_unique<Timer>(*this, std::move(cb)); }
   // Destroys `obj` once the current callback stack unwinds (at the end of this loop iteration).
   void deferredDelete(DeferredDeletablePtr obj);
+  // Runs `f->runDeferredFlush()` before the loop next waits for I/O (once, however often queued; the
+  // caller tracks that). cancelFlush() takes it back (an object being destroyed).
+  void queueFlush(DeferredFlush* f);
+  void cancelFlush(DeferredFlush* f);
   // Runs the loop until exit() is called.
   void run();
   // Stops run(); safe from the loop's own thread (use post() to stop from elsewhere).
@@ -73,6 +86,8 @@ class Dispatcher {
  private:
   static void onAsync(uv_async_t* handle);
   static void onCheck(uv_check_t* handle);
+  static void onPrepare(uv_prepare_t* handle);
+  void runFlushes();
   void runPosted();
   void clearDeferredDeleteList();
 
@@ -80,6 +95,8 @@ class Dispatcher {
   uv_loop_t* loop_;
   uv_async_t* async_;
   uv_check_t* check_;
+  uv_prepare_t* prepare_;
+  std::vector<DeferredFlush*> flush_queue_;
   std::mutex post_lock_;
   std::vector<std::function<void()>> posted_;
   std::vector<DeferredDeletablePtr> to_delete_;

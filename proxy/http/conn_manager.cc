@@ -414,13 +414,19 @@ bool ActiveStream::prepareRequest(RequestHeaders& h) {
   // x-request-id: kept when present (preserve_external_request_id), made otherwise.
   const std::string* rid = h.get("x-request-id");
   if (cfg.generate_request_id && (rid == nullptr || rid->empty() || !cfg.preserve_external_request_id)) {
+    // UUID version 4 (RFC 4122), formatted by hand: this runs on every request.
     uint64_t a = conn_.worker().random(), b = conn_.worker().random();
-    char buf[40];
-    // UUID version 4, variant 1.
-    std::snprintf(buf, sizeof(buf), "%08x-%04x-4%03x-%04x-%012" PRIx64, static_cast<uint32_t>(a >> 32),
-                  static_cast<uint32_t>((a >> 16) & 0xffff), static_cast<uint32_t>(a & 0xfff),
-                  static_cast<uint32_t>(0x8000 | ((b >> 48) & 0x3fff)), static_cast<uint64_t>(b & 0xffffffffffffULL));
-    h.set("x-request-id", buf);
+    a = (a & 0xffffffffffff0fffULL) | 0x0000000000004000ULL;  // version 4
+    b = (b & 0x3fffffffffffffffULL) | 0x8000000000000000ULL;  // variant 1
+    static constexpr char kHex[] = "0123456789abcdef";
+    char buf[36];
+    int pos = 0;
+    for (int i = 0; i < 32; ++i) {
+      if (i == 8 || i == 12 || i == 16 || i == 20) buf[pos++] = '-';
+      uint64_t word = i < 16 ? a : b;
+      buf[pos++] = kHex[(word >> (60 - 4 * (i % 16))) & 0xf];
+    }
+    h.set("x-request-id", std::string_view(buf, sizeof(buf)));
   }
   if (cfg.always_set_request_id_in_response) {
     const std::string* id = h.get("x-request-id");

@@ -104,6 +104,7 @@ Connection::Connection(event::Dispatcher& dispatcher, const Address& remote)
       id_(g_next_connection_id.fetch_add(1, std::memory_order_relaxed)) {}
 
 Connection::~Connection() {
+  if (flush_queued_) dispatcher_.cancelFlush(this);
   if (state_ != State::Closed) closeNow(ConnectionEvent::LocalClose, false);
   // closeNow() hands the handle to libuv; it is freed in its close callback.
 }
@@ -220,8 +221,19 @@ void Connection::write(common::Buffer& data, bool end_stream) {
   }
   write_buffer_.move(data);
   if (end_stream) write_end_pending_ = true;
-  if (state_ == State::Open) flush();
+  if (state_ == State::Open) scheduleFlush();
   checkWatermarks();
+}
+
+void Connection::scheduleFlush() {
+  if (flush_queued_ || in_flight_ > 0) return;  // a pending uv_write's callback flushes the rest
+  flush_queued_ = true;
+  dispatcher_.queueFlush(this);
+}
+
+void Connection::runDeferredFlush() {
+  flush_queued_ = false;
+  if (state_ == State::Open) flush();
 }
 
 void Connection::flush() {
@@ -306,6 +318,7 @@ void Connection::close(CloseType type) {
   if (state_ == State::Closed) return;
   if (type == CloseType::FlushWrite && state_ == State::Open && (!write_buffer_.empty() || in_flight_ > 0)) {
     close_after_flush_ = true;
+    scheduleFlush();
     // Stop reading: nothing more is accepted from a connection we are closing.
     read_disable_count_++;
     updateReading();
@@ -317,6 +330,10 @@ void Connection::close(CloseType type) {
 void Connection::closeNow(ConnectionEvent event, bool reset) {
   if (state_ == State::Closed) return;
   state_ = State::Closed;
+  if (flush_queued_) {
+    flush_queued_ = false;
+    dispatcher_.cancelFlush(this);
+  }
   connect_timer_.reset();
   if (reset) {
     linger l{1, 0};

@@ -45,7 +45,7 @@ class ConnectionCallbacks {
 // A TCP connection on one dispatcher, with a read buffer, a write buffer and watermarks.
 // Half-close is supported: write(data, true) shuts down our sending side after the data is flushed;
 // the connection closes itself once both directions have ended.
-class Connection : public event::DeferredDeletable {
+class Connection : public event::DeferredDeletable, public event::DeferredFlush {
  public:
   enum class State { Connecting, Open, Closed };
 
@@ -84,6 +84,8 @@ class Connection : public event::DeferredDeletable {
   uint64_t id() const { return id_; }
   bool readHalfClosed() const { return read_ended_; }
   int fd() const;
+  // DeferredFlush: what write() gathered during this loop iteration goes out in one writev.
+  void runDeferredFlush() override;
 
  private:
   friend struct ConnectionHandle;
@@ -92,6 +94,7 @@ class Connection : public event::DeferredDeletable {
   void onWriteDone(int status);
   void onShutdownDone();
   void flush();
+  void scheduleFlush();
   void checkWatermarks();
   void closeNow(ConnectionEvent event, bool reset);
   void maybeCloseAfterHalfClose();
@@ -121,6 +124,7 @@ class Connection : public event::DeferredDeletable {
   bool write_ended_ = false;    // shutdown(SHUT_WR) done
   bool close_after_flush_ = false;
   bool local_restored_ = false;
+  bool flush_queued_ = false;
 };
 using ConnectionPtr = std::unique_ptr<Connection>;
 
