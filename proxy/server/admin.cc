@@ -325,8 +325,11 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
                         "\"}");
       }
     }
-    std::string xds_status;
+    std::string xds_status, unknown;
     if (server_.xds() != nullptr) {
+      for (const auto& [res, fields] : server_.xds()->unknownFieldsSeen()) {
+        absl::StrAppend(&unknown, unknown.empty() ? "" : ",", jsonEscape(res), ":", jsonEscape(fields));
+      }
       // Strait's own section: per type, the accepted version and the last rejected update with its error.
       for (const auto& [type, st] : server_.xds()->status()) {
         absl::StrAppend(&xds_status, xds_status.empty() ? "" : ",", jsonEscape(type), ":{\"version_info\":",
@@ -343,7 +346,8 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
         "],\"dynamic_listeners\":[", dynamic_listeners,
         "]},{\"@type\":\"type.googleapis.com/envoy.admin.v3.RoutesConfigDump\",\"dynamic_route_configs\":[", routes,
         "]},{\"@type\":\"type.googleapis.com/envoy.admin.v3.EndpointsConfigDump\",\"dynamic_endpoint_configs\":[",
-        endpoints, "]},{\"@type\":\"type.googleapis.com/strait.admin.XdsStatus\",\"types\":{", xds_status, "}}]}\n");
+        endpoints, "]},{\"@type\":\"type.googleapis.com/strait.admin.XdsStatus\",\"types\":{", xds_status,
+        "},\"unknown_fields\":{", unknown, "}}]}\n");
     return r;
   }
   if (path == "/clusters") {

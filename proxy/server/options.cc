@@ -14,7 +14,7 @@ const char* usage() {
   return "usage: strait [-c FILE] [--config-yaml YAML] [--mode serve|validate] [--concurrency N]\n"
          "              [-l|--log-level trace|debug|info|warning|error|critical|off] [--drain-time-s N]\n"
          "              [--admin-address-path FILE] [--service-node ID] [--service-cluster NAME]\n"
-         "              [--allow-unknown-static-fields] [--version] [--help]\n"
+         "              [--allow-unknown-static-fields] [--reject-unknown-dynamic-fields] [--version] [--help]\n"
          "With no -c, Strait runs its embedded sidecar default: capture listeners 15001 (outbound) and\n"
          "15006 (inbound) forwarding to original destinations, admin on 127.0.0.1:15000.\n"
          "Environment: STRAIT_SERVICE_NODE and STRAIT_SERVICE_CLUSTER stand in for the flags.\n";
@@ -72,6 +72,8 @@ absl::StatusOr<Options> parseOptions(int argc, char** argv) {
       o.show_version = true;
     } else if (a == "--allow-unknown-static-fields") {
       o.allow_unknown_static_fields = true;
+    } else if (a == "--reject-unknown-dynamic-fields") {
+      o.reject_unknown_dynamic_fields = true;
     } else if (a == "-c" || a == "--config-path") {
       auto v = next();
       if (!v.ok()) return v.status();

@@ -21,6 +21,7 @@ struct Options {
   std::string service_node;
   std::string service_cluster;
   bool allow_unknown_static_fields = false;
+  bool reject_unknown_dynamic_fields = false;
   bool show_version = false;
   bool show_help = false;
   std::string command_line;  // as given, for /server_info

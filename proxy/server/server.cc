@@ -202,7 +202,7 @@ int Server::run() {
   if (snapshot_->ads) {
     // Not ready until the first CDS and LDS are applied (or their initial fetch times out).
     xds_ready_ = false;
-    xds_ = std::make_unique<XdsApplier>(*this, *store_, snapshot_);
+    xds_ = std::make_unique<XdsApplier>(*this, *store_, snapshot_, options_.reject_unknown_dynamic_fields);
     xds_->start();
   }
   if (xds_ready_) {

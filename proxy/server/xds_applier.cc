@@ -4,6 +4,7 @@
 #include <ctime>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "envoy/config/bootstrap/v3/bootstrap.pb.h"
 #include "envoy/config/cluster/v3/cluster.pb.h"
 #include "envoy/config/endpoint/v3/endpoint.pb.h"
@@ -58,14 +59,38 @@ absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> decode(const st
   return std::shared_ptr<const google::protobuf::Message>(m);
 }
 
+// Paths of fields the message carries that our .proto subset does not know (istiod sends many).
+void unknownFields(const google::protobuf::Message& m, const std::string& path, std::vector<std::string>& out) {
+  const auto* refl = m.GetReflection();
+  const auto& unknown = refl->GetUnknownFields(m);
+  for (int i = 0; i < unknown.field_count() && out.size() < 32; ++i) {
+    out.push_back(absl::StrCat(path.empty() ? "" : path + ".", "#", unknown.field(i).number()));
+  }
+  std::vector<const google::protobuf::FieldDescriptor*> fields;
+  refl->ListFields(m, &fields);
+  for (const auto* f : fields) {
+    if (f->cpp_type() != google::protobuf::FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    const std::string fp = path.empty() ? f->name() : path + "." + f->name();
+    if (f->is_repeated()) {
+      for (int j = 0; j < refl->FieldSize(m, f); ++j) {
+        unknownFields(refl->GetRepeatedMessage(m, f, j), absl::StrCat(fp, "[", j, "]"), out);
+      }
+    } else {
+      unknownFields(refl->GetMessage(m, f), fp, out);
+    }
+  }
+}
+
 }  // namespace
 
-XdsApplier::XdsApplier(Server& server, stats::Store& store, config::SnapshotConstSharedPtr initial)
-    : server_(server), store_(store), snapshot_(std::move(initial)) {
+XdsApplier::XdsApplier(Server& server, stats::Store& store, config::SnapshotConstSharedPtr initial,
+                       bool reject_unknown_fields)
+    : server_(server), store_(store), snapshot_(std::move(initial)), reject_unknown_(reject_unknown_fields) {
   auto sources = std::make_shared<config::ConfigSources>();
   sources->bootstrap = snapshot_->bootstrap;
   sources_ = sources;
   connected_state_ = store_.gauge("control_plane.connected_state");
+  unknown_fields_ = store_.counter("xds.unknown_fields");
   // Envoy's names for the families dashboards look at.
   auto make = [&](const std::string& prefix) {
     return TypeStats{store_.counter(prefix + ".update_attempt"), store_.counter(prefix + ".update_success"),
@@ -175,6 +200,17 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
     }
     if (inner.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(shortName(type_url), " '", r.name, "': name: is required"));
+    }
+    // Fields we do not implement are kept (protobuf holds them as unknown), counted and shown in
+    // /config_dump; with --reject-unknown-dynamic-fields they are a NACK.
+    std::vector<std::string> unknown;
+    unknownFields(**m, "", unknown);
+    if (!unknown.empty()) {
+      stats::inc(unknown_fields_, static_cast<int64_t>(unknown.size()));
+      const std::string where = absl::StrCat(shortName(type_url), " '", inner, "': unknown fields ", absl::StrJoin(unknown, ", "));
+      if (reject_unknown_) return absl::InvalidArgumentError(where);
+      std::lock_guard<std::mutex> lock(mu_);
+      unknown_seen_[absl::StrCat(shortName(type_url), " '", inner, "'")] = absl::StrJoin(unknown, ", ");
     }
     config::DynamicResource res;
     res.proto = *m;

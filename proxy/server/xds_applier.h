@@ -22,7 +22,7 @@ class Server;
 // last good config keeps serving. Runs on the ADS client's thread.
 class XdsApplier : public xds::XdsSubscriber {
  public:
-  XdsApplier(Server& server, stats::Store& store, config::SnapshotConstSharedPtr initial);
+  XdsApplier(Server& server, stats::Store& store, config::SnapshotConstSharedPtr initial, bool reject_unknown_fields);
   ~XdsApplier() override;
   void start();
   void stop();
@@ -42,6 +42,11 @@ class XdsApplier : public xds::XdsSubscriber {
   };
   std::shared_ptr<const config::ConfigSources> sources() const;
   std::map<std::string, TypeStatus> status() const;
+  // Resources that carried fields Strait does not know: resource -> field paths (by number).
+  std::map<std::string, std::string> unknownFieldsSeen() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return unknown_seen_;
+  }
 
  private:
   struct TypeStats {
@@ -59,6 +64,9 @@ class XdsApplier : public xds::XdsSubscriber {
   std::shared_ptr<const config::ConfigSources> sources_;
   std::map<std::string, TypeStats> type_stats_;
   stats::Gauge connected_state_;
+  stats::Counter unknown_fields_;
+  bool reject_unknown_;
+  std::map<std::string, std::string> unknown_seen_;
   mutable std::mutex mu_;  // guards sources_ and status_ for the admin
   std::map<std::string, TypeStatus> status_;
   std::set<std::string> initialized_;
