@@ -172,7 +172,13 @@ class Session : public config::ActiveSession, public strait::network::Connection
       maybeDone();
       return;
     }
-    host_ = host->host;
+    // A copy: the cluster version the host came from may be replaced (EDS) while this session lives.
+    if (host->host != nullptr) {
+      host_value_ = *host->host;
+      host_ = &host_value_;
+    } else {
+      host_ = nullptr;
+    }
     upstream_ = std::make_unique<Connection>(worker_.dispatcher(), host->address);
     upstream_->setCallbacks(this);
     LOG_DEBUG("[C%lu] tcp_proxy: %s -> %s (cluster %s)", downstream_->id(), downstream_->remoteAddress().asString().c_str(),
@@ -211,6 +217,7 @@ class Session : public config::ActiveSession, public strait::network::Connection
   ConnectionPtr downstream_;
   ConnectionPtr upstream_;
   const config::Cluster& cluster_;
+  config::Host host_value_;
   const config::Host* host_ = nullptr;
   event::TimerPtr idle_timer_;
   uint64_t last_activity_ms_ = 0;

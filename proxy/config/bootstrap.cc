@@ -741,6 +741,7 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     auto t = routeTableFactory()(*res.proto, absl::StrCat("RouteConfiguration '", name, "'"), snap->clusters_by_name);
     if (!t.ok()) return t.status();
     tables[name] = *t;
+    snap->route_tables_by_id[routeIds().get(name)] = *t;
   }
   snap->route_tables = tables;
 
@@ -847,6 +848,11 @@ absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> parseBootstrap(
 }
 
 ClusterIds& clusterIds() {
+  static auto* ids = new ClusterIds;
+  return *ids;
+}
+
+ClusterIds& routeIds() {
   static auto* ids = new ClusterIds;
   return *ids;
 }

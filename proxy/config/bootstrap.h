@@ -75,8 +75,9 @@ using RouteTableFactory = std::function<absl::StatusOr<std::shared_ptr<const voi
 void setRouteTableFactory(RouteTableFactory f);
 absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> sources, const Snapshot* previous,
                                           stats::Store& store, ClusterIds& ids);
-// The process's cluster indices (main and xDS threads, never concurrently).
+// The process's cluster indices and RDS route table indices (main and xDS threads, never concurrently).
 ClusterIds& clusterIds();
+ClusterIds& routeIds();
 
 using NetworkFilterFactoryFn = std::function<absl::StatusOr<std::shared_ptr<const NetworkFilterFactory>>(
     const google::protobuf::Any& typed_config, const std::string& field_path, TranslationContext& ctx)>;

@@ -138,6 +138,9 @@ class WorkerContext {
   virtual uint64_t random() = 0;
   // This worker's HTTP connection pools (created on first use).
   virtual upstream::HttpPoolManager& httpPools() = 0;
+  // The current RDS route table with this routeIds() index (null if none): streams on connections
+  // accepted before an RDS update still route with the newest table, as in Envoy.
+  virtual std::shared_ptr<const void> routeTable(uint32_t id) = 0;
 };
 
 // A terminal network filter's factory (tcp_proxy, later the HTTP connection manager). It takes the
@@ -232,6 +235,7 @@ struct Snapshot {
   std::optional<AdsSettings> ads;
   // xDS route tables by name (RDS) and the raw dynamic resources with their versions, for /config_dump.
   std::map<std::string, std::shared_ptr<const void>> route_tables;
+  std::map<uint32_t, std::shared_ptr<const void>> route_tables_by_id;  // by routeIds() index
   std::shared_ptr<const struct ConfigSources> sources;
   std::vector<ListenerConstSharedPtr> listeners;
   std::vector<ClusterConstSharedPtr> clusters;

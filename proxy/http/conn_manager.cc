@@ -120,6 +120,7 @@ class ActiveStream : public RequestDecoder,
   ResponseEncoder& encoder_;
   RequestHeadersPtr request_headers_;
   TrailerMapPtr request_trailers_;
+  std::shared_ptr<const RouteTable> routes_;
   const RouteEntry* route_ = nullptr;
   std::vector<StreamDecoderFilterPtr> decoder_filters_;
   std::vector<StreamEncoderFilterPtr> encoder_filters_;
@@ -458,7 +459,13 @@ void ActiveStream::decodeHeaders(RequestHeadersPtr headers, bool end_stream) {
     request_timer_->enable(config().request_timeout_ms);
   }
   if (!prepareRequest(*request_headers_)) return;
-  route_ = config().routes ? config().routes->route(*request_headers_) : nullptr;
+  // RDS: the worker's newest table (a long-lived connection follows route updates); inline: the
+  // listener's own. The stream keeps the table alive while it uses one of its routes.
+  routes_ = config().routes;
+  if (config().rds_id) {
+    if (auto t = conn_.worker().routeTable(*config().rds_id)) routes_ = std::static_pointer_cast<const RouteTable>(t);
+  }
+  route_ = routes_ ? routes_->route(*request_headers_) : nullptr;
   info_.route = route_;
   if (route_ == nullptr) {
     stats::inc(config().stats.no_route);
@@ -775,6 +782,7 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
       return absl::UnavailableError(absl::StrCat("waiting for RouteConfiguration '", rds.route_config_name(), "'"));
     }
     cfg->routes = std::static_pointer_cast<const RouteTable>(it->second);
+    cfg->rds_id = config::routeIds().get(rds.route_config_name());
     // WebSocket upgrades allowed on the HCM apply to RDS routes that do not say otherwise.
     cfg->hcm_websocket_upgrade = ro.hcm_websocket_upgrade;
   } else {

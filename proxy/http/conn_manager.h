@@ -2,6 +2,7 @@
 
 #include <functional>
 #include <map>
+#include <optional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -73,6 +74,7 @@ struct HcmConfig {
   std::string server_name;  // when set, the `server` response header is overwritten
   uint32_t buffer_limit = 1024 * 1024;
   bool hcm_websocket_upgrade = false;
+  std::optional<uint32_t> rds_id;  // RDS: the table is looked up per stream (routeIds() index)
   HcmStats stats;
 };
 using HcmConfigConstSharedPtr = std::shared_ptr<const HcmConfig>;

@@ -136,7 +136,21 @@ Worker::Worker(uint32_t index, stats::Shard& shard, config::SnapshotConstSharedP
       dispatcher_(std::make_unique<event::Dispatcher>("worker_" + std::to_string(index))),
       pools_(std::make_unique<upstream::HttpPoolManager>(*dispatcher_)),
       rng_(std::random_device{}() + index) {
-  rr_cursor_.assign(snapshot_->clusters.size(), index);  // workers start at different hosts
+  indexSnapshot();
+}
+
+void Worker::indexSnapshot() {
+  clusters_by_index_.clear();
+  for (const auto& c : snapshot_->clusters) {
+    if (c->index >= clusters_by_index_.size()) clusters_by_index_.resize(c->index + 1);
+    clusters_by_index_[c->index] = c;
+  }
+  if (rr_cursor_.size() < clusters_by_index_.size()) rr_cursor_.resize(clusters_by_index_.size(), index_);
+  routes_by_id_.clear();
+  for (const auto& [id, t] : snapshot_->route_tables_by_id) {
+    if (id >= routes_by_id_.size()) routes_by_id_.resize(id + 1);
+    routes_by_id_[id] = t;
+  }
 }
 
 Worker::~Worker() { join(); }
@@ -217,9 +231,7 @@ void Worker::applySnapshot(config::SnapshotConstSharedPtr snapshot, std::vector<
       active->config = it->second;
     }
     snapshot_ = std::move(snapshot);
-    uint32_t max_index = 0;
-    for (const auto& c : snapshot_->clusters) max_index = std::max(max_index, c->index + 1);
-    if (rr_cursor_.size() < max_index) rr_cursor_.resize(max_index, index_);
+    indexSnapshot();
     if (drain) {
       // After the drain time, connections still on a config that is gone are closed.
       drain_timer_ = dispatcher_->createTimer([this] { closeStaleSessions(); });
@@ -310,9 +322,14 @@ std::optional<config::HostChoice> Worker::chooseHost(const config::Cluster& clus
     if (!downstream.localAddressRestored()) return std::nullopt;
     return config::HostChoice{downstream.localAddress(), nullptr};
   }
-  if (cluster.hosts.empty()) return std::nullopt;
-  uint32_t& cursor = rr_cursor_[cluster.index];
-  const config::Host& h = cluster.hosts[cursor % cluster.hosts.size()];
+  // The newest version of the cluster (EDS moves hosts under connections that pinned an older one).
+  const config::Cluster& current =
+      cluster.index < clusters_by_index_.size() && clusters_by_index_[cluster.index] ? *clusters_by_index_[cluster.index]
+                                                                                      : cluster;
+  if (current.hosts.empty()) return std::nullopt;
+  if (current.index >= rr_cursor_.size()) rr_cursor_.resize(current.index + 1, index_);
+  uint32_t& cursor = rr_cursor_[current.index];
+  const config::Host& h = current.hosts[cursor % current.hosts.size()];
   ++cursor;
   return config::HostChoice{h.address, &h};
 }

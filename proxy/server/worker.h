@@ -56,6 +56,9 @@ class Worker : public config::WorkerContext {
   void removeSession(config::ActiveSession& session) override;
   uint64_t random() override { return rng_(); }
   upstream::HttpPoolManager& httpPools() override { return *pools_; }
+  std::shared_ptr<const void> routeTable(uint32_t id) override {
+    return id < routes_by_id_.size() ? routes_by_id_[id] : nullptr;
+  }
 
  private:
   friend class ProtocolSniffer;
@@ -83,6 +86,11 @@ class Worker : public config::WorkerContext {
   std::list<config::ActiveSession*> sessions_;
   std::list<std::unique_ptr<ProtocolSniffer>> sniffers_;
   std::vector<uint32_t> rr_cursor_;  // per cluster index
+  // The newest config's clusters and RDS tables by stable index: connections accepted earlier pin
+  // their listener's config, but hosts (EDS) and routes (RDS) are looked up here, per request.
+  std::vector<config::ClusterConstSharedPtr> clusters_by_index_;
+  std::vector<std::shared_ptr<const void>> routes_by_id_;
+  void indexSnapshot();
   std::atomic<size_t> active_sessions_{0};
   std::mt19937_64 rng_;
   std::thread thread_;

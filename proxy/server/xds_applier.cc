@@ -246,6 +246,17 @@ void XdsApplier::onResourceDoesNotExist(const std::string& type_url, const std::
   LOG_WARN("xds: %s '%s' does not exist (no answer within the timeout)", shortName(type_url), name.c_str());
 }
 
+void XdsApplier::onRejectedByClient(const std::string& type_url, const std::string& version, const std::string& error) {
+  useXdsShard(store_);
+  auto& st = statsFor(type_url);
+  stats::inc(st.update_attempt);
+  stats::inc(st.update_rejected);
+  std::lock_guard<std::mutex> lock(mu_);
+  status_[type_url].last_error = error;
+  status_[type_url].last_error_version = version;
+  LOG_WARN("xds: rejected %s version '%s': %s", shortName(type_url), version.c_str(), error.c_str());
+}
+
 void XdsApplier::onStreamState(bool connected) {
   useXdsShard(store_);
   stats::set(store_, connected_state_, connected ? 1 : 0);

@@ -32,6 +32,7 @@ class XdsApplier : public xds::XdsSubscriber {
                            const std::vector<std::string>& removed, const std::string& version, bool sotw) override;
   void onResourceDoesNotExist(const std::string& type_url, const std::string& name) override;
   void onStreamState(bool connected) override;
+  void onRejectedByClient(const std::string& type_url, const std::string& version, const std::string& error) override;
   void onInitialFetchDone(const std::string& type_url, bool timed_out) override;
 
   // For /config_dump: the accepted resources, and per type the version and the last rejection.

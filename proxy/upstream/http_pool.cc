@@ -337,7 +337,8 @@ void ActiveClient::onEvent(network::Connection&, network::ConnectionEvent event)
 
 HttpPool::HttpPool(event::Dispatcher& dispatcher, config::ClusterConstSharedPtr cluster, network::Address address,
                    const config::Host* host, http::Protocol protocol)
-    : dispatcher_(dispatcher), cluster_(std::move(cluster)), address_(address), host_(host), protocol_(protocol) {
+    : dispatcher_(dispatcher), cluster_(std::move(cluster)), address_(address), protocol_(protocol) {
+  setHost(host);
   settings_.max_concurrent_streams = cluster_->http2_max_concurrent_streams;
   settings_.initial_stream_window_size = cluster_->http2_initial_stream_window;
   settings_.initial_connection_window_size = cluster_->http2_initial_connection_window;

@@ -50,7 +50,7 @@ class HttpPool {
   // A config update replaced the cluster: connections stay, new ones use the new settings.
   void updateCluster(const config::ClusterConstSharedPtr& cluster, const config::Host* host) {
     cluster_ = cluster;
-    host_ = host;
+    setHost(host);
   }
   const config::Cluster* cluster() const { return cluster_.get(); }
 
@@ -67,7 +67,13 @@ class HttpPool {
   event::Dispatcher& dispatcher_;
   config::ClusterConstSharedPtr cluster_;
   network::Address address_;
-  const config::Host* host_;
+  // A copy (address and stat handles): the config object the host came from may be replaced and freed.
+  void setHost(const config::Host* host) {
+    if (host != nullptr) host_value_ = *host;
+    host_ = host != nullptr ? &host_value_ : nullptr;
+  }
+  config::Host host_value_;
+  const config::Host* host_ = nullptr;
   http::Protocol protocol_;
   http::CodecSettings settings_;
   std::list<std::unique_ptr<ActiveClient>> clients_;

@@ -258,3 +258,93 @@ if __name__ == "__main__":  # manual use: python3 xds_control.py -> runs a serve
         except KeyboardInterrupt:
             pass
     os._exit(0)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Additions for the end-to-end tests (tests/integration/test_xds_e2e.py) and perf/xds_scale.py.
+# Everything above is unchanged; these only add to it.
+
+
+class XdsServerEx(XdsServer):
+    """XdsServer with a fixed ADS port (to restart a control plane on the port a client already uses)
+    and extra `--proto` files (message types Envoy's protos lack, for example a made-up HTTP filter)."""
+
+    def __init__(self, workdir: Path | str, *, port: int = 0, protos: Iterable[Path | str] = (), **kw):
+        super().__init__(workdir, **kw)
+        self.port = int(port)
+        self.protos = [str(p) for p in protos]
+
+    def start(self) -> "XdsServerEx":
+        ensure_node_modules()
+        ports_file = self.workdir / "xds-server-ports.json"
+        if ports_file.exists():
+            ports_file.unlink()
+        args = ["node", str(HERE / "server.js"), "--port", str(self.port), "--control-port", "0",
+                "--ports-file", str(ports_file)]
+        if self.unix:
+            args += ["--unix", self.unix]
+        for proto in self.protos:
+            args += ["--proto", proto]
+        if self.initial_resources is not None:
+            res_file = self.workdir / "xds-initial-resources.json"
+            res_file.write_text(json.dumps(self.initial_resources))
+            args += ["--resources", str(res_file)]
+        if self.verbose:
+            args.append("-v")
+        self.stderr_path = self.workdir / "xds-server.stderr"
+        self._stderr = open(self.stderr_path, "ab")
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self._stderr, cwd=HERE)
+        deadline = time.monotonic() + self.start_timeout
+        while time.monotonic() < deadline:
+            if ports_file.exists():
+                self.info = json.loads(ports_file.read_text())
+                return self
+            if self.proc.poll() is not None:
+                raise XdsServerError(f"xds server exited with {self.proc.returncode}: {self.stderr_text()}")
+            time.sleep(0.05)
+        self.stop()
+        raise XdsServerError(f"xds server did not start in {self.start_timeout} s: {self.stderr_text()}")
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def kill_hard(self) -> None:
+        """SIGKILL by PID (no UNAVAILABLE status goes out: the client sees the connection die)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        self.stop()
+
+    def all_resources(self) -> list[dict]:
+        """Every resource held, as the JSON (with "@type") it was given in."""
+        out: list[dict] = []
+        for entry in self.resources().values():
+            out.extend(r["resource"] for r in entry.get("resources", []))
+        return out
+
+
+def ads_bootstrap_ex(ads_port: int, *, delta: bool = False, node_id: str | None = None,
+                     initial_fetch_timeout: str | None = "5s", google_grpc: bool = False,
+                     metadata: dict | None = None) -> dict:
+    """ads_bootstrap() plus node metadata (Istio-shaped), initial_fetch_timeout on LDS and CDS, and
+    optionally `google_grpc: {target_uri}` instead of the static xds-grpc cluster."""
+    kw = {"node_id": node_id} if node_id else {}
+    b = ads_bootstrap(ads_port, delta=delta, **kw)
+    b["node"]["metadata"] = metadata if metadata is not None else {
+        "NAMESPACE": "default", "INSTANCE_IPS": "127.0.0.1", "LABELS": {"app": "test", "version": "v1"},
+        "ISTIO_VERSION": "1.22.0"}
+    dyn = b["dynamic_resources"]
+    if initial_fetch_timeout is not None:
+        dyn["lds_config"]["initial_fetch_timeout"] = initial_fetch_timeout
+        dyn["cds_config"]["initial_fetch_timeout"] = initial_fetch_timeout
+    if google_grpc:
+        dyn["ads_config"]["grpc_services"] = [
+            {"google_grpc": {"target_uri": f"127.0.0.1:{ads_port}", "stat_prefix": "xds"}}]
+        b["static_resources"] = {}
+    return b
+
+
+def responses_by_nonce(responses: Iterable[dict]) -> dict[tuple[int, str], dict]:
+    """{(stream, nonce): response record}."""
+    return {(r["stream"], r["nonce"]): r for r in responses}

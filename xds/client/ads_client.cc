@@ -365,6 +365,7 @@ class AdsClient::Impl {
     absl::Status status;
     if (auto error = decodeSotw(resp, resources)) {
       status = absl::InvalidArgumentError(*error);
+      subscriber_.onRejectedByClient(sub->type_url, resp.version_info(), std::string(status.message()));
     } else {
       for (const auto& r : resources) sub->dne_deadlines.erase(r.name);
       std::vector<std::string> removed;
@@ -396,6 +397,7 @@ class AdsClient::Impl {
     absl::Status status;
     if (auto error = decodeDelta(resp, resources)) {
       status = absl::InvalidArgumentError(*error);
+      subscriber_.onRejectedByClient(sub->type_url, resp.system_version_info(), std::string(status.message()));
     } else {
       for (const auto& r : resp.resources()) sub->dne_deadlines.erase(r.name());
       for (const auto& name : resp.removed_resources()) sub->dne_deadlines.erase(name);

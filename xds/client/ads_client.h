@@ -67,6 +67,13 @@ class XdsSubscriber {
   // Stream state, for /ready and stats: true once the first request of a stream was written, false
   // when that stream ends. The config held stays in force while disconnected.
   virtual void onStreamState(bool connected) = 0;
+  // The client itself rejected a response (a name twice, a wrong type, an undecodable payload) and
+  // NACKs it without calling onResources(): for the subscriber's stats and status.
+  virtual void onRejectedByClient(const std::string& type_url, const std::string& version, const std::string& error) {
+    (void)type_url;
+    (void)version;
+    (void)error;
+  }
 
   // Once per type and client: the first response of the type was processed (accepted or rejected:
   // timed_out=false), or initial_fetch_timeout_ms passed since the type was first subscribed without one
