@@ -519,7 +519,7 @@ absl::StatusOr<ListenerConstSharedPtr> translateListener(const listener_v3::List
   return ListenerConstSharedPtr(out);
 }
 
-std::string nowRfc3339() {
+std::string formatNowRfc3339() {
   auto now = std::chrono::system_clock::now();
   std::time_t t = std::chrono::system_clock::to_time_t(now);
   auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
@@ -801,7 +801,7 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
   result.rds_names = rds_names;
   snap->sources = sources;
   snap->bootstrap = sources->bootstrap;
-  snap->loaded_at = nowRfc3339();
+  snap->loaded_at = formatNowRfc3339();
   result.snapshot = snap;
   return result;
 }
@@ -851,6 +851,8 @@ ClusterIds& clusterIds() {
   static auto* ids = new ClusterIds;
   return *ids;
 }
+
+std::string nowRfc3339() { return formatNowRfc3339(); }
 
 ClusterIds& routeIds() {
   static auto* ids = new ClusterIds;

@@ -99,6 +99,9 @@ absl::StatusOr<std::string> yamlToJson(const std::string& yaml, const std::strin
 // Listeners configured on port 0 get theirs from the server once bound, before any worker runs.
 void createListenerStats(Listener& l, const network::Address& bound, stats::Store& store);
 
+// The current UTC time as RFC 3339 with milliseconds (config_dump's last_updated).
+std::string nowRfc3339();
+
 uint64_t durationMs(const google::protobuf::Duration& d);
 
 }  // namespace strait::config

@@ -18,18 +18,6 @@ namespace strait::server {
 
 namespace {
 
-std::string nowRfc3339() {
-  auto now = std::chrono::system_clock::now();
-  std::time_t t = std::chrono::system_clock::to_time_t(now);
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
-  std::tm tm;
-  gmtime_r(&t, &tm);
-  char buf[64];
-  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
-  return buf;
-}
-
 const char* shortName(const std::string& type_url) {
   if (type_url == xds::kClusterType) return "Cluster";
   if (type_url == xds::kListenerType) return "Listener";
@@ -183,7 +171,7 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
   if (type_url == xds::kEndpointType) target = &next->endpoints;
   if (target == nullptr) return absl::InvalidArgumentError(absl::StrCat("unsupported resource type ", type_url));
 
-  const std::string now = nowRfc3339();
+  const std::string now = config::nowRfc3339();
   // State of the world for LDS and CDS is the whole set; removals come from the client for the others.
   if (sotw && (type_url == xds::kClusterType || type_url == xds::kListenerType)) target->clear();
   for (const auto& name : removed) target->erase(name);
