@@ -63,7 +63,8 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks {
         headers.remove("upgrade");
         headers.remove("http2-settings");
         headers.protocol.clear();
-      } else if (!route_->websocket_upgrade || !headerNameEquals(*up, "websocket")) {
+      } else if (!headerNameEquals(*up, "websocket") ||
+                 !(route_->websocket_upgrade || (!route_->websocket_upgrade_set && cb_->websocketAllowedByDefault()))) {
         cb_->sendLocalReply(403, "upgrade not allowed\n", "upgrade_failed");
         return FilterHeadersStatus::StopIteration;
       } else {

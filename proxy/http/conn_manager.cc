@@ -95,6 +95,7 @@ class ActiveStream : public RequestDecoder,
     }
   }
   uint32_t bufferLimit() const override;
+  bool websocketAllowedByDefault() const override { return config().hcm_websocket_upgrade; }
 
   // EncoderFilterCallbacks
   void continueEncoding() override {}
@@ -791,6 +792,7 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
     if (!routes.ok()) return routes.status();
     cfg->routes = *routes;
   }
+  cfg->hcm_websocket_upgrade = ro.hcm_websocket_upgrade;
 
   if (proto.has_stream_idle_timeout()) cfg->stream_idle_timeout_ms = config::durationMs(proto.stream_idle_timeout());
   if (proto.has_request_timeout()) cfg->request_timeout_ms = config::durationMs(proto.request_timeout());

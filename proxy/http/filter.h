@@ -82,6 +82,8 @@ class DecoderFilterCallbacks {
   virtual void onDecoderFilterBelowWriteBufferLowWatermark() = 0;
   virtual void setDownstreamWatermarkCallbacks(DownstreamWatermarkCallbacks* cb) = 0;
   virtual uint32_t bufferLimit() const = 0;
+  // The HTTP connection manager's upgrade_configs allow WebSocket (for routes that do not say).
+  virtual bool websocketAllowedByDefault() const = 0;
 };
 
 class StreamDecoderFilter {

@@ -846,6 +846,7 @@ absl::Status buildRouteAction(const route_v3::RouteAction& a, const std::string&
     const bool enabled = !uc.has_enabled() || uc.enabled().value();
     if (equalsLower("websocket", uc.upgrade_type())) {
       e.websocket_upgrade = enabled;
+      e.websocket_upgrade_set = true;
     } else if (enabled) {
       return fieldError(absl::StrCat(path, ".upgrade_configs[", i, "].upgrade_type"),
                         absl::StrCat("unsupported upgrade type '", uc.upgrade_type(), "' (Strait supports websocket)"));

@@ -151,6 +151,7 @@ struct RouteEntry {
   HeaderMutation response_headers;
 
   bool websocket_upgrade = false;  // the HCM default, overridden by the route's upgrade_configs
+  bool websocket_upgrade_set = false;  // the route said so itself (an RDS table does not know the HCM)
 
   // The route's proto (typed_per_filter_config, metadata, hash_policy for the load balancer) and its
   // virtual host's; they live as long as the table. Null for a synthesized https redirect's `proto`.
