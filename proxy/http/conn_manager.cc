@@ -110,7 +110,12 @@ class ActiveStream : public RequestDecoder,
   void runDecodeHeaders(size_t from);
   void runDecodeData(size_t from, common::Buffer& data, bool end_stream);
   void runDecodeTrailers(size_t from);
-  void onStreamIdle();
+  // Stream idle timeout: 408 (or a reset) when nothing moved for stream_idle_timeout. Returns how long
+  // until it would expire, 0 if it expired (or the stream is done). Driven by the connection's timer.
+ public:
+  uint64_t checkIdle(uint64_t now);
+
+ private:
   void touch();
   void maybeFinish();
   void finish();
@@ -127,7 +132,6 @@ class ActiveStream : public RequestDecoder,
   std::vector<StreamEncoderFilterPtr> encoder_filters_;
   StreamInfo info_;
   DownstreamWatermarkCallbacks* watermark_cb_ = nullptr;
-  event::TimerPtr idle_timer_;
   event::TimerPtr request_timer_;
   uint64_t last_activity_ms_ = 0;
   common::Buffer stopped_data_;    // request body held while a filter has stopped the chain
@@ -193,6 +197,11 @@ class HttpConnection : public config::ActiveSession,
     ActiveStream* raw = s.get();
     streams_.push_back(std::move(s));
     raw->position = std::prev(streams_.end());
+    // One timer per connection watches every stream's idle time (no timer handle per request).
+    if (config_->stream_idle_timeout_ms > 0) {
+      if (!stream_idle_timer_) stream_idle_timer_ = worker_.dispatcher().createTimer([this] { onStreamIdleTimer(); });
+      if (!stream_idle_timer_->enabled()) stream_idle_timer_->enable(config_->stream_idle_timeout_ms);
+    }
     return *raw;
   }
 
@@ -235,6 +244,7 @@ class HttpConnection : public config::ActiveSession,
     for (auto* st : left) st->resetStream();
     headers_timer_.reset();
     idle_timer_.reset();
+    stream_idle_timer_.reset();
     stats::dec(config_->stats.downstream_cx_active);
     stats::inc(config_->stats.downstream_cx_destroy);
     worker_.removeSession(*this);
@@ -318,6 +328,18 @@ class HttpConnection : public config::ActiveSession,
     conn_->close(CloseType::FlushWrite);
   }
 
+  void onStreamIdleTimer() {
+    const uint64_t now = worker_.dispatcher().nowMs();
+    uint64_t next = 0;
+    std::vector<ActiveStream*> open;
+    for (auto& st : streams_) open.push_back(st.get());
+    for (auto* st : open) {
+      uint64_t left = st->checkIdle(now);
+      if (left > 0 && (next == 0 || left < next)) next = left;
+    }
+    if (next > 0 && !closed_) stream_idle_timer_->enable(next);
+  }
+
   void onIdleTimeout() {
     if (!streams_.empty()) return;
     stats::inc(config_->stats.downstream_cx_idle_timeout);
@@ -333,6 +355,7 @@ class HttpConnection : public config::ActiveSession,
   std::list<std::unique_ptr<ActiveStream>> streams_;
   event::TimerPtr headers_timer_;
   event::TimerPtr idle_timer_;
+  event::TimerPtr stream_idle_timer_;
   bool closed_ = false;
 };
 
@@ -346,11 +369,7 @@ ActiveStream::ActiveStream(HttpConnection& conn, ResponseEncoder& encoder) : con
   stats::inc(st.downstream_rq_total);
   stats::inc(st.downstream_rq_active);
   stats::inc(conn.protocol() == Protocol::Http2 ? st.downstream_rq_http2_total : st.downstream_rq_http1_total);
-  if (config().stream_idle_timeout_ms > 0) {
-    idle_timer_ = conn_.worker().dispatcher().createTimer([this] { onStreamIdle(); });
-    idle_timer_->enable(config().stream_idle_timeout_ms);
-    last_activity_ms_ = conn_.worker().dispatcher().nowMs();
-  }
+  last_activity_ms_ = conn_.worker().dispatcher().nowMs();
   for (const auto& f : config().filters) f->createFilters(*this);
   for (auto& f : decoder_filters_) f->setDecoderFilterCallbacks(*this);
   for (auto& f : encoder_filters_) f->setEncoderFilterCallbacks(*this);
@@ -684,7 +703,6 @@ void ActiveStream::finish() {
   stats::inc(st.downstream_rq_completed);
   auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - info_.start).count();
   stats::record(st.downstream_rq_time, static_cast<uint64_t>(us));
-  idle_timer_.reset();
   request_timer_.reset();
   // The codec may keep its stream a little longer (HTTP/1 until the connection moves on): it must not
   // call back into a finished stream.
@@ -712,16 +730,14 @@ void ActiveStream::onResetStream(StreamResetReason reason) {
   finish();
 }
 
-void ActiveStream::onStreamIdle() {
-  if (finished_) return;
-  uint64_t now = conn_.worker().dispatcher().nowMs();
-  uint64_t idle = now - last_activity_ms_;
-  if (idle < config().stream_idle_timeout_ms) {
-    idle_timer_->enable(config().stream_idle_timeout_ms - idle);
-    return;
-  }
+uint64_t ActiveStream::checkIdle(uint64_t now) {
+  if (finished_) return 0;
+  const uint64_t timeout = config().stream_idle_timeout_ms;
+  const uint64_t idle = now - last_activity_ms_;
+  if (idle < timeout) return timeout - idle;
   stats::inc(config().stats.downstream_rq_idle_timeout);
   sendLocalReply(408, "stream timeout\n", "stream_idle_timeout");
+  return 0;
 }
 
 // ---- config translation --------------------------------------------------------------------------
