@@ -15,7 +15,7 @@ namespace strait::network {
 uv_tcp_t* allocateAcceptHandle(uv_loop_t* loop);
 void freeUnusedAcceptHandle(uv_tcp_t* t);
 
-int bindReusePortSocket(const Address& addr, std::string* error) {
+int bindReusePortSocket(const Address& addr, std::string* error, bool reuse_port) {
   int fd = ::socket(addr.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     *error = std::string("socket: ") + std::strerror(errno);
@@ -23,7 +23,7 @@ int bindReusePortSocket(const Address& addr, std::string* error) {
   }
   int one = 1;
   setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-  if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
+  if (reuse_port && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0) {
     *error = std::string("SO_REUSEPORT: ") + std::strerror(errno);
     ::close(fd);
     return -1;

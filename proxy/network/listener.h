@@ -12,10 +12,11 @@ typedef struct uv_stream_s uv_stream_t;
 
 namespace strait::network {
 
-// Creates a TCP socket bound to `addr` with SO_REUSEADDR and SO_REUSEPORT set, not yet listening.
+// Creates a TCP socket bound to `addr` with SO_REUSEADDR and (unless told otherwise) SO_REUSEPORT set,
+// not yet listening. Without SO_REUSEPORT a second process cannot bind the same address (the admin).
 // IPv6 sockets are v6-only (as Envoy's default), so "[::]" and "0.0.0.0" can both be bound.
 // Returns the fd, or -1 with `error` set.
-int bindReusePortSocket(const Address& addr, std::string* error);
+int bindReusePortSocket(const Address& addr, std::string* error, bool reuse_port = true);
 // The address a bound socket got (resolves port 0).
 Address boundAddress(int fd);
 

@@ -169,7 +169,8 @@ AdminServer::AdminServer(Server& server) : server_(server) {}
 AdminServer::~AdminServer() { stop(); }
 
 bool AdminServer::bind(const network::Address& address, std::string* error) {
-  int fd = network::bindReusePortSocket(address, error);
+  // Not SO_REUSEPORT: a second Strait on the same admin port must fail loudly, not share it.
+  int fd = network::bindReusePortSocket(address, error, false);
   if (fd < 0) return false;
   address_ = network::boundAddress(fd);
   listener_ = std::make_unique<network::TcpListener>(server_.dispatcher(), fd, 128, [this](network::ConnectionPtr c) {

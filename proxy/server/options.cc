@@ -2,7 +2,9 @@
 
 #include <sched.h>
 
+#include <algorithm>
 #include <charconv>
+#include <cstdio>
 #include <cstdlib>
 #include <string_view>
 
@@ -21,13 +23,23 @@ const char* usage() {
 }
 
 uint32_t defaultConcurrency() {
+  uint32_t n = 1;
   cpu_set_t set;
   CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) {
-    int n = CPU_COUNT(&set);
-    if (n > 0) return static_cast<uint32_t>(n);
+  if (sched_getaffinity(0, sizeof(set), &set) == 0 && CPU_COUNT(&set) > 0) n = static_cast<uint32_t>(CPU_COUNT(&set));
+  // A container's CPU limit (cgroup v2 cpu.max: "<quota> <period>" or "max <period>"): a pod limited
+  // to 2 CPUs on a 64-core node gets 2 workers, not 64.
+  if (FILE* f = std::fopen("/sys/fs/cgroup/cpu.max", "r")) {
+    char quota[32] = {0};
+    unsigned long period = 0;
+    if (std::fscanf(f, "%31s %lu", quota, &period) == 2 && std::string_view(quota) != "max" && period > 0) {
+      unsigned long q = std::strtoul(quota, nullptr, 10);
+      uint32_t limit = static_cast<uint32_t>(std::max<unsigned long>(1, (q + period - 1) / period));
+      n = std::min(n, limit);
+    }
+    std::fclose(f);
   }
-  return 1;
+  return n;
 }
 
 namespace {

@@ -248,3 +248,20 @@ def test_embedded_default_bootstrap(fleet):
     ports = {int(s["local_address"]["socket_address"]["port_value"]) for s in proc.listener_statuses()}
     assert {15001, 15006} <= ports, f"default listeners: {ports}"
     assert proc.get("/ready").status == 200
+
+
+def test_second_strait_on_the_same_admin_port_fails_instead_of_sharing_it(fleet, tmp_path):
+    """Listeners use SO_REUSEPORT (one socket per worker); the admin must not, or a second Strait
+    started by mistake would silently answer half of the admin requests."""
+    admin_port = harness.free_port()
+    cfg = _valid_config()
+    cfg["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin_port}}}
+    first = fleet.start(cfg)
+    assert first.alive()
+    (tmp_path / "second").mkdir()
+    path = harness.write_bootstrap(tmp_path / "second", cfg)
+    done = harness.run_strait(["-c", str(path), "--concurrency", "1"])
+    out = done.stdout + done.stderr
+    assert done.returncode != 0, f"a second strait started on admin port {admin_port}:\n{out}"
+    assert "admin" in out and str(admin_port) in out, out
+    assert first.alive(), "the first strait died"
