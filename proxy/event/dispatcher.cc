@@ -28,7 +28,10 @@ bool Timer::enabled() const { return uv_is_active(reinterpret_cast<const uv_hand
 
 void Timer::onTimer(uv_timer_t* handle) {
   auto* self = static_cast<Timer*>(handle->data);
-  if (self != nullptr) self->cb_();
+  if (self == nullptr) return;
+  // A copy: the callback may destroy its own Timer (and with it cb_ and the captures it runs on).
+  std::function<void()> cb = self->cb_;
+  cb();
 }
 
 Dispatcher::Dispatcher(std::string name)

@@ -105,6 +105,8 @@ Connection::Connection(event::Dispatcher& dispatcher, const Address& remote)
 
 Connection::~Connection() {
   if (flush_queued_) dispatcher_.cancelFlush(this);
+  // Whoever destroys a connection does not hear about it (its callbacks may be gone already).
+  callbacks_ = nullptr;
   if (state_ != State::Closed) closeNow(ConnectionEvent::LocalClose, false);
   // closeNow() hands the handle to libuv; it is freed in its close callback.
 }
