@@ -241,6 +241,12 @@ struct BodyEncoder {
 // ---------------------------------------------------------------------------------------------------------------
 // The llhttp-driven parser shared by both directions.
 
+// What both kinds of stream share with their connection's flow-control helpers.
+struct StreamFlow {
+  StreamCallbacks* callbacks_ = nullptr;
+  uint32_t read_disable_count_ = 0;
+};
+
 class ParserConnection {
  public:
   ParserConnection(CodecTransport& transport, const CodecSettings& settings, bool client)
@@ -592,6 +598,22 @@ class ParserConnection {
     return (parser_.flags & F_CONNECTION_KEEP_ALIVE) != 0 && (parser_.flags & F_CONNECTION_CLOSE) == 0;
   }
 
+  // Stream flow control, the same for requests and responses: reference-counted read disabling of
+  // the transport, and a late-arriving callback hearing at once that the connection is backed up.
+  void flowReadDisable(StreamFlow& s, bool disable) {
+    if (disable) {
+      ++s.read_disable_count_;
+      transport_.readDisable(true);
+    } else if (s.read_disable_count_ > 0) {
+      --s.read_disable_count_;
+      transport_.readDisable(false);
+    }
+  }
+  static void flowSetCallbacks(StreamFlow& s, StreamCallbacks* callbacks, bool above_high) {
+    s.callbacks_ = callbacks;
+    if (above_high && callbacks != nullptr) callbacks->onAboveWriteBufferHighWatermark();
+  }
+
   CodecTransport& transport_;
   event::Dispatcher& dispatcher_;  // cached: streams are deferred-deleted on it even after the transport is gone
   const CodecSettings settings_;
@@ -636,7 +658,7 @@ constexpr size_t kReservedHeaders = 16;
 
 class ServerConnectionImpl;
 
-class ServerStream : public ResponseEncoder, public Stream, public event::DeferredDeletable {
+class ServerStream : public ResponseEncoder, public Stream, public event::DeferredDeletable, public StreamFlow {
  public:
   explicit ServerStream(ServerConnectionImpl& conn) : conn_(&conn) {}
 
@@ -651,9 +673,7 @@ class ServerStream : public ResponseEncoder, public Stream, public event::Deferr
   void readDisable(bool disable) override;
 
   ServerConnectionImpl* conn_;  // null once the stream is over
-  StreamCallbacks* callbacks_ = nullptr;
   RequestDecoder* decoder_ = nullptr;
-  uint32_t read_disable_count_ = 0;
   BodyEncoder body_;
   bool response_started_ = false;
   bool response_complete_ = false;
@@ -883,20 +903,8 @@ class ServerConnectionImpl final : public Http1ServerConnection, public ParserCo
     closeTransportSoon();
   }
 
-  void streamReadDisable(ServerStream& s, bool disable) {
-    if (disable) {
-      ++s.read_disable_count_;
-      transport_.readDisable(true);
-    } else if (s.read_disable_count_ > 0) {
-      --s.read_disable_count_;
-      transport_.readDisable(false);
-    }
-  }
-
-  void setStreamCallbacks(ServerStream& s, StreamCallbacks* callbacks) {
-    s.callbacks_ = callbacks;
-    if (above_high_ && callbacks != nullptr) callbacks->onAboveWriteBufferHighWatermark();
-  }
+  void streamReadDisable(StreamFlow& s, bool disable) { flowReadDisable(s, disable); }
+  void setStreamCallbacks(StreamFlow& s, StreamCallbacks* callbacks) { flowSetCallbacks(s, callbacks, above_high_); }
 
  private:
   // ---- parser hooks ----
@@ -1217,7 +1225,7 @@ void ServerStream::readDisable(bool disable) {
 
 class ClientConnectionImpl;
 
-class ClientStream : public RequestEncoder, public Stream, public event::DeferredDeletable {
+class ClientStream : public RequestEncoder, public Stream, public event::DeferredDeletable, public StreamFlow {
  public:
   ClientStream(ClientConnectionImpl& conn, ResponseDecoder& decoder) : conn_(&conn), decoder_(&decoder) {}
 
@@ -1232,8 +1240,6 @@ class ClientStream : public RequestEncoder, public Stream, public event::Deferre
 
   ClientConnectionImpl* conn_;
   ResponseDecoder* decoder_;
-  StreamCallbacks* callbacks_ = nullptr;
-  uint32_t read_disable_count_ = 0;
   BodyEncoder body_;
   bool request_started_ = false;
   bool request_complete_ = false;
@@ -1444,20 +1450,8 @@ class ClientConnectionImpl final : public Http1ClientConnection, public ParserCo
     closeTransportSoon();
   }
 
-  void streamReadDisable(ClientStream& s, bool disable) {
-    if (disable) {
-      ++s.read_disable_count_;
-      transport_.readDisable(true);
-    } else if (s.read_disable_count_ > 0) {
-      --s.read_disable_count_;
-      transport_.readDisable(false);
-    }
-  }
-
-  void setStreamCallbacks(ClientStream& s, StreamCallbacks* callbacks) {
-    s.callbacks_ = callbacks;
-    if (above_high_ && callbacks != nullptr) callbacks->onAboveWriteBufferHighWatermark();
-  }
+  void streamReadDisable(StreamFlow& s, bool disable) { flowReadDisable(s, disable); }
+  void setStreamCallbacks(StreamFlow& s, StreamCallbacks* callbacks) { flowSetCallbacks(s, callbacks, above_high_); }
 
  private:
   void onMessageBeginHook() override {
