@@ -77,6 +77,7 @@ class ActiveClient : public network::ConnectionCallbacks,
   bool draining_ = false;
   bool in_dispatch_ = false;
   bool ready_after_dispatch_ = false;
+  bool idle_listed_ = false;  // on the pool's idle stack (HTTP/1)
 };
 
 // Sits between the router and the codec's stream: tells the pool when the exchange is over (request
@@ -354,11 +355,29 @@ HttpPool::~HttpPool() {
 bool HttpPool::idle() const { return clients_.empty() && pending_.empty(); }
 
 Cancellable* HttpPool::newStream(http::ResponseDecoder& decoder, PoolCallbacks& callbacks) {
-  for (auto& c : clients_) {
-    if (c->ready() && c->capacity() > 0) {
-      attach(*c, decoder, callbacks);
-      return nullptr;
+  if (protocol_ != http::Protocol::Http2) {
+    // HTTP/1: the most recently freed connection, from the idle stack (no scan per request).
+    while (!idle_.empty()) {
+      ActiveClient* c = idle_.back();
+      idle_.pop_back();
+      c->idle_listed_ = false;
+      if (c->ready() && c->capacity() > 0) {
+        attach(*c, decoder, callbacks);
+        return nullptr;
+      }
     }
+  } else {
+    for (auto& c : clients_) {
+      if (c->ready() && c->capacity() > 0) {
+        attach(*c, decoder, callbacks);
+        return nullptr;
+      }
+    }
+  }
+  // The slow path: wait for a connection (and maybe open one).
+  connecting_capacity_ = 0;
+  for (auto& c : clients_) {
+    if (c->state_ == ActiveClient::State::Connecting) connecting_capacity_ += c->capacity();
   }
   if (pending_.size() >= cluster_->max_pending_requests) {
     stats::inc(cluster_->stats.upstream_rq_pending_overflow);
@@ -384,10 +403,16 @@ void HttpPool::attach(ActiveClient& client, http::ResponseDecoder& decoder, Pool
 }
 
 void HttpPool::onClientReady(ActiveClient& client) {
-  if (client.total_streams_ == 0 && client.state_ == ActiveClient::State::Ready && !client.ready_after_dispatch_) {
-    // First readiness of a new connection: its capacity is no longer "connecting".
+  // Waiting requests first, then (HTTP/1) the idle stack.
+  while (!pending_.empty() && client.ready() && client.capacity() > 0) {
+    std::unique_ptr<Pending> p = std::move(pending_.front());
+    pending_.pop_front();
+    attach(client, p->decoder, p->callbacks);
   }
-  processPending();
+  if (protocol_ != http::Protocol::Http2 && !client.idle_listed_ && client.ready() && client.capacity() > 0) {
+    idle_.push_back(&client);
+    client.idle_listed_ = true;
+  }
 }
 
 void HttpPool::processPending() {
@@ -406,6 +431,10 @@ void HttpPool::processPending() {
 }
 
 void HttpPool::onClientClosed(ActiveClient& client, bool connect_failed, bool timed_out) {
+  if (client.idle_listed_) {
+    idle_.erase(std::remove(idle_.begin(), idle_.end(), &client), idle_.end());
+    client.idle_listed_ = false;
+  }
   for (auto it = clients_.begin(); it != clients_.end(); ++it) {
     if (it->get() == &client) {
       dispatcher_.deferredDelete(std::move(*it));

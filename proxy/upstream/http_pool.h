@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "proxy/config/snapshot.h"
 #include "proxy/event/dispatcher.h"
@@ -78,6 +79,7 @@ class HttpPool {
   http::CodecSettings settings_;
   std::list<std::unique_ptr<ActiveClient>> clients_;
   std::list<std::unique_ptr<Pending>> pending_;
+  std::vector<ActiveClient*> idle_;  // HTTP/1 connections free for a request, most recent last
   uint32_t connecting_capacity_ = 0;  // streams the connecting clients will be able to take
 };
 
