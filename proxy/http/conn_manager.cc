@@ -126,7 +126,7 @@ class ActiveStream : public RequestDecoder,
   ResponseEncoder& encoder_;
   RequestHeadersPtr request_headers_;
   TrailerMapPtr request_trailers_;
-  std::shared_ptr<const RouteTable> routes_;
+  std::shared_ptr<const RouteTable> routes_;  // RDS only: pins the table route_ points into
   const RouteEntry* route_ = nullptr;
   std::vector<StreamDecoderFilterPtr> decoder_filters_;
   std::vector<StreamEncoderFilterPtr> encoder_filters_;
@@ -481,11 +481,15 @@ void ActiveStream::decodeHeaders(RequestHeadersPtr headers, bool end_stream) {
   if (!prepareRequest(*request_headers_)) return;
   // RDS: the worker's newest table (a long-lived connection follows route updates); inline: the
   // listener's own. The stream keeps the table alive while it uses one of its routes.
-  routes_ = config().routes;
+  // (Inline tables live as long as the listener config the connection pins: no reference taken.)
+  const RouteTable* table = config().routes.get();
   if (config().rds_id) {
-    if (auto t = conn_.worker().routeTable(*config().rds_id)) routes_ = std::static_pointer_cast<const RouteTable>(t);
+    if (auto t = conn_.worker().routeTable(*config().rds_id)) {
+      routes_ = std::static_pointer_cast<const RouteTable>(std::move(t));
+      table = routes_.get();
+    }
   }
-  route_ = routes_ ? routes_->route(*request_headers_) : nullptr;
+  route_ = table ? table->route(*request_headers_) : nullptr;
   info_.route = route_;
   if (route_ == nullptr) {
     stats::inc(config().stats.no_route);

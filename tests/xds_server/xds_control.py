@@ -47,8 +47,11 @@ def ensure_node_modules() -> None:
 
 class XdsServer:
     def __init__(self, workdir: Path | str, *, unix: str | None = None, resources: list | None = None,
-                 verbose: bool = False, start_timeout: float = 30.0):
+                 verbose: bool = False, start_timeout: float = 30.0, port: int = 0,
+                 protos: Iterable[Path | str] = ()):
         self.workdir = Path(workdir)
+        self.port = int(port)  # fixed: a restarted control plane comes back where clients look for it
+        self.protos = [str(p) for p in protos]  # extra --proto files (types Envoy's protos lack)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.unix = unix
         self.initial_resources = resources
@@ -64,9 +67,12 @@ class XdsServer:
         ports_file = self.workdir / "xds-server-ports.json"
         if ports_file.exists():
             ports_file.unlink()
-        args = ["node", str(HERE / "server.js"), "--port", "0", "--control-port", "0", "--ports-file", str(ports_file)]
+        args = ["node", str(HERE / "server.js"), "--port", str(self.port), "--control-port", "0",
+                "--ports-file", str(ports_file)]
         if self.unix:
             args += ["--unix", self.unix]
+        for proto in self.protos:
+            args += ["--proto", proto]
         if self.initial_resources is not None:
             res_file = self.workdir / "xds-initial-resources.json"
             res_file.write_text(json.dumps(self.initial_resources))
@@ -74,7 +80,7 @@ class XdsServer:
         if self.verbose:
             args.append("-v")
         self.stderr_path = self.workdir / "xds-server.stderr"
-        self._stderr = open(self.stderr_path, "wb")
+        self._stderr = open(self.stderr_path, "ab")  # a restart appends
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self._stderr, cwd=HERE)
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
@@ -267,43 +273,7 @@ if __name__ == "__main__":  # manual use: python3 xds_control.py -> runs a serve
 
 class XdsServerEx(XdsServer):
     """XdsServer with a fixed ADS port (to restart a control plane on the port a client already uses)
-    and extra `--proto` files (message types Envoy's protos lack, for example a made-up HTTP filter)."""
-
-    def __init__(self, workdir: Path | str, *, port: int = 0, protos: Iterable[Path | str] = (), **kw):
-        super().__init__(workdir, **kw)
-        self.port = int(port)
-        self.protos = [str(p) for p in protos]
-
-    def start(self) -> "XdsServerEx":
-        ensure_node_modules()
-        ports_file = self.workdir / "xds-server-ports.json"
-        if ports_file.exists():
-            ports_file.unlink()
-        args = ["node", str(HERE / "server.js"), "--port", str(self.port), "--control-port", "0",
-                "--ports-file", str(ports_file)]
-        if self.unix:
-            args += ["--unix", self.unix]
-        for proto in self.protos:
-            args += ["--proto", proto]
-        if self.initial_resources is not None:
-            res_file = self.workdir / "xds-initial-resources.json"
-            res_file.write_text(json.dumps(self.initial_resources))
-            args += ["--resources", str(res_file)]
-        if self.verbose:
-            args.append("-v")
-        self.stderr_path = self.workdir / "xds-server.stderr"
-        self._stderr = open(self.stderr_path, "ab")
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self._stderr, cwd=HERE)
-        deadline = time.monotonic() + self.start_timeout
-        while time.monotonic() < deadline:
-            if ports_file.exists():
-                self.info = json.loads(ports_file.read_text())
-                return self
-            if self.proc.poll() is not None:
-                raise XdsServerError(f"xds server exited with {self.proc.returncode}: {self.stderr_text()}")
-            time.sleep(0.05)
-        self.stop()
-        raise XdsServerError(f"xds server did not start in {self.start_timeout} s: {self.stderr_text()}")
+    and extra `--proto` files; both are XdsServer options now, this name stays for the tests using it."""
 
     @property
     def pid(self) -> int | None:

@@ -609,6 +609,27 @@ class ParserConnection {
       transport_.readDisable(false);
     }
   }
+  // Ends the connection's active stream (server or client kind): it gives back the reads it disabled,
+  // forgets its connection and is freed once the current callback stack unwinds.
+  template <class S>
+  void detachStream(S*& active) {
+    S* s = active;
+    active = nullptr;
+    s->conn_ = nullptr;
+    while (s->read_disable_count_ > 0) {
+      --s->read_disable_count_;
+      transport_.readDisable(false);
+    }
+    dispatcher_.deferredDelete(event::DeferredDeletablePtr(s));
+  }
+  // The same, telling the stream's owner it was reset.
+  template <class S>
+  void resetStreamOf(S*& active, StreamResetReason reason) {
+    if (active == nullptr) return;
+    StreamCallbacks* cb = active->callbacks_;
+    detachStream(active);
+    if (cb != nullptr) cb->onResetStream(reason);
+  }
   static void flowSetCallbacks(StreamFlow& s, StreamCallbacks* callbacks, bool above_high) {
     s.callbacks_ = callbacks;
     if (above_high && callbacks != nullptr) callbacks->onAboveWriteBufferHighWatermark();
@@ -1145,24 +1166,8 @@ class ServerConnectionImpl final : public Http1ServerConnection, public ParserCo
     close_after_response_ = false;
   }
 
-  void detachActive() {
-    ServerStream* s = active_;
-    active_ = nullptr;
-    s->conn_ = nullptr;
-    while (s->read_disable_count_ > 0) {
-      --s->read_disable_count_;
-      transport_.readDisable(false);
-    }
-    dispatcher_.deferredDelete(event::DeferredDeletablePtr(s));
-  }
-
-  void resetActive(StreamResetReason reason) {
-    ServerStream* s = active_;
-    if (s == nullptr) return;
-    StreamCallbacks* cb = s->callbacks_;
-    detachActive();
-    if (cb != nullptr) cb->onResetStream(reason);
-  }
+  void detachActive() { detachStream(active_); }
+  void resetActive(StreamResetReason reason) { resetStreamOf(active_, reason); }
 
   ServerConnectionCallbacks& callbacks_;
   std::function<void(const CodecError&)> deferred_error_handler_;
@@ -1591,24 +1596,8 @@ class ClientConnectionImpl final : public Http1ClientConnection, public ParserCo
     tunnel_ = false;
   }
 
-  void detachActive() {
-    ClientStream* s = active_;
-    active_ = nullptr;
-    s->conn_ = nullptr;
-    while (s->read_disable_count_ > 0) {
-      --s->read_disable_count_;
-      transport_.readDisable(false);
-    }
-    dispatcher_.deferredDelete(event::DeferredDeletablePtr(s));
-  }
-
-  void resetActive(StreamResetReason reason) {
-    ClientStream* s = active_;
-    if (s == nullptr) return;
-    StreamCallbacks* cb = s->callbacks_;
-    detachActive();
-    if (cb != nullptr) cb->onResetStream(reason);
-  }
+  void detachActive() { detachStream(active_); }
+  void resetActive(StreamResetReason reason) { resetStreamOf(active_, reason); }
 
   ClientConnectionCallbacks& callbacks_;
   ResponseHeadersPtr resp_;
