@@ -41,7 +41,33 @@ void releaseBlock(char* block) {
 
 size_t pooledBlocksForTest() { return t_pool.free.size(); }
 
-void Buffer::add(const void* data, size_t size) {
+void SliceRing::grow() {
+  const uint32_t cap = cap_ * 2;
+  Slice* items = new Slice[cap];
+  for (uint32_t i = 0; i < size_; ++i) items[i] = (*this)[i];
+  if (items_ != inline_) delete[] items_;
+  items_ = items;
+  cap_ = cap;
+  head_ = 0;
+}
+
+void SliceRing::takeFrom(SliceRing& other) {
+  if (other.items_ == other.inline_) {
+    for (uint32_t i = 0; i < other.size_; ++i) inline_[i] = other[i];
+    head_ = 0;
+  } else {
+    items_ = other.items_;
+    cap_ = other.cap_;
+    head_ = other.head_;
+    other.items_ = other.inline_;
+    other.cap_ = kInline;
+  }
+  size_ = other.size_;
+  other.head_ = 0;
+  other.size_ = 0;
+}
+
+void Buffer::addSlow(const void* data, size_t size) {
   const char* src = static_cast<const char*>(data);
   while (size > 0) {
     if (slices_.empty() || slices_.back().tailroom() == 0) {
@@ -58,13 +84,14 @@ void Buffer::add(const void* data, size_t size) {
 }
 
 void Buffer::copyFrom(const Buffer& other) {
-  for (const Slice& s : other.slices_) add(s.data(), s.length());
+  for (uint32_t i = 0; i < other.slices_.size(); ++i) add(other.slices_[i].data(), other.slices_[i].length());
 }
 
 void Buffer::move(Buffer& other) {
   if (other.slices_.empty()) return;
   // Small tails are coalesced into our last block to keep chains short when data trickles in.
-  for (Slice& s : other.slices_) {
+  for (uint32_t i = 0; i < other.slices_.size(); ++i) {
+    Slice& s = other.slices_[i];
     if (s.length() == 0) {
       releaseBlock(s.base);
       continue;
@@ -127,7 +154,7 @@ void Buffer::drain(size_t size) {
 }
 
 void Buffer::clear() {
-  for (Slice& s : slices_) releaseBlock(s.base);
+  for (uint32_t i = 0; i < slices_.size(); ++i) releaseBlock(slices_[i].base);
   slices_.clear();
   length_ = 0;
 }
@@ -149,7 +176,8 @@ void Buffer::commit(size_t size) {
 
 size_t Buffer::fillIovecs(iovec* iov, size_t max) const {
   size_t n = 0;
-  for (const Slice& s : slices_) {
+  for (uint32_t i = 0; i < slices_.size(); ++i) {
+    const Slice& s = slices_[i];
     if (n == max) break;
     if (s.length() == 0) continue;
     iov[n].iov_base = const_cast<char*>(s.data());
@@ -161,7 +189,8 @@ size_t Buffer::fillIovecs(iovec* iov, size_t max) const {
 
 void Buffer::copyOut(size_t offset, size_t size, void* out) const {
   char* dst = static_cast<char*>(out);
-  for (const Slice& s : slices_) {
+  for (uint32_t i = 0; i < slices_.size(); ++i) {
+    const Slice& s = slices_[i];
     if (size == 0) break;
     if (offset >= s.length()) {
       offset -= s.length();
@@ -178,7 +207,7 @@ void Buffer::copyOut(size_t offset, size_t size, void* out) const {
 std::string Buffer::toString() const {
   std::string out;
   out.reserve(length_);
-  for (const Slice& s : slices_) out.append(s.data(), s.length());
+  for (uint32_t i = 0; i < slices_.size(); ++i) out.append(slices_[i].data(), slices_[i].length());
   return out;
 }
 

@@ -88,3 +88,38 @@ TEST_CASE("Buffer: blocks return to the per-thread pool") {
   }
   REQUIRE(strait::common::pooledBlocksForTest() == before + 2);
 }
+
+TEST_CASE("Buffer: long chains wrap and grow the slice ring without losing order") {
+  // Queue-like use: bytes go in at the tail while the front drains, so the ring's head walks around its
+  // storage, then a burst makes the chain longer than the in-place capacity and the ring moves to the heap.
+  Buffer b;
+  std::string expect;
+  auto chunk = [](size_t n, char c) { return std::string(n, c); };
+  for (int round = 0; round < 12; ++round) {
+    std::string part = chunk(Slice::kBlockSize, static_cast<char>('a' + round));
+    b.add(part);
+    expect += part;
+    if (round % 2 == 1) {
+      b.drain(Slice::kBlockSize / 2 * 3);
+      expect.erase(0, Slice::kBlockSize / 2 * 3);
+    }
+    REQUIRE(b.length() == expect.size());
+  }
+  std::string burst = chunk(Slice::kBlockSize * 9 + 3, 'Z');
+  b.add(burst);
+  expect += burst;
+  REQUIRE(b.sliceCount() > strait::common::SliceRing::kInline);
+  REQUIRE(b.toString() == expect);
+  // Moving the whole buffer keeps every byte, whether the ring is in place or on the heap.
+  Buffer moved(std::move(b));
+  REQUIRE(b.empty());
+  REQUIRE(moved.toString() == expect);
+  Buffer small;
+  small.add("tiny");
+  Buffer small_moved(std::move(small));
+  REQUIRE(small_moved.toString() == "tiny");
+  small.add("reuse");
+  REQUIRE(small.toString() == "reuse");
+  moved.drain(moved.length());
+  REQUIRE(moved.empty());
+}
