@@ -22,13 +22,33 @@ Timer::~Timer() {
   uv_close(reinterpret_cast<uv_handle_t*>(handle_), freeHandle);
 }
 
-void Timer::enable(uint64_t ms) { uv_timer_start(handle_, &Timer::onTimer, ms, 0); }
-void Timer::disable() { uv_timer_stop(handle_); }
-bool Timer::enabled() const { return uv_is_active(reinterpret_cast<const uv_handle_t*>(handle_)) != 0; }
+void Timer::enable(uint64_t ms) {
+  const uint64_t now = uv_now(handle_->loop);
+  deadline_ = now + ms;
+  enabled_ = true;
+  if (uv_is_active(reinterpret_cast<const uv_handle_t*>(handle_)) == 0 || armed_for_ > deadline_) {
+    arm(now, deadline_);
+  }
+}
+
+void Timer::disable() { enabled_ = false; }
+bool Timer::enabled() const { return enabled_; }
+
+void Timer::arm(uint64_t now, uint64_t deadline) {
+  uv_timer_start(handle_, &Timer::onTimer, deadline > now ? deadline - now : 0, 0);
+  armed_for_ = deadline;
+}
 
 void Timer::onTimer(uv_timer_t* handle) {
   auto* self = static_cast<Timer*>(handle->data);
-  if (self == nullptr) return;
+  if (self == nullptr || !self->enabled_) return;
+  const uint64_t now = uv_now(handle->loop);
+  if (self->deadline_ > now) {
+    // Fired for an earlier deadline that was since pushed back.
+    self->arm(now, self->deadline_);
+    return;
+  }
+  self->enabled_ = false;
   // A copy: the callback may destroy its own Timer (and with it cb_ and the captures it runs on).
   std::function<void()> cb = self->cb_;
   cb();
@@ -114,19 +134,24 @@ void Dispatcher::onPrepare(uv_prepare_t* handle) { static_cast<Dispatcher*>(hand
 void Dispatcher::queueFlush(DeferredFlush* f) { flush_queue_.push_back(f); }
 
 void Dispatcher::cancelFlush(DeferredFlush* f) {
+  // Also the batch being run: an earlier flush may destroy an object queued later in it.
   for (auto& p : flush_queue_) {
+    if (p == f) p = nullptr;
+  }
+  for (auto& p : flush_batch_) {
     if (p == f) p = nullptr;
   }
 }
 
 void Dispatcher::runFlushes() {
   // A flush may queue more (a connection whose write completes another's): run until none are left.
+  // Both vectors keep their capacity, so a steady loop allocates nothing here.
   while (!flush_queue_.empty()) {
-    std::vector<DeferredFlush*> batch;
-    batch.swap(flush_queue_);
-    for (auto* f : batch) {
+    flush_batch_.swap(flush_queue_);
+    for (auto* f : flush_batch_) {
       if (f != nullptr) f->runDeferredFlush();
     }
+    flush_batch_.clear();
   }
 }
 
@@ -142,9 +167,8 @@ void Dispatcher::runPosted() {
 void Dispatcher::clearDeferredDeleteList() {
   // Deleting may queue more deletions; loop until the list stays empty.
   while (!to_delete_.empty()) {
-    std::vector<DeferredDeletablePtr> batch;
-    batch.swap(to_delete_);
-    batch.clear();
+    delete_batch_.swap(to_delete_);
+    delete_batch_.clear();
   }
 }
 

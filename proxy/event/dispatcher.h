@@ -35,6 +35,12 @@ class DeferredFlush {
 
 // A one-shot timer on a dispatcher's loop. Destroying it cancels it; the libuv handle is freed in its
 // close callback, so a Timer may be destroyed from inside its own callback.
+//
+// Re-arming is lazy: timers on the request path (idle, headers, pool idle) are disabled and enabled again
+// on every request, and a libuv timer restart is a heap removal plus insertion. enable() only records the
+// deadline when the libuv timer is already set to fire no later than it; disable() only forgets the
+// deadline. When the libuv timer fires early it re-arms for the remaining time, and with no deadline it
+// does nothing: at most one spare wake-up per timeout period.
 class Timer {
  public:
   Timer(Dispatcher& dispatcher, std::function<void()> cb);
@@ -47,8 +53,12 @@ class Timer {
 
  private:
   static void onTimer(uv_timer_t* handle);
+  void arm(uint64_t now, uint64_t deadline);
   uv_timer_t* handle_;
   std::function<void()> cb_;
+  uint64_t deadline_ = 0;   // loop time (ms) the callback is due at, when enabled_
+  uint64_t armed_for_ = 0;  // loop time the libuv timer fires at, when it is active
+  bool enabled_ = false;
 };
 using TimerPtr = std::unique_ptr<Timer>;
 
@@ -97,9 +107,11 @@ class Dispatcher {
   uv_check_t* check_;
   uv_prepare_t* prepare_;
   std::vector<DeferredFlush*> flush_queue_;
+  std::vector<DeferredFlush*> flush_batch_;
   std::mutex post_lock_;
   std::vector<std::function<void()>> posted_;
   std::vector<DeferredDeletablePtr> to_delete_;
+  std::vector<DeferredDeletablePtr> delete_batch_;
   std::thread::id run_thread_;
   bool exited_ = false;
 };

@@ -96,17 +96,27 @@ enum class HeaderKind : uint8_t {
   Upgrade,
 };
 
+// One look at the length and the first byte rules out almost every name before a full comparison.
 HeaderKind classify(std::string_view name) {
+  if (name.size() < 2) return HeaderKind::Other;
+  const char first = lowerAscii(name[0]);
   switch (name.size()) {
-    case 2: return headerNameEquals(name, "te") ? HeaderKind::Te : HeaderKind::Other;
-    case 4: return headerNameEquals(name, "host") ? HeaderKind::Host : HeaderKind::Other;
-    case 7: return headerNameEquals(name, "upgrade") ? HeaderKind::Upgrade : HeaderKind::Other;
+    case 2: return first == 't' && headerNameEquals(name, "te") ? HeaderKind::Te : HeaderKind::Other;
+    case 4: return first == 'h' && headerNameEquals(name, "host") ? HeaderKind::Host : HeaderKind::Other;
+    case 7: return first == 'u' && headerNameEquals(name, "upgrade") ? HeaderKind::Upgrade : HeaderKind::Other;
     case 10:
-      if (headerNameEquals(name, "connection")) return HeaderKind::Connection;
-      return headerNameEquals(name, "keep-alive") ? HeaderKind::KeepAlive : HeaderKind::Other;
-    case 14: return headerNameEquals(name, "content-length") ? HeaderKind::ContentLength : HeaderKind::Other;
-    case 16: return headerNameEquals(name, "proxy-connection") ? HeaderKind::ProxyConnection : HeaderKind::Other;
-    case 17: return headerNameEquals(name, "transfer-encoding") ? HeaderKind::TransferEncoding : HeaderKind::Other;
+      if (first == 'c') return headerNameEquals(name, "connection") ? HeaderKind::Connection : HeaderKind::Other;
+      if (first == 'k') return headerNameEquals(name, "keep-alive") ? HeaderKind::KeepAlive : HeaderKind::Other;
+      return HeaderKind::Other;
+    case 14:
+      return first == 'c' && headerNameEquals(name, "content-length") ? HeaderKind::ContentLength
+                                                                     : HeaderKind::Other;
+    case 16:
+      return first == 'p' && headerNameEquals(name, "proxy-connection") ? HeaderKind::ProxyConnection
+                                                                       : HeaderKind::Other;
+    case 17:
+      return first == 't' && headerNameEquals(name, "transfer-encoding") ? HeaderKind::TransferEncoding
+                                                                        : HeaderKind::Other;
     default: return HeaderKind::Other;
   }
 }

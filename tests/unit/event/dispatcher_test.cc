@@ -1,6 +1,9 @@
 #include <catch2/catch.hpp>
 #include <atomic>
+#include <string>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include "proxy/event/dispatcher.h"
 
@@ -37,6 +40,37 @@ TEST_CASE("Dispatcher: timers fire once after their delay and can be disabled") 
   d.run();
   REQUIRE(fired == 1);
   REQUIRE(never == 0);
+}
+
+TEST_CASE("Dispatcher: re-enabling a timer moves its deadline both ways") {
+  // Timers re-arm lazily (the libuv timer is left running when the deadline moves later): the callback
+  // must still come at the latest deadline set, never at an earlier one that was replaced.
+  Dispatcher d("test");
+  std::vector<std::pair<std::string, uint64_t>> fired;
+  const uint64_t start = d.nowMs();
+  auto later = d.createTimer([&] { fired.emplace_back("later", d.nowMs() - start); });
+  auto sooner = d.createTimer([&] { fired.emplace_back("sooner", d.nowMs() - start); });
+  auto off = d.createTimer([&] { fired.emplace_back("off", d.nowMs() - start); });
+  auto stop = d.createTimer([&] { d.exit(); });
+  later->enable(10);
+  later->enable(120);  // pushed back: the early libuv expiry must not run the callback
+  sooner->enable(300);
+  sooner->enable(30);  // brought forward
+  off->enable(10);
+  off->disable();
+  off->enable(400);
+  off->disable();      // enabled twice, then off for good
+  REQUIRE(later->enabled());
+  REQUIRE_FALSE(off->enabled());
+  stop->enable(600);
+  d.run();
+  REQUIRE(fired.size() == 2);
+  REQUIRE(fired[0].first == "sooner");
+  REQUIRE(fired[0].second >= 30);
+  REQUIRE(fired[0].second < 300);
+  REQUIRE(fired[1].first == "later");
+  REQUIRE(fired[1].second >= 120);
+  REQUIRE_FALSE(later->enabled());
 }
 
 TEST_CASE("Dispatcher: a timer may be destroyed inside its own callback") {
