@@ -2,13 +2,13 @@
 
 #include <cinttypes>
 #include <cstdio>
-#include <list>
 
 #include "absl/strings/str_cat.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "envoy/config/route/v3/route.pb.h"
 #include "google/protobuf/any.pb.h"
 #include "proxy/common/log.h"
+#include "proxy/common/owned_list.h"
 #include "proxy/config/bootstrap.h"
 #include "proxy/http/http1/codec.h"
 #include "proxy/http/http2/codec.h"
@@ -47,7 +47,9 @@ int grpcStatusFor(uint32_t http) {
 }
 
 // One request/response exchange on a downstream connection, and its HTTP filter chain.
-class ActiveStream : public RequestDecoder,
+class ActiveStream : public event::DeferredDeletable,
+                     public common::ListLinks<ActiveStream>,
+                     public RequestDecoder,
                      public StreamCallbacks,
                      public DecoderFilterCallbacks,
                      public EncoderFilterCallbacks,
@@ -104,7 +106,6 @@ class ActiveStream : public RequestDecoder,
   void addDecoderFilter(StreamDecoderFilterPtr f) override { decoder_filters_.push_back(std::move(f)); }
   void addEncoderFilter(StreamEncoderFilterPtr f) override { encoder_filters_.push_back(std::move(f)); }
 
-  std::list<std::unique_ptr<ActiveStream>>::iterator position;
 
  private:
   void runDecodeHeaders(size_t from);
@@ -193,10 +194,7 @@ class HttpConnection : public config::ActiveSession,
   RequestDecoder& newStream(ResponseEncoder& encoder) override {
     if (headers_timer_) headers_timer_->disable();
     if (idle_timer_) idle_timer_->disable();
-    auto s = std::make_unique<ActiveStream>(*this, encoder);
-    ActiveStream* raw = s.get();
-    streams_.push_back(std::move(s));
-    raw->position = std::prev(streams_.end());
+    ActiveStream* raw = &streams_.pushBack(std::make_unique<ActiveStream>(*this, encoder));
     // One timer per connection watches every stream's idle time (no timer handle per request).
     if (config_->stream_idle_timeout_ms > 0) {
       if (!stream_idle_timer_) stream_idle_timer_ = worker_.dispatcher().createTimer([this] { onStreamIdleTimer(); });
@@ -240,7 +238,7 @@ class HttpConnection : public config::ActiveSession,
     if (codec_) codec_->onTransportClosed();
     // Streams the codec did not reset go too (a stream finishing right now removes itself).
     std::vector<ActiveStream*> left;
-    for (auto& st : streams_) left.push_back(st.get());
+    for (ActiveStream* st = streams_.front(); st != nullptr; st = streams_.next(*st)) left.push_back(st);
     for (auto* st : left) st->resetStream();
     headers_timer_.reset();
     idle_timer_.reset();
@@ -257,14 +255,7 @@ class HttpConnection : public config::ActiveSession,
   }
 
   void removeStream(ActiveStream& s) {
-    auto it = s.position;
-    struct Holder : event::DeferredDeletable {
-      std::unique_ptr<ActiveStream> s;
-    };
-    auto h = std::make_unique<Holder>();
-    h->s = std::move(*it);
-    streams_.erase(it);
-    worker_.dispatcher().deferredDelete(std::move(h));
+    worker_.dispatcher().deferredDelete(streams_.take(s));
     if (streams_.empty() && !closed_) {
       if (idle_timer_) idle_timer_->enable(config_->idle_timeout_ms);
       if (conn_->readHalfClosed()) conn_->close(CloseType::FlushWrite);
@@ -332,7 +323,7 @@ class HttpConnection : public config::ActiveSession,
     const uint64_t now = worker_.dispatcher().nowMs();
     uint64_t next = 0;
     std::vector<ActiveStream*> open;
-    for (auto& st : streams_) open.push_back(st.get());
+    for (ActiveStream* st = streams_.front(); st != nullptr; st = streams_.next(*st)) open.push_back(st);
     for (auto* st : open) {
       uint64_t left = st->checkIdle(now);
       if (left > 0 && (next == 0 || left < next)) next = left;
@@ -352,7 +343,7 @@ class HttpConnection : public config::ActiveSession,
   network::ConnectionPtr conn_;
   std::unique_ptr<ServerConnection> codec_;
   Protocol protocol_ = Protocol::Http11;
-  std::list<std::unique_ptr<ActiveStream>> streams_;
+  common::OwnedList<ActiveStream> streams_;
   event::TimerPtr headers_timer_;
   event::TimerPtr idle_timer_;
   event::TimerPtr stream_idle_timer_;

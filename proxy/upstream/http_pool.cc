@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "proxy/common/log.h"
+#include "proxy/common/owned_list.h"
 #include "proxy/http/http1/codec.h"
 #include "proxy/http/http2/codec.h"
 #include "proxy/network/connection.h"
@@ -68,7 +69,7 @@ class ActiveClient : public network::ConnectionCallbacks,
   HttpPool& pool_;
   network::ConnectionPtr conn_;
   std::unique_ptr<http::ClientConnection> codec_;
-  std::list<std::unique_ptr<StreamWrapper>> streams_;
+  common::OwnedList<StreamWrapper> streams_;
   event::TimerPtr idle_timer_;
   State state_ = State::Connecting;
   uint32_t active_streams_ = 0;
@@ -82,7 +83,9 @@ class ActiveClient : public network::ConnectionCallbacks,
 
 // Sits between the router and the codec's stream: tells the pool when the exchange is over (request
 // sent and response received, or reset) so the connection can serve the next request.
-class StreamWrapper : public http::ResponseDecoder,
+class StreamWrapper : public event::DeferredDeletable,
+                      public common::ListLinks<StreamWrapper>,
+                      public http::ResponseDecoder,
                       public http::RequestEncoder,
                       public http::StreamCallbacks,
                       public http::Stream {
@@ -161,8 +164,6 @@ class StreamWrapper : public http::ResponseDecoder,
     if (user_ && !done_) user_->onBelowWriteBufferLowWatermark();
   }
 
-  std::list<std::unique_ptr<StreamWrapper>>::iterator position;
-
  private:
   void maybeDone() {
     if (!done_ && request_done_ && response_done_) {
@@ -181,9 +182,6 @@ class StreamWrapper : public http::ResponseDecoder,
 };
 
 namespace {
-struct StreamHolder : event::DeferredDeletable {
-  std::unique_ptr<StreamWrapper> s;
-};
 }  // namespace
 
 ActiveClient::ActiveClient(HttpPool& pool)
@@ -217,10 +215,7 @@ uint32_t ActiveClient::capacity() const {
 
 http::RequestEncoder& ActiveClient::newStream(http::ResponseDecoder& decoder) {
   if (idle_timer_) idle_timer_->disable();
-  auto w = std::make_unique<StreamWrapper>(*this, decoder);
-  StreamWrapper* raw = w.get();
-  streams_.push_back(std::move(w));
-  raw->position = std::prev(streams_.end());
+  StreamWrapper* raw = &streams_.pushBack(std::make_unique<StreamWrapper>(*this, decoder));
   raw->setCodecEncoder(codec_->newStream(*raw));
   ++active_streams_;
   ++total_streams_;
@@ -229,10 +224,7 @@ http::RequestEncoder& ActiveClient::newStream(http::ResponseDecoder& decoder) {
 
 void ActiveClient::onStreamDone(StreamWrapper& stream) {
   --active_streams_;
-  auto h = std::make_unique<StreamHolder>();
-  h->s = std::move(*stream.position);
-  streams_.erase(stream.position);
-  pool_.dispatcher_.deferredDelete(std::move(h));
+  pool_.dispatcher_.deferredDelete(streams_.take(stream));
   if (state_ != State::Ready) return;
   if (in_dispatch_) {
     // Decide about reuse only once the codec has finished with this response.
