@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/any.pb.h"
@@ -327,7 +328,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks {
       cap = std::min(cap, rp.max_interval_ms);
       delay = cap == 0 ? 0 : cb_->worker().random() % (cap + 1);
     }
-    retry_timer_ = cb_->worker().dispatcher().createTimer([this] { startAttempt(); });
+    retry_timer_.emplace(cb_->worker().dispatcher(), [this] { startAttempt(); });
     retry_timer_->enable(delay);
   }
 
@@ -346,7 +347,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks {
     stats::inc(cluster_->stats.upstream_rq_total);
     stats::inc(cluster_->stats.upstream_rq_active);
     if (route_->retry.per_try_timeout_ms > 0) {
-      per_try_timer_ = cb_->worker().dispatcher().createTimer([this] { onPerTryTimeout(); });
+      per_try_timer_.emplace(cb_->worker().dispatcher(), [this] { onPerTryTimeout(); });
       per_try_timer_->enable(route_->retry.per_try_timeout_ms);
     }
     auto& pool = cb_->worker().httpPools().pool(cluster_, *host, protocol_);
@@ -380,7 +381,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks {
 
   void startGlobalTimer() {
     if (timeout_timer_ || route_ == nullptr || route_->timeout_ms == 0 || cluster_ == nullptr) return;
-    timeout_timer_ = cb_->worker().dispatcher().createTimer([this] { onGlobalTimeout(); });
+    timeout_timer_.emplace(cb_->worker().dispatcher(), [this] { onGlobalTimeout(); });
     timeout_timer_->enable(route_->timeout_ms);
   }
 
@@ -441,9 +442,10 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks {
   RequestEncoder* upstream_ = nullptr;
   common::Buffer pending_body_;
   common::Buffer retry_buffer_;
-  event::TimerPtr timeout_timer_;
-  event::TimerPtr per_try_timer_;
-  event::TimerPtr retry_timer_;
+  // In place (not TimerPtr): one is armed for every request.
+  std::optional<event::Timer> timeout_timer_;
+  std::optional<event::Timer> per_try_timer_;
+  std::optional<event::Timer> retry_timer_;
   std::chrono::steady_clock::time_point attempt_start_;
   DownstreamWatermarks dw_;
   Upstream up_;

@@ -8,18 +8,40 @@ namespace strait::event {
 
 namespace {
 void freeHandle(uv_handle_t* h) { delete reinterpret_cast<uv_any_handle*>(h); }
+// Idle timer handles a dispatcher keeps for reuse; beyond this they are closed and freed.
+constexpr size_t kMaxFreeTimers = 1024;
 }  // namespace
 
 Timer::Timer(Dispatcher& dispatcher, std::function<void()> cb)
-    : handle_(reinterpret_cast<uv_timer_t*>(new uv_any_handle)), cb_(std::move(cb)) {
-  uv_timer_init(dispatcher.loop(), handle_);
+    : dispatcher_(dispatcher), handle_(dispatcher.acquireTimerHandle()), cb_(std::move(cb)) {
   handle_->data = this;
 }
 
 Timer::~Timer() {
+  // Stopping is enough for a handle that goes back to the pool, even from inside its own callback:
+  // libuv does not touch a timer after calling it.
   handle_->data = nullptr;
   uv_timer_stop(handle_);
-  uv_close(reinterpret_cast<uv_handle_t*>(handle_), freeHandle);
+  dispatcher_.releaseTimerHandle(handle_);
+}
+
+uv_timer_t* Dispatcher::acquireTimerHandle() {
+  if (!free_timers_.empty()) {
+    uv_timer_t* h = free_timers_.back();
+    free_timers_.pop_back();
+    return h;
+  }
+  auto* h = reinterpret_cast<uv_timer_t*>(new uv_any_handle);
+  uv_timer_init(loop_, h);
+  return h;
+}
+
+void Dispatcher::releaseTimerHandle(uv_timer_t* handle) {
+  if (free_timers_.size() < kMaxFreeTimers) {
+    free_timers_.push_back(handle);
+  } else {
+    uv_close(reinterpret_cast<uv_handle_t*>(handle), freeHandle);
+  }
 }
 
 void Timer::enable(uint64_t ms) {
@@ -78,6 +100,8 @@ Dispatcher::Dispatcher(std::string name)
 
 Dispatcher::~Dispatcher() {
   clearDeferredDeleteList();
+  for (uv_timer_t* h : free_timers_) uv_close(reinterpret_cast<uv_handle_t*>(h), freeHandle);
+  free_timers_.clear();
   uv_close(reinterpret_cast<uv_handle_t*>(async_), freeHandle);
   uv_close(reinterpret_cast<uv_handle_t*>(check_), freeHandle);
   uv_close(reinterpret_cast<uv_handle_t*>(prepare_), freeHandle);

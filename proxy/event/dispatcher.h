@@ -54,6 +54,7 @@ class Timer {
  private:
   static void onTimer(uv_timer_t* handle);
   void arm(uint64_t now, uint64_t deadline);
+  Dispatcher& dispatcher_;
   uv_timer_t* handle_;
   std::function<void()> cb_;
   uint64_t deadline_ = 0;   // loop time (ms) the callback is due at, when enabled_
@@ -83,6 +84,10 @@ class Dispatcher {
   // caller tracks that). cancelFlush() takes it back (an object being destroyed).
   void queueFlush(DeferredFlush* f);
   void cancelFlush(DeferredFlush* f);
+  // libuv timer handles are recycled: a Timer per request (the router's timeout) would otherwise cost an
+  // allocation, an init and a close (a trip through the loop's closing list) every time.
+  uv_timer_t* acquireTimerHandle();
+  void releaseTimerHandle(uv_timer_t* handle);
   // Runs the loop until exit() is called.
   void run();
   // Stops run(); safe from the loop's own thread (use post() to stop from elsewhere).
@@ -112,6 +117,7 @@ class Dispatcher {
   std::vector<std::function<void()>> posted_;
   std::vector<DeferredDeletablePtr> to_delete_;
   std::vector<DeferredDeletablePtr> delete_batch_;
+  std::vector<uv_timer_t*> free_timers_;
   std::thread::id run_thread_;
   bool exited_ = false;
 };

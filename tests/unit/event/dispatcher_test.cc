@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 #include <atomic>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
@@ -86,6 +87,28 @@ TEST_CASE("Dispatcher: a timer may be destroyed inside its own callback") {
   d.run();
   REQUIRE(ran);
   REQUIRE(t == nullptr);
+}
+
+TEST_CASE("Dispatcher: a timer replaced from inside its own callback reuses the handle and fires") {
+  // The router re-creates its retry timer from that timer's callback; handles are recycled, so the new
+  // Timer gets the handle libuv is calling right now.
+  Dispatcher d("test");
+  std::optional<strait::event::Timer> t;
+  int first = 0, second = 0;
+  t.emplace(d, [&] {
+    ++first;
+    t.emplace(d, [&] {
+      ++second;
+      d.exit();
+    });
+    t->enable(5);
+  });
+  t->enable(1);
+  auto guard = d.createTimer([&] { d.exit(); });
+  guard->enable(2000);
+  d.run();
+  REQUIRE(first == 1);
+  REQUIRE(second == 1);
 }
 
 namespace {
