@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/any.pb.h"
 #include "proxy/common/log.h"
+#include "proxy/common/pooled.h"
 #include "proxy/config/snapshot.h"
 #include "proxy/http/conn_manager.h"
 #include "proxy/http/route_table.h"
@@ -23,7 +24,7 @@ using upstream::PoolFailureReason;
 // The router: picks the cluster and host for a request, sends it upstream through the worker's
 // connection pool, streams the response back, and applies timeouts and retries. Bodies stream in both
 // directions; for retries the request body is also kept (up to the buffer limit), as Envoy does.
-class Router : public StreamDecoderFilter, public upstream::PoolCallbacks {
+class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, public common::Pooled<Router> {
  public:
   ~Router() override { cleanup(); }
 

@@ -1,4 +1,5 @@
 #include "proxy/http/conn_manager.h"
+#include "proxy/common/pooled.h"
 
 #include <cinttypes>
 #include <cstdio>
@@ -53,7 +54,8 @@ class ActiveStream : public event::DeferredDeletable,
                      public StreamCallbacks,
                      public DecoderFilterCallbacks,
                      public EncoderFilterCallbacks,
-                     public FilterChainBuilder {
+                     public FilterChainBuilder,
+                     public common::Pooled<ActiveStream> {
  public:
   ActiveStream(HttpConnection& conn, ResponseEncoder& encoder);
   ~ActiveStream() override;

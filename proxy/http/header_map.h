@@ -6,6 +6,8 @@
 #include <string_view>
 #include <vector>
 
+#include "proxy/common/pooled.h"
+
 namespace strait::http {
 
 // ASCII lowercase of every byte value (other bytes map to themselves).
@@ -62,7 +64,7 @@ class HeaderMap {
 
 // A request: pseudo-headers as fields, the rest in the map. For HTTP/1, `authority` is the Host header
 // (which is then not kept in the map) and `scheme` is "http" unless the transport says otherwise.
-struct RequestHeaders : HeaderMap {
+struct RequestHeaders : HeaderMap, common::Pooled<RequestHeaders> {
   std::string method;     // :method
   std::string path;       // :path (origin-form; absolute-form is split into authority + path)
   std::string authority;  // :authority / Host
@@ -71,7 +73,7 @@ struct RequestHeaders : HeaderMap {
 };
 using RequestHeadersPtr = std::unique_ptr<RequestHeaders>;
 
-struct ResponseHeaders : HeaderMap {
+struct ResponseHeaders : HeaderMap, common::Pooled<ResponseHeaders> {
   uint32_t status = 0;  // :status
 };
 using ResponseHeadersPtr = std::unique_ptr<ResponseHeaders>;

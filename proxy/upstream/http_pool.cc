@@ -1,4 +1,5 @@
 #include "proxy/upstream/http_pool.h"
+#include "proxy/common/pooled.h"
 
 #include <algorithm>
 #include <cstring>
@@ -88,7 +89,8 @@ class StreamWrapper : public event::DeferredDeletable,
                       public http::ResponseDecoder,
                       public http::RequestEncoder,
                       public http::StreamCallbacks,
-                      public http::Stream {
+                      public http::Stream,
+                      public common::Pooled<StreamWrapper> {
  public:
   StreamWrapper(ActiveClient& client, http::ResponseDecoder& inner) : client_(client), inner_(inner) {}
   void setCodecEncoder(http::RequestEncoder& e) {

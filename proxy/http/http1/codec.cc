@@ -1,4 +1,5 @@
 #include "proxy/http/http1/codec.h"
+#include "proxy/common/pooled.h"
 
 #include <llhttp.h>
 #include <sys/uio.h>
@@ -689,7 +690,11 @@ constexpr size_t kReservedHeaders = 16;
 
 class ServerConnectionImpl;
 
-class ServerStream : public ResponseEncoder, public Stream, public event::DeferredDeletable, public StreamFlow {
+class ServerStream : public ResponseEncoder,
+                     public Stream,
+                     public event::DeferredDeletable,
+                     public StreamFlow,
+                     public common::Pooled<ServerStream> {
  public:
   explicit ServerStream(ServerConnectionImpl& conn) : conn_(&conn) {}
 
@@ -1240,7 +1245,11 @@ void ServerStream::readDisable(bool disable) {
 
 class ClientConnectionImpl;
 
-class ClientStream : public RequestEncoder, public Stream, public event::DeferredDeletable, public StreamFlow {
+class ClientStream : public RequestEncoder,
+                     public Stream,
+                     public event::DeferredDeletable,
+                     public StreamFlow,
+                     public common::Pooled<ClientStream> {
  public:
   ClientStream(ClientConnectionImpl& conn, ResponseDecoder& decoder) : conn_(&conn), decoder_(&decoder) {}
 

@@ -1,4 +1,5 @@
 #include "proxy/http/http2/codec.h"
+#include "proxy/common/pooled.h"
 
 #include <nghttp2/nghttp2.h>
 
@@ -153,7 +154,7 @@ class StreamBase : public Stream, public event::DeferredDeletable {
   bool closed_ = false;
 };
 
-class ServerStream final : public StreamBase, public ResponseEncoder {
+class ServerStream final : public StreamBase, public ResponseEncoder, public common::Pooled<ServerStream> {
  public:
   using StreamBase::StreamBase;
   void encode1xxHeaders(const ResponseHeaders& headers) override;
@@ -163,7 +164,7 @@ class ServerStream final : public StreamBase, public ResponseEncoder {
   Stream& stream() override { return *this; }
 };
 
-class ClientStream final : public StreamBase, public RequestEncoder {
+class ClientStream final : public StreamBase, public RequestEncoder, public common::Pooled<ClientStream> {
  public:
   using StreamBase::StreamBase;
   void encodeHeaders(const RequestHeaders& headers, bool end_stream) override;
