@@ -84,6 +84,8 @@ class Dispatcher {
   // caller tracks that). cancelFlush() takes it back (an object being destroyed).
   void queueFlush(DeferredFlush* f);
   void cancelFlush(DeferredFlush* f);
+  // Runs every queued flush now (the loop does this before it waits; codec tests drive it by hand).
+  void runDeferredFlushes() { runFlushes(); }
   // libuv timer handles are recycled: a Timer per request (the router's timeout) would otherwise cost an
   // allocation, an init and a close (a trip through the loop's closing list) every time.
   uv_timer_t* acquireTimerHandle();

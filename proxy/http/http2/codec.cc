@@ -24,6 +24,9 @@
 //   from the stream's pending buffer with NGHTTP2_DATA_FLAG_NO_COPY: bodies are never copied).
 // - Every public entry point opens a FlushScope; the outermost scope flushes once when it ends, so a
 //   dispatch() that produces many frames (or a decode callback that encodes a reply) writes once.
+//   Stream-level calls from outside a dispatch (a response arriving from an upstream) only queue a
+//   flush for the end of the loop iteration: with many streams in flight, their HEADERS and DATA go
+//   out through one nghttp2_session_send() and one write instead of one each.
 // - Streams are StreamBase objects (ServerStream / ClientStream), attached to nghttp2 as stream user
 //   data. A stream is released (deferred delete) only once nghttp2 is done with it (on_stream_close,
 //   or a request HEADERS that never left), so nghttp2 never holds a dangling pointer and a user still
@@ -176,21 +179,34 @@ class ClientStream final : public StreamBase, public RequestEncoder, public comm
 // ------------------------------------------------------------------------------------------------
 // Connection
 
-class ConnectionBase {
+class ConnectionBase : public event::DeferredFlush {
  public:
-  // Defers flushing to the end of the outermost public call.
+  // Defers flushing to the end of the outermost public call; a stream-level scope (`deferred`) further
+  // to the end of the loop iteration.
   class FlushScope {
    public:
-    explicit FlushScope(ConnectionBase& c) : c_(c) { ++c_.scope_depth_; }
+    explicit FlushScope(ConnectionBase& c, bool deferred = false) : c_(c), deferred_(deferred) { ++c_.scope_depth_; }
     ~FlushScope() {
-      if (--c_.scope_depth_ == 0) c_.flushNow();
+      if (--c_.scope_depth_ != 0) return;
+      if (deferred_) {
+        c_.queueFlush();
+      } else {
+        c_.flushNow();
+      }
     }
     FlushScope(const FlushScope&) = delete;
     FlushScope& operator=(const FlushScope&) = delete;
 
    private:
     ConnectionBase& c_;
+    const bool deferred_;
   };
+
+  // event::DeferredFlush
+  void runDeferredFlush() override {
+    flush_queued_ = false;
+    flushNow();
+  }
 
   ConnectionBase(CodecTransport& transport, const CodecSettings& settings, ServerConnectionCallbacks* server_callbacks,
                  ClientConnectionCallbacks* client_callbacks);
@@ -253,6 +269,7 @@ class ConnectionBase {
   friend class ClientStream;
 
   void flushNow();
+  void queueFlush();
   void maybeCloseTransport();
   void addNv(std::string_view name, std::string_view value);
   void addRegularHeaders(const HeaderMap& headers, bool skip_host);
@@ -310,6 +327,7 @@ class ConnectionBase {
   char status_digits_[3] = {'2', '0', '0'};
 
   int scope_depth_ = 0;
+  bool flush_queued_ = false;
   bool in_flush_ = false;
   bool flush_again_ = false;
   bool write_blocked_ = false;
@@ -335,7 +353,7 @@ void StreamBase::setCallbacks(StreamCallbacks* callbacks) {
 
 void StreamBase::resetStream(StreamResetReason reason) {
   if (!live()) return;
-  ConnectionBase::FlushScope scope(parent_);
+  ConnectionBase::FlushScope scope(parent_, true);
   local_reset_ = true;
   if (id_ > 0 && parent_.usable()) {
     nghttp2_submit_rst_stream(parent_.session(), NGHTTP2_FLAG_NONE, id_, resetCode(reason));
@@ -352,7 +370,7 @@ void StreamBase::readDisable(bool disable) {
   }
   if (read_disable_count_ == 0) return;
   if (--read_disable_count_ == 0 && unconsumed_ > 0 && !closed_ && parent_.usable()) {
-    ConnectionBase::FlushScope scope(parent_);
+    ConnectionBase::FlushScope scope(parent_, true);
     nghttp2_session_consume_stream(parent_.session(), id_, unconsumed_);
     unconsumed_ = 0;
   }
@@ -363,7 +381,7 @@ void StreamBase::encodeDataImpl(Buffer& data, bool end_stream) {
     data.drain(data.length());
     return;
   }
-  ConnectionBase::FlushScope scope(parent_);
+  ConnectionBase::FlushScope scope(parent_, true);
   if (!send_) send_.emplace();
   send_->move(data);
   if (end_stream) local_end_ = true;
@@ -376,7 +394,7 @@ void StreamBase::encodeDataImpl(Buffer& data, bool end_stream) {
 
 void StreamBase::encodeTrailersImpl(const TrailerMap& trailers) {
   if (!live() || local_end_ || !has_provider_ || !parent_.usable()) return;
-  ConnectionBase::FlushScope scope(parent_);
+  ConnectionBase::FlushScope scope(parent_, true);
   local_end_ = true;
   if (!trailers.empty()) {
     trailers_out_ = std::make_unique<TrailerMap>(trailers);
@@ -386,7 +404,7 @@ void StreamBase::encodeTrailersImpl(const TrailerMap& trailers) {
 
 void ServerStream::encode1xxHeaders(const ResponseHeaders& headers) {
   if (!live() || headers_submitted_ || !parent_.usable()) return;
-  ConnectionBase::FlushScope scope(parent_);
+  ConnectionBase::FlushScope scope(parent_, true);
   parent_.buildResponseNva(headers);
   nghttp2_submit_headers(parent_.session(), NGHTTP2_FLAG_NONE, id_, nullptr, parent_.nva(), parent_.nvaLength(),
                          nullptr);
@@ -394,7 +412,7 @@ void ServerStream::encode1xxHeaders(const ResponseHeaders& headers) {
 
 void ServerStream::encodeHeaders(const ResponseHeaders& headers, bool end_stream) {
   if (!live() || headers_submitted_ || !parent_.usable()) return;
-  ConnectionBase::FlushScope scope(parent_);
+  ConnectionBase::FlushScope scope(parent_, true);
   parent_.buildResponseNva(headers);
   headers_submitted_ = true;
   int rv;
@@ -420,7 +438,7 @@ void ClientStream::encodeHeaders(const RequestHeaders& headers, bool end_stream)
     if (callbacks_ != nullptr) callbacks_->onResetStream(StreamResetReason::ConnectionTermination);
     return;
   }
-  ConnectionBase::FlushScope scope(parent_);
+  ConnectionBase::FlushScope scope(parent_, true);
   parent_.buildRequestNva(headers);
   headers_submitted_ = true;
   nghttp2_data_provider prd = parent_.provider(*this);
@@ -516,7 +534,14 @@ ConnectionBase::ConnectionBase(CodecTransport& transport, const CodecSettings& s
   FlushScope scope(*this);
 }
 
+void ConnectionBase::queueFlush() {
+  if (flush_queued_) return;
+  flush_queued_ = true;
+  transport_.dispatcher().queueFlush(this);
+}
+
 ConnectionBase::~ConnectionBase() {
+  if (flush_queued_) transport_.dispatcher().cancelFlush(this);
   // nghttp2_session_del calls no callbacks. Streams still listed are freed with us; users must not hold
   // encoders past the connection.
   nghttp2_session_del(session_);

@@ -193,6 +193,8 @@ struct Pair {
   // Moves bytes both ways until neither side has anything more to say.
   void pump() {
     for (int i = 0; i < 100000; ++i) {
+      // Stream-level encodes only queue a flush for the end of the loop iteration: play that part.
+      dispatcher.runDeferredFlushes();
       bool moved = false;
       if (!client_transport.out.empty()) {
         moved = true;
@@ -320,6 +322,7 @@ struct RawClient {
         to_server.drain(to_server.length());
       }
     }
+    dispatcher.runDeferredFlushes();
     std::string answer = server_transport.out.toString();
     server_transport.out.drain(server_transport.out.length());
     if (!answer.empty()) {
@@ -735,6 +738,7 @@ TEST_CASE("Http2: header limits and HPACK bombs reset the stream") {
     const std::string big(2900, 'x');
     for (int i = 0; i < 25; ++i) req.add("x-big", big);
     ClientStreamHandler& c = p.start(req, true);
+    p.dispatcher.runDeferredFlushes();
     size_t wire = p.client_transport.out.length();
     CHECK(wire < 10000);
     p.pump();
@@ -753,6 +757,7 @@ TEST_CASE("Http2: header limits and HPACK bombs reset the stream") {
     RequestHeaders req = Pair::get("/large");
     for (int i = 0; i < 7; ++i) req.add("x-large-" + std::to_string(i), std::string(9000, static_cast<char>('a' + i)));
     ClientStreamHandler& c = p.start(req, true);
+    p.dispatcher.runDeferredFlushes();
     CHECK(p.client_transport.out.length() > 16384);  // more than one frame
     p.pump();
     REQUIRE(c.reset);
