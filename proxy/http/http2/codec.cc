@@ -14,6 +14,7 @@
 
 #include "proxy/common/log.h"
 #include "proxy/event/dispatcher.h"
+#include "proxy/http/http2/mem.h"
 
 // HTTP/2 codec on nghttp2 (server and client).
 //
@@ -509,8 +510,8 @@ ConnectionBase::ConnectionBase(CodecTransport& transport, const CodecSettings& s
     // (countPeerReset) also catches resets the peer provokes from us.
     nghttp2_option_set_stream_reset_rate_limit(opt, kResetRateBurst, kResetRatePerSecond);
   }
-  int rv = server() ? nghttp2_session_server_new2(&session_, callbacks(), this, opt)
-                    : nghttp2_session_client_new2(&session_, callbacks(), this, opt);
+  int rv = server() ? nghttp2_session_server_new3(&session_, callbacks(), this, opt, sessionAllocator())
+                    : nghttp2_session_client_new3(&session_, callbacks(), this, opt, sessionAllocator());
   nghttp2_option_del(opt);
   RELEASE_ASSERT(rv == 0, "nghttp2_session_new");
 
