@@ -2,6 +2,8 @@
 
 #include <uv.h>
 
+#include <cstdint>
+
 #include "proxy/common/log.h"
 
 namespace strait::event {
@@ -46,7 +48,7 @@ void Dispatcher::releaseTimerHandle(uv_timer_t* handle) {
 
 void Timer::enable(uint64_t ms) {
   const uint64_t now = uv_now(handle_->loop);
-  deadline_ = now + ms;
+  deadline_ = ms > UINT64_MAX - now ? UINT64_MAX : now + ms;
   enabled_ = true;
   if (uv_is_active(reinterpret_cast<const uv_handle_t*>(handle_)) == 0 || armed_for_ > deadline_) {
     arm(now, deadline_);
