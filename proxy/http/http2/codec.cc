@@ -271,6 +271,7 @@ class ConnectionBase : public event::DeferredFlush {
 
   void flushNow();
   void queueFlush();
+  bool addMaxStreamsToSettings(const uint8_t* data, size_t length);
   void maybeCloseTransport();
   void addNv(std::string_view name, std::string_view value);
   void addRegularHeaders(const HeaderMap& headers, bool skip_host);
@@ -339,6 +340,9 @@ class ConnectionBase : public event::DeferredFlush {
   std::string terminal_error_;
 
   uint64_t streams_opened_ = 0;
+  uint64_t streams_refused_ = 0;
+  bool advertise_max_streams_ = false;  // the next onSend adds MAX_CONCURRENT_STREAMS to our SETTINGS
+  bool own_stream_limit_ = true;        // server: we enforce MAX_CONCURRENT_STREAMS, not nghttp2
   uint64_t peer_resets_ = 0;
   uint64_t frames_while_blocked_ = 0;
   uint64_t control_frames_while_blocked_ = 0;
@@ -521,7 +525,11 @@ ConnectionBase::ConnectionBase(CodecTransport& transport, const CodecSettings& s
   iv[n++] = {NGHTTP2_SETTINGS_HEADER_TABLE_SIZE, settings.hpack_table_size};
   iv[n++] = {NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE, max_header_bytes_};
   if (server()) {
-    iv[n++] = {NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, settings.max_concurrent_streams};
+    // MAX_CONCURRENT_STREAMS is not given to nghttp2: once a peer has ACKed it, nghttp2 treats a stream
+    // beyond it as a connection error, where RFC 9113 5.1.2 (and our hardening rules) want a stream error.
+    // onSend adds it to this SETTINGS frame on the wire, and onBeginHeaders enforces it with
+    // REFUSED_STREAM. nghttp2 expects one ACK for the frame and gets one.
+    advertise_max_streams_ = true;
   } else {
     iv[n++] = {NGHTTP2_SETTINGS_ENABLE_PUSH, 0};
   }
@@ -919,8 +927,40 @@ int ConnectionBase::headerFailure(StreamBase& s, uint32_t code, StreamResetReaso
 ssize_t ConnectionBase::onSend(nghttp2_session*, const uint8_t* data, size_t length, int, void* user_data) {
   auto* c = static_cast<ConnectionBase*>(user_data);
   if (c->out_.length() >= kFlushChunk) return NGHTTP2_ERR_WOULDBLOCK;
+  if (c->advertise_max_streams_) {
+    c->advertise_max_streams_ = false;
+    if (c->addMaxStreamsToSettings(data, length)) return static_cast<ssize_t>(length);
+  }
   c->out_.add(data, length);
   return static_cast<ssize_t>(length);
+}
+
+bool ConnectionBase::addMaxStreamsToSettings(const uint8_t* data, size_t length) {
+  // The first bytes a server session sends are its SETTINGS frame (the server preface), whole.
+  const size_t payload = (size_t{data[0]} << 16) | (size_t{data[1]} << 8) | data[2];
+  const bool settings_frame = length >= 9 && data[3] == NGHTTP2_SETTINGS && data[4] == 0 && data[5] == 0 &&
+                              data[6] == 0 && data[7] == 0 && data[8] == 0 && length >= 9 + payload;
+  if (!settings_frame) {
+    // Not what nghttp2 has always sent first: advertise through nghttp2 after all (its connection-error
+    // behaviour beyond the limit is the lesser evil next to advertising no limit).
+    LOG_ERROR("http2: first frame sent is not SETTINGS; MAX_CONCURRENT_STREAMS left to nghttp2");
+    own_stream_limit_ = false;
+    nghttp2_settings_entry iv{NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, settings_.max_concurrent_streams};
+    nghttp2_submit_settings(session_, NGHTTP2_FLAG_NONE, &iv, 1);
+    return false;
+  }
+  const size_t grown = payload + 6;
+  const uint32_t max = settings_.max_concurrent_streams;
+  const uint8_t head[9] = {static_cast<uint8_t>(grown >> 16), static_cast<uint8_t>(grown >> 8),
+                           static_cast<uint8_t>(grown), NGHTTP2_SETTINGS, 0, 0, 0, 0, 0};
+  const uint8_t entry[6] = {0, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS, static_cast<uint8_t>(max >> 24),
+                            static_cast<uint8_t>(max >> 16), static_cast<uint8_t>(max >> 8),
+                            static_cast<uint8_t>(max)};
+  out_.add(head, sizeof(head));
+  out_.add(data + 9, payload);
+  out_.add(entry, sizeof(entry));
+  out_.add(data + 9 + payload, length - 9 - payload);
+  return true;
 }
 
 int ConnectionBase::onSendData(nghttp2_session*, nghttp2_frame* frame, const uint8_t* framehd, size_t length,
@@ -976,6 +1016,13 @@ int ConnectionBase::onBeginHeaders(nghttp2_session*, const nghttp2_frame* frame,
   if (frame->hd.type != NGHTTP2_HEADERS) return 0;
   StreamBase* s;
   if (c->server() && frame->headers.cat == NGHTTP2_HCAT_REQUEST) {
+    if (c->own_stream_limit_ && c->active_.size() >= c->settings_.max_concurrent_streams) {
+      // Over our advertised limit: a stream error (nghttp2 knows no limit and keeps the connection). The
+      // stream gets no object; its header and data callbacks find none and are ignored.
+      ++c->streams_refused_;
+      nghttp2_submit_rst_stream(c->session_, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_REFUSED_STREAM);
+      return 0;
+    }
     auto stream = std::make_unique<ServerStream>(*c);
     s = stream.get();
     s->id_ = frame->hd.stream_id;
