@@ -595,6 +595,30 @@ def test_h2_streams_beyond_acknowledged_limit_are_refused_and_others_complete(fl
     env.survived(e.proc, *bys)
 
 
+def test_h2_client_that_keeps_opening_streams_past_the_limit_is_cut_off(fleet):
+    # Each stream past the limit costs us an answer (REFUSED_STREAM). A client that keeps opening them
+    # counts towards the reset flood check and gets GOAWAY ENHANCE_YOUR_CALM; other clients are unharmed.
+    e = _h2_env(fleet, http2_protocol_options={"max_concurrent_streams": 10})
+    bys = _bystanders(e)
+    with h2peers.RawH2(e.port) as r:
+        r.server_settings()
+        r.read_frames(0.2)
+        # Ten slow streams fill the limit; everything after them is refused.
+        r.send(*[r.headers_frame(1 + 2 * i, r.request_headers("/_/slow?delay=3")) for i in range(10)])
+        sid, sent = 21, 0
+        deadline = time.monotonic() + 15
+        while sent < 5_000 and time.monotonic() < deadline and not r.closed_how and r.goaway() is None:
+            if not r.send(*[r.headers_frame(sid + 2 * i, r.request_headers("/over")) for i in range(50)]):
+                break
+            sid += 100
+            sent += 50
+            r.read_frames(0.01)
+        outcome = _closed_or_goaway(r, 5)
+    assert outcome == f"goaway({int(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)})", \
+        f"{sent} streams past the limit: {outcome}"
+    env.survived(e.proc, *bys)
+
+
 INVALID_H2 = {
     "unknown-pseudo": lambda h: h + [(":foo", "bar")],
     "missing-path": lambda h: [x for x in h if x[0] != ":path"],

@@ -1,11 +1,11 @@
 #include "proxy/http/http2/codec.h"
+#include "proxy/common/owned_list.h"
 #include "proxy/common/pooled.h"
 
 #include <nghttp2/nghttp2.h>
 
 #include <algorithm>
 #include <cstring>
-#include <list>
 #include <memory>
 #include <optional>
 #include <string>
@@ -91,7 +91,7 @@ enum class Building { None, Request, Response, Trailers };
 // ------------------------------------------------------------------------------------------------
 // Streams
 
-class StreamBase : public Stream, public event::DeferredDeletable {
+class StreamBase : public Stream, public event::DeferredDeletable, public common::ListLinks<StreamBase> {
  public:
   explicit StreamBase(ConnectionBase& parent) : parent_(parent) {}
 
@@ -118,7 +118,6 @@ class StreamBase : public Stream, public event::DeferredDeletable {
   StreamCallbacks* callbacks_ = nullptr;
   RequestDecoder* request_decoder_ = nullptr;    // server
   ResponseDecoder* response_decoder_ = nullptr;  // client
-  std::list<std::unique_ptr<StreamBase>>::iterator self_;
   bool in_list_ = false;
 
   // Inbound header block under construction.
@@ -279,8 +278,8 @@ class ConnectionBase : public event::DeferredFlush {
     return static_cast<StreamBase*>(nghttp2_session_get_stream_user_data(session_, id));
   }
   StreamBase* findStream(int32_t id) {
-    for (auto& s : active_) {
-      if (s->id_ == id) return s.get();
+    for (StreamBase* s = active_.front(); s != nullptr; s = active_.next(*s)) {
+      if (s->id_ == id) return s;
     }
     return nullptr;
   }
@@ -322,7 +321,7 @@ class ConnectionBase : public event::DeferredFlush {
   // The chunks of the DATA frame being received, delivered when the frame ends.
   Buffer recv_;
   StreamBase* recv_owner_ = nullptr;
-  std::list<std::unique_ptr<StreamBase>> active_;
+  common::OwnedList<StreamBase> active_;
   std::vector<std::unique_ptr<StreamBase>> orphans_;  // client streams opened on a dead connection
   std::vector<StreamBase*> below_pending_;
   std::vector<nghttp2_nv> nva_;
@@ -665,7 +664,7 @@ void ConnectionBase::aboveHighWatermarkImpl() {
   control_frames_while_blocked_ = 0;
   std::vector<StreamBase*> streams;
   streams.reserve(active_.size());
-  for (auto& s : active_) streams.push_back(s.get());
+  for (StreamBase* s = active_.front(); s != nullptr; s = active_.next(*s)) streams.push_back(s);
   for (StreamBase* s : streams) {
     if (!s->closed_) s->raiseWatermark();
   }
@@ -677,7 +676,7 @@ void ConnectionBase::belowLowWatermarkImpl() {
   write_blocked_ = false;
   std::vector<StreamBase*> streams;
   streams.reserve(active_.size());
-  for (auto& s : active_) streams.push_back(s.get());
+  for (StreamBase* s = active_.front(); s != nullptr; s = active_.next(*s)) streams.push_back(s);
   for (StreamBase* s : streams) {
     if (s->closed_) continue;
     resumeData(*s);
@@ -691,8 +690,9 @@ void ConnectionBase::transportClosedImpl() {
   close_requested_ = true;
   recv_.clear();
   recv_owner_ = nullptr;
-  auto streams = std::move(active_);
-  active_.clear();
+  std::vector<std::unique_ptr<StreamBase>> streams;
+  streams.reserve(active_.size());
+  while (!active_.empty()) streams.push_back(active_.take(*active_.front()));
   for (auto& s : streams) {
     s->closed_ = true;
     s->in_list_ = false;
@@ -716,8 +716,7 @@ RequestEncoder& ConnectionBase::newClientStream(ResponseDecoder& decoder) {
     orphans_.push_back(std::move(stream));
     return s;
   }
-  active_.push_back(std::move(stream));
-  s.self_ = std::prev(active_.end());
+  active_.pushBack(std::move(stream));
   s.in_list_ = true;
   if (write_blocked_) s.watermark_sources_ = 1;
   return s;
@@ -756,8 +755,7 @@ void ConnectionBase::finishStream(StreamBase& s, uint32_t error_code) {
   std::unique_ptr<StreamBase> owned;
   if (s.in_list_) {
     s.in_list_ = false;
-    owned = std::move(*s.self_);
-    active_.erase(s.self_);
+    owned = active_.take(s);
   }
   if (notify && s.callbacks_ != nullptr) s.callbacks_->onResetStream(reason);
   if (owned) dispatcher().deferredDelete(std::move(owned));
@@ -1019,15 +1017,17 @@ int ConnectionBase::onBeginHeaders(nghttp2_session*, const nghttp2_frame* frame,
     if (c->own_stream_limit_ && c->active_.size() >= c->settings_.max_concurrent_streams) {
       // Over our advertised limit: a stream error (nghttp2 knows no limit and keeps the connection). The
       // stream gets no object; its header and data callbacks find none and are ignored.
+      // Refusals count towards the reset flood check: a client that keeps opening streams past the limit
+      // makes us answer each one.
       ++c->streams_refused_;
       nghttp2_submit_rst_stream(c->session_, NGHTTP2_FLAG_NONE, frame->hd.stream_id, NGHTTP2_REFUSED_STREAM);
+      c->countPeerReset();
       return 0;
     }
     auto stream = std::make_unique<ServerStream>(*c);
     s = stream.get();
     s->id_ = frame->hd.stream_id;
-    c->active_.push_back(std::move(stream));
-    s->self_ = std::prev(c->active_.end());
+    c->active_.pushBack(std::move(stream));
     s->in_list_ = true;
     nghttp2_session_set_stream_user_data(c->session_, s->id_, s);
     ++c->streams_opened_;
