@@ -225,7 +225,7 @@ absl::StatusOr<network::Address> translateAddress(const core_v3::Address& a, con
 // Hosts of a ClusterLoadAssignment (EDS or a static load_assignment). Unhealthy and draining endpoints
 // are left out. `allow_pipe`: the control-plane cluster may name a unix socket (Istio's bootstrap).
 absl::Status translateEndpoints(const endpoint_v3::ClusterLoadAssignment& la, const std::string& path,
-                                const std::string& cluster_name, stats::Store& store, bool allow_pipe,
+                                const std::string& cluster_name, stats::StatScope& scope, bool allow_pipe,
                                 std::vector<Host>& out, std::string* pipe_target) {
   for (int i = 0; i < la.endpoints_size(); ++i) {
     const auto& locality = la.endpoints(i);
@@ -248,9 +248,9 @@ absl::Status translateEndpoints(const endpoint_v3::ClusterLoadAssignment& la, co
       Host h;
       h.address = *addr;
       const std::string hp = absl::StrCat("cluster.", cluster_name, ".host.", addr->asString(), ".");
-      h.cx_total = store.counter(hp + "cx_total", true);
-      h.cx_active = store.gauge(hp + "cx_active", true);
-      h.cx_connect_fail = store.counter(hp + "cx_connect_fail", true);
+      h.cx_total = scope.counter(hp + "cx_total", true);
+      h.cx_active = scope.gauge(hp + "cx_active", true);
+      h.cx_connect_fail = scope.counter(hp + "cx_connect_fail", true);
       out.push_back(h);
     }
   }
@@ -262,6 +262,9 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
                                                      const std::map<std::string, DynamicResource>* endpoints,
                                                      bool allow_pipe, std::string* pipe_target, bool* warming) {
   auto out = std::make_shared<Cluster>();
+  // The cluster's stats (its hosts' too) live as long as this Cluster object.
+  out->stat_scope = std::make_unique<stats::StatScope>(store);
+  stats::StatScope& scope = *out->stat_scope;
   if (c.name().empty()) return fieldError(path + ".name", "is required");
   out->name = c.name();
   out->index = index;
@@ -287,7 +290,7 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
         if (warming) *warming = true;  // waits for its ClusterLoadAssignment
       } else {
         auto st = translateEndpoints(static_cast<const endpoint_v3::ClusterLoadAssignment&>(*cla->proto),
-                                     absl::StrCat("ClusterLoadAssignment '", service, "'"), c.name(), store, false,
+                                     absl::StrCat("ClusterLoadAssignment '", service, "'"), c.name(), scope, false,
                                      out->hosts, nullptr);
         if (!st.ok()) return st;
         out->eds_version = cla->version;
@@ -375,38 +378,38 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
     }
   }
   if (c.has_load_assignment() && out->type != Cluster::Type::Eds) {
-    auto st = translateEndpoints(c.load_assignment(), path + ".load_assignment", c.name(), store, allow_pipe, out->hosts,
+    auto st = translateEndpoints(c.load_assignment(), path + ".load_assignment", c.name(), scope, allow_pipe, out->hosts,
                                  pipe_target);
     if (!st.ok()) return st;
   }
   const std::string p = "cluster." + (c.alt_stat_name().empty() ? c.name() : c.alt_stat_name()) + ".";
-  out->stats.upstream_cx_total = store.counter(p + "upstream_cx_total");
-  out->stats.upstream_cx_active = store.gauge(p + "upstream_cx_active");
-  out->stats.upstream_cx_connect_fail = store.counter(p + "upstream_cx_connect_fail");
-  out->stats.upstream_cx_connect_timeout = store.counter(p + "upstream_cx_connect_timeout");
-  out->stats.upstream_cx_destroy = store.counter(p + "upstream_cx_destroy");
-  out->stats.upstream_cx_rx_bytes_total = store.counter(p + "upstream_cx_rx_bytes_total");
-  out->stats.upstream_cx_tx_bytes_total = store.counter(p + "upstream_cx_tx_bytes_total");
-  out->stats.upstream_cx_none_healthy = store.counter(p + "upstream_cx_none_healthy");
-  out->stats.membership_total = store.gauge(p + "membership_total");
-  out->stats.upstream_cx_http1_total = store.counter(p + "upstream_cx_http1_total");
-  out->stats.upstream_cx_http2_total = store.counter(p + "upstream_cx_http2_total");
-  out->stats.upstream_rq_total = store.counter(p + "upstream_rq_total");
-  out->stats.upstream_rq_active = store.gauge(p + "upstream_rq_active");
-  out->stats.upstream_rq_1xx = store.counter(p + "upstream_rq_1xx");
-  out->stats.upstream_rq_2xx = store.counter(p + "upstream_rq_2xx");
-  out->stats.upstream_rq_3xx = store.counter(p + "upstream_rq_3xx");
-  out->stats.upstream_rq_4xx = store.counter(p + "upstream_rq_4xx");
-  out->stats.upstream_rq_5xx = store.counter(p + "upstream_rq_5xx");
-  out->stats.upstream_rq_timeout = store.counter(p + "upstream_rq_timeout");
-  out->stats.upstream_rq_per_try_timeout = store.counter(p + "upstream_rq_per_try_timeout");
-  out->stats.upstream_rq_retry = store.counter(p + "upstream_rq_retry");
-  out->stats.upstream_rq_retry_success = store.counter(p + "upstream_rq_retry_success");
-  out->stats.upstream_rq_pending_total = store.counter(p + "upstream_rq_pending_total");
-  out->stats.upstream_rq_pending_overflow = store.counter(p + "upstream_rq_pending_overflow");
-  out->stats.upstream_rq_rx_reset = store.counter(p + "upstream_rq_rx_reset");
-  out->stats.upstream_rq_tx_reset = store.counter(p + "upstream_rq_tx_reset");
-  out->stats.upstream_rq_time = store.histogram(p + "upstream_rq_time");
+  out->stats.upstream_cx_total = scope.counter(p + "upstream_cx_total");
+  out->stats.upstream_cx_active = scope.gauge(p + "upstream_cx_active");
+  out->stats.upstream_cx_connect_fail = scope.counter(p + "upstream_cx_connect_fail");
+  out->stats.upstream_cx_connect_timeout = scope.counter(p + "upstream_cx_connect_timeout");
+  out->stats.upstream_cx_destroy = scope.counter(p + "upstream_cx_destroy");
+  out->stats.upstream_cx_rx_bytes_total = scope.counter(p + "upstream_cx_rx_bytes_total");
+  out->stats.upstream_cx_tx_bytes_total = scope.counter(p + "upstream_cx_tx_bytes_total");
+  out->stats.upstream_cx_none_healthy = scope.counter(p + "upstream_cx_none_healthy");
+  out->stats.membership_total = scope.gauge(p + "membership_total");
+  out->stats.upstream_cx_http1_total = scope.counter(p + "upstream_cx_http1_total");
+  out->stats.upstream_cx_http2_total = scope.counter(p + "upstream_cx_http2_total");
+  out->stats.upstream_rq_total = scope.counter(p + "upstream_rq_total");
+  out->stats.upstream_rq_active = scope.gauge(p + "upstream_rq_active");
+  out->stats.upstream_rq_1xx = scope.counter(p + "upstream_rq_1xx");
+  out->stats.upstream_rq_2xx = scope.counter(p + "upstream_rq_2xx");
+  out->stats.upstream_rq_3xx = scope.counter(p + "upstream_rq_3xx");
+  out->stats.upstream_rq_4xx = scope.counter(p + "upstream_rq_4xx");
+  out->stats.upstream_rq_5xx = scope.counter(p + "upstream_rq_5xx");
+  out->stats.upstream_rq_timeout = scope.counter(p + "upstream_rq_timeout");
+  out->stats.upstream_rq_per_try_timeout = scope.counter(p + "upstream_rq_per_try_timeout");
+  out->stats.upstream_rq_retry = scope.counter(p + "upstream_rq_retry");
+  out->stats.upstream_rq_retry_success = scope.counter(p + "upstream_rq_retry_success");
+  out->stats.upstream_rq_pending_total = scope.counter(p + "upstream_rq_pending_total");
+  out->stats.upstream_rq_pending_overflow = scope.counter(p + "upstream_rq_pending_overflow");
+  out->stats.upstream_rq_rx_reset = scope.counter(p + "upstream_rq_rx_reset");
+  out->stats.upstream_rq_tx_reset = scope.counter(p + "upstream_rq_tx_reset");
+  out->stats.upstream_rq_time = scope.histogram(p + "upstream_rq_time");
   stats::set(store, out->stats.membership_total, static_cast<int64_t>(out->hosts.size()));
   out->proto = std::make_shared<cluster_v3::Cluster>(c);
   return ClusterConstSharedPtr(out);

@@ -99,6 +99,10 @@ struct Cluster {
   uint32_t max_pending_requests = 1024;
   uint32_t max_requests = 1024;
   uint32_t max_retries = 3;
+  // Owns the references behind `stats` and the hosts' stat handles: when the last holder of this Cluster
+  // (snapshots, route tables, pools, requests in flight) lets go, stats no newer Cluster of the same name
+  // holds leave /stats and their slots are reused.
+  std::unique_ptr<stats::StatScope> stat_scope;
   ClusterStats stats;
   std::shared_ptr<const google::protobuf::Message> proto;  // for /config_dump
 };

@@ -18,8 +18,8 @@ namespace strait::server {
 
 Server::Server(Options options, config::SnapshotConstSharedPtr snapshot, std::unique_ptr<stats::Store> store)
     : options_(std::move(options)),
-      snapshot_(std::move(snapshot)),
       store_(std::move(store)),
+      snapshot_(std::move(snapshot)),
       dispatcher_(std::make_unique<event::Dispatcher>("main")),
       started_(std::chrono::steady_clock::now()) {
   stats::setThreadShard(&store_->shard(0));
@@ -39,6 +39,7 @@ Server::~Server() {
   drain_timer_.reset();
   workers_.clear();
   dispatcher_.reset();
+  snapshot_.reset();  // before store_ (see the member order)
 }
 
 const char* Server::stateName() const {

@@ -69,10 +69,12 @@ class Server {
   void finish();
 
   Options options_;
+  // Declared before everything that holds config: clusters release their stats into the store when they
+  // are destroyed, so it must go last.
+  std::unique_ptr<stats::Store> store_;
   mutable std::mutex mu_;  // guards snapshot_ and bound_ (admin on main, xDS thread writes)
   config::SnapshotConstSharedPtr snapshot_;
   std::unique_ptr<class XdsApplier> xds_;
-  std::unique_ptr<stats::Store> store_;
   std::unique_ptr<event::Dispatcher> dispatcher_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<AdminServer> admin_;

@@ -146,6 +146,8 @@ void Worker::indexSnapshot() {
     clusters_by_index_[c->index] = c;
   }
   if (rr_cursor_.size() < clusters_by_index_.size()) rr_cursor_.resize(clusters_by_index_.size(), index_);
+  // Pools of clusters and hosts this config no longer has drain and go.
+  if (pools_) pools_->onConfig(clusters_by_index_);
   routes_by_id_.clear();
   for (const auto& [id, t] : snapshot_->route_tables_by_id) {
     if (id >= routes_by_id_.size()) routes_by_id_.resize(id + 1);

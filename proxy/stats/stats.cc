@@ -36,25 +36,82 @@ Store::Store(uint32_t shards) {
   for (uint32_t i = 0; i < shards; ++i) shards_.push_back(std::make_unique<Shard>());
 }
 
-uint32_t Store::create(const std::string& name, StatType type, bool hidden, uint32_t slots) {
+uint32_t Store::create(const std::string& name, StatType type, bool hidden, uint32_t slots, bool scoped) {
   std::lock_guard<std::mutex> lock(lock_);
   auto it = by_name_.find(name);
-  if (it != by_name_.end()) return it->second;
-  uint32_t index = next_slot_;
-  // A multi-slot stat never straddles a chunk boundary.
-  if (index / Shard::kChunk != (index + slots - 1) / Shard::kChunk) index = (index / Shard::kChunk + 1) * Shard::kChunk;
-  if ((index + slots - 1) / Shard::kChunk >= Shard::kMaxChunks) std::abort();
-  for (auto& s : shards_) s->ensureChunk(index / Shard::kChunk);
-  next_slot_ = index + slots;
-  infos_.emplace(index, StatInfo{name, type, hidden});
-  by_name_.emplace(name, index);
+  if (it != by_name_.end()) {
+    StatInfo& info = infos_.at(it->second);
+    if (scoped) {
+      ++info.refs;
+    } else {
+      info.permanent = true;
+    }
+    return it->second;
+  }
+  uint32_t index;
+  auto free_it = free_slots_.find(slots);
+  if (free_it != free_slots_.end() && !free_it->second.empty()) {
+    // A released stat's slots, zeroed when it was released.
+    index = free_it->second.back();
+    free_it->second.pop_back();
+  } else {
+    index = next_slot_;
+    // A multi-slot stat never straddles a chunk boundary.
+    if (index / Shard::kChunk != (index + slots - 1) / Shard::kChunk) index = (index / Shard::kChunk + 1) * Shard::kChunk;
+    if ((index + slots - 1) / Shard::kChunk >= Shard::kMaxChunks) std::abort();
+    for (auto& s : shards_) s->ensureChunk(index / Shard::kChunk);
+    next_slot_ = index + slots;
+  }
+  slots_in_use_ += slots;
+  auto named = by_name_.emplace(name, index).first;
+  infos_.emplace(index, StatInfo{&named->first, type, hidden, slots, scoped ? 1u : 0u, !scoped});
   return index;
 }
 
-Counter Store::counter(const std::string& name, bool hidden) { return Counter{create(name, StatType::Counter, hidden)}; }
-Gauge Store::gauge(const std::string& name, bool hidden) { return Gauge{create(name, StatType::Gauge, hidden)}; }
+void Store::release(const std::vector<uint32_t>& indices) {
+  std::lock_guard<std::mutex> lock(lock_);
+  for (uint32_t index : indices) {
+    auto it = infos_.find(index);
+    if (it == infos_.end()) continue;
+    StatInfo& info = it->second;
+    if (info.refs > 0) --info.refs;
+    if (info.refs > 0 || info.permanent) continue;
+    // Nobody can write these slots any more (every handle's holder is gone): clear them for the next stat.
+    for (auto& s : shards_) {
+      for (uint32_t i = 0; i < info.slots; ++i) s->slot(index + i).store(0, std::memory_order_relaxed);
+    }
+    free_slots_[info.slots].push_back(index);
+    slots_in_use_ -= info.slots;
+    by_name_.erase(by_name_.find(*info.name));
+    infos_.erase(it);
+  }
+}
+
+size_t Store::statCount() const {
+  std::lock_guard<std::mutex> lock(lock_);
+  return by_name_.size();
+}
+
+uint32_t Store::slotHighWater() const {
+  std::lock_guard<std::mutex> lock(lock_);
+  return next_slot_;
+}
+
+uint32_t Store::slotsInUse() const {
+  std::lock_guard<std::mutex> lock(lock_);
+  return slots_in_use_;
+}
+
+Counter Store::counter(const std::string& name, bool hidden) {
+  return Counter{create(name, StatType::Counter, hidden, 1, false)};
+}
+Gauge Store::gauge(const std::string& name, bool hidden) { return Gauge{create(name, StatType::Gauge, hidden, 1, false)}; }
 Histogram Store::histogram(const std::string& name) {
-  return Histogram{create(name, StatType::Histogram, false, kHistogramBuckets + 1)};
+  return Histogram{create(name, StatType::Histogram, false, kHistogramBuckets + 1, false)};
+}
+
+Histogram StatScope::histogram(const std::string& name) {
+  return Histogram{hold(store_.create(name, StatType::Histogram, false, kHistogramBuckets + 1, true))};
 }
 
 int64_t Store::sum(uint32_t index) const {

@@ -47,10 +47,15 @@ class Shard {
 };
 
 struct StatInfo {
-  std::string name;
+  const std::string* name;  // the key in Store::by_name_ (one copy of each name)
   StatType type;
   bool hidden;
+  uint32_t slots;
+  uint32_t refs;    // StatScopes holding it
+  bool permanent;   // also made outside any scope: never released
 };
+
+class StatScope;
 
 // All stats of the process. Stats are created at config time (main thread); on the data path a thread
 // only touches its own shard through the handles it was given.
@@ -58,7 +63,8 @@ class Store {
  public:
   explicit Store(uint32_t shards);
   // `hidden` stats are summed on request (value()) but not listed in snapshot(): per-host counters that
-  // /clusters shows, as Envoy keeps them out of /stats.
+  // /clusters shows, as Envoy keeps them out of /stats. Stats made here live as long as the process;
+  // those of resources that come and go (xDS clusters and their hosts) are made through a StatScope.
   Counter counter(const std::string& name, bool hidden = false);
   Gauge gauge(const std::string& name, bool hidden = false);
   Histogram histogram(const std::string& name);
@@ -77,15 +83,54 @@ class Store {
   int64_t value(const std::string& name) const;
   int64_t value(Counter c) const { return sum(c.index); }
   int64_t value(Gauge g) const { return sum(g.index); }
+  // Named stats, and slots in use (for tests and the memory figures).
+  size_t statCount() const;
+  uint32_t slotsInUse() const;
+  uint32_t slotHighWater() const;  // slots ever handed out (the shards' size)
 
  private:
-  uint32_t create(const std::string& name, StatType type, bool hidden, uint32_t slots = 1);
+  friend class StatScope;
+  uint32_t create(const std::string& name, StatType type, bool hidden, uint32_t slots, bool scoped);
+  // Drops a scope's reference; the last one removes the name and recycles the slots (zeroed).
+  void release(const std::vector<uint32_t>& indices);
   int64_t sum(uint32_t index) const;
   mutable std::mutex lock_;  // guards registration and the name list (never the data path)
   std::map<std::string, uint32_t> by_name_;
   std::map<uint32_t, StatInfo> infos_;  // by first slot
   uint32_t next_slot_ = 0;
+  uint32_t slots_in_use_ = 0;
+  std::map<uint32_t, std::vector<uint32_t>> free_slots_;  // recycled first slots, by slot count
   std::vector<std::unique_ptr<Shard>> shards_;
+};
+
+// The stats of one resource that config updates add and remove (a cluster with its hosts). Each stat it
+// makes is referenced until the scope is destroyed; a stat no scope (and no permanent maker) references
+// any more leaves /stats and its slots are reused. A resource updated under the same name gets the same
+// slots (the new scope takes its references before the old one lets go), so its counts carry on.
+// Everything holding the scope's handles must hold the scope's owner: after it goes, the slots may
+// belong to another stat.
+class StatScope {
+ public:
+  explicit StatScope(Store& store) : store_(store) {}
+  ~StatScope() { store_.release(held_); }
+  StatScope(const StatScope&) = delete;
+  StatScope& operator=(const StatScope&) = delete;
+  Counter counter(const std::string& name, bool hidden = false) {
+    return Counter{hold(store_.create(name, StatType::Counter, hidden, 1, true))};
+  }
+  Gauge gauge(const std::string& name, bool hidden = false) {
+    return Gauge{hold(store_.create(name, StatType::Gauge, hidden, 1, true))};
+  }
+  Histogram histogram(const std::string& name);
+  Store& store() { return store_; }
+
+ private:
+  uint32_t hold(uint32_t index) {
+    held_.push_back(index);
+    return index;
+  }
+  Store& store_;
+  std::vector<uint32_t> held_;
 };
 
 // The shard the current thread writes to; set once by each thread at start.

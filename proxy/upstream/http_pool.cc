@@ -237,6 +237,11 @@ void ActiveClient::onStreamDone(StreamWrapper& stream) {
 }
 
 void ActiveClient::onReusable() {
+  if (pool_.draining_ && active_streams_ == 0 && pool_.pending_.empty()) {
+    // The pool's host or cluster is gone: no next request.
+    close();
+    return;
+  }
   if (pool_.protocol_ != http::Protocol::Http2 && !codec_->canOpenStream()) {
     // An HTTP/1 connection that cannot carry another request (close, an unfinished exchange).
     close();
@@ -447,10 +452,12 @@ void HttpPool::onClientClosed(ActiveClient& client, bool connect_failed, bool ti
       pending_.pop_back();
       p->callbacks.onPoolFailure(timed_out ? PoolFailureReason::Timeout : PoolFailureReason::ConnectionFailure);
     }
+    maybeRelease();
     return;
   }
   processPending();
   if (connecting_capacity_ < pending_.size() && clients_.size() < cluster_->max_connections) createClient();
+  maybeRelease();
 }
 
 void HttpPool::cancelPending(Pending* p) {
@@ -460,6 +467,77 @@ void HttpPool::cancelPending(Pending* p) {
       return;
     }
   }
+}
+
+void HttpPool::drain() {
+  if (draining_) return;
+  draining_ = true;
+  // Idle connections close now (their close events come back through onClientClosed); busy ones close
+  // once their streams end (onReusable).
+  // Connecting ones too when no request waits for them.
+  if (pending_.empty()) {
+    std::vector<ActiveClient*> idle;
+    for (auto& c : clients_) {
+      if (c->active_streams_ == 0) idle.push_back(c.get());
+    }
+    for (ActiveClient* c : idle) c->close();
+  }
+  maybeRelease();
+}
+
+void HttpPool::maybeRelease() {
+  if (released_ || manager_ == nullptr || !idle()) return;
+  released_ = true;
+  manager_->release(*this);
+}
+
+HttpPoolManager::~HttpPoolManager() {
+  // Pools go before the dispatcher; none may call back into us while they are destroyed.
+  for (auto& [key, p] : pools_) p->manager_ = nullptr;
+  for (auto& [raw, p] : draining_) p->manager_ = nullptr;
+}
+
+void HttpPoolManager::release(HttpPool& pool) {
+  // Deferred: this runs inside the pool's own callbacks (a connection closing).
+  if (pool.draining_) {
+    auto it = draining_.find(&pool);
+    if (it == draining_.end()) return;
+    dispatcher_.deferredDelete(std::move(it->second));
+    draining_.erase(it);
+    return;
+  }
+  const Key key{pool.cluster_->index, pool.address_, pool.protocol_};
+  auto it = pools_.find(key);
+  if (it == pools_.end() || it->second.get() != &pool) return;
+  dispatcher_.deferredDelete(std::move(it->second));
+  pools_.erase(it);
+}
+
+void HttpPoolManager::onConfig(const std::vector<config::ClusterConstSharedPtr>& clusters_by_index) {
+  std::vector<HttpPool*> to_drain;
+  for (auto it = pools_.begin(); it != pools_.end();) {
+    const config::Cluster* c = it->first.cluster < clusters_by_index.size() ? clusters_by_index[it->first.cluster].get()
+                                                                              : nullptr;
+    bool keep = c != nullptr;
+    if (keep && c->type != config::Cluster::Type::OriginalDst) {
+      keep = false;
+      for (const auto& h : c->hosts) {
+        if (h.address == it->first.address) {
+          keep = true;
+          break;
+        }
+      }
+    }
+    if (keep) {
+      ++it;
+      continue;
+    }
+    HttpPool* raw = it->second.get();
+    draining_.emplace(raw, std::move(it->second));
+    it = pools_.erase(it);
+    to_drain.push_back(raw);
+  }
+  for (HttpPool* p : to_drain) p->drain();
 }
 
 bool HttpPoolManager::Key::operator<(const Key& o) const {
@@ -478,6 +556,7 @@ HttpPool& HttpPoolManager::pool(const config::ClusterConstSharedPtr& cluster, co
     return *it->second;
   }
   auto p = std::make_unique<HttpPool>(dispatcher_, cluster, host.address, host.host, protocol);
+  p->manager_ = this;
   HttpPool& ref = *p;
   pools_.emplace(key, std::move(p));
   return ref;

@@ -33,15 +33,16 @@ class Cancellable {
 };
 
 class ActiveClient;
+class HttpPoolManager;
 
 // The connections of one worker to one upstream address with one protocol. HTTP/1: one request per
 // connection at a time, idle connections kept for reuse. HTTP/2: streams multiplexed up to the peer's
 // limit, more connections opened as needed.
-class HttpPool {
+class HttpPool : public event::DeferredDeletable {
  public:
   HttpPool(event::Dispatcher& dispatcher, config::ClusterConstSharedPtr cluster, network::Address address,
            const config::Host* host, http::Protocol protocol);
-  ~HttpPool();
+  ~HttpPool() override;
 
   // Either calls onPoolReady/onPoolFailure before returning (and returns nullptr), or queues the
   // request and returns a handle to cancel it.
@@ -54,8 +55,14 @@ class HttpPool {
     setHost(host);
   }
   const config::Cluster* cluster() const { return cluster_.get(); }
+  // The host or cluster left the config: idle connections close now, busy ones after their requests, and
+  // the pool is released when it has none left. Requests already waiting are still served.
+  void drain();
+  bool draining() const { return draining_; }
+  const network::Address& address() const { return address_; }
 
  private:
+  friend class HttpPoolManager;
   friend class ActiveClient;
   struct Pending;
   void onClientReady(ActiveClient& client);
@@ -64,6 +71,8 @@ class HttpPool {
   void processPending();
   void createClient();
   void cancelPending(Pending* p);
+  // Tells the manager once the pool has neither connections nor waiting requests.
+  void maybeRelease();
 
   event::Dispatcher& dispatcher_;
   config::ClusterConstSharedPtr cluster_;
@@ -81,24 +90,37 @@ class HttpPool {
   std::list<std::unique_ptr<Pending>> pending_;
   std::vector<ActiveClient*> idle_;  // HTTP/1 connections free for a request, most recent last
   uint32_t connecting_capacity_ = 0;  // streams the connecting clients will be able to take
+  HttpPoolManager* manager_ = nullptr;
+  bool draining_ = false;
+  bool released_ = false;
 };
 
-// A worker's pools, keyed by (cluster, address, protocol). Pools whose cluster left the config are
-// dropped once idle.
+// A worker's pools, keyed by (cluster, address, protocol). A pool goes when its last connection does
+// (an idle timeout, the upstream closing) with no request waiting; a pool whose cluster or host left the
+// config drains first. So pools, and the config objects they hold, do not pile up as endpoints come and go.
 class HttpPoolManager {
  public:
   explicit HttpPoolManager(event::Dispatcher& dispatcher) : dispatcher_(dispatcher) {}
+  ~HttpPoolManager();
   HttpPool& pool(const config::ClusterConstSharedPtr& cluster, const config::HostChoice& host, http::Protocol protocol);
+  // A new config: drains the pools of clusters it no longer has, and of hosts an endpoint-listed cluster
+  // (STATIC, EDS) no longer lists. `clusters_by_index` is the worker's table (null where none).
+  void onConfig(const std::vector<config::ClusterConstSharedPtr>& clusters_by_index);
+  size_t poolCount() const { return pools_.size() + draining_.size(); }
 
  private:
+  friend class HttpPool;
   struct Key {
     uint32_t cluster;  // the cluster's stable index: pools outlive config updates of their cluster
     network::Address address;
     http::Protocol protocol;
     bool operator<(const Key& o) const;
   };
+  void release(HttpPool& pool);
+
   event::Dispatcher& dispatcher_;
   std::map<Key, std::unique_ptr<HttpPool>> pools_;
+  std::map<HttpPool*, std::unique_ptr<HttpPool>> draining_;
 };
 
 }  // namespace strait::upstream

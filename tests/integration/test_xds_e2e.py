@@ -740,6 +740,53 @@ def test_keepalive_connection_follows_rds_and_eds(env, mode):
     assert not problems, "; ".join(problems)
 
 
+def test_removed_endpoint_and_cluster_release_connections_and_stats(env):
+    """What config updates take away is let go: the pooled connection to an endpoint EDS removed is
+    closed at once (not after the hour of idle timeout), and a cluster CDS removed leaves /stats. Without
+    this, pools and stats of every endpoint and cluster ever seen pile up in a long-lived sidecar."""
+    proc = env.standard()
+    xds = env.xds
+    a, b = env.origins["a"], env.origins["b"]
+
+    def open_conns(o: Origin) -> int:
+        with o.lock:
+            return len(o.conns)
+
+    for _ in range(3):
+        assert fetch(env.port, "/b").origin == "b"
+    deadline = time.monotonic() + 5
+    while open_conns(b) == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert open_conns(b) >= 1, "no pooled keep-alive connection to origin b"
+
+    # EDS: cluster-b's only endpoint becomes origin a's. The idle pooled connection to b must close.
+    seq = last_response_seq(xds)
+    xds.set_resources([cla(CLUSTER_B, [a.port])])
+    _, reply = wait_reply(xds, EDS, seq)
+    assert reply["kind"] == "ack", reply
+    deadline = time.monotonic() + 5
+    while open_conns(b) > 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert open_conns(b) == 0, f"{open_conns(b)} connection(s) to the removed endpoint still open"
+    assert fetch(env.port, "/b").origin == "a"
+
+    # CDS: cluster-b goes (its route first points elsewhere). Its stats leave /stats.
+    assert proc.stats().get("cluster.cluster-b.upstream_rq_total", 0) >= 1
+    seq = last_response_seq(xds)
+    xds.set_resources([main_routes(b=CLUSTER_A)])
+    _, reply = wait_reply(xds, RDS, seq)
+    assert reply["kind"] == "ack", reply
+    seq = last_response_seq(xds)
+    xds.remove(CDS, [CLUSTER_B])
+    _, reply = wait_reply(xds, CDS, seq)
+    assert reply["kind"] == "ack", reply
+    stats = proc.wait_stats(lambda st: not any(k.startswith("cluster.cluster-b.") for k in st), timeout=5)
+    left = sorted(k for k in stats if k.startswith("cluster.cluster-b."))
+    assert not left, f"stats of the removed cluster are still listed: {left[:5]}"
+    assert stats.get("cluster.cluster-a.upstream_rq_total", 0) >= 1  # the other cluster's stay
+    assert fetch(env.port, "/b").origin == "a"
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_rds_update_under_keepalive_load_without_failures(env, mode):
     env.standard(drain_time_s=1)

@@ -27,7 +27,8 @@ std::string writeTemp(const std::string& text) {
 
 absl::StatusOr<config::SnapshotConstSharedPtr> load(const std::string& yaml) {
   registerAll();
-  stats::Store store(1);
+  // Outlives every snapshot the tests keep: clusters release their stats into it when destroyed.
+  static stats::Store store(1);
   config::LoadOptions o;
   o.path = writeTemp(yaml);
   auto r = config::loadBootstrap(o, store);
@@ -78,7 +79,7 @@ TEST_CASE("Bootstrap: a valid file becomes a snapshot") {
 
 TEST_CASE("Bootstrap: the embedded default loads") {
   registerAll();
-  stats::Store store(1);
+  static stats::Store store(1);
   auto snap = config::loadBootstrap(config::LoadOptions{}, store);
   REQUIRE(snap.ok());
   REQUIRE((*snap)->listeners.size() == 2);

@@ -1,5 +1,9 @@
 #include <catch2/catch.hpp>
+#include <algorithm>
+#include <memory>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "proxy/stats/stats.h"
 
@@ -75,4 +79,87 @@ TEST_CASE("Stats: histograms bucket samples and render cumulative Prometheus buc
   REQUIRE(out.find("envoy_http_downstream_rq_time_count{envoy_http_conn_manager_prefix=\"in\"} 3\n") !=
           std::string::npos);
   REQUIRE(histogramSummary(*hv).find("P50(<=5ms)") != std::string::npos);
+}
+
+TEST_CASE("Stats: scoped stats live while a scope holds them, then leave and their slots are reused zeroed") {
+  Store store(2);
+  setThreadShard(&store.shard(1));
+  const size_t base = store.statCount();
+  uint32_t old_counter_slot;
+  {
+    auto first = std::make_unique<StatScope>(store);
+    Counter rq = first->counter("cluster.a.upstream_rq_total");
+    Histogram t = first->histogram("cluster.a.upstream_rq_time");
+    Gauge host = first->gauge("cluster.a.host.10.0.0.1:80.cx_active", true);
+    old_counter_slot = rq.index;
+    inc(rq, 5);
+    record(t, 2000);
+    add(host, 3);
+    REQUIRE(store.statCount() == base + 3);
+
+    // An update of the same cluster: the new scope takes the same stats before the old one goes.
+    auto second = std::make_unique<StatScope>(store);
+    REQUIRE(second->counter("cluster.a.upstream_rq_total").index == rq.index);
+    REQUIRE(second->histogram("cluster.a.upstream_rq_time").index == t.index);
+    first.reset();
+    REQUIRE(store.value("cluster.a.upstream_rq_total") == 5);  // counts carry on
+    REQUIRE(store.statCount() == base + 2);                    // the host the update dropped is gone
+    REQUIRE(store.value("cluster.a.host.10.0.0.1:80.cx_active") == 0);
+    // The last holder goes: the cluster's stats leave the listing.
+  }
+  REQUIRE(store.statCount() == base);
+  for (const auto& v : store.snapshot()) REQUIRE(v.name.rfind("cluster.a.", 0) != 0);
+  REQUIRE(store.slotsInUse() == 0);
+
+  // A new stat of one slot reuses a freed slot, and starts from zero in every shard.
+  StatScope next(store);
+  Counter fresh = next.counter("cluster.b.upstream_rq_total");
+  REQUIRE(store.value(fresh) == 0);
+  REQUIRE(store.slotsInUse() == 1);
+  (void)old_counter_slot;
+  // A histogram's run of slots is reused by a histogram, zeroed too.
+  Histogram h = next.histogram("cluster.b.upstream_rq_time");
+  for (const auto& v : store.snapshot()) {
+    if (v.name == "cluster.b.upstream_rq_time") REQUIRE(v.value == 0);
+  }
+  (void)h;
+}
+
+TEST_CASE("Stats: a stat also made outside any scope is never released") {
+  Store store(1);
+  setThreadShard(&store.shard(0));
+  Counter permanent = store.counter("listener.x.downstream_cx_total");
+  {
+    StatScope scope(store);
+    REQUIRE(scope.counter("listener.x.downstream_cx_total").index == permanent.index);
+    inc(permanent, 2);
+  }
+  REQUIRE(store.value("listener.x.downstream_cx_total") == 2);
+  REQUIRE(store.statCount() == 1);
+}
+
+TEST_CASE("Stats: churning scopes with new names does not grow the slot space") {
+  // xDS churn: every round brings clusters under new names and drops the previous round's. Slots must be
+  // recycled, or the store would grow without bound (and reach its hard limit).
+  Store store(2);
+  uint32_t peak = 0;
+  uint32_t high_water_after_first_round = 0;
+  for (int round = 0; round < 50; ++round) {
+    std::vector<std::unique_ptr<StatScope>> scopes;
+    for (int c = 0; c < 100; ++c) {
+      auto s = std::make_unique<StatScope>(store);
+      const std::string p = "cluster.r" + std::to_string(round) + "-c" + std::to_string(c) + ".";
+      s->counter(p + "upstream_rq_total");
+      s->gauge(p + "upstream_cx_active");
+      s->histogram(p + "upstream_rq_time");
+      scopes.push_back(std::move(s));
+    }
+    peak = std::max(peak, store.slotsInUse());
+    if (round == 0) high_water_after_first_round = store.slotHighWater();
+  }
+  // Each round's scopes go at the end of the round, so every later round fits in the slots the first took.
+  REQUIRE(store.slotHighWater() == high_water_after_first_round);
+  REQUIRE(store.slotsInUse() == 0);
+  REQUIRE(store.statCount() == 0);
+  REQUIRE(peak == 100 * (2 + kHistogramBuckets + 1));
 }
