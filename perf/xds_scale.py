@@ -138,6 +138,13 @@ class Run:
                 key = line.split(":", 1)[0]
                 if key in ("VmRSS", "VmHWM"):
                     out[key] = int(line.split()[1])
+        # Heap the allocator reports in use (admin /memory), in KiB like the rest.
+        code, text = self.get("/memory")
+        if code == 200:
+            try:
+                out["HeapAllocated"] = int(json.loads(text)["allocated"]) // 1024
+            except (ValueError, KeyError):
+                pass
         return out
 
     def stats(self) -> dict:
@@ -300,8 +307,8 @@ class Run:
         if aborted:
             lines += [f"**Run aborted:** {aborted}", ""]
         lines += ["| clusters | API call (s) | CDS response -> ACK (ms) | EDS response -> ACK (ms) | total (s) | "
-                  "VmRSS before -> after (MiB) | VmHWM after (MiB) | RSS over empty, per cluster (KiB) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "VmRSS before -> after (MiB) | VmHWM after (MiB) | RSS over empty, per cluster (KiB) | heap in use after (MiB) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         base = self.rows[0].get("mem_after", {}).get("VmRSS") if self.rows else None
 
         def mib(kib):
@@ -321,18 +328,20 @@ class Run:
             total = f"{row['total_s']:.2f}" if "total_s" in row else "-"
             if row.get("removed"):
                 lines.append(f"| 0 (all removed) | - | {ack(row.get('cds'))} | - | {total} | "
-                             f"{mib(before.get('VmRSS'))} -> {mib(after.get('VmRSS'))} | {mib(after.get('VmHWM'))} | - |")
+                             f"{mib(before.get('VmRSS'))} -> {mib(after.get('VmRSS'))} | {mib(after.get('VmHWM'))} | - | "
+                             f"{mib(after.get('HeapAllocated'))} |")
                 continue
             if row["clusters"] == 0:
                 lines.append(f"| 0 (ready, empty) | - | - | - | - | {mib(after.get('VmRSS'))} | "
-                             f"{mib(after.get('VmHWM'))} | - |")
+                             f"{mib(after.get('VmHWM'))} | - | {mib(after.get('HeapAllocated'))} |")
                 continue
             per = "-"
             if isinstance(base, int) and isinstance(after.get("VmRSS"), int):
                 per = f"{(after['VmRSS'] - base) / row['clusters']:.1f}"
             lines.append(f"| {row['clusters']} | {row.get('api_call_s', 0):.2f} | {ack(row.get('cds'))} | "
                          f"{ack(row.get('eds'))} | {total} | {mib(before.get('VmRSS'))} -> "
-                         f"{mib(after.get('VmRSS'))} | {mib(after.get('VmHWM'))} | {per} |")
+                         f"{mib(after.get('VmRSS'))} | {mib(after.get('VmHWM'))} | {per} | "
+                         f"{mib(after.get('HeapAllocated'))} |")
         lines.append("")
         for row in self.rows:
             if row.get("stats"):

@@ -1,5 +1,8 @@
 #include "proxy/server/admin.h"
 
+#include <malloc.h>
+#include <unistd.h>
+
 #include <llhttp.h>
 
 #include <algorithm>
@@ -75,6 +78,7 @@ const char* kPaths[][2] = {
     {"/", "this list"},
     {"/ready", "200 LIVE when serving, 503 otherwise"},
     {"/server_info", "version, state, uptime, node, options (JSON)"},
+    {"/memory", "heap in use and held by the allocator, RSS (JSON)"},
     {"/stats", "all stats as 'name: value' (?filter=RE2, ?format=json)"},
     {"/stats/prometheus", "stats in Prometheus text format"},
     {"/config_dump", "the effective configuration (JSON)"},
@@ -230,6 +234,23 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
   if (path == "/ready") {
     r.status = server_.state() == Server::State::Live ? 200 : 503;
     r.body = std::string(server_.stateName()) + "\n";
+    return r;
+  }
+  if (path == "/memory") {
+    // Envoy's field names where they mean the same; glibc has no page heap, so "pageheap_free" is the
+    // free memory malloc still holds (it goes back to the system on trim).
+    const struct mallinfo2 mi = mallinfo2();
+    const uint64_t heap = mi.arena + mi.hblkhd;
+    long rss_pages = 0;
+    if (FILE* f = std::fopen("/proc/self/statm", "r")) {
+      long size_pages = 0;
+      if (std::fscanf(f, "%ld %ld", &size_pages, &rss_pages) != 2) rss_pages = 0;
+      std::fclose(f);
+    }
+    r.content_type = "application/json";
+    r.body = absl::StrCat("{\"allocated\":\"", mi.uordblks + mi.hblkhd, "\",\"heap_size\":\"", heap,
+                          "\",\"pageheap_free\":\"", mi.fordblks, "\",\"releasable\":\"", mi.keepcost,
+                          "\",\"total_physical_bytes\":\"", static_cast<uint64_t>(rss_pages) * static_cast<uint64_t>(sysconf(_SC_PAGESIZE)), "\"}\n");
     return r;
   }
   if (path == "/server_info") {

@@ -1,5 +1,7 @@
 #include "proxy/server/xds_applier.h"
 
+#include <malloc.h>
+
 #include <chrono>
 #include <ctime>
 
@@ -219,10 +221,23 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
   auto st = server_.applySnapshot(built->snapshot);
   if (!st.ok()) return st;
   snapshot_ = built->snapshot;
+  // Endpoints and route configurations nothing refers to any more (their cluster or listener went) are
+  // dropped with their subscription: neither state of the world nor delta sends a removal for a name we
+  // stop asking for, and kept they would pile up with every cluster ever seen.
+  std::erase_if(next->endpoints, [&](const auto& kv) { return built->eds_names.count(kv.first) == 0; });
+  std::erase_if(next->routes, [&](const auto& kv) { return built->rds_names.count(kv.first) == 0; });
   {
     std::lock_guard<std::mutex> lock(mu_);
     sources_ = next;
   }
+  // The previous config's protos, clusters and stats were just freed (the workers have moved on). glibc
+  // keeps freed heap for reuse and RSS would stay at its peak after clusters go: hand it back.
+  const auto trim_start = std::chrono::steady_clock::now();
+  malloc_trim(0);
+  LOG_DEBUG("xds: malloc_trim took %lld us",
+            static_cast<long long>(std::chrono::duration_cast<std::chrono::microseconds>(
+                                       std::chrono::steady_clock::now() - trim_start)
+                                       .count()));
   // Ask for what the new config refers to (full sets, as SotW wants).
   client_->setResourceNames(xds::kRouteType, {built->rds_names.begin(), built->rds_names.end()});
   client_->setResourceNames(xds::kEndpointType, {built->eds_names.begin(), built->eds_names.end()});

@@ -71,6 +71,18 @@ def test_server_info(fleet):
     assert "command_line_options" in info, info
 
 
+def test_memory(fleet):
+    env = _start_env(fleet)
+    resp = env.proc.get("/memory")
+    assert resp.status == 200, resp
+    mem = {k: int(v) for k, v in resp.json().items()}
+    assert {"allocated", "heap_size", "pageheap_free", "total_physical_bytes"} <= set(mem), mem
+    assert 0 < mem["allocated"] <= mem["heap_size"], mem
+    # The resident size is the process's own, as /proc reports it (within what changed in between).
+    rss = harness.proc_status_kib(env.proc.pid, "VmRSS") * 1024
+    assert abs(mem["total_physical_bytes"] - rss) < 0.25 * rss, (mem, rss)
+
+
 def test_stats_lists_contract_names(fleet):
     env = _start_env(fleet)
     _echo_once(env.port)

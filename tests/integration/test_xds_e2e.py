@@ -785,6 +785,11 @@ def test_removed_endpoint_and_cluster_release_connections_and_stats(env):
     assert not left, f"stats of the removed cluster are still listed: {left[:5]}"
     assert stats.get("cluster.cluster-a.upstream_rq_total", 0) >= 1  # the other cluster's stay
     assert fetch(env.port, "/b").origin == "a"
+    # Its ClusterLoadAssignment is dropped with the subscription (no removal ever comes for it).
+    dump, _ = config_dump(proc)
+    eps = [e.get("endpoint_config", {}).get("cluster_name")
+           for e in dump_section(dump, "EndpointsConfigDump").get("dynamic_endpoint_configs", [])]
+    assert CLUSTER_B not in eps and SERVICE_A in eps, f"dynamic_endpoint_configs: {eps}"
 
 
 @pytest.mark.parametrize("mode", MODES)
