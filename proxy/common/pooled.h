@@ -9,7 +9,8 @@ namespace strait::common {
 // (streams, header maps, the router). glibc keeps only seven chunks of a size in its per-thread cache; an
 // HTTP/2 connection with many streams in flight overflows it and every further malloc/free of that size
 // goes through the arena's bins and consolidation. A class opts in by deriving from Pooled<itself>; freed
-// objects wait in a bounded list on the freeing thread for the next allocation of the same size.
+// objects wait in a list on the freeing thread (at most 256 KiB of them per class) for the next
+// allocation of the same size.
 template <typename T>
 class Pooled {
  public:
@@ -30,7 +31,7 @@ class Pooled {
   static void operator delete(void* p, size_t size) {
     if (p == nullptr) return;
     FreeList& fl = freeList();
-    if (size == sizeof(T) && fl.count < kMaxPooled) {
+    if (size == sizeof(T) && fl.count < kMaxPooled / sizeof(T) + 1) {
       Node* n = static_cast<Node*>(p);
       n->next = fl.head;
       fl.head = n;
@@ -41,7 +42,8 @@ class Pooled {
   }
 
  private:
-  static constexpr size_t kMaxPooled = 1024;
+  // Bytes one thread keeps per class (so a burst of streams does not leave megabytes behind).
+  static constexpr size_t kMaxPooled = 256 * 1024;
   struct Node {
     Node* next;
   };

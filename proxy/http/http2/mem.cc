@@ -13,9 +13,11 @@ namespace {
 constexpr uint32_t kClasses = 7;  // 64 B .. 4 KiB
 constexpr uint32_t kDirect = 0xff;
 constexpr size_t kHeader = 16;
-constexpr size_t kMaxPerClass = 256;
+// What one thread keeps per class: 64 KiB (1024 blocks of 64 B, 16 of 4 KiB), under 0.5 MiB in all.
+constexpr size_t kMaxBytesPerClass = 64 * 1024;
 
 size_t classSize(uint32_t c) { return size_t{64} << c; }
+size_t maxPerClass(uint32_t c) { return kMaxBytesPerClass / classSize(c); }
 
 uint32_t classFor(size_t size) {
   for (uint32_t c = 0; c < kClasses; ++c) {
@@ -82,7 +84,7 @@ void release(void* ptr, void*) {
     return;
   }
   Cache& cache = t_cache;
-  if (cache.count[c] >= kMaxPerClass) {
+  if (cache.count[c] >= maxPerClass(c)) {
     std::free(raw);
     return;
   }
