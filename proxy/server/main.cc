@@ -1,4 +1,8 @@
+#include <malloc.h>
+
 #include <cstdio>
+#include <cstdlib>
+#include <cstring>
 
 #include "filters/http/router.h"
 #include "filters/network/tcp_proxy.h"
@@ -7,8 +11,24 @@
 #include "proxy/server/options.h"
 #include "proxy/server/server.h"
 
+namespace {
+
+// glibc hands freed memory at the top of a heap back to the kernel once more than 128 KiB is free there,
+// and a proxy's buffers come and go faster than that: 64 connections streaming 64 KiB responses took
+// 1.6 page faults per request (each one a fresh zeroed page) and about 8% more system time. Up to 8 MiB
+// free per heap now stays mapped for reuse; more than that is still returned, and every applied xDS
+// update trims fully. GLIBC_TUNABLES=glibc.malloc.trim_threshold=N still decides when it is set.
+void keepFreedHeapForReuse() {
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  if (tunables != nullptr && std::strstr(tunables, "trim_threshold") != nullptr) return;
+  mallopt(M_TRIM_THRESHOLD, 8 * 1024 * 1024);
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   using namespace strait;
+  keepFreedHeapForReuse();
   auto options = server::parseOptions(argc, argv);
   if (!options.ok()) {
     std::fprintf(stderr, "strait: %s\n%s", std::string(options.status().message()).c_str(), server::usage());
