@@ -69,17 +69,28 @@ std::string Address::ip() const {
   return buf;
 }
 
+// Built by appending: GCC 12's -Wrestrict reports a false positive on `"[" + std::string` at -O3.
 std::string Address::asString() const {
-  if (isV6()) return "[" + ip() + "]:" + std::to_string(port());
-  return ip() + ":" + std::to_string(port());
+  std::string s;
+  if (isV6()) s.push_back('[');
+  s.append(ip());
+  if (isV6()) s.push_back(']');
+  s.push_back(':');
+  s.append(std::to_string(port()));
+  return s;
 }
 
 std::string Address::statName() const {
-  std::string s = isV6() ? "[" + ip() + "]" : ip();
+  std::string s;
+  if (isV6()) s.push_back('[');
+  s.append(ip());
+  if (isV6()) s.push_back(']');
   for (char& c : s) {
     if (c == ':') c = '_';
   }
-  return s + "_" + std::to_string(port());
+  s.push_back('_');
+  s.append(std::to_string(port()));
+  return s;
 }
 
 bool Address::isAnyAddress() const {
