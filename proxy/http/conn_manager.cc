@@ -874,6 +874,7 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
       }
       return fieldError(fp + ".typed_config", absl::StrCat("unsupported HTTP filter type '", f.typed_config().type_url(), "'"));
     }
+    fctx.filter_name = f.name();
     auto factory = it->second.fn(f.typed_config(), fp + ".typed_config", fctx);
     if (!factory.ok()) return factory.status();
     cfg->filters.push_back(*factory);

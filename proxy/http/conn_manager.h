@@ -87,7 +87,9 @@ void registerHttpConnectionManager();
 struct HttpFilterContext {
   stats::Store& store;
   const std::map<std::string, config::ClusterConstSharedPtr>& clusters;
-  const std::string& stat_prefix;
+  const std::string& stat_prefix;  // the HCM's (its stats are http.<stat_prefix>.*)
+  // The HttpFilter's `name`: what routes' typed_per_filter_config calls this filter.
+  std::string filter_name = {};
 };
 using HttpFilterFactoryFn = std::function<absl::StatusOr<HttpFilterFactorySharedPtr>(
     const google::protobuf::Any& typed_config, const std::string& field_path, HttpFilterContext& ctx)>;

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "envoy/config/route/v3/route.pb.h"
 #include "envoy/type/matcher/v3/string.pb.h"
+#include "proxy/http/matchers.h"
 
 namespace strait::http {
 
@@ -25,8 +26,6 @@ namespace core_v3 = envoy::config::core::v3;
 
 namespace {
 
-// RE2 program size above which a regex is rejected (Istio raises Envoy's limit to this value).
-constexpr int kMaxRegexProgramSize = 32768;
 constexpr uint32_t kDefaultMaxDirectResponseBody = 4096;
 
 absl::Status fieldError(const std::string& path, const std::string& what) {
@@ -54,18 +53,6 @@ bool startsWithLower(std::string_view s, std::string_view lower_prefix) {
   return s.size() >= lower_prefix.size() && equalsLower(lower_prefix, s.substr(0, lower_prefix.size()));
 }
 
-bool endsWithLower(std::string_view s, std::string_view lower_suffix) {
-  return s.size() >= lower_suffix.size() && equalsLower(lower_suffix, s.substr(s.size() - lower_suffix.size()));
-}
-
-bool containsLower(std::string_view s, std::string_view lower_needle) {
-  if (lower_needle.size() > s.size()) return false;
-  for (size_t i = 0; i + lower_needle.size() <= s.size(); ++i) {
-    if (equalsLower(lower_needle, s.substr(i, lower_needle.size()))) return true;
-  }
-  return false;
-}
-
 // Three-way comparison of a lower-case key with `s` as if `s` were lower-cased.
 int compareLower(std::string_view lower, std::string_view s) {
   const size_t n = std::min(lower.size(), s.size());
@@ -88,28 +75,6 @@ const T* findLower(const std::vector<std::pair<std::string, T>>& sorted, std::st
 
 re2::StringPiece piece(std::string_view s) { return re2::StringPiece(s.data(), s.size()); }
 
-// RFC 9110 token characters.
-bool isTokenChar(unsigned char c) {
-  if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')) return true;
-  switch (c) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+': case '-': case '.':
-    case '^': case '_': case '`': case '|': case '~':
-      return true;
-    default:
-      return false;
-  }
-}
-
-bool isValidHeaderName(std::string_view name) {
-  if (name.empty()) return false;
-  size_t i = name[0] == ':' ? 1 : 0;  // pseudo-header
-  if (i == name.size()) return false;
-  for (; i < name.size(); ++i) {
-    if (!isTokenChar(static_cast<unsigned char>(name[i]))) return false;
-  }
-  return true;
-}
-
 bool hasForbiddenValueChar(std::string_view v) {
   for (char c : v) {
     if (c == '\0' || c == '\r' || c == '\n') return true;
@@ -123,159 +88,6 @@ absl::Status durationMs(const google::protobuf::Duration& d, const std::string& 
   out = static_cast<uint64_t>(d.seconds()) * 1000 + static_cast<uint64_t>(d.nanos()) / 1000000;
   if (out == 0 && d.nanos() > 0) out = 1;
   return absl::OkStatus();
-}
-
-absl::StatusOr<std::shared_ptr<const re2::RE2>> compileRegex(const std::string& pattern, const std::string& path) {
-  if (pattern.empty()) return fieldError(path, "regex must not be empty");
-  re2::RE2::Options opts;
-  opts.set_log_errors(false);
-  auto re = std::make_shared<const re2::RE2>(pattern, opts);
-  if (!re->ok()) return fieldError(path, absl::StrCat("invalid regex: ", re->error()));
-  if (re->ProgramSize() > kMaxRegexProgramSize) {
-    return fieldError(path, absl::StrCat("regex program size ", re->ProgramSize(), " is over the limit of ",
-                                         kMaxRegexProgramSize));
-  }
-  return re;
-}
-
-// ---- matchers ---------------------------------------------------------------------------------------
-
-struct StringMatch {
-  enum class Type { Exact, Prefix, Suffix, Contains, Regex };
-  Type type = Type::Exact;
-  std::string value;  // lower case when ignore_case
-  bool ignore_case = false;
-  std::shared_ptr<const re2::RE2> regex;
-
-  bool match(std::string_view v) const {
-    switch (type) {
-      case Type::Exact:
-        return ignore_case ? equalsLower(value, v) : v == value;
-      case Type::Prefix:
-        return ignore_case ? startsWithLower(v, value) : v.starts_with(value);
-      case Type::Suffix:
-        return ignore_case ? endsWithLower(v, value) : v.ends_with(value);
-      case Type::Contains:
-        return ignore_case ? containsLower(v, value) : v.find(value) != std::string_view::npos;
-      case Type::Regex:
-        return re2::RE2::FullMatch(piece(v), *regex);
-    }
-    return false;
-  }
-};
-
-absl::Status buildStringMatch(const matcher_v3::StringMatcher& m, const std::string& path, StringMatch& out) {
-  out.ignore_case = m.ignore_case();
-  auto literal = [&](StringMatch::Type type, const std::string& value, const char* field,
-                     bool allow_empty) -> absl::Status {
-    if (value.empty() && !allow_empty) return fieldError(absl::StrCat(path, ".", field), "must not be empty");
-    out.type = type;
-    out.value = out.ignore_case ? lowerString(value) : value;
-    return absl::OkStatus();
-  };
-  switch (m.match_pattern_case()) {
-    case matcher_v3::StringMatcher::kExact:
-      return literal(StringMatch::Type::Exact, m.exact(), "exact", true);
-    case matcher_v3::StringMatcher::kPrefix:
-      return literal(StringMatch::Type::Prefix, m.prefix(), "prefix", false);
-    case matcher_v3::StringMatcher::kSuffix:
-      return literal(StringMatch::Type::Suffix, m.suffix(), "suffix", false);
-    case matcher_v3::StringMatcher::kContains:
-      return literal(StringMatch::Type::Contains, m.contains(), "contains", false);
-    case matcher_v3::StringMatcher::kSafeRegex: {
-      auto re = compileRegex(m.safe_regex().regex(), path + ".safe_regex.regex");
-      if (!re.ok()) return re.status();
-      out.type = StringMatch::Type::Regex;
-      out.regex = *std::move(re);
-      out.ignore_case = false;  // Envoy: ignore_case does not apply to safe_regex
-      return absl::OkStatus();
-    }
-    case matcher_v3::StringMatcher::MATCH_PATTERN_NOT_SET:
-      break;
-  }
-  return fieldError(path, "one of exact, prefix, suffix, contains, safe_regex is required");
-}
-
-// Where a header matcher reads its value.
-enum class HeaderSource { Map, Method, Path, Authority, Scheme, Protocol };
-
-struct HeaderMatch {
-  enum class Type { Present, Range, String };
-  std::string name;  // lower case
-  HeaderSource source = HeaderSource::Map;
-  Type type = Type::Present;
-  bool present = true;  // Type::Present: true matches a present header, false an absent one
-  int64_t range_start = 0;
-  int64_t range_end = 0;
-  StringMatch string_match;
-  bool invert = false;
-  bool treat_missing_as_empty = false;
-
-  bool match(const RequestHeaders& headers) const;
-};
-
-// The value of a header for matching: repeated headers are joined with "," as Envoy does (in a
-// per-thread buffer that only grows, so steady state does not allocate). False when absent.
-bool headerValue(const RequestHeaders& headers, const HeaderMatch& m, std::string_view& out) {
-  auto pseudo = [&](const std::string& v) {
-    if (v.empty()) return false;
-    out = v;
-    return true;
-  };
-  switch (m.source) {
-    case HeaderSource::Method: return pseudo(headers.method);
-    case HeaderSource::Path: return pseudo(headers.path);
-    case HeaderSource::Authority: return pseudo(headers.authority);
-    case HeaderSource::Scheme: return pseudo(headers.scheme);
-    case HeaderSource::Protocol: return pseudo(headers.protocol);
-    case HeaderSource::Map: break;
-  }
-  thread_local std::string joined;
-  const std::string* first = nullptr;
-  bool multiple = false;
-  for (const auto& e : headers.entries()) {
-    if (!equalsLower(m.name, e.name)) continue;
-    if (first == nullptr) {
-      first = &e.value;
-    } else {
-      if (!multiple) {
-        joined.assign(*first);
-        multiple = true;
-      }
-      joined.push_back(',');
-      joined.append(e.value);
-    }
-  }
-  if (first == nullptr) return false;
-  out = multiple ? std::string_view(joined) : std::string_view(*first);
-  return true;
-}
-
-bool HeaderMatch::match(const RequestHeaders& headers) const {
-  std::string_view value;
-  if (!headerValue(headers, *this, value)) {
-    if (!treat_missing_as_empty) {
-      // Envoy: a missing header only satisfies "present_match: false" (or an inverted "present_match: true").
-      return type == Type::Present && (invert ? present : !present);
-    }
-    value = {};
-  }
-  bool result = false;
-  switch (type) {
-    case Type::Present:
-      result = present;
-      break;
-    case Type::Range: {
-      int64_t v = 0;
-      result = absl::SimpleAtoi(absl::string_view(value.data(), value.size()), &v) && v >= range_start &&
-               v < range_end;
-      break;
-    }
-    case Type::String:
-      result = string_match.match(value);
-      break;
-  }
-  return result != invert;
 }
 
 struct QueryMatch {
@@ -576,6 +388,32 @@ struct Context {
   uint32_t max_direct_body;
 };
 
+std::map<std::string, PerFilterConfigParser>& perFilterConfigParsers() {
+  static auto* parsers = new std::map<std::string, PerFilterConfigParser>;
+  return *parsers;
+}
+
+// Parses the entries of a typed_per_filter_config map whose type has a registered parser, in name order
+// (so the first error is always the same one).
+absl::Status parsePerFilterConfigs(const google::protobuf::Map<std::string, google::protobuf::Any>& configs,
+                                   const std::string& path,
+                                   std::vector<std::pair<std::string, RouteSpecificFilterConfigConstSharedPtr>>& out) {
+  if (configs.empty()) return absl::OkStatus();
+  std::vector<const std::string*> names;
+  for (const auto& [name, any] : configs) names.push_back(&name);
+  std::sort(names.begin(), names.end(), [](const std::string* a, const std::string* b) { return *a < *b; });
+  const auto& parsers = perFilterConfigParsers();
+  for (const std::string* name : names) {
+    const google::protobuf::Any& any = configs.at(*name);
+    auto it = parsers.find(any.type_url());
+    if (it == parsers.end()) continue;
+    auto parsed = it->second(any, absl::StrCat(path, "[\"", *name, "\"]"));
+    if (!parsed.ok()) return parsed.status();
+    out.emplace_back(*name, *std::move(parsed));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status resolveCluster(const Context& ctx, const std::string& name, const std::string& path,
                             config::ClusterConstSharedPtr& out) {
   if (name.empty()) return fieldError(path, "cluster name must not be empty");
@@ -627,61 +465,8 @@ absl::Status buildMatch(const route_v3::RouteMatch& m, const std::string& path, 
   for (int i = 0; i < m.headers_size(); ++i) {
     const auto& hm = m.headers(i);
     const std::string hp = absl::StrCat(path, ".headers[", i, "]");
-    if (!isValidHeaderName(hm.name())) {
-      return fieldError(hp + ".name", absl::StrCat("'", hm.name(), "' is not a valid header name"));
-    }
     HeaderMatch out;
-    out.name = lowerString(hm.name());
-    if (out.name == ":method") out.source = HeaderSource::Method;
-    else if (out.name == ":path") out.source = HeaderSource::Path;
-    else if (out.name == ":authority" || out.name == "host") out.source = HeaderSource::Authority;
-    else if (out.name == ":scheme") out.source = HeaderSource::Scheme;
-    else if (out.name == ":protocol") out.source = HeaderSource::Protocol;
-    else if (out.name[0] == ':') return fieldError(hp + ".name", absl::StrCat("unknown pseudo-header '", hm.name(), "'"));
-    out.invert = hm.invert_match();
-    out.treat_missing_as_empty = hm.treat_missing_header_as_empty();
-    auto legacy = [&](StringMatch::Type type, const std::string& v, const char* field) -> absl::Status {
-      if (v.empty()) return fieldError(absl::StrCat(hp, ".", field), "must not be empty");
-      out.type = HeaderMatch::Type::String;
-      out.string_match.type = type;
-      out.string_match.value = v;
-      return absl::OkStatus();
-    };
-    absl::Status st;
-    switch (hm.header_match_specifier_case()) {
-      case route_v3::HeaderMatcher::kRangeMatch:
-        out.type = HeaderMatch::Type::Range;
-        out.range_start = hm.range_match().start();
-        out.range_end = hm.range_match().end();
-        break;
-      case route_v3::HeaderMatcher::kPresentMatch:
-        out.type = HeaderMatch::Type::Present;
-        out.present = hm.present_match();
-        break;
-      case route_v3::HeaderMatcher::kPrefixMatch:
-        st = legacy(StringMatch::Type::Prefix, hm.prefix_match(), "prefix_match");
-        break;
-      case route_v3::HeaderMatcher::kSuffixMatch:
-        st = legacy(StringMatch::Type::Suffix, hm.suffix_match(), "suffix_match");
-        break;
-      case route_v3::HeaderMatcher::kSafeRegexMatch: {
-        auto re = compileRegex(hm.safe_regex_match().regex(), hp + ".safe_regex_match.regex");
-        if (!re.ok()) return re.status();
-        out.type = HeaderMatch::Type::String;
-        out.string_match.type = StringMatch::Type::Regex;
-        out.string_match.regex = *std::move(re);
-        break;
-      }
-      case route_v3::HeaderMatcher::kStringMatch:
-        out.type = HeaderMatch::Type::String;
-        st = buildStringMatch(hm.string_match(), hp + ".string_match", out.string_match);
-        break;
-      case route_v3::HeaderMatcher::HEADER_MATCH_SPECIFIER_NOT_SET:
-        out.type = HeaderMatch::Type::Present;  // Envoy: no specifier means "present"
-        out.present = true;
-        break;
-    }
-    if (!st.ok()) return st;
+    if (auto st = buildHeaderMatch(hm, hp, out); !st.ok()) return st;
     r.headers.push_back(std::move(out));
   }
 
@@ -1021,6 +806,13 @@ absl::StatusOr<std::shared_ptr<const RouteTable>> RouteTable::create(
     vh->https_redirect.redirect.scheme = "https";
     vh->https_redirect.redirect.response_code = 301;
     vh->https_redirect.virtual_host_proto = &vhp;
+    std::vector<std::pair<std::string, RouteSpecificFilterConfigConstSharedPtr>> vh_filter_configs;
+    if (auto st = parsePerFilterConfigs(vhp.typed_per_filter_config(), vpath + ".typed_per_filter_config",
+                                        vh_filter_configs);
+        !st.ok()) {
+      return st;
+    }
+    vh->https_redirect.per_filter_configs = vh_filter_configs;
 
     if (vhp.domains_size() == 0) return fieldError(vpath + ".domains", "must not be empty");
     for (int d = 0; d < vhp.domains_size(); ++d) {
@@ -1111,6 +903,14 @@ absl::StatusOr<std::shared_ptr<const RouteTable>> RouteTable::create(
           !st.ok()) {
         return st;
       }
+      if (auto st = parsePerFilterConfigs(rp.typed_per_filter_config(), rpath + ".typed_per_filter_config",
+                                          e.per_filter_configs);
+          !st.ok()) {
+        return st;
+      }
+      for (const auto& vc : vh_filter_configs) {
+        if (e.perFilterConfig(vc.first) == nullptr) e.per_filter_configs.push_back(vc);
+      }
       e.request_headers = concat(route_req, vh_req, cfg_req);
       e.response_headers = concat(route_resp, vh_resp, cfg_resp);
       for (auto& t : e.weighted) {
@@ -1142,6 +942,10 @@ absl::StatusOr<std::shared_ptr<const RouteTable>> RouteTable::create(
   group(prefix_tmp, table->prefix_);
   table->strip_port_ = !any_port;
   return std::shared_ptr<const RouteTable>(std::move(table));
+}
+
+void registerPerFilterConfigParser(const std::string& type_url, PerFilterConfigParser parser) {
+  perFilterConfigParsers()[type_url] = std::move(parser);
 }
 
 // ---- request path ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -19,11 +20,30 @@ class Route;
 class VirtualHost;
 }  // namespace envoy::config::route::v3
 
+namespace google::protobuf {
+class Any;
+}
+
 namespace re2 {
 class RE2;
 }
 
 namespace strait::http {
+
+// An HTTP filter's configuration for some routes (typed_per_filter_config of a route or virtual host),
+// parsed once when the route table is built. Each filter downcasts to its own type.
+class RouteSpecificFilterConfig {
+ public:
+  virtual ~RouteSpecificFilterConfig() = default;
+};
+using RouteSpecificFilterConfigConstSharedPtr = std::shared_ptr<const RouteSpecificFilterConfig>;
+
+// Parses one typed_per_filter_config value; errors name `path` (the map entry) or a field below it.
+using PerFilterConfigParser = std::function<absl::StatusOr<RouteSpecificFilterConfigConstSharedPtr>(
+    const google::protobuf::Any& config, const std::string& path)>;
+// Chosen by the value's type URL. Filters register at start, before any configuration is loaded; values
+// of types no filter registered are accepted and ignored.
+void registerPerFilterConfigParser(const std::string& type_url, PerFilterConfigParser parser);
 
 // Header additions and removals as an ordered list of operations. Envoy applies each level's removals,
 // then its additions, level by level from the most specific (weighted cluster, route, virtual host, route
@@ -157,6 +177,17 @@ struct RouteEntry {
   // virtual host's; they live as long as the table. Null for a synthesized https redirect's `proto`.
   const envoy::config::route::v3::Route* proto = nullptr;
   const envoy::config::route::v3::VirtualHost* virtual_host_proto = nullptr;
+
+  // Parsed typed_per_filter_config by HTTP filter name (the HttpFilter's `name`): the route's entries,
+  // then its virtual host's for names the route does not have (Envoy's most specific wins).
+  std::vector<std::pair<std::string, RouteSpecificFilterConfigConstSharedPtr>> per_filter_configs;
+  // The most specific configuration for the filter of that name, or nullptr. A scan of a short list.
+  const RouteSpecificFilterConfig* perFilterConfig(std::string_view filter_name) const {
+    for (const auto& [name, config] : per_filter_configs) {
+      if (name == filter_name) return config.get();
+    }
+    return nullptr;
+  }
 
   // Applies prefix/regex rewrite (path; the query is kept) and host_rewrite_literal/_header (authority).
   // When the path changes and `insert_original_path`, x-envoy-original-path gets the old one (Envoy does
