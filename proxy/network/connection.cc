@@ -36,7 +36,8 @@ struct ConnectionHandle {
       return;
     }
     size_t avail = 0;
-    buf->base = self->owner->read_buffer_.reserve(&avail);
+    Connection* c = self->owner;
+    buf->base = (c->transport_ ? c->transport_->readBuffer() : c->read_buffer_).reserve(&avail);
     buf->len = avail;
   }
   static void onRead(uv_stream_t* s, ssize_t nread, const uv_buf_t*) {
@@ -101,7 +102,8 @@ Connection::Connection(event::Dispatcher& dispatcher, const Address& remote)
       handle_(newHandle(dispatcher.loop(), this)),
       remote_(remote),
       state_(State::Connecting),
-      id_(g_next_connection_id.fetch_add(1, std::memory_order_relaxed)) {}
+      id_(g_next_connection_id.fetch_add(1, std::memory_order_relaxed)),
+      client_(true) {}
 
 Connection::~Connection() {
   if (flush_queued_) dispatcher_.cancelFlush(this);
@@ -121,6 +123,45 @@ int Connection::fd() const {
   uv_os_fd_t fd = -1;
   uv_fileno(reinterpret_cast<const uv_handle_t*>(&handle_->tcp), &fd);
   return fd;
+}
+
+void Connection::setTransportSocket(TransportSocketPtr transport) {
+  transport_ = std::move(transport);
+  transport_ready_ = false;
+  transport_->setCallbacks(*this);
+  // Bytes a listener filter peeked at are the start of the handshake.
+  if (!read_buffer_.empty()) transport_->readBuffer().move(read_buffer_);
+}
+
+void Connection::onTransportReady() {
+  transport_ready_ = true;
+  if (connect_timer_) connect_timer_->disable();
+  LOG_TRACE("[C%lu] TLS handshake done (%s)", id_, transport_->ssl() ? std::string(transport_->ssl()->tlsVersion()).c_str() : "");
+  if (callbacks_) callbacks_->onEvent(*this, ConnectionEvent::Connected);
+  if (state_ != State::Open) return;
+  // Plaintext written while the handshake ran goes out now.
+  scheduleFlush();
+  updateReading();
+}
+
+void Connection::onTransportWantsFlush() {
+  if (state_ == State::Open) scheduleFlush();
+}
+
+// The transport gave up (handshake failure, a bad record): send what it has (an alert) if the socket
+// takes it at once, then close. An outgoing connection whose handshake failed reports ConnectFailed.
+void Connection::handleTransportClose() {
+  if (state_ == State::Closed) return;
+  LOG_DEBUG("[C%lu] transport closed: %s", id_, std::string(transport_->failureReason()).c_str());
+  common::Buffer& out = transport_->outBuffer();
+  if (!out.empty() && in_flight_ == 0) {
+    iovec iov[4];
+    size_t n = out.fillIovecs(iov, 4);
+    int rc = uv_try_write(reinterpret_cast<uv_stream_t*>(&handle_->tcp), reinterpret_cast<uv_buf_t*>(iov),
+                          static_cast<unsigned>(n));
+    if (rc > 0) bytes_written_ += static_cast<uint64_t>(rc);
+  }
+  closeNow(client_ && !transport_ready_ ? ConnectionEvent::ConnectFailed : ConnectionEvent::RemoteClose, false);
 }
 
 void Connection::setBufferLimits(uint32_t limit) {
@@ -147,8 +188,14 @@ void Connection::connect(uint64_t timeout_ms) {
   }
 }
 
+void Connection::failConnect() {
+  connect_timer_ = dispatcher_.createTimer([this] { closeNow(ConnectionEvent::ConnectFailed, false); });
+  connect_timer_->enable(0);
+}
+
 void Connection::onConnect(int status) {
-  if (connect_timer_) connect_timer_->disable();
+  // With a transport the connect timeout also covers the handshake.
+  if (connect_timer_ && (transport_ == nullptr || status != 0)) connect_timer_->disable();
   if (state_ != State::Connecting) return;
   if (status != 0) {
     LOG_DEBUG("[C%lu] connect to %s failed: %s", id_, remote_.asString().c_str(), uv_strerror(status));
@@ -157,6 +204,13 @@ void Connection::onConnect(int status) {
   }
   state_ = State::Open;
   local_ = sockName(&handle_->tcp);
+  if (transport_) {
+    // Connected is raised when the handshake completes (onTransportReady).
+    transport_->onConnected();
+    flush();
+    updateReading();
+    return;
+  }
   if (callbacks_) callbacks_->onEvent(*this, ConnectionEvent::Connected);
   if (state_ != State::Open) return;
   flush();
@@ -166,7 +220,11 @@ void Connection::onConnect(int status) {
 void Connection::startReading() {
   read_started_ = true;
   updateReading();
-  if ((!read_buffer_.empty() || read_ended_) && callbacks_ != nullptr && state_ == State::Open) {
+  if (transport_ && !transport_ready_ && state_ == State::Open && !transport_->readBuffer().empty()) {
+    processTransportInput(false);  // a peeked ClientHello
+    return;
+  }
+  if ((!read_buffer_.empty() || read_ended_) && callbacks_ != nullptr && state_ == State::Open && transportReady()) {
     callbacks_->onData(*this, read_buffer_, read_ended_);
   }
 }
@@ -187,7 +245,9 @@ void Connection::readDisable(bool disable) {
 
 void Connection::updateReading() {
   if (state_ != State::Open) return;
-  bool want = read_started_ && read_disable_count_ == 0 && !read_ended_;
+  // A handshake in progress reads whatever the owner wants: it cannot finish otherwise.
+  const bool handshaking = transport_ != nullptr && !transport_ready_ && (read_started_ || client_);
+  bool want = ((read_started_ && read_disable_count_ == 0) || handshaking) && !read_ended_;
   if (want && !reading_) {
     uv_read_start(reinterpret_cast<uv_stream_t*>(&handle_->tcp), &ConnectionHandle::onAlloc, &ConnectionHandle::onRead);
     reading_ = true;
@@ -197,7 +257,46 @@ void Connection::updateReading() {
   }
 }
 
+// Runs what the transport holds from the socket: handshake progress, then plaintext for the owner.
+void Connection::processTransportInput(bool eof) {
+  if (transport_->onRead(read_buffer_, eof) == PostIoAction::Close) {
+    handleTransportClose();
+    return;
+  }
+  if (state_ != State::Open) return;
+  if (!transport_->outBuffer().empty()) scheduleFlush();
+  if (eof && !transport_ready_) {
+    // The peer left in the middle of the handshake.
+    handleTransportClose();
+    return;
+  }
+  if (eof) {
+    read_ended_ = true;
+    updateReading();
+  }
+  // Plaintext goes to an owner that reads; one that has not started yet gets it from startReading().
+  if (transport_ready_ && read_started_ && callbacks_ && (!read_buffer_.empty() || eof)) {
+    callbacks_->onData(*this, read_buffer_, eof);
+  }
+  if (eof) maybeCloseAfterHalfClose();
+}
+
 void Connection::onReadable(ssize_t nread) {
+  if (transport_) {
+    const bool eof = nread == UV_EOF;
+    if (nread > 0) {
+      transport_->readBuffer().commit(static_cast<size_t>(nread));
+      bytes_read_ += static_cast<uint64_t>(nread);
+    } else if (nread == 0) {
+      return;
+    } else if (!eof) {
+      LOG_DEBUG("[C%lu] read error: %s", id_, uv_strerror(static_cast<int>(nread)));
+      closeNow(client_ && !transport_ready_ ? ConnectionEvent::ConnectFailed : ConnectionEvent::RemoteClose, false);
+      return;
+    }
+    processTransportInput(eof);
+    return;
+  }
   if (nread > 0) {
     read_buffer_.commit(static_cast<size_t>(nread));
     bytes_read_ += static_cast<uint64_t>(nread);
@@ -241,14 +340,19 @@ void Connection::runDeferredFlush() {
 void Connection::flush() {
   if (state_ != State::Open || in_flight_ > 0) return;
   auto* stream = reinterpret_cast<uv_stream_t*>(&handle_->tcp);
-  while (!write_buffer_.empty()) {
+  if (transport_ && transport_->encrypt(write_buffer_, write_end_pending_ || close_after_flush_) == PostIoAction::Close) {
+    handleTransportClose();
+    return;
+  }
+  common::Buffer& out = socketOut();
+  while (!out.empty()) {
     iovec iov[16];
-    size_t n = write_buffer_.fillIovecs(iov, 16);
+    size_t n = out.fillIovecs(iov, 16);
     // iovec and uv_buf_t share a layout on Unix (libuv guarantees it).
     int rc = uv_try_write(stream, reinterpret_cast<uv_buf_t*>(iov), static_cast<unsigned>(n));
     if (rc > 0) {
       bytes_written_ += static_cast<uint64_t>(rc);
-      write_buffer_.drain(static_cast<size_t>(rc));
+      out.drain(static_cast<size_t>(rc));
       continue;
     }
     if (rc == UV_EAGAIN || rc == 0) {
@@ -269,7 +373,8 @@ void Connection::flush() {
     return;
   }
   checkWatermarks();
-  if (write_buffer_.empty()) {
+  // With a transport mid-handshake, plaintext may still wait in write_buffer_: it goes once it is done.
+  if (write_buffer_.empty() || (transport_ && !transport_ready_ && close_after_flush_)) {
     if (close_after_flush_) {
       closeNow(ConnectionEvent::LocalClose, false);
       return;
@@ -289,7 +394,7 @@ void Connection::onWriteDone(int status) {
     return;
   }
   bytes_written_ += in_flight_;
-  write_buffer_.drain(in_flight_);
+  socketOut().drain(in_flight_);
   in_flight_ = 0;
   flush();
   checkWatermarks();
@@ -299,14 +404,15 @@ void Connection::onShutdownDone() { maybeCloseAfterHalfClose(); }
 
 void Connection::maybeCloseAfterHalfClose() {
   // Both directions over: the peer sent FIN and our FIN went out after every buffered byte.
-  if (state_ == State::Open && read_ended_ && write_ended_ && in_flight_ == 0 && write_buffer_.empty()) {
+  if (state_ == State::Open && read_ended_ && write_ended_ && in_flight_ == 0 && write_buffer_.empty() &&
+      socketOut().empty()) {
     closeNow(ConnectionEvent::RemoteClose, false);
   }
 }
 
 void Connection::checkWatermarks() {
   if (high_watermark_ == 0 || callbacks_ == nullptr) return;
-  size_t len = write_buffer_.length();
+  size_t len = writeBufferLength();
   if (!above_high_ && len > high_watermark_) {
     above_high_ = true;
     callbacks_->onAboveWriteBufferHighWatermark(*this);
@@ -318,7 +424,10 @@ void Connection::checkWatermarks() {
 
 void Connection::close(CloseType type) {
   if (state_ == State::Closed) return;
-  if (type == CloseType::FlushWrite && state_ == State::Open && (!write_buffer_.empty() || in_flight_ > 0)) {
+  // A TLS connection says close_notify first, so the peer can tell a close from a truncation.
+  const bool tls_goodbye = transport_ != nullptr && transport_ready_;
+  if (type == CloseType::FlushWrite && state_ == State::Open &&
+      (!write_buffer_.empty() || in_flight_ > 0 || !socketOut().empty() || tls_goodbye)) {
     close_after_flush_ = true;
     scheduleFlush();
     // Stop reading: nothing more is accepted from a connection we are closing.
@@ -347,6 +456,10 @@ void Connection::closeNow(ConnectionEvent event, bool reset) {
   uv_close(reinterpret_cast<uv_handle_t*>(&handle_->tcp), &ConnectionHandle::onClose);
   read_buffer_.clear();
   write_buffer_.clear();
+  if (transport_) {
+    transport_->readBuffer().clear();
+    transport_->outBuffer().clear();
+  }
   in_flight_ = 0;
   if (callbacks_) callbacks_->onEvent(*this, event);
 }

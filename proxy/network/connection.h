@@ -7,6 +7,7 @@
 #include "proxy/common/buffer.h"
 #include "proxy/event/dispatcher.h"
 #include "proxy/network/address.h"
+#include "proxy/network/transport_socket.h"
 
 typedef struct uv_tcp_s uv_tcp_t;
 typedef struct uv_stream_s uv_stream_t;
@@ -45,7 +46,11 @@ class ConnectionCallbacks {
 // A TCP connection on one dispatcher, with a read buffer, a write buffer and watermarks.
 // Half-close is supported: write(data, true) shuts down our sending side after the data is flushed;
 // the connection closes itself once both directions have ended.
-class Connection : public event::DeferredDeletable, public event::DeferredFlush {
+//
+// A transport socket (TLS) may sit between the buffers and the socket: the owner then reads and writes
+// plaintext as before; the connection feeds socket bytes through the transport. An outgoing connection
+// raises Connected only once the handshake is complete; an accepted one raises Connected then too.
+class Connection : public event::DeferredDeletable, public event::DeferredFlush, private TransportSocketCallbacks {
  public:
   enum class State { Connecting, Open, Closed };
 
@@ -56,9 +61,18 @@ class Connection : public event::DeferredDeletable, public event::DeferredFlush 
   ~Connection() override;
 
   void setCallbacks(ConnectionCallbacks* cb) { callbacks_ = cb; }
+  // Puts a transport socket (TLS) between this connection and its socket. Outgoing connections: before
+  // connect(). Accepted ones: after a listener filter peeked (the peeked bytes become the transport's
+  // input) and before startReading(); the server handshake then runs as bytes arrive.
+  void setTransportSocket(TransportSocketPtr transport);
+  bool transportReady() const { return transport_ == nullptr || transport_ready_; }
+  // Why the transport failed (empty if it did not): "TLS_error:...", for logs.
+  std::string_view transportFailureReason() const { return transport_ ? transport_->failureReason() : ""; }
   // High watermark = limit, low = limit / 2. 0 disables watermarks.
   void setBufferLimits(uint32_t limit);
   void connect(uint64_t timeout_ms);
+  // Reports ConnectFailed on the next loop turn without connecting (the transport could not be made).
+  void failConnect();
   // Starts delivering data (accepted connections start paused so the owner can set itself up). Bytes
   // already read (by a listener filter that peeked at them) are delivered at once.
   void startReading();
@@ -78,12 +92,16 @@ class Connection : public event::DeferredDeletable, public event::DeferredFlush 
   // connection was not redirected (its original destination is the listener itself).
   bool restoreOriginalDestination();
   bool localAddressRestored() const { return local_restored_; }
-  size_t writeBufferLength() const { return write_buffer_.length(); }
+  size_t writeBufferLength() const { return write_buffer_.length() + (transport_ ? transport_->outBuffer().length() : 0); }
   uint64_t bytesRead() const { return bytes_read_; }
   uint64_t bytesWritten() const { return bytes_written_; }
   uint64_t id() const { return id_; }
   bool readHalfClosed() const { return read_ended_; }
   int fd() const;
+  // TLS facts about this connection and its peer (identity, SNI, ALPN); null for plaintext.
+  const SslInfo* ssl() const { return transport_ ? transport_->ssl() : nullptr; }
+  // "tls" or "raw_buffer".
+  std::string_view transportProtocol() const { return transport_ ? transport_->protocol() : "raw_buffer"; }
   // DeferredFlush: what write() gathered during this loop iteration goes out in one writev.
   void runDeferredFlush() override;
 
@@ -99,7 +117,15 @@ class Connection : public event::DeferredDeletable, public event::DeferredFlush 
   void closeNow(ConnectionEvent event, bool reset);
   void maybeCloseAfterHalfClose();
   void updateReading();
+  // The buffer the socket writes from: ciphertext with a transport, the write buffer without.
+  common::Buffer& socketOut() { return transport_ ? transport_->outBuffer() : write_buffer_; }
+  void handleTransportClose();
+  void processTransportInput(bool eof);
+  // TransportSocketCallbacks
+  void onTransportReady() override;
+  void onTransportWantsFlush() override;
 
+  TransportSocketPtr transport_;  // null: plaintext, the socket reads into read_buffer_ directly
   event::Dispatcher& dispatcher_;
   ConnectionHandle* handle_;
   ConnectionCallbacks* callbacks_ = nullptr;
@@ -125,6 +151,8 @@ class Connection : public event::DeferredDeletable, public event::DeferredFlush 
   bool close_after_flush_ = false;
   bool local_restored_ = false;
   bool flush_queued_ = false;
+  bool transport_ready_ = false;  // the transport's handshake finished (meaningless without one)
+  bool client_ = false;           // we connected out (Connected is raised after the handshake)
 };
 using ConnectionPtr = std::unique_ptr<Connection>;
 
