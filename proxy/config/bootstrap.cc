@@ -9,7 +9,9 @@
 #include <set>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "certs/client_hello.h"
 #include "envoy/config/bootstrap/v3/bootstrap.pb.h"
 #include "envoy/config/cluster/v3/cluster.pb.h"
 #include "envoy/config/endpoint/v3/endpoint.pb.h"
@@ -35,6 +37,32 @@ namespace {
 std::map<std::string, NetworkFilterFactoryFn>& networkFilterRegistry() {
   static auto* r = new std::map<std::string, NetworkFilterFactoryFn>;
   return *r;
+}
+std::map<std::string, NetworkReadFilterFactoryFn>& networkReadFilterRegistry() {
+  static auto* r = new std::map<std::string, NetworkReadFilterFactoryFn>;
+  return *r;
+}
+std::map<std::string, TransportSocketFactoryFn>& transportSocketRegistry() {
+  static auto* r = new std::map<std::string, TransportSocketFactoryFn>;
+  return *r;
+}
+SecretLoaderFn& secretLoader() {
+  static auto* f = new SecretLoaderFn;
+  return *f;
+}
+
+// A transport_socket (filter chain: server side; cluster: client side) as a factory; null = plaintext.
+absl::StatusOr<network::TransportSocketFactorySharedPtr> translateTransportSocket(
+    const envoy::config::core::v3::TransportSocket& ts, const std::string& path, bool server) {
+  if (!ts.has_typed_config()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ".typed_config: is required (transport sockets are chosen by type URL)"));
+  }
+  auto it = transportSocketRegistry().find(ts.typed_config().type_url());
+  if (it == transportSocketRegistry().end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ".typed_config: unsupported transport socket type '", ts.typed_config().type_url(), "'"));
+  }
+  return it->second(ts.typed_config(), path + ".typed_config", server);
 }
 
 absl::Status fieldError(const std::string& path, const std::string& what);
@@ -377,6 +405,26 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
       if (t.has_max_retries()) out->max_retries = t.max_retries().value();
     }
   }
+  if (c.has_transport_socket()) {
+    auto ts = translateTransportSocket(c.transport_socket(), path + ".transport_socket", false);
+    if (!ts.ok()) return ts.status();
+    out->transport_socket = *ts;
+  }
+  if (c.transport_socket_matches_size() > 0) {
+    // Without endpoint metadata matching, only a match-all entry can be honoured; anything else would
+    // pick a socket by guesswork, and a wrong guess sends cleartext.
+    for (int i = 0; i < c.transport_socket_matches_size(); ++i) {
+      const auto& m = c.transport_socket_matches(i);
+      const std::string mp = absl::StrCat(path, ".transport_socket_matches[", i, "]");
+      if (m.has_match() && m.match().fields_size() > 0) {
+        return fieldError(mp + ".match", "matching endpoint metadata is not supported yet (only an empty match)");
+      }
+      auto ts = translateTransportSocket(m.transport_socket(), mp + ".transport_socket", false);
+      if (!ts.ok()) return ts.status();
+      out->transport_socket = *ts;
+      break;  // the first match-all entry wins, as in Envoy
+    }
+  }
   if (c.has_load_assignment() && out->type != Cluster::Type::Eds) {
     auto st = translateEndpoints(c.load_assignment(), path + ".load_assignment", c.name(), scope, allow_pipe, out->hosts,
                                  pipe_target);
@@ -410,6 +458,7 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
   out->stats.upstream_rq_rx_reset = scope.counter(p + "upstream_rq_rx_reset");
   out->stats.upstream_rq_tx_reset = scope.counter(p + "upstream_rq_tx_reset");
   out->stats.upstream_rq_time = scope.histogram(p + "upstream_rq_time");
+  if (out->transport_socket) out->stats.ssl = network::makeSslStats(scope, p);
   stats::set(store, out->stats.membership_total, static_cast<int64_t>(out->hosts.size()));
   out->proto = std::make_shared<cluster_v3::Cluster>(c);
   return ClusterConstSharedPtr(out);
@@ -420,7 +469,12 @@ absl::StatusOr<FilterChain> translateFilterChain(const listener_v3::FilterChain&
   FilterChain out;
   out.name = fc.name();
   if (fc.has_transport_socket()) {
-    return fieldError(path + ".transport_socket", "TLS transport sockets are not supported yet");
+    auto ts = translateTransportSocket(fc.transport_socket(), path + ".transport_socket", true);
+    if (!ts.ok()) return ts.status();
+    out.transport_socket = *ts;
+  }
+  if (fc.has_transport_socket_connect_timeout()) {
+    out.transport_socket_connect_timeout_ms = durationMs(fc.transport_socket_connect_timeout());
   }
   if (fc.has_filter_chain_match()) {
     const auto& m = fc.filter_chain_match();
@@ -439,7 +493,10 @@ absl::StatusOr<FilterChain> translateFilterChain(const listener_v3::FilterChain&
     }
     out.transport_protocol = m.transport_protocol();
     for (const auto& ap : m.application_protocols()) out.application_protocols.push_back(ap);
-    if (m.server_names_size() > 0) return fieldError(mp + ".server_names", "SNI matching arrives with TLS");
+    for (const auto& sn : m.server_names()) {
+      if (sn.empty()) return fieldError(mp + ".server_names", "must not hold an empty name");
+      out.server_names.push_back(absl::AsciiStrToLower(sn));
+    }
     if (m.source_prefix_ranges_size() > 0 || m.source_ports_size() > 0 || m.direct_source_prefix_ranges_size() > 0) {
       return fieldError(mp, "source matching is not supported yet (destination_port, prefix_ranges, "
                             "transport_protocol, application_protocols are)");
@@ -451,12 +508,20 @@ absl::StatusOr<FilterChain> translateFilterChain(const listener_v3::FilterChain&
     const std::string fp = absl::StrCat(path, ".filters[", i, "]");
     if (!f.has_typed_config()) return fieldError(fp + ".typed_config", "is required (extensions are chosen by type URL)");
     const std::string& type_url = f.typed_config().type_url();
+    if (i != fc.filters_size() - 1) {
+      auto rit = networkReadFilterRegistry().find(type_url);
+      if (rit == networkReadFilterRegistry().end()) {
+        if (networkFilterRegistry().count(type_url)) return fieldError(fp, "a terminal network filter must be the last one");
+        return fieldError(fp + ".typed_config", absl::StrCat("unsupported network filter type '", type_url, "'"));
+      }
+      auto rf = rit->second(f.typed_config(), fp + ".typed_config", ctx);
+      if (!rf.ok()) return rf.status();
+      out.read_filters.push_back(*rf);
+      continue;
+    }
     auto it = networkFilterRegistry().find(type_url);
     if (it == networkFilterRegistry().end()) {
       return fieldError(fp + ".typed_config", absl::StrCat("unsupported network filter type '", type_url, "'"));
-    }
-    if (i != fc.filters_size() - 1) {
-      return fieldError(fp, "only one (terminal) network filter per chain is supported yet");
     }
     auto factory = it->second(f.typed_config(), fp + ".typed_config", ctx);
     if (!factory.ok()) return factory.status();
@@ -551,6 +616,15 @@ void createListenerStats(Listener& l, const network::Address& bound, stats::Stor
   if (l.tls_inspector.enabled) {
     l.stats.tls_found = store.counter(p + "tls_inspector.tls_found");
     l.stats.tls_not_found = store.counter(p + "tls_inspector.tls_not_found");
+    l.stats.tls_client_hello_too_large = store.counter(p + "tls_inspector.client_hello_too_large");
+  }
+  bool tls = false;
+  for (const auto& fc : l.filter_chains) tls = tls || fc.transport_socket != nullptr;
+  if (l.default_filter_chain) tls = tls || l.default_filter_chain->transport_socket != nullptr;
+  if (tls) {
+    l.stats.ssl = network::makeSslStats(store, p);
+    l.stats.downstream_cx_transport_socket_connect_timeout = store.counter(p + "downstream_cx_transport_socket_connect_timeout");
+    l.stats.downstream_cx_no_certificate = store.counter(p + "downstream_cx_no_certificate");
   }
   l.stats_ready = true;
 }
@@ -558,6 +632,16 @@ void createListenerStats(Listener& l, const network::Address& bound, stats::Stor
 void registerNetworkFilter(const std::string& type_url, NetworkFilterFactoryFn fn) {
   networkFilterRegistry()[type_url] = std::move(fn);
 }
+
+void registerNetworkReadFilter(const std::string& type_url, NetworkReadFilterFactoryFn fn) {
+  networkReadFilterRegistry()[type_url] = std::move(fn);
+}
+
+void registerTransportSocket(const std::string& type_url, TransportSocketFactoryFn fn) {
+  transportSocketRegistry()[type_url] = std::move(fn);
+}
+
+void registerSecretLoader(SecretLoaderFn fn) { secretLoader() = std::move(fn); }
 
 uint64_t durationMs(const google::protobuf::Duration& d) {
   return static_cast<uint64_t>(d.seconds()) * 1000 + static_cast<uint64_t>(d.nanos()) / 1000000;
@@ -672,7 +756,12 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
   if (!ads.ok()) return ads.status();
   snap->ads = *ads;
   const auto& sr = bootstrap.static_resources();
-  if (sr.secrets_size() > 0) return fieldError("static_resources.secrets", "secrets are not supported yet");
+  for (int i = 0; i < sr.secrets_size(); ++i) {
+    const std::string path = absl::StrCat("static_resources.secrets[", i, "]");
+    if (!secretLoader()) return fieldError(path, "secrets are not supported in this build");
+    auto st = secretLoader()(sr.secrets(i), path);
+    if (!st.ok()) return st;
+  }
 
   // Clusters: static ones, then CDS ones (a CDS cluster may not replace a static one).
   auto addCluster = [&](ClusterConstSharedPtr c, const std::string& path) -> absl::Status {
@@ -903,22 +992,33 @@ bool PortPredicate::matches(uint32_t port) const {
 }
 
 const FilterChain* Listener::match(const network::Address& dst, std::string_view transport,
-                                   std::string_view application) const {
+                                   std::string_view application, std::string_view server_name,
+                                   const std::vector<std::string>* alpn) const {
   // Every criterion a chain names must hold; among the chains that fit, the most specific wins (a port
-  // beats an IP range beats a transport protocol beats application protocols), the first on a tie.
+  // beats an IP range beats a server name beats a transport protocol beats application protocols), the
+  // first on a tie. An exact server name beats a wildcard one.
   const FilterChain* best = nullptr;
   int best_rank = -1;
   for (const auto& fc : filter_chains) {
     int rank = 0;
     if (fc.destination_port) {
       if (*fc.destination_port != dst.port()) continue;
-      rank += 8;
+      rank += 64;
     }
     if (!fc.prefix_ranges.empty()) {
       bool ip_ok = false;
       for (const auto& r : fc.prefix_ranges) ip_ok = ip_ok || r.contains(dst);
       if (!ip_ok) continue;
-      rank += 4;
+      rank += 32;
+    }
+    if (!fc.server_names.empty()) {
+      int sn_rank = 0;
+      for (const auto& sn : fc.server_names) {
+        if (sn == server_name) sn_rank = std::max(sn_rank, 16);
+        else if (certs::serverNameMatches(sn, server_name)) sn_rank = std::max(sn_rank, 8);
+      }
+      if (sn_rank == 0) continue;
+      rank += sn_rank;
     }
     if (!fc.transport_protocol.empty()) {
       std::string_view t = transport.empty() ? std::string_view("raw_buffer") : transport;
@@ -927,7 +1027,12 @@ const FilterChain* Listener::match(const network::Address& dst, std::string_view
     }
     if (!fc.application_protocols.empty()) {
       bool found = false;
-      for (const auto& ap : fc.application_protocols) found = found || ap == application;
+      for (const auto& ap : fc.application_protocols) {
+        found = found || ap == application;
+        if (alpn != nullptr) {
+          for (const auto& offered : *alpn) found = found || ap == offered;
+        }
+      }
       if (!found) continue;
       rank += 1;
     }

@@ -48,6 +48,7 @@ struct ConfigSources {
   std::map<std::string, DynamicResource> clusters;             // CDS
   std::map<std::string, DynamicResource> routes;               // RDS
   std::map<std::string, DynamicResource> endpoints;            // EDS, by cluster_name
+  std::map<std::string, DynamicResource> secrets;              // SDS (over ADS)
 };
 
 // Stable cluster indices by name, for the life of the process.
@@ -84,6 +85,21 @@ using NetworkFilterFactoryFn = std::function<absl::StatusOr<std::shared_ptr<cons
 
 // Extensions are chosen by the typed_config type URL, never by name.
 void registerNetworkFilter(const std::string& type_url, NetworkFilterFactoryFn fn);
+
+// Transport sockets (TLS) by typed_config type URL. `server`: a filter chain's (DownstreamTlsContext);
+// otherwise a cluster's (UpstreamTlsContext). A null factory means plaintext (raw_buffer).
+using TransportSocketFactoryFn = std::function<absl::StatusOr<network::TransportSocketFactorySharedPtr>(
+    const google::protobuf::Any& typed_config, const std::string& field_path, bool server)>;
+void registerTransportSocket(const std::string& type_url, TransportSocketFactoryFn fn);
+
+// Loads one bootstrap static_resources.secrets entry (an envoy Secret) into the secret registry.
+using SecretLoaderFn = std::function<absl::Status(const google::protobuf::Message& secret, const std::string& field_path)>;
+void registerSecretLoader(SecretLoaderFn fn);
+
+// Non-terminal network filters (RBAC): any number of them may stand before the terminal filter.
+using NetworkReadFilterFactoryFn = std::function<absl::StatusOr<NetworkReadFilterConstSharedPtr>(
+    const google::protobuf::Any& typed_config, const std::string& field_path, TranslationContext& ctx)>;
+void registerNetworkReadFilter(const std::string& type_url, NetworkReadFilterFactoryFn fn);
 
 // Reads and parses a bootstrap file (or the embedded default) into an envoy Bootstrap proto.
 absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> parseBootstrap(const LoadOptions& options);

@@ -10,6 +10,7 @@
 
 #include "proxy/event/dispatcher.h"
 #include "proxy/network/address.h"
+#include "proxy/network/transport_socket.h"
 #include "proxy/stats/stats.h"
 
 namespace google::protobuf {
@@ -58,6 +59,7 @@ struct ClusterStats {
   stats::Counter upstream_rq_rx_reset;
   stats::Counter upstream_rq_tx_reset;
   stats::Histogram upstream_rq_time;
+  network::SslStats ssl;  // cluster.<name>.ssl.*
 };
 
 // A STATIC cluster's host with its own counters (for /clusters); not exposed in /stats, as in Envoy.
@@ -87,6 +89,9 @@ struct Cluster {
   uint64_t connect_timeout_ms = 5000;
   uint32_t buffer_limit = 1024 * 1024;
   std::vector<Host> hosts;
+  // TLS to the hosts (UpstreamTlsContext) or none (plaintext). A cluster that asks for TLS never
+  // connects without it: when the factory cannot make a socket the connection attempt fails.
+  network::TransportSocketFactorySharedPtr transport_socket;
   // HTTP to this cluster: the protocol (typed_extension_protocol_options HttpProtocolOptions), HTTP/2
   // settings, idle timeout and circuit-breaker limits (Envoy's defaults).
   enum class HttpProtocol { Http1, Http2, UseDownstream };
@@ -156,6 +161,18 @@ class NetworkFilterFactory {
                         const std::shared_ptr<const Listener>& listener) const = 0;
 };
 
+// A network filter that runs before the terminal one (RBAC). It sees the connection once its transport
+// is up (after the TLS handshake, so the peer identity is known) and before the terminal filter sees a
+// byte, and decides whether it goes on. Made at config time, shared by the workers, so it must be
+// thread-safe (read-only state; stats through the per-thread shards).
+class NetworkReadFilter {
+ public:
+  virtual ~NetworkReadFilter() = default;
+  // false: the connection is closed and nothing of it is forwarded.
+  virtual bool admit(const network::Connection& conn) const = 0;
+};
+using NetworkReadFilterConstSharedPtr = std::shared_ptr<const NetworkReadFilter>;
+
 struct CidrRange {
   network::Address prefix;
   uint32_t len = 0;
@@ -167,7 +184,12 @@ struct FilterChain {
   std::optional<uint32_t> destination_port;
   std::vector<CidrRange> prefix_ranges;
   std::string transport_protocol;                 // "raw_buffer" / "tls" (tls_inspector)
-  std::vector<std::string> application_protocols;  // "http/1.1", "h2c", ... (http_inspector)
+  std::vector<std::string> application_protocols;  // "http/1.1", "h2c", ... (http_inspector / ALPN)
+  std::vector<std::string> server_names;           // SNI (tls_inspector); "*.example.com" wildcards
+  // TLS (DownstreamTlsContext) or none (plaintext); set on the connection once the chain is chosen.
+  network::TransportSocketFactorySharedPtr transport_socket;
+  uint64_t transport_socket_connect_timeout_ms = 10000;  // the handshake must finish in this time
+  std::vector<NetworkReadFilterConstSharedPtr> read_filters;  // in order, before the terminal filter
   std::shared_ptr<const NetworkFilterFactory> terminal;
 };
 
@@ -182,6 +204,10 @@ struct ListenerStats {
   stats::Counter http_not_found;
   stats::Counter tls_found;  // listener.<addr>.tls_inspector.*
   stats::Counter tls_not_found;
+  stats::Counter tls_client_hello_too_large;
+  stats::Counter downstream_cx_transport_socket_connect_timeout;
+  stats::Counter downstream_cx_no_certificate;  // a TLS chain had no certificate yet: refused
+  network::SslStats ssl;  // listener.<addr>.ssl.*
 };
 
 // ListenerFilterChainMatchPredicate, for filter_disabled: which connections skip a listener filter.
@@ -220,8 +246,10 @@ struct Listener {
   std::shared_ptr<const google::protobuf::Message> proto;
   // The chain for a connection to `dst` with the detected transport / application protocol (empty when
   // not detected), or nullptr when none matches.
+  // `alpn`: the protocols a TLS client offered (tls_inspector), matched against application_protocols.
   const FilterChain* match(const network::Address& dst, std::string_view transport = {},
-                           std::string_view application = {}) const;
+                           std::string_view application = {}, std::string_view server_name = {},
+                           const std::vector<std::string>* alpn = nullptr) const;
 };
 using ListenerConstSharedPtr = std::shared_ptr<const Listener>;
 

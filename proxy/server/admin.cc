@@ -10,6 +10,9 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "certs/secret_manager.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/dynamic_message.h"
 #include "absl/strings/str_split.h"
 #include "google/protobuf/util/json_util.h"
 #include "proxy/common/log.h"
@@ -46,11 +49,59 @@ std::string jsonEscape(const std::string& s) {
   return out + "\"";
 }
 
+// Replaces inline private keys (TlsCertificate.private_key given as inline bytes or string) with
+// "[redacted]", also inside Any fields (transport sockets, filters), as Envoy's config_dump does.
+// Returns true if anything was changed.
+bool redactSecrets(google::protobuf::Message& m) {
+  using google::protobuf::FieldDescriptor;
+  const auto* d = m.GetDescriptor();
+  const auto* r = m.GetReflection();
+  bool changed = false;
+  if (d->full_name() == "envoy.extensions.transport_sockets.tls.v3.TlsCertificate") {
+    const auto* f = d->FindFieldByName("private_key");
+    if (f != nullptr && r->HasField(m, f)) {
+      auto* ds = r->MutableMessage(&m, f);
+      const auto* dd = ds->GetDescriptor();
+      const auto* filename = dd->FindFieldByName("filename");
+      if (filename != nullptr && !ds->GetReflection()->HasField(*ds, filename)) {
+        ds->GetReflection()->SetString(ds, dd->FindFieldByName("inline_string"), "[redacted]");
+        changed = true;
+      }
+    }
+  }
+  if (d->full_name() == "google.protobuf.Any") {
+    const std::string type_url = r->GetString(m, d->FindFieldByName("type_url"));
+    const std::string name = type_url.substr(type_url.rfind('/') + 1);
+    const auto* inner_d = google::protobuf::DescriptorPool::generated_pool()->FindMessageTypeByName(name);
+    if (inner_d == nullptr) return false;
+    std::unique_ptr<google::protobuf::Message> inner(
+        google::protobuf::MessageFactory::generated_factory()->GetPrototype(inner_d)->New());
+    if (!inner->ParseFromString(r->GetString(m, d->FindFieldByName("value")))) return false;
+    if (!redactSecrets(*inner)) return false;
+    r->SetString(&m, d->FindFieldByName("value"), inner->SerializeAsString());
+    return true;
+  }
+  for (int i = 0; i < d->field_count(); ++i) {
+    const FieldDescriptor* f = d->field(i);
+    if (f->cpp_type() != FieldDescriptor::CPPTYPE_MESSAGE) continue;
+    if (f->is_map()) continue;  // no secrets live in maps of our subset's messages
+    if (f->is_repeated()) {
+      for (int j = 0; j < r->FieldSize(m, f); ++j) changed = redactSecrets(*r->MutableRepeatedMessage(&m, f, j)) || changed;
+    } else if (r->HasField(m, f)) {
+      changed = redactSecrets(*r->MutableMessage(&m, f)) || changed;
+    }
+  }
+  return changed;
+}
+
 std::string protoJson(const google::protobuf::Message& m) {
   std::string out;
   google::protobuf::util::JsonPrintOptions o;
   o.preserve_proto_field_names = true;
-  if (!google::protobuf::util::MessageToJsonString(m, &out, o).ok()) return "{}";
+  std::unique_ptr<google::protobuf::Message> copy(m.New());
+  copy->CopyFrom(m);
+  redactSecrets(*copy);
+  if (!google::protobuf::util::MessageToJsonString(*copy, &out, o).ok()) return "{}";
   return out;
 }
 
@@ -84,6 +135,7 @@ const char* kPaths[][2] = {
     {"/config_dump", "the effective configuration (JSON)"},
     {"/clusters", "clusters and hosts (?format=json)"},
     {"/listeners", "listeners and bound addresses (?format=json)"},
+    {"/certs", "certificates in use: identity (SANs), serial, validity (JSON; never a key)"},
     {"/logging", "POST ?level=LEVEL to change the log level"},
     {"/quitquitquit", "POST: drain and exit"},
 };
@@ -234,6 +286,21 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
   if (path == "/ready") {
     r.status = server_.state() == Server::State::Live ? 200 : 503;
     r.body = std::string(server_.stateName()) + "\n";
+    // A TLS context still waiting for its certificate (SDS warming) cannot serve mTLS yet.
+    if (r.status == 200) {
+      for (const auto& c : certs::SecretManager::get().liveContexts()) {
+        if (!c->ready()) {
+          r.status = 503;
+          r.body = "PRE_INITIALIZING (waiting for certificates)\n";
+          break;
+        }
+      }
+    }
+    return r;
+  }
+  if (path == "/certs") {
+    r.content_type = "application/json";
+    r.body = certs::SecretManager::get().certsJson();
     return r;
   }
   if (path == "/memory") {
@@ -335,8 +402,13 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
                       "\"cluster\":", protoJson(*c->proto), ",\"last_updated\":\"",
                       lastUpdated(c->dynamic && src ? &src->clusters : nullptr, c->name), "\"}");
     }
-    std::string routes, endpoints;
+    std::string routes, endpoints, secrets;
     if (src) {
+      for (const auto& [name, res] : src->secrets) {
+        absl::StrAppend(&secrets, secrets.empty() ? "" : ",", "{\"name\":", jsonEscape(name), ",\"version_info\":",
+                        jsonEscape(res.version), ",\"last_updated\":\"", res.last_updated, "\",\"secret\":",
+                        protoJson(*res.proto), "}");
+      }
       for (const auto& [name, res] : src->routes) {
         absl::StrAppend(&routes, routes.empty() ? "" : ",", "{\"version_info\":", jsonEscape(res.version),
                         ",\"route_config\":", protoJson(*res.proto), ",\"last_updated\":\"", res.last_updated, "\"}");
@@ -368,7 +440,8 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
         "],\"dynamic_listeners\":[", dynamic_listeners,
         "]},{\"@type\":\"type.googleapis.com/envoy.admin.v3.RoutesConfigDump\",\"dynamic_route_configs\":[", routes,
         "]},{\"@type\":\"type.googleapis.com/envoy.admin.v3.EndpointsConfigDump\",\"dynamic_endpoint_configs\":[",
-        endpoints, "]},{\"@type\":\"type.googleapis.com/strait.admin.XdsStatus\",\"types\":{", xds_status,
+        endpoints, "]},{\"@type\":\"type.googleapis.com/envoy.admin.v3.SecretsConfigDump\",\"dynamic_active_secrets\":[",
+        secrets, "]},{\"@type\":\"type.googleapis.com/strait.admin.XdsStatus\",\"types\":{", xds_status,
         "},\"unknown_fields\":{", unknown, "}}]}\n");
     return r;
   }

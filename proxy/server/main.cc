@@ -4,7 +4,11 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "certs/secret_manager.h"
+#include "certs/tls_config.h"
+#include "filters/http/rbac.h"
 #include "filters/http/router.h"
+#include "filters/network/rbac.h"
 #include "filters/network/tcp_proxy.h"
 #include "proxy/http/conn_manager.h"
 #include "proxy/config/bootstrap.h"
@@ -44,12 +48,16 @@ int main(int argc, char** argv) {
   }
   common::setLogLevel(options->log_level);
   filters::network::registerTcpProxy();
+  filters::network::registerNetworkRbac();
   http::registerHttpConnectionManager();
   filters::http::registerRouter();
+  filters::http::registerHttpRbac();
+  certs::registerTransportSockets();
 
   // Shards: main thread, one per worker, and the xDS thread.
   auto store = std::make_unique<stats::Store>(options->concurrency + 2);
   stats::setThreadShard(&store->shard(0));
+  certs::SecretManager::get().setStore(store.get());
   config::LoadOptions load;
   load.path = options->config_path;
   load.config_yaml = options->config_yaml;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "certs/client_hello.h"
 #include "proxy/common/log.h"
 #include "proxy/network/connection.h"
 
@@ -38,11 +39,12 @@ class ProtocolSniffer : public network::ConnectionCallbacks {
     size_t n = std::min<size_t>(data.length(), sizeof(head));
     data.copyOut(0, n, head);
     std::string_view v(head, n);
-    Verdict tls = tls_ ? inspectTls(v) : Verdict::No;
+    Verdict tls = tls_ ? inspectTls(data, end_stream) : Verdict::No;
     if (tls == Verdict::Yes) {
       stats::inc(listener_->stats.tls_found);
       return finish("tls", "");
     }
+    if (done_) return;  // closed (a ClientHello too large)
     Verdict h2 = http_ ? inspectH2(v) : Verdict::No;
     Verdict h1 = http_ ? inspectH1(v) : Verdict::No;
     if (h2 == Verdict::Yes) {
@@ -54,7 +56,8 @@ class ProtocolSniffer : public network::ConnectionCallbacks {
       bool http10 = v.find("HTTP/1.0\r\n") != std::string_view::npos;
       return finish("raw_buffer", http10 ? "http/1.0" : "http/1.1");
     }
-    bool undecided = tls == Verdict::NeedMore || h2 == Verdict::NeedMore || h1 == Verdict::NeedMore;
+    bool undecided = h2 == Verdict::NeedMore || h1 == Verdict::NeedMore;
+    if (tls == Verdict::NeedMore && !end_stream) return;  // a ClientHello may take several reads
     if (undecided && !end_stream && n < sizeof(head)) return;
     if (tls_) stats::inc(listener_->stats.tls_not_found);
     if (http_) stats::inc(listener_->stats.http_not_found);
@@ -75,12 +78,36 @@ class ProtocolSniffer : public network::ConnectionCallbacks {
  private:
   enum class Verdict { No, Yes, NeedMore };
 
-  static Verdict inspectTls(std::string_view v) {
-    // A TLS record header: handshake (22), major version 3.
-    if (v.empty()) return Verdict::NeedMore;
-    if (static_cast<uint8_t>(v[0]) != 0x16) return Verdict::No;
-    if (v.size() < 2) return Verdict::NeedMore;
-    return static_cast<uint8_t>(v[1]) == 0x03 ? Verdict::Yes : Verdict::No;
+  // Envoy's tls_inspector: a whole ClientHello gives the server name and the offered ALPN list that
+  // filter chains match on. The bytes stay in the connection's buffer for the TLS handshake.
+  Verdict inspectTls(const common::Buffer& data, bool end_stream) {
+    if (data.empty()) return Verdict::NeedMore;
+    // A few records' overhead above the largest hello the parser accepts.
+    constexpr size_t kPeekLimit = certs::kMaxClientHelloBytes + 1024;
+    peek_.resize(std::min(data.length(), kPeekLimit));
+    data.copyOut(0, peek_.size(), peek_.data());
+    certs::ClientHelloInfo info;
+    switch (certs::parseClientHello(peek_, &info)) {
+      case certs::ClientHelloResult::Done:
+        server_name_ = std::move(info.server_name);
+        alpn_ = std::move(info.alpn);
+        peek_.clear();
+        peek_.shrink_to_fit();
+        return Verdict::Yes;
+      case certs::ClientHelloResult::NeedMore:
+        if (data.length() >= kPeekLimit) {
+          stats::inc(listener_->stats.tls_client_hello_too_large);
+          done_ = true;
+          timer_.reset();
+          conn_->close(network::CloseType::NoFlush);
+          return Verdict::No;
+        }
+        return end_stream ? Verdict::No : Verdict::NeedMore;
+      case certs::ClientHelloResult::NotTls:
+      case certs::ClientHelloResult::Malformed:
+        break;
+    }
+    return Verdict::No;
   }
   static Verdict inspectH2(std::string_view v) {
     constexpr std::string_view preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -119,6 +146,12 @@ class ProtocolSniffer : public network::ConnectionCallbacks {
     worker_.sniffDone(*this, std::move(conn_), transport, application);
   }
 
+ public:
+  std::string server_name_;
+  std::vector<std::string> alpn_;
+
+ private:
+  std::string peek_;
   Worker& worker_;
   config::ListenerConstSharedPtr listener_;
   network::ConnectionPtr conn_;
@@ -128,6 +161,62 @@ class ProtocolSniffer : public network::ConnectionCallbacks {
   bool done_ = false;
 };
 
+// Holds an accepted connection while its TLS handshake runs (bounded by the filter chain's
+// transport_socket_connect_timeout), so no network filter sees a connection whose peer is unknown and
+// nothing is forwarded for a handshake that fails.
+class HandshakeWaiter : public network::ConnectionCallbacks {
+ public:
+  HandshakeWaiter(Worker& worker, config::ListenerConstSharedPtr listener, const config::FilterChain& chain,
+                  network::ConnectionPtr conn)
+      : worker_(worker), listener_(std::move(listener)), chain_(chain), conn_(std::move(conn)) {}
+
+  void start() {
+    conn_->setCallbacks(this);
+    if (chain_.transport_socket_connect_timeout_ms > 0) {
+      timer_ = worker_.dispatcher().createTimer([this] {
+        if (done_) return;
+        stats::inc(listener_->stats.downstream_cx_transport_socket_connect_timeout);
+        LOG_DEBUG("[C%lu] TLS handshake timed out", conn_->id());
+        conn_->close(network::CloseType::NoFlush);
+      });
+      timer_->enable(chain_.transport_socket_connect_timeout_ms);
+    }
+    conn_->startReading();  // a peeked ClientHello is processed here
+  }
+  void forceClose() {
+    if (conn_) conn_->close(network::CloseType::NoFlush);
+  }
+  const config::ListenerConstSharedPtr& listener() const { return listener_; }
+  const config::FilterChain& chain() const { return chain_; }
+
+  void onData(network::Connection&, common::Buffer&, bool) override {}
+  void onEvent(network::Connection&, network::ConnectionEvent e) override {
+    if (done_) return;
+    if (e == network::ConnectionEvent::Connected) {
+      done_ = true;
+      timer_.reset();
+      conn_->stopReading();
+      conn_->setCallbacks(nullptr);
+      worker_.handshakeDone(*this, std::move(conn_));
+      return;
+    }
+    if (e == network::ConnectionEvent::RemoteClose || e == network::ConnectionEvent::LocalClose) {
+      done_ = true;
+      timer_.reset();
+      worker_.handshakeDone(*this, nullptr);
+    }
+  }
+
+  std::list<std::unique_ptr<HandshakeWaiter>>::iterator position;
+
+ private:
+  Worker& worker_;
+  config::ListenerConstSharedPtr listener_;
+  const config::FilterChain& chain_;  // lives in listener_
+  network::ConnectionPtr conn_;
+  event::TimerPtr timer_;
+  bool done_ = false;
+};
 
 Worker::Worker(uint32_t index, stats::Shard& shard, config::SnapshotConstSharedPtr snapshot)
     : index_(index),
@@ -172,6 +261,9 @@ void Worker::start(std::vector<WorkerSocket> sockets) {
     std::vector<ProtocolSniffer*> sniffing;
     for (auto& s : sniffers_) sniffing.push_back(s.get());
     for (auto* s : sniffing) s->forceClose();
+    std::vector<HandshakeWaiter*> shaking;
+    for (auto& h : handshakes_) shaking.push_back(h.get());
+    for (auto* h : shaking) h->forceClose();
     drain_timer_.reset();
     pools_.reset();
     dispatcher_.reset();
@@ -275,7 +367,7 @@ void Worker::sniffDone(ProtocolSniffer& s, network::ConnectionPtr conn, std::str
   sniffers_.erase(s.position);
   auto listener = h->s->listener();
   if (conn) {
-    dispatchToChain(listener, std::move(conn), transport, application);
+    dispatchToChain(listener, std::move(conn), transport, application, h->s->server_name_, &h->s->alpn_);
   } else {
     stats::inc(listener->stats.downstream_cx_destroy);
   }
@@ -296,12 +388,13 @@ void Worker::onAccept(const config::ListenerConstSharedPtr& listener, network::C
     raw->start();
     return;
   }
-  dispatchToChain(listener, std::move(conn), "", "");
+  dispatchToChain(listener, std::move(conn), "", "", "", nullptr);
 }
 
 void Worker::dispatchToChain(const config::ListenerConstSharedPtr& listener, network::ConnectionPtr conn,
-                             std::string_view transport, std::string_view application) {
-  const config::FilterChain* chain = listener->match(conn->localAddress(), transport, application);
+                             std::string_view transport, std::string_view application, std::string_view server_name,
+                             const std::vector<std::string>* alpn) {
+  const config::FilterChain* chain = listener->match(conn->localAddress(), transport, application, server_name, alpn);
   if (chain == nullptr || !chain->terminal) {
     stats::inc(listener->stats.no_filter_chain_match);
     stats::inc(listener->stats.downstream_cx_destroy);
@@ -311,9 +404,60 @@ void Worker::dispatchToChain(const config::ListenerConstSharedPtr& listener, net
     dispatcher_->deferredDelete(std::move(conn));
     return;
   }
+  if (chain->transport_socket) {
+    network::TransportSocketOptions options;
+    options.stats = &listener->stats.ssl;
+    auto ts = chain->transport_socket->create(options);
+    if (!ts) {
+      // No certificate yet (SDS warming): refuse rather than answer without TLS.
+      stats::inc(listener->stats.downstream_cx_no_certificate);
+      stats::inc(listener->stats.downstream_cx_destroy);
+      LOG_DEBUG("[C%lu] listener %s: TLS chain has no certificate yet", conn->id(), listener->name.c_str());
+      conn->close(network::CloseType::NoFlush);
+      dispatcher_->deferredDelete(std::move(conn));
+      return;
+    }
+    conn->setTransportSocket(std::move(ts));
+    auto w = std::make_unique<HandshakeWaiter>(*this, listener, *chain, std::move(conn));
+    HandshakeWaiter* raw = w.get();
+    handshakes_.push_back(std::move(w));
+    raw->position = std::prev(handshakes_.end());
+    raw->start();
+    return;
+  }
+  startChain(listener, *chain, std::move(conn));
+}
+
+// The connection's transport is up: read filters decide, then the terminal filter takes it.
+void Worker::startChain(const config::ListenerConstSharedPtr& listener, const config::FilterChain& chain,
+                        network::ConnectionPtr conn) {
+  for (const auto& f : chain.read_filters) {
+    if (!f->admit(*conn)) {
+      LOG_DEBUG("[C%lu] listener %s: closed by a network filter", conn->id(), listener->name.c_str());
+      stats::inc(listener->stats.downstream_cx_destroy);
+      conn->close(network::CloseType::NoFlush);
+      dispatcher_->deferredDelete(std::move(conn));
+      return;
+    }
+  }
   stats::inc(listener->stats.downstream_cx_active);
   LOG_TRACE("[C%lu] accepted on %s from %s", conn->id(), listener->name.c_str(), conn->remoteAddress().asString().c_str());
-  chain->terminal->onAccept(*this, std::move(conn), listener);
+  chain.terminal->onAccept(*this, std::move(conn), listener);
+}
+
+void Worker::handshakeDone(HandshakeWaiter& w, network::ConnectionPtr conn) {
+  struct Holder : event::DeferredDeletable {
+    std::unique_ptr<HandshakeWaiter> w;
+  };
+  auto h = std::make_unique<Holder>();
+  h->w = std::move(*w.position);
+  handshakes_.erase(w.position);
+  if (conn) {
+    startChain(h->w->listener(), h->w->chain(), std::move(conn));
+  } else {
+    stats::inc(h->w->listener()->stats.downstream_cx_destroy);
+  }
+  dispatcher_->deferredDelete(std::move(h));
 }
 
 std::optional<config::HostChoice> Worker::chooseHost(const config::Cluster& cluster,

@@ -20,6 +20,7 @@
 namespace strait::server {
 
 class ProtocolSniffer;
+class HandshakeWaiter;
 
 // One bound socket per (worker, listener): the worker listens on it with SO_REUSEPORT.
 struct WorkerSocket {
@@ -62,10 +63,15 @@ class Worker : public config::WorkerContext {
 
  private:
   friend class ProtocolSniffer;
+  friend class HandshakeWaiter;
   void onAccept(const config::ListenerConstSharedPtr& listener, network::ConnectionPtr conn);
   // Hands a connection to the filter chain that fits what detection found.
   void dispatchToChain(const config::ListenerConstSharedPtr& listener, network::ConnectionPtr conn,
-                       std::string_view transport, std::string_view application);
+                       std::string_view transport, std::string_view application, std::string_view server_name,
+                       const std::vector<std::string>* alpn);
+  void startChain(const config::ListenerConstSharedPtr& listener, const config::FilterChain& chain,
+                  network::ConnectionPtr conn);
+  void handshakeDone(HandshakeWaiter& w, network::ConnectionPtr conn);
   void sniffDone(ProtocolSniffer& s, network::ConnectionPtr conn, std::string_view transport,
                  std::string_view application);
 
@@ -85,6 +91,7 @@ class Worker : public config::WorkerContext {
   event::TimerPtr drain_timer_;
   std::list<config::ActiveSession*> sessions_;
   std::list<std::unique_ptr<ProtocolSniffer>> sniffers_;
+  std::list<std::unique_ptr<HandshakeWaiter>> handshakes_;
   std::vector<uint32_t> rr_cursor_;  // per cluster index
   // The newest config's clusters and RDS tables by stable index: connections accepted earlier pin
   // their listener's config, but hosts (EDS) and routes (RDS) are looked up here, per request.

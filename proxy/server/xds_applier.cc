@@ -12,6 +12,9 @@
 #include "envoy/config/endpoint/v3/endpoint.pb.h"
 #include "envoy/config/listener/v3/listener.pb.h"
 #include "envoy/config/route/v3/route.pb.h"
+#include "envoy/extensions/transport_sockets/tls/v3/secret.pb.h"
+#include "certs/secret_manager.h"
+#include "certs/tls_config.h"
 #include "proxy/common/log.h"
 #include "proxy/network/address.h"
 #include "proxy/server/server.h"
@@ -25,6 +28,7 @@ const char* shortName(const std::string& type_url) {
   if (type_url == xds::kListenerType) return "Listener";
   if (type_url == xds::kRouteType) return "RouteConfiguration";
   if (type_url == xds::kEndpointType) return "ClusterLoadAssignment";
+  if (type_url == xds::kSecretType) return "Secret";
   return "resource";
 }
 
@@ -40,6 +44,8 @@ absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> decode(const st
     m = std::make_shared<envoy::config::route::v3::RouteConfiguration>();
   } else if (type_url == xds::kEndpointType) {
     m = std::make_shared<envoy::config::endpoint::v3::ClusterLoadAssignment>();
+  } else if (type_url == xds::kSecretType) {
+    m = std::make_shared<envoy::extensions::transport_sockets::tls::v3::Secret>();
   } else {
     return absl::InvalidArgumentError(absl::StrCat("unsupported resource type ", type_url));
   }
@@ -90,6 +96,7 @@ XdsApplier::XdsApplier(Server& server, stats::Store& store, config::SnapshotCons
   type_stats_[xds::kListenerType] = make("listener_manager.lds");
   type_stats_[xds::kRouteType] = make("xds.rds");
   type_stats_[xds::kEndpointType] = make("xds.eds");
+  type_stats_[xds::kSecretType] = make("xds.sds");
 }
 
 XdsApplier::~XdsApplier() { stop(); }
@@ -115,6 +122,8 @@ void XdsApplier::start() {
   };
   LOG_INFO("xds: connecting to %s (%s)", cfg.target.c_str(), cfg.delta ? "delta" : "state of the world");
   client_ = std::make_unique<xds::AdsClient>(std::move(cfg), *this);
+  // Secrets the bootstrap's own listeners and clusters take over ADS (SDS).
+  client_->setResourceNames(xds::kSecretType, certs::SecretManager::get().sdsNames());
   client_->start();
 }
 
@@ -171,6 +180,7 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
   if (type_url == xds::kListenerType) target = &next->listeners;
   if (type_url == xds::kRouteType) target = &next->routes;
   if (type_url == xds::kEndpointType) target = &next->endpoints;
+  if (type_url == xds::kSecretType) target = &next->secrets;
   if (target == nullptr) return absl::InvalidArgumentError(absl::StrCat("unsupported resource type ", type_url));
 
   const std::string now = config::nowRfc3339();
@@ -187,6 +197,9 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
     if (type_url == xds::kRouteType) inner = static_cast<const envoy::config::route::v3::RouteConfiguration&>(**m).name();
     if (type_url == xds::kEndpointType) {
       inner = static_cast<const envoy::config::endpoint::v3::ClusterLoadAssignment&>(**m).cluster_name();
+    }
+    if (type_url == xds::kSecretType) {
+      inner = static_cast<const envoy::extensions::transport_sockets::tls::v3::Secret&>(**m).name();
     }
     if (inner.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(shortName(type_url), " '", r.name, "': name: is required"));
@@ -209,11 +222,35 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
     auto old = sources_->clusters.end();
     const auto* prev_map = type_url == xds::kClusterType ? &sources_->clusters
                            : type_url == xds::kListenerType ? &sources_->listeners
-                           : type_url == xds::kRouteType ? &sources_->routes : &sources_->endpoints;
+                           : type_url == xds::kRouteType ? &sources_->routes
+                           : type_url == xds::kSecretType ? &sources_->secrets : &sources_->endpoints;
     old = prev_map->find(inner);
     bool same = old != prev_map->end() && old->second.proto->SerializeAsString() == (*m)->SerializeAsString();
     res.last_updated = same ? old->second.last_updated : now;
     (*target)[inner] = std::move(res);
+  }
+  if (type_url == xds::kSecretType) {
+    // Secrets do not rebuild the config: the TLS contexts that use one rebuild themselves (a rotation
+    // leaves listeners, clusters and open connections alone). Every secret is checked before any is
+    // published, so a bad one rejects the update whole.
+    std::vector<std::pair<std::string, std::shared_ptr<const google::protobuf::Message>>> changed;
+    for (const auto& [name, res] : *target) {
+      auto old = sources_->secrets.find(name);
+      if (old != sources_->secrets.end() && old->second.proto == res.proto) continue;
+      if (old != sources_->secrets.end() && old->second.proto->SerializeAsString() == res.proto->SerializeAsString()) continue;
+      changed.emplace_back(name, res.proto);
+    }
+    for (const auto& [name, proto] : changed) {
+      auto st = certs::checkSdsSecret(*proto, absl::StrCat("Secret '", name, "'"));
+      if (!st.ok()) return st;
+    }
+    for (const auto& [name, proto] : changed) {
+      auto st = certs::applySdsSecret(*proto, absl::StrCat("Secret '", name, "'"));
+      if (!st.ok()) return st;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    sources_ = next;
+    return absl::OkStatus();
   }
   auto built = config::buildSnapshot(next, snapshot_.get(), store_, config::clusterIds());
   if (!built.ok()) return built.status();
@@ -241,6 +278,7 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
   // Ask for what the new config refers to (full sets, as SotW wants).
   client_->setResourceNames(xds::kRouteType, {built->rds_names.begin(), built->rds_names.end()});
   client_->setResourceNames(xds::kEndpointType, {built->eds_names.begin(), built->eds_names.end()});
+  client_->setResourceNames(xds::kSecretType, certs::SecretManager::get().sdsNames());
   if (type_url == xds::kClusterType || type_url == xds::kListenerType) onInitialFetchDone(type_url, false);
   return absl::OkStatus();
 }

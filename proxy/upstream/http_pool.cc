@@ -192,7 +192,21 @@ ActiveClient::ActiveClient(HttpPool& pool)
       peer_max_streams_(pool.protocol_ == http::Protocol::Http2 ? pool.cluster_->http2_max_concurrent_streams : 1) {
   conn_->setCallbacks(this);
   conn_->setBufferLimits(pool.cluster_->buffer_limit);
-  conn_->connect(pool.cluster_->connect_timeout_ms);
+  if (const auto& ts = pool.cluster_->transport_socket) {
+    network::TransportSocketOptions options;
+    options.stats = &pool.cluster_->stats.ssl;
+    options.alpn_fallback = pool.protocol_ == http::Protocol::Http2 ? "h2" : "http/1.1";
+    auto socket = ts->create(options);
+    if (!socket) {
+      // No client certificate yet: the attempt fails; it never goes out in plaintext.
+      conn_->failConnect();
+    } else {
+      conn_->setTransportSocket(std::move(socket));
+      conn_->connect(pool.cluster_->connect_timeout_ms);
+    }
+  } else {
+    conn_->connect(pool.cluster_->connect_timeout_ms);
+  }
   if (pool.protocol_ == http::Protocol::Http2) {
     codec_ = http::http2::createClientConnection(*this, *this, pool.settings_);
   } else {
@@ -506,7 +520,7 @@ void HttpPoolManager::release(HttpPool& pool) {
     draining_.erase(it);
     return;
   }
-  const Key key{pool.cluster_->index, pool.address_, pool.protocol_};
+  const Key key{pool.cluster_->index, transportHash(*pool.cluster_), pool.address_, pool.protocol_};
   auto it = pools_.find(key);
   if (it == pools_.end() || it->second.get() != &pool) return;
   dispatcher_.deferredDelete(std::move(it->second));
@@ -519,6 +533,8 @@ void HttpPoolManager::onConfig(const std::vector<config::ClusterConstSharedPtr>&
     const config::Cluster* c = it->first.cluster < clusters_by_index.size() ? clusters_by_index[it->first.cluster].get()
                                                                               : nullptr;
     bool keep = c != nullptr;
+    // A cluster whose TLS settings changed gets new pools; the old ones drain.
+    if (keep && transportHash(*c) != it->first.transport) keep = false;
     if (keep && c->type != config::Cluster::Type::OriginalDst) {
       keep = false;
       for (const auto& h : c->hosts) {
@@ -542,6 +558,7 @@ void HttpPoolManager::onConfig(const std::vector<config::ClusterConstSharedPtr>&
 
 bool HttpPoolManager::Key::operator<(const Key& o) const {
   if (cluster != o.cluster) return cluster < o.cluster;
+  if (transport != o.transport) return transport < o.transport;
   if (protocol != o.protocol) return protocol < o.protocol;
   if (address.family() != o.address.family()) return address.family() < o.address.family();
   return std::memcmp(address.sockAddr(), o.address.sockAddr(), address.sockLen()) < 0;
@@ -549,7 +566,7 @@ bool HttpPoolManager::Key::operator<(const Key& o) const {
 
 HttpPool& HttpPoolManager::pool(const config::ClusterConstSharedPtr& cluster, const config::HostChoice& host,
                                 http::Protocol protocol) {
-  Key key{cluster->index, host.address, protocol};
+  Key key{cluster->index, transportHash(*cluster), host.address, protocol};
   auto it = pools_.find(key);
   if (it != pools_.end()) {
     if (it->second->cluster() != cluster.get()) it->second->updateCluster(cluster, host.host);

@@ -35,6 +35,10 @@ class Cancellable {
 class ActiveClient;
 class HttpPoolManager;
 
+inline uint64_t transportHash(const config::Cluster& c) {
+  return c.transport_socket ? c.transport_socket->hashKey() : 0;
+}
+
 // The connections of one worker to one upstream address with one protocol. HTTP/1: one request per
 // connection at a time, idle connections kept for reuse. HTTP/2: streams multiplexed up to the peer's
 // limit, more connections opened as needed.
@@ -112,6 +116,7 @@ class HttpPoolManager {
   friend class HttpPool;
   struct Key {
     uint32_t cluster;  // the cluster's stable index: pools outlive config updates of their cluster
+    uint64_t transport;  // the transport socket's hash (SNI, SANs, ALPN...): 0 for plaintext
     network::Address address;
     http::Protocol protocol;
     bool operator<(const Key& o) const;
