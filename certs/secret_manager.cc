@@ -275,6 +275,22 @@ void SecretManager::pollNow() {
       stats::set(*store, store->gauge("server.seconds_until_first_cert_expiring"), secs);
       stats::set(*store, store->gauge("server.days_until_first_cert_expiring"), secs / 86400);
     }
+    // One gauge per certificate source (file path or SDS secret name): when it expires, as a Unix time
+    // (Envoy's expiration_unix_time_seconds), so an alert can watch every identity in use.
+    std::map<std::string, int64_t> expiry;
+    for (const auto& src : liveContexts()) {
+      auto ctx = src->currentContext();
+      if (!ctx) continue;
+      for (const auto& d : ctx->certDetails()) expiry[d.path] = d.expiration_time;
+      if (ctx->caDetails()) expiry[ctx->caDetails()->path] = ctx->caDetails()->expiration_time;
+    }
+    for (const auto& [path, t] : expiry) {
+      std::string name = path;
+      for (char& c : name) {
+        if (c == ':' || c == '/' || c == ' ') c = '_';
+      }
+      stats::set(*store, store->gauge("ssl.certificate." + name + ".expiration_unix_time_seconds"), t);
+    }
   }
 }
 
@@ -308,9 +324,13 @@ void SecretManager::stop() {
 }
 
 void SecretManager::track(std::weak_ptr<const ContextSource> source) {
-  std::lock_guard<std::mutex> lock(mu_);
-  std::erase_if(contexts_, [](const std::weak_ptr<const ContextSource>& w) { return w.expired(); });
-  contexts_.push_back(std::move(source));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    std::erase_if(contexts_, [](const std::weak_ptr<const ContextSource>& w) { return w.expired(); });
+    contexts_.push_back(std::move(source));
+  }
+  // The watcher also keeps the expiry gauges current, whatever the certificates' source.
+  ensureWatcher();
 }
 
 std::vector<std::shared_ptr<const SecretManager::ContextSource>> SecretManager::liveContexts() {

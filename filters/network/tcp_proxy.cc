@@ -183,10 +183,10 @@ class Session : public config::ActiveSession, public strait::network::Connection
     upstream_->setCallbacks(this);
     LOG_DEBUG("[C%lu] tcp_proxy: %s -> %s (cluster %s)", downstream_->id(), downstream_->remoteAddress().asString().c_str(),
               host->address.asString().c_str(), cluster_.name.c_str());
-    if (cluster_.transport_socket) {
+    if (const auto& ts = config::transportFor(cluster_, host_)) {
       strait::network::TransportSocketOptions options;
       options.stats = &cluster_.stats.ssl;
-      auto socket = cluster_.transport_socket->create(options);
+      auto socket = ts->create(options);
       if (!socket) {
         upstream_->failConnect();  // no certificate yet: never plaintext
         return;

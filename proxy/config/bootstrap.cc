@@ -252,9 +252,43 @@ absl::StatusOr<network::Address> translateAddress(const core_v3::Address& a, con
 
 // Hosts of a ClusterLoadAssignment (EDS or a static load_assignment). Unhealthy and draining endpoints
 // are left out. `allow_pipe`: the control-plane cluster may name a unix socket (Istio's bootstrap).
+// The transport socket a host gets: the first transport_socket_matches entry whose criteria its
+// metadata under "envoy.transport_socket_match" all hold, else the cluster's transport_socket.
+struct SocketMatch {
+  std::vector<std::pair<std::string, std::string>> criteria;  // key -> serialized google.protobuf.Value
+  network::TransportSocketFactorySharedPtr factory;
+};
+struct SocketChooser {
+  std::vector<SocketMatch> matches;
+  network::TransportSocketFactorySharedPtr fallback;
+  network::TransportSocketFactorySharedPtr choose(const envoy::config::core::v3::Metadata* md) const {
+    const google::protobuf::Struct* fields = nullptr;
+    if (md != nullptr) {
+      auto it = md->filter_metadata().find("envoy.transport_socket_match");
+      if (it != md->filter_metadata().end()) fields = &it->second;
+    }
+    for (const auto& m : matches) {
+      bool all = true;
+      for (const auto& [key, value] : m.criteria) {
+        if (fields == nullptr) {
+          all = false;
+          break;
+        }
+        auto f = fields->fields().find(key);
+        if (f == fields->fields().end() || f->second.SerializeAsString() != value) {
+          all = false;
+          break;
+        }
+      }
+      if (all) return m.factory;
+    }
+    return fallback;
+  }
+};
+
 absl::Status translateEndpoints(const endpoint_v3::ClusterLoadAssignment& la, const std::string& path,
                                 const std::string& cluster_name, stats::StatScope& scope, bool allow_pipe,
-                                std::vector<Host>& out, std::string* pipe_target) {
+                                std::vector<Host>& out, std::string* pipe_target, const SocketChooser& sockets) {
   for (int i = 0; i < la.endpoints_size(); ++i) {
     const auto& locality = la.endpoints(i);
     for (int j = 0; j < locality.lb_endpoints_size(); ++j) {
@@ -275,6 +309,7 @@ absl::Status translateEndpoints(const endpoint_v3::ClusterLoadAssignment& la, co
       }
       Host h;
       h.address = *addr;
+      h.transport_socket = sockets.choose(lbe.has_metadata() ? &lbe.metadata() : nullptr);
       const std::string hp = absl::StrCat("cluster.", cluster_name, ".host.", addr->asString(), ".");
       h.cx_total = scope.counter(hp + "cx_total", true);
       h.cx_active = scope.gauge(hp + "cx_active", true);
@@ -296,6 +331,27 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
   if (c.name().empty()) return fieldError(path + ".name", "is required");
   out->name = c.name();
   out->index = index;
+  // Transport sockets first: hosts pick theirs by metadata as they are translated.
+  SocketChooser sockets;
+  if (c.has_transport_socket()) {
+    auto ts = translateTransportSocket(c.transport_socket(), path + ".transport_socket", false);
+    if (!ts.ok()) return ts.status();
+    sockets.fallback = *ts;
+  }
+  for (int i = 0; i < c.transport_socket_matches_size(); ++i) {
+    const auto& m = c.transport_socket_matches(i);
+    const std::string mp = absl::StrCat(path, ".transport_socket_matches[", i, "]");
+    if (!m.has_transport_socket()) return fieldError(mp + ".transport_socket", "is required");
+    auto ts = translateTransportSocket(m.transport_socket(), mp + ".transport_socket", false);
+    if (!ts.ok()) return ts.status();
+    SocketMatch sm;
+    sm.factory = *ts;
+    for (const auto& [key, value] : m.match().fields()) sm.criteria.emplace_back(key, value.SerializeAsString());
+    sockets.matches.push_back(std::move(sm));
+  }
+  // A host without a match (ORIGINAL_DST destinations have no metadata) takes the cluster's socket, or
+  // the first match-all entry, as in Envoy.
+  out->transport_socket = sockets.choose(nullptr);
   switch (c.type()) {
     case cluster_v3::Cluster::STATIC:
       out->type = Cluster::Type::Static;
@@ -319,7 +375,7 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
       } else {
         auto st = translateEndpoints(static_cast<const endpoint_v3::ClusterLoadAssignment&>(*cla->proto),
                                      absl::StrCat("ClusterLoadAssignment '", service, "'"), c.name(), scope, false,
-                                     out->hosts, nullptr);
+                                     out->hosts, nullptr, sockets);
         if (!st.ok()) return st;
         out->eds_version = cla->version;
       }
@@ -405,29 +461,9 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
       if (t.has_max_retries()) out->max_retries = t.max_retries().value();
     }
   }
-  if (c.has_transport_socket()) {
-    auto ts = translateTransportSocket(c.transport_socket(), path + ".transport_socket", false);
-    if (!ts.ok()) return ts.status();
-    out->transport_socket = *ts;
-  }
-  if (c.transport_socket_matches_size() > 0) {
-    // Without endpoint metadata matching, only a match-all entry can be honoured; anything else would
-    // pick a socket by guesswork, and a wrong guess sends cleartext.
-    for (int i = 0; i < c.transport_socket_matches_size(); ++i) {
-      const auto& m = c.transport_socket_matches(i);
-      const std::string mp = absl::StrCat(path, ".transport_socket_matches[", i, "]");
-      if (m.has_match() && m.match().fields_size() > 0) {
-        return fieldError(mp + ".match", "matching endpoint metadata is not supported yet (only an empty match)");
-      }
-      auto ts = translateTransportSocket(m.transport_socket(), mp + ".transport_socket", false);
-      if (!ts.ok()) return ts.status();
-      out->transport_socket = *ts;
-      break;  // the first match-all entry wins, as in Envoy
-    }
-  }
   if (c.has_load_assignment() && out->type != Cluster::Type::Eds) {
     auto st = translateEndpoints(c.load_assignment(), path + ".load_assignment", c.name(), scope, allow_pipe, out->hosts,
-                                 pipe_target);
+                                 pipe_target, sockets);
     if (!st.ok()) return st;
   }
   const std::string p = "cluster." + (c.alt_stat_name().empty() ? c.name() : c.alt_stat_name()) + ".";
@@ -458,7 +494,9 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
   out->stats.upstream_rq_rx_reset = scope.counter(p + "upstream_rq_rx_reset");
   out->stats.upstream_rq_tx_reset = scope.counter(p + "upstream_rq_tx_reset");
   out->stats.upstream_rq_time = scope.histogram(p + "upstream_rq_time");
-  if (out->transport_socket) out->stats.ssl = network::makeSslStats(scope, p);
+  bool tls = out->transport_socket != nullptr;
+  for (const auto& h : out->hosts) tls = tls || h.transport_socket != nullptr;
+  if (tls) out->stats.ssl = network::makeSslStats(scope, p);
   stats::set(store, out->stats.membership_total, static_cast<int64_t>(out->hosts.size()));
   out->proto = std::make_shared<cluster_v3::Cluster>(c);
   return ClusterConstSharedPtr(out);

@@ -65,6 +65,9 @@ struct ClusterStats {
 // A STATIC cluster's host with its own counters (for /clusters); not exposed in /stats, as in Envoy.
 struct Host {
   network::Address address;
+  // TLS to this host: the cluster's transport_socket_matches entry its metadata selects, else the
+  // cluster's transport_socket; null for plaintext.
+  network::TransportSocketFactorySharedPtr transport_socket;
   stats::Counter cx_total;
   stats::Gauge cx_active;
   stats::Counter cx_connect_fail;
@@ -76,6 +79,9 @@ struct HostChoice {
   network::Address address;
   const Host* host = nullptr;
 };
+
+// The transport socket for connections to `host` (null: plaintext).
+inline const network::TransportSocketFactorySharedPtr& transportFor(const struct Cluster& cluster, const Host* host);
 
 struct Cluster {
   enum class Type { Static, OriginalDst, Eds };
@@ -89,8 +95,10 @@ struct Cluster {
   uint64_t connect_timeout_ms = 5000;
   uint32_t buffer_limit = 1024 * 1024;
   std::vector<Host> hosts;
-  // TLS to the hosts (UpstreamTlsContext) or none (plaintext). A cluster that asks for TLS never
-  // connects without it: when the factory cannot make a socket the connection attempt fails.
+  // TLS to hosts without one of their own (ORIGINAL_DST destinations): the cluster's transport_socket
+  // or its first match-all transport_socket_matches entry; null for plaintext. Listed hosts carry
+  // theirs (Host::transport_socket). A host that asks for TLS never gets a plaintext connection: when
+  // the factory cannot make a socket the attempt fails.
   network::TransportSocketFactorySharedPtr transport_socket;
   // HTTP to this cluster: the protocol (typed_extension_protocol_options HttpProtocolOptions), HTTP/2
   // settings, idle timeout and circuit-breaker limits (Envoy's defaults).
@@ -112,6 +120,10 @@ struct Cluster {
   std::shared_ptr<const google::protobuf::Message> proto;  // for /config_dump
 };
 using ClusterConstSharedPtr = std::shared_ptr<const Cluster>;
+
+inline const network::TransportSocketFactorySharedPtr& transportFor(const Cluster& cluster, const Host* host) {
+  return host != nullptr ? host->transport_socket : cluster.transport_socket;
+}
 
 struct Listener;
 struct ListenerStats;

@@ -192,7 +192,7 @@ ActiveClient::ActiveClient(HttpPool& pool)
       peer_max_streams_(pool.protocol_ == http::Protocol::Http2 ? pool.cluster_->http2_max_concurrent_streams : 1) {
   conn_->setCallbacks(this);
   conn_->setBufferLimits(pool.cluster_->buffer_limit);
-  if (const auto& ts = pool.cluster_->transport_socket) {
+  if (const auto& ts = config::transportFor(*pool.cluster_, pool.host_)) {
     network::TransportSocketOptions options;
     options.stats = &pool.cluster_->stats.ssl;
     options.alpn_fallback = pool.protocol_ == http::Protocol::Http2 ? "h2" : "http/1.1";
@@ -520,7 +520,7 @@ void HttpPoolManager::release(HttpPool& pool) {
     draining_.erase(it);
     return;
   }
-  const Key key{pool.cluster_->index, transportHash(*pool.cluster_), pool.address_, pool.protocol_};
+  const Key key{pool.cluster_->index, transportHash(*pool.cluster_, pool.host_), pool.address_, pool.protocol_};
   auto it = pools_.find(key);
   if (it == pools_.end() || it->second.get() != &pool) return;
   dispatcher_.deferredDelete(std::move(it->second));
@@ -533,12 +533,13 @@ void HttpPoolManager::onConfig(const std::vector<config::ClusterConstSharedPtr>&
     const config::Cluster* c = it->first.cluster < clusters_by_index.size() ? clusters_by_index[it->first.cluster].get()
                                                                               : nullptr;
     bool keep = c != nullptr;
-    // A cluster whose TLS settings changed gets new pools; the old ones drain.
-    if (keep && transportHash(*c) != it->first.transport) keep = false;
-    if (keep && c->type != config::Cluster::Type::OriginalDst) {
+    // A host (or an ORIGINAL_DST cluster) whose TLS settings changed gets new pools; the old ones drain.
+    if (keep && c->type == config::Cluster::Type::OriginalDst) {
+      keep = transportHash(*c, nullptr) == it->first.transport;
+    } else if (keep) {
       keep = false;
       for (const auto& h : c->hosts) {
-        if (h.address == it->first.address) {
+        if (h.address == it->first.address && transportHash(*c, &h) == it->first.transport) {
           keep = true;
           break;
         }
@@ -566,7 +567,7 @@ bool HttpPoolManager::Key::operator<(const Key& o) const {
 
 HttpPool& HttpPoolManager::pool(const config::ClusterConstSharedPtr& cluster, const config::HostChoice& host,
                                 http::Protocol protocol) {
-  Key key{cluster->index, transportHash(*cluster), host.address, protocol};
+  Key key{cluster->index, transportHash(*cluster, host.host), host.address, protocol};
   auto it = pools_.find(key);
   if (it != pools_.end()) {
     if (it->second->cluster() != cluster.get()) it->second->updateCluster(cluster, host.host);

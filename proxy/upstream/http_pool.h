@@ -35,8 +35,9 @@ class Cancellable {
 class ActiveClient;
 class HttpPoolManager;
 
-inline uint64_t transportHash(const config::Cluster& c) {
-  return c.transport_socket ? c.transport_socket->hashKey() : 0;
+inline uint64_t transportHash(const config::Cluster& c, const config::Host* host) {
+  const auto& ts = config::transportFor(c, host);
+  return ts ? ts->hashKey() : 0;
 }
 
 // The connections of one worker to one upstream address with one protocol. HTTP/1: one request per

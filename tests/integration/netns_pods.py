@@ -4,8 +4,11 @@ Imported by test_netns_e2e.py (the real strait binary) and test_capture_rules.py
 proxy, so the capture scripts are checked even without a build). Run as a script, it plays the
 processes that live inside the namespaces:
 
-    netns_pods.py echo-server PORT [--hello]      TCP echo on 0.0.0.0 and [::]; --hello first sends
-                                                  "peer=<client address>\\n"
+    netns_pods.py echo-server PORT [--hello] [--log]
+                                                  TCP echo on 0.0.0.0 and [::]; --hello first sends
+                                                  "peer=<client address>\\n"; --log prints
+                                                  "CONN peer=A:P" per accepted connection and
+                                                  "DONE peer=A:P bytes=N sha256=HEX" at its end
     netns_pods.py client HOST PORT IN OUT         send the file IN, half-close, write what comes back to OUT
     netns_pods.py probe HOST PORT                 connect, send a line, print a JSON account of what happened
     netns_pods.py capture-standin PORT...         a minimal transparent proxy: accepts on each PORT
@@ -16,6 +19,7 @@ Everything a PodPair starts is killed, and its namespaces deleted, when it close
 inside the namespaces it creates (addresses 10.200.0.0/24 and fd00:200::/64 exist only there).
 """
 
+import hashlib
 import json
 import os
 import shutil
@@ -204,11 +208,23 @@ class PodPair:
         script = os.path.join(DEPLOY, {"iptables": "strait-iptables.sh", "nftables": "strait-nftables.sh"}[backend])
         return self.run(ns, [script, *args])
 
-    def echo_server(self, ns, port, hello=False):
-        p = self.spawn(ns, [sys.executable, self.helper(), "echo-server", str(port)] + (["--hello"] if hello else []),
-                       f"echo-{ns}-{port}")
+    def echo_server(self, ns, port, hello=False, log=False):
+        p = self.spawn(ns, [sys.executable, self.helper(), "echo-server", str(port)] + (["--hello"] if hello else [])
+                       + (["--log"] if log else []), f"echo-{ns}-{port}")
         self.wait_log(p, "READY")
         return p
+
+    def echo_connections(self, p):
+        """For an echo server started with log=True: ([peer of each accepted connection],
+        [{"peer", "bytes", "sha256"} of each finished one])."""
+        conns, done = [], []
+        for line in self.log_of(p).splitlines():
+            if line.startswith("CONN "):
+                conns.append(line.split("peer=", 1)[1].strip())
+            elif line.startswith("DONE "):
+                f = dict(kv.split("=", 1) for kv in line.split()[1:])
+                done.append({"peer": f["peer"], "bytes": int(f["bytes"]), "sha256": f["sha256"]})
+        return conns, done
 
     def client(self, ns, host, port, payload, timeout=60, as_proxy=False):
         """Send payload from ns to host:port with a half-close; return what came back."""
@@ -264,16 +280,35 @@ def _accept_loop(sock, handler):
         threading.Thread(target=handler, args=(conn, peer, sock), daemon=True).start()
 
 
-def _echo(conn, peer, _lsock, hello):
-    with conn:
-        if hello:
-            conn.sendall(f"peer={peer[0]}\n".encode())
-        while True:
-            data = conn.recv(65536)
-            if not data:
-                break
-            conn.sendall(data)
-        conn.shutdown(socket.SHUT_WR)
+_print_lock = threading.Lock()
+
+
+def _log_line(line):
+    with _print_lock:
+        print(line, flush=True)
+
+
+def _echo(conn, peer, _lsock, hello, log=False):
+    who = f"{peer[0]}:{peer[1]}"
+    if log:
+        _log_line(f"CONN peer={who}")
+    digest, count = hashlib.sha256(), 0
+    try:
+        with conn:
+            if hello:
+                conn.sendall(f"peer={peer[0]}\n".encode())
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                if log:
+                    digest.update(data)
+                    count += len(data)
+                conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+    finally:
+        if log:
+            _log_line(f"DONE peer={who} bytes={count} sha256={digest.hexdigest()}")
 
 
 def original_dst(conn):
@@ -350,7 +385,8 @@ def _main(argv):
     role = argv[0]
     if role == "echo-server":
         hello = "--hello" in argv[2:]
-        _serve(_listen(int(argv[1])), lambda c, p, s: _echo(c, p, s, hello))
+        log = "--log" in argv[2:]
+        _serve(_listen(int(argv[1])), lambda c, p, s: _echo(c, p, s, hello, log))
         print("READY", flush=True)
         threading.Event().wait()
     elif role == "capture-standin":

@@ -526,3 +526,37 @@ def test_bad_tls_config_is_rejected_naming_the_field(tmp_path, pki):
     r = harness.run_strait(["--mode", "validate", "-c", str(path)])
     assert r.returncode == 1
     assert "tls_minimum_protocol_version" in r.stderr, r.stderr
+
+
+def test_transport_socket_matches_pick_tls_by_endpoint_metadata(fleet, pki):
+    """Istio's auto-mTLS shape: endpoints labelled tlsMode=istio get TLS, the others plaintext."""
+    echo_b = fleet.echo()
+    plain = fleet.echo()
+    b = fleet.start(bootstrap([tls_listener("inbound", "app", downstream_tls(pki["server"], pki["root"],
+                                                                           require_client=True))],
+                              [static_cluster("app", [echo_b.port])]))
+    b_port = b.listener_port("inbound")
+    cluster = {
+        "name": "mixed", "type": "STATIC", "connect_timeout": "1s", "lb_policy": "ROUND_ROBIN",
+        "load_assignment": {"cluster_name": "mixed", "endpoints": [{"lb_endpoints": [
+            {"endpoint": {"address": socket_address(b_port)},
+             "metadata": {"filter_metadata": {"envoy.transport_socket_match": {"tlsMode": "istio"}}}},
+            {"endpoint": {"address": socket_address(plain.port)}},
+        ]}]},
+        "transport_socket_matches": [
+            {"name": "tlsMode-istio", "match": {"tlsMode": "istio"},
+             "transport_socket": upstream_tls(pki["root"], pki["client"], sans=[SPIFFE_B])},
+            {"name": "tlsMode-disabled", "match": {},
+             "transport_socket": {"name": "envoy.transport_sockets.raw_buffer", "typed_config": {
+                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer"}}},
+        ],
+    }
+    a = fleet.start(bootstrap([tcp_proxy_listener("out", "mixed")], [cluster]))
+    port = a.listener_port("out")
+    for i in range(4):
+        assert plain_echo(port, b"m%d" % i) == b"m%d" % i
+    assert echo_b.wait_accepts(2) == 2, "the TLS-labelled endpoint did not get its share"
+    assert plain.wait_accepts(2) == 2, "the plaintext endpoint did not get its share"
+    stats = b.wait_stats(lambda s: s.get(f"listener.127.0.0.1_{b_port}.ssl.handshake", 0) >= 2)
+    assert stats[f"listener.127.0.0.1_{b_port}.ssl.handshake"] >= 2
+    assert a.stats()["cluster.mixed.ssl.handshake"] >= 2
