@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/install-deps.sh test
+# Every build type must compile: the Release binary (what the image ships) first, then the test build.
+cmake -S . -B build-release -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTRAIT_TESTS=OFF >/dev/null
+ninja -C build-release strait
 cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 ninja -C build
 echo "== unit tests (ctest)"
