@@ -5,6 +5,7 @@
 #include <chrono>
 #include <climits>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
@@ -201,13 +202,22 @@ SecretProviderSharedPtr SecretManager::named(const std::string& name) {
 
 void SecretManager::onSdsSecret(const std::string& name, SecretConstSharedPtr secret) { named(name)->publish(std::move(secret)); }
 
-std::vector<std::string> SecretManager::sdsNames() {
+std::vector<std::string> SecretManager::sdsNames(const std::string& source) {
   std::lock_guard<std::mutex> lock(mu_);
   std::vector<std::string> out;
   for (const auto& [name, p] : named_) {
-    if (p->isSds() && p->hasSubscribers()) out.push_back(name);
+    if (p->isSds() && p->sdsSource() == source && p->hasSubscribers()) out.push_back(name);
   }
   return out;
+}
+
+std::vector<std::string> SecretManager::sdsSources() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::set<std::string> out;
+  for (const auto& [name, p] : named_) {
+    if (p->isSds() && !p->sdsSource().empty() && p->hasSubscribers()) out.insert(p->sdsSource());
+  }
+  return {out.begin(), out.end()};
 }
 
 absl::StatusOr<std::shared_ptr<FileSecretProvider>> SecretManager::fileCertificate(const PemSource& chain,

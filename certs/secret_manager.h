@@ -47,8 +47,20 @@ class SecretProvider {
   void publish(SecretConstSharedPtr secret);
   uint64_t updates() const { return updates_.load(std::memory_order_relaxed); }
   // Named in config with an sds_config (fetched over xDS), as opposed to a bootstrap static secret.
-  void markSds() { sds_.store(true, std::memory_order_relaxed); }
-  bool isSds() const { return sds_.load(std::memory_order_relaxed); }
+  // `source`: empty for ADS, else the cluster whose SDS stream serves it (Istio's "sds-grpc").
+  void markSds(const std::string& source) {
+    std::lock_guard<std::mutex> lock(mu_);
+    sds_ = true;
+    source_ = source;
+  }
+  bool isSds() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return sds_;
+  }
+  std::string sdsSource() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return source_;
+  }
   bool hasSubscribers() const;
 
  private:
@@ -57,7 +69,8 @@ class SecretProvider {
   SecretConstSharedPtr current_;
   std::vector<std::weak_ptr<SecretSubscriber>> subscribers_;
   std::atomic<uint64_t> updates_{0};
-  std::atomic<bool> sds_{false};
+  bool sds_ = false;
+  std::string source_;
 };
 using SecretProviderSharedPtr = std::shared_ptr<SecretProvider>;
 
@@ -117,7 +130,9 @@ class SecretManager {
   // An SDS update / removal for `name` (from the xDS applier).
   void onSdsSecret(const std::string& name, SecretConstSharedPtr secret);
   // Names of SDS secrets that some live TLS context waits for or uses (the SDS subscription).
-  std::vector<std::string> sdsNames();
+  std::vector<std::string> sdsNames(const std::string& source = "");
+  // The SDS sources (cluster names) other than ADS that live contexts use.
+  std::vector<std::string> sdsSources();
   // File sources, shared by everyone naming the same files. The first load happens here.
   absl::StatusOr<std::shared_ptr<FileSecretProvider>> fileCertificate(const PemSource& chain, const PemSource& key);
   absl::StatusOr<std::shared_ptr<FileSecretProvider>> fileValidation(const PemSource& ca);

@@ -124,12 +124,24 @@ absl::StatusOr<int> tlsVersion(tls_v3::TlsParameters::TlsProtocol p, const std::
 // A reference to a secret by name: static (bootstrap) or SDS over ADS.
 absl::StatusOr<SecretProviderSharedPtr> sdsProvider(const tls_v3::SdsSecretConfig& s, const std::string& path) {
   if (s.name().empty()) return fieldError(path + ".name", "is required");
+  std::string source;  // empty: ADS
   if (s.has_sds_config() && s.sds_config().has_api_config_source()) {
-    return fieldError(path + ".sds_config.api_config_source",
-                      "SDS over its own gRPC stream is not supported yet (use ads: {} or a static secret)");
+    // SDS on its own stream to one of our clusters (Istio: sds-grpc, a unix socket to its agent).
+    const auto& api = s.sds_config().api_config_source();
+    const std::string ap = path + ".sds_config.api_config_source";
+    if (api.api_type() != core_v3::ApiConfigSource::GRPC) {
+      return fieldError(ap + ".api_type", "only GRPC is supported for SDS on its own stream");
+    }
+    if (api.grpc_services_size() != 1 || !api.grpc_services(0).has_envoy_grpc() ||
+        api.grpc_services(0).envoy_grpc().cluster_name().empty()) {
+      return fieldError(ap + ".grpc_services", "exactly one envoy_grpc service naming a static cluster is supported");
+    }
+    source = api.grpc_services(0).envoy_grpc().cluster_name();
+  } else if (s.has_sds_config() && !s.sds_config().has_ads()) {
+    return fieldError(path + ".sds_config", "ads: {} or an api_config_source is required");
   }
   auto p = SecretManager::get().named(s.name());
-  if (s.has_sds_config()) p->markSds();  // fetched over ADS; otherwise a bootstrap static secret
+  if (s.has_sds_config()) p->markSds(source);  // fetched over xDS; otherwise a bootstrap static secret
   return p;
 }
 

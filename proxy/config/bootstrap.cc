@@ -462,9 +462,12 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
     }
   }
   if (c.has_load_assignment() && out->type != Cluster::Type::Eds) {
+    std::string pipe;
     auto st = translateEndpoints(c.load_assignment(), path + ".load_assignment", c.name(), scope, allow_pipe, out->hosts,
-                                 pipe_target, sockets);
+                                 &pipe, sockets);
     if (!st.ok()) return st;
+    if (pipe_target != nullptr) *pipe_target = pipe;
+    out->grpc_target = pipe;
   }
   const std::string p = "cluster." + (c.alt_stat_name().empty() ? c.name() : c.alt_stat_name()) + ".";
   out->stats.upstream_cx_total = scope.counter(p + "upstream_cx_total");
@@ -497,6 +500,10 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
   bool tls = out->transport_socket != nullptr;
   for (const auto& h : out->hosts) tls = tls || h.transport_socket != nullptr;
   if (tls) out->stats.ssl = network::makeSslStats(scope, p);
+  if (out->grpc_target.empty() && !out->hosts.empty()) {
+    const auto& a = out->hosts.front().address;
+    out->grpc_target = (a.isV6() ? "ipv6:" : "ipv4:") + a.asString();
+  }
   stats::set(store, out->stats.membership_total, static_cast<int64_t>(out->hosts.size()));
   out->proto = std::make_shared<cluster_v3::Cluster>(c);
   return ClusterConstSharedPtr(out);
@@ -815,8 +822,8 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     const auto& cp = sr.clusters(i);
     std::string pipe;
     bool warming = false;
-    auto c = translateCluster(cp, path, ids.get(cp.name()), store, &sources->endpoints, cp.name() == xds_cluster,
-                              &pipe, &warming);
+    // Static clusters may name a unix socket: a gRPC service there (Istio's xds-grpc and sds-grpc).
+    auto c = translateCluster(cp, path, ids.get(cp.name()), store, &sources->endpoints, true, &pipe, &warming);
     if (!c.ok()) return c.status();
     if (cp.name() == xds_cluster && snap->ads) {
       if (!pipe.empty()) {

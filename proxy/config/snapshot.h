@@ -95,6 +95,9 @@ struct Cluster {
   uint64_t connect_timeout_ms = 5000;
   uint32_t buffer_limit = 1024 * 1024;
   std::vector<Host> hosts;
+  // Where a gRPC client of ours (SDS on its own stream) connects when a config names this cluster:
+  // "unix:/path" for a static cluster with a pipe endpoint, else its first host ("ipv4:1.2.3.4:15012").
+  std::string grpc_target;
   // TLS to hosts without one of their own (ORIGINAL_DST destinations): the cluster's transport_socket
   // or its first match-all transport_socket_matches entry; null for plaintext. Listed hosts carry
   // theirs (Host::transport_socket). A host that asks for TLS never gets a plaintext connection: when

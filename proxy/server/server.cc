@@ -9,7 +9,9 @@
 #include "proxy/common/log.h"
 #include "proxy/config/bootstrap.h"
 #include "proxy/server/admin.h"
+#include "proxy/server/sds_streams.h"
 #include "proxy/server/xds_applier.h"
+#include "envoy/config/bootstrap/v3/bootstrap.pb.h"
 
 #include <condition_variable>
 #include "absl/strings/str_cat.h"
@@ -140,6 +142,7 @@ absl::Status Server::applySnapshot(config::SnapshotConstSharedPtr snapshot) {
   std::lock_guard<std::mutex> lock(mu_);
   snapshot_ = std::move(snapshot);
   bound_ = std::move(bound);
+  if (sds_) sds_->refresh(*snapshot_);
   return absl::OkStatus();
 }
 
@@ -200,6 +203,9 @@ int Server::run() {
     signals_.push_back(s);
   }
   workers_started_ = true;
+  // SDS streams of their own (Istio's sds-grpc): opened for whatever the config's TLS contexts name.
+  sds_ = std::make_unique<SdsStreams>(*store_, static_cast<const envoy::config::bootstrap::v3::Bootstrap&>(*snapshot_->bootstrap).node());
+  sds_->refresh(*snapshot_);
   if (snapshot_->ads) {
     // Not ready until the first CDS and LDS are applied (or their initial fetch times out).
     xds_ready_ = false;
@@ -214,6 +220,7 @@ int Server::run() {
            options_.concurrency, bound_.size(), snapshot_->clusters.size());
   dispatcher_->run();
   if (xds_) xds_->stop();
+  if (sds_) sds_->stop();
   for (auto& w : workers_) w->join();
   LOG_INFO("strait exiting");
   return 0;

@@ -75,6 +75,7 @@ class Server {
   mutable std::mutex mu_;  // guards snapshot_ and bound_ (admin on main, xDS thread writes)
   config::SnapshotConstSharedPtr snapshot_;
   std::unique_ptr<class XdsApplier> xds_;
+  std::unique_ptr<class SdsStreams> sds_;
   std::unique_ptr<event::Dispatcher> dispatcher_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<AdminServer> admin_;

@@ -141,3 +141,62 @@ def test_sds_warming_rotation_and_nack(fleet, xds, tmp_path):
     dump = proc.get("/config_dump").text
     assert "PRIVATE KEY" not in dump
     assert proc.stats().get("xds.sds.update_rejected", 0) >= 1
+
+
+@pytest.fixture
+def agent(tmp_path):
+    """The test management server on a unix socket, as Istio's node agent serves SDS to its proxy."""
+    if not xds_control.node_available():
+        pytest.skip("node/npm not installed: the test management server cannot run")
+    sock = tmp_path / "agent" / "sds.sock"
+    sock.parent.mkdir()
+    server = XdsServer(tmp_path / "xds-agent", unix=str(sock))
+    server.start()
+    server.socket_path = sock
+    yield server
+    server.stop()
+
+
+def test_sds_on_its_own_stream_over_a_unix_socket(fleet, agent, tmp_path):
+    """Istio's shape: a static cluster sds-grpc with a pipe endpoint, listener and cluster TLS contexts
+    whose sds_config names it; no ADS at all. Secrets arrive, rotate, and a bad one is refused."""
+    base = tmp_path / "pki"
+    root = tlsutil.make_root(base / "ca")
+    pki = {"root": root, "client": tlsutil.make_workload(base / "ca", base / "client", "default", "client")}
+    gen1 = tlsutil.make_workload(base / "ca", base / "gen1", "default", "server")
+    gen2 = tlsutil.make_workload(base / "ca", base / "gen2", "default", "server")
+    echo = fleet.echo()
+    sds = {"name": "default", "sds_config": {"resource_api_version": "V3", "api_config_source": {
+        "api_type": "GRPC", "transport_api_version": "V3",
+        "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}]}}}
+    ca_sds = dict(sds, name="ROOTCA")
+    tls = {"@type": DOWNSTREAM_TLS, "require_client_certificate": True, "common_tls_context": {
+        "tls_certificate_sds_secret_configs": [sds], "validation_context_sds_secret_config": ca_sds}}
+    listener = harness.tcp_proxy_listener("tls_in", "backend")
+    listener["filter_chains"][0]["transport_socket"] = {"name": "tls", "typed_config": tls}
+    sds_cluster = {"name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+                   "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                       "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                       "explicit_http_config": {"http2_protocol_options": {}}}},
+                   "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [
+                       {"endpoint": {"address": {"pipe": {"path": str(agent.socket_path)}}}}]}]}}
+    config = harness.bootstrap([listener], [harness.static_cluster("backend", [echo.port]), sds_cluster])
+    proc = fleet.start(config, wait_ready=False)
+    proc.wait_admin()
+    agent.wait_request(lambda r: r["type_url"] == SDS and set(r.get("resource_names", [])) >= {"default", "ROOTCA"},
+                       timeout=10)
+    assert proc.get("/ready").status == 503
+    agent.set_resources([secret_cert("default", gen1), secret_ca("ROOTCA", root)])
+    proc.wait_ready(10)
+    port = proc.listener_port("tls_in")
+    s1 = tlsutil.cert_info(gen1["cert"])["serial"].lower().lstrip("0")
+    assert wait_for(lambda: serial_of(port, pki) == s1)
+    agent.set_resources([secret_cert("default", gen2)])
+    s2 = tlsutil.cert_info(gen2["cert"])["serial"].lower().lstrip("0")
+    assert wait_for(lambda: serial_of(port, pki) == s2)
+    agent.set_resources([secret_cert("default", {"cert": gen1["cert"], "key": gen2["key"]})])
+    agent.wait_request(lambda r: r["type_url"] == SDS and r.get("kind") == "nack", timeout=10)
+    assert serial_of(port, pki) == s2
+    stats = proc.stats()
+    assert stats["sds.sds-grpc.update_success"] >= 2
+    assert stats["sds.sds-grpc.update_rejected"] >= 1

@@ -65,6 +65,12 @@ const packageDefinition = protoLoader.loadSync('envoy/service/discovery/v3/ads.p
   keepCase: true, longs: String, enums: String, defaults: false, oneofs: true, includeDirs: INCLUDE_DIRS,
 });
 const adsService = grpc.loadPackageDefinition(packageDefinition).envoy.service.discovery.v3.AggregatedDiscoveryService.service;
+// SDS on its own stream (Istio's agent serves it on a unix socket): the same messages and semantics as
+// ADS, under the SecretDiscoveryService's method names.
+const sdsDefinition = protoLoader.loadSync('envoy/service/secret/v3/sds.proto', {
+  keepCase: true, longs: String, enums: String, defaults: false, oneofs: true, includeDirs: INCLUDE_DIRS,
+});
+const sdsService = grpc.loadPackageDefinition(sdsDefinition).envoy.service.secret.v3.SecretDiscoveryService.service;
 
 // ---- state ----------------------------------------------------------------------------------------
 
@@ -561,6 +567,11 @@ const grpcServer = new grpc.Server();
 grpcServer.addService(adsService, {
   StreamAggregatedResources: (call) => openStream(call, 'sotw'),
   DeltaAggregatedResources: (call) => openStream(call, 'delta'),
+});
+grpcServer.addService(sdsService, {
+  StreamSecrets: (call) => openStream(call, 'sotw'),
+  DeltaSecrets: (call) => openStream(call, 'delta'),
+  FetchSecrets: (call, callback) => callback({ code: grpc.status.UNIMPLEMENTED, details: 'FetchSecrets is not served' }),
 });
 const controlServer = http.createServer(handleHttp);
 

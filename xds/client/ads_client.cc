@@ -22,6 +22,7 @@
 #include <unordered_set>
 
 #include "envoy/service/discovery/v3/ads.grpc.pb.h"
+#include "envoy/service/secret/v3/sds.grpc.pb.h"
 #include "envoy/service/discovery/v3/discovery.pb.h"
 #include "google/protobuf/io/coded_stream.h"
 #include "google/protobuf/wire_format_lite.h"
@@ -100,9 +101,12 @@ class AdsClient::Impl {
         bucket_(config_.rate_limit_burst, config_.rate_limit_per_second, Clock::now()),
         backoff_(config_.backoff_base_ms, config_.backoff_max_ms, std::random_device{}()) {
     // Wildcard types exist from the start, CDS first: that order is the order of the first requests.
-    for (const char* type : {kClusterType, kListenerType}) {
-      Sub& sub = subFor(type);
-      sub.wildcard = true;
+    // An SDS stream has none: it asks for the secrets it is told about.
+    if (config_.service == AdsConfig::Service::Aggregated) {
+      for (const char* type : {kClusterType, kListenerType}) {
+        Sub& sub = subFor(type);
+        sub.wildcard = true;
+      }
     }
     publishLocked();
   }
@@ -639,7 +643,11 @@ class AdsClient::Impl {
   }
 
   void openStream() {
-    stub_ = AggregatedDiscoveryService::NewStub(channel_);
+    if (config_.service == AdsConfig::Service::Aggregated) {
+      stub_ = AggregatedDiscoveryService::NewStub(channel_);
+    } else {
+      sds_stub_ = envoy::service::secret::v3::SecretDiscoveryService::NewStub(channel_);
+    }
     {
       std::lock_guard<std::mutex> lk(mu_);
       if (stopping_) return;
@@ -648,11 +656,12 @@ class AdsClient::Impl {
       in_blocking_call_ = true;  // sends the call's headers (the connection is up: quick)
     }
     log(kDebug, "opening %s stream to %s", config_.delta ? "delta" : "SotW", config_.target.c_str());
+    const bool ads = config_.service == AdsConfig::Service::Aggregated;
     if (config_.delta) {
-      delta_stream_ = stub_->DeltaAggregatedResources(ctx_.get());
+      delta_stream_ = ads ? stub_->DeltaAggregatedResources(ctx_.get()) : sds_stub_->DeltaSecrets(ctx_.get());
       reader_ = std::thread([this] { readLoop(delta_stream_.get(), &delta_responses_); });
     } else {
-      sotw_stream_ = stub_->StreamAggregatedResources(ctx_.get());
+      sotw_stream_ = ads ? stub_->StreamAggregatedResources(ctx_.get()) : sds_stub_->StreamSecrets(ctx_.get());
       reader_ = std::thread([this] { readLoop(sotw_stream_.get(), &sotw_responses_); });
     }
     {
@@ -709,6 +718,7 @@ class AdsClient::Impl {
       reader_done_ = false;
     }
     stub_.reset();
+    sds_stub_.reset();
     channel_.reset();
     stream_ok_ = false;
     send_queue_.clear();
@@ -822,6 +832,7 @@ class AdsClient::Impl {
   Stats stats_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<AggregatedDiscoveryService::Stub> stub_;
+  std::unique_ptr<envoy::service::secret::v3::SecretDiscoveryService::Stub> sds_stub_;
   std::unique_ptr<SotwStream> sotw_stream_;
   std::unique_ptr<DeltaStream> delta_stream_;
   std::thread reader_;

@@ -88,6 +88,10 @@ using XdsLogFn = std::function<void(int level, const std::string& message)>;
 struct AdsConfig {
   // "127.0.0.1:15010", "[::1]:15010", "localhost:15010" or "unix:/path/to/socket" (gRPC target syntax).
   std::string target;
+  // Which service the stream calls: ADS (every type; CDS and LDS subscribed as wildcard from the start),
+  // or SDS on a stream of its own (SecretDiscoveryService: only named Secret subscriptions).
+  enum class Service { Aggregated, Secret };
+  Service service = Service::Aggregated;
   bool delta = false;  // api_type DELTA_GRPC (else GRPC: state of the world)
   envoy::config::core::v3::Node node;
   // Per type, from its first subscription; 0 disables. Reported through onInitialFetchDone().
