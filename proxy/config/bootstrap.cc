@@ -17,6 +17,7 @@
 #include "envoy/config/endpoint/v3/endpoint.pb.h"
 #include "envoy/config/listener/v3/listener.pb.h"
 #include "envoy/config/route/v3/route.pb.h"
+#include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
 #include "envoy/extensions/upstreams/http/v3/http_protocol_options.pb.h"
 #include "envoy/extensions/filters/listener/original_dst/v3/original_dst.pb.h"
 #include "google/protobuf/util/json_util.h"
@@ -725,6 +726,42 @@ RouteTableFactory& routeTableFactory() {
 }
 
 // The bootstrap's ADS settings, and the name of the static cluster that reaches the control plane.
+// The xDS channel's TLS from its envoy_grpc cluster's UpstreamTlsContext (gRPC runs its own TLS: the
+// settings are handed over as PEM sources; SDS is not possible for the channel that brings SDS).
+absl::StatusOr<AdsSettings::Tls> adsTlsFromCluster(const core_v3::TransportSocket& ts, const std::string& path) {
+  envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext u;
+  if (!ts.has_typed_config() || !ts.typed_config().UnpackTo(&u)) {
+    return fieldError(path + ".typed_config", "the xDS cluster takes an UpstreamTlsContext");
+  }
+  AdsSettings::Tls tls;
+  tls.sni = u.sni();
+  const auto& c = u.common_tls_context();
+  const std::string cp = path + ".typed_config.common_tls_context";
+  auto pem = [&](const core_v3::DataSource& ds, const std::string& f, AdsSettings::PemSource& out) -> absl::Status {
+    if (ds.has_filename()) {
+      out.filename = ds.filename();
+    } else if (ds.has_inline_string() || ds.has_inline_bytes()) {
+      out.inline_data = ds.has_inline_string() ? ds.inline_string() : ds.inline_bytes();
+    } else {
+      return fieldError(cp + "." + f, "the xDS channel needs a filename or inline data");
+    }
+    return absl::OkStatus();
+  };
+  if (c.tls_certificate_sds_secret_configs_size() > 0 || c.has_validation_context_sds_secret_config() ||
+      c.has_combined_validation_context()) {
+    return fieldError(cp, "the xDS channel's certificates cannot come over SDS: name files or inline data");
+  }
+  if (c.tls_certificates_size() > 1) return fieldError(cp + ".tls_certificates", "the xDS channel takes one certificate");
+  if (c.tls_certificates_size() == 1) {
+    if (auto st = pem(c.tls_certificates(0).certificate_chain(), "tls_certificates[0].certificate_chain", tls.cert_chain); !st.ok()) return st;
+    if (auto st = pem(c.tls_certificates(0).private_key(), "tls_certificates[0].private_key", tls.private_key); !st.ok()) return st;
+  }
+  if (c.has_validation_context() && c.validation_context().has_trusted_ca()) {
+    if (auto st = pem(c.validation_context().trusted_ca(), "validation_context.trusted_ca", tls.root_certs); !st.ok()) return st;
+  }
+  return tls;
+}
+
 absl::StatusOr<std::optional<AdsSettings>> translateAds(const bootstrap_v3::Bootstrap& b, std::string* xds_cluster) {
   if (!b.has_dynamic_resources()) return std::optional<AdsSettings>();
   const auto& dr = b.dynamic_resources();
@@ -756,10 +793,32 @@ absl::StatusOr<std::optional<AdsSettings>> translateAds(const bootstrap_v3::Boot
     }
     *xds_cluster = gs.envoy_grpc().cluster_name();
   } else if (gs.has_google_grpc()) {
-    if (gs.google_grpc().target_uri().empty()) {
-      return fieldError(p + ".ads_config.grpc_services[0].google_grpc.target_uri", "is required");
-    }
+    const std::string gp = p + ".ads_config.grpc_services[0].google_grpc";
+    if (gs.google_grpc().target_uri().empty()) return fieldError(gp + ".target_uri", "is required");
     ads.target = gs.google_grpc().target_uri();
+    if (gs.google_grpc().has_channel_credentials()) {
+      const auto& cc = gs.google_grpc().channel_credentials();
+      if (!cc.has_ssl_credentials()) {
+        return fieldError(gp + ".channel_credentials", "only ssl_credentials is supported");
+      }
+      const auto& ssl = cc.ssl_credentials();
+      AdsSettings::Tls tls;
+      auto pem = [&](const core_v3::DataSource& ds, const std::string& f, AdsSettings::PemSource& out) -> absl::Status {
+        if (ds.has_filename()) {
+          out.filename = ds.filename();
+        } else if (ds.has_inline_string() || ds.has_inline_bytes()) {
+          out.inline_data = ds.has_inline_string() ? ds.inline_string() : ds.inline_bytes();
+        } else if (ds.specifier_case() != core_v3::DataSource::SPECIFIER_NOT_SET) {
+          return fieldError(gp + ".channel_credentials.ssl_credentials." + f, "only filename and inline data are supported");
+        }
+        return absl::OkStatus();
+      };
+      for (auto st : {pem(ssl.root_certs(), "root_certs", tls.root_certs), pem(ssl.private_key(), "private_key", tls.private_key),
+                      pem(ssl.cert_chain(), "cert_chain", tls.cert_chain)}) {
+        if (!st.ok()) return st;
+      }
+      ads.tls = tls;
+    }
   } else {
     return fieldError(p + ".ads_config.grpc_services[0]", "needs envoy_grpc or google_grpc");
   }
@@ -825,6 +884,11 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     // Static clusters may name a unix socket: a gRPC service there (Istio's xds-grpc and sds-grpc).
     auto c = translateCluster(cp, path, ids.get(cp.name()), store, &sources->endpoints, true, &pipe, &warming);
     if (!c.ok()) return c.status();
+    if (cp.name() == xds_cluster && snap->ads && cp.has_transport_socket()) {
+      auto tls = adsTlsFromCluster(cp.transport_socket(), path + ".transport_socket");
+      if (!tls.ok()) return tls.status();
+      snap->ads->tls = *tls;
+    }
     if (cp.name() == xds_cluster && snap->ads) {
       if (!pipe.empty()) {
         snap->ads->target = pipe;

@@ -272,6 +272,17 @@ using ListenerConstSharedPtr = std::shared_ptr<const Listener>;
 struct AdsSettings {
   std::string target;  // "host:port" or "unix:/path"
   bool delta = false;
+  // TLS on the control-plane channel (google_grpc ssl_credentials, or the envoy_grpc cluster's
+  // UpstreamTlsContext): PEM sources, read again at every connection attempt so a rotation is taken.
+  struct PemSource {
+    std::string filename;  // empty: inline
+    std::string inline_data;
+  };
+  struct Tls {
+    PemSource root_certs, private_key, cert_chain;
+    std::string sni;  // the name the server's certificate is checked against (else the target's host)
+  };
+  std::optional<Tls> tls;
   uint64_t initial_fetch_timeout_ms = 15000;
 };
 

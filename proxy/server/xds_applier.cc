@@ -4,6 +4,8 @@
 
 #include <chrono>
 #include <ctime>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -114,6 +116,29 @@ void XdsApplier::start() {
   }
   cfg.delta = ads.delta;
   cfg.initial_fetch_timeout_ms = ads.initial_fetch_timeout_ms;
+  if (ads.tls) {
+    cfg.tls = [tls = *ads.tls]() -> absl::StatusOr<xds::AdsConfig::Tls> {
+      auto read = [](const config::AdsSettings::PemSource& src, std::string* out) -> absl::Status {
+        if (src.filename.empty()) {
+          *out = src.inline_data;
+          return absl::OkStatus();
+        }
+        std::ifstream f(src.filename, std::ios::binary);
+        if (!f) return absl::NotFoundError(absl::StrCat("cannot read '", src.filename, "'"));
+        std::ostringstream ss;
+        ss << f.rdbuf();
+        *out = ss.str();
+        return absl::OkStatus();
+      };
+      xds::AdsConfig::Tls out;
+      for (auto st : {read(tls.root_certs, &out.root_certs), read(tls.private_key, &out.private_key),
+                      read(tls.cert_chain, &out.cert_chain)}) {
+        if (!st.ok()) return st;
+      }
+      out.target_name_override = tls.sni;
+      return out;
+    };
+  }
   cfg.node = static_cast<const envoy::config::bootstrap::v3::Bootstrap&>(*snapshot_->bootstrap).node();
   cfg.node.set_user_agent_name("strait");
   cfg.node.set_user_agent_version(STRAIT_VERSION);

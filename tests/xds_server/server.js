@@ -35,6 +35,9 @@ function parseArgs(argv) {
       case '--host': opts.host = next(); break;
       case '--port': opts.port = Number(next()); break;
       case '--unix': opts.unix = next(); break;
+      case '--tls-cert': opts.tlsCert = next(); break;
+      case '--tls-key': opts.tlsKey = next(); break;
+      case '--tls-client-ca': opts.tlsClientCa = next(); break;
       case '--control-port': opts.controlPort = Number(next()); break;
       case '--ports-file': opts.portsFile = next(); break;
       case '--resources': opts.resources = next(); break;
@@ -577,7 +580,12 @@ const controlServer = http.createServer(handleHttp);
 
 function bindGrpc(address) {
   return new Promise((resolve, reject) => {
-    grpcServer.bindAsync(address, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port)));
+    // --tls-cert/--tls-key: serve over TLS; --tls-client-ca: and require a client certificate from it.
+    const creds = opts.tlsCert
+      ? grpc.ServerCredentials.createSsl(opts.tlsClientCa ? fs.readFileSync(opts.tlsClientCa) : null,
+        [{ cert_chain: fs.readFileSync(opts.tlsCert), private_key: fs.readFileSync(opts.tlsKey) }], !!opts.tlsClientCa)
+      : grpc.ServerCredentials.createInsecure();
+    grpcServer.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port)));
   });
 }
 

@@ -54,6 +54,8 @@ class XdsServer:
         self.protos = [str(p) for p in protos]  # extra --proto files (types Envoy's protos lack)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.unix = unix
+        # TLS for the ADS/SDS port (tests set these before start()).
+        self.tls_cert = self.tls_key = self.tls_client_ca = None
         self.initial_resources = resources
         self.verbose = verbose
         self.start_timeout = start_timeout
@@ -71,6 +73,9 @@ class XdsServer:
                 "--ports-file", str(ports_file)]
         if self.unix:
             args += ["--unix", self.unix]
+        for flag, value in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key), ("--tls-client-ca", self.tls_client_ca)):
+            if value:
+                args += [flag, str(value)]
         for proto in self.protos:
             args += ["--proto", proto]
         if self.initial_resources is not None:

@@ -620,7 +620,22 @@ class AdsClient::Impl {
       args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, static_cast<int>(config_.keepalive_timeout_ms));
       args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);
     }
-    channel_ = grpc::CreateCustomChannel(config_.target, grpc::InsecureChannelCredentials(), args);
+    std::shared_ptr<grpc::ChannelCredentials> creds = grpc::InsecureChannelCredentials();
+    if (config_.tls) {
+      auto tls = config_.tls();
+      if (!tls.ok()) {
+        log(kWarning, "TLS for %s: %s", config_.target.c_str(), std::string(tls.status().message()).c_str());
+        scheduleReconnect(Clock::now(), "TLS settings unusable");
+        return;
+      }
+      grpc::SslCredentialsOptions o;
+      o.pem_root_certs = tls->root_certs;
+      o.pem_private_key = tls->private_key;
+      o.pem_cert_chain = tls->cert_chain;
+      creds = grpc::SslCredentials(o);
+      if (!tls->target_name_override.empty()) args.SetSslTargetNameOverride(tls->target_name_override);
+    }
+    channel_ = grpc::CreateCustomChannel(config_.target, creds, args);
     channel_->GetState(/*try_to_connect=*/true);
     log(kDebug, "connecting to %s", config_.target.c_str());
   }

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "envoy/config/core/v3/base.pb.h"
 #include "google/protobuf/any.pb.h"
 
@@ -92,6 +93,15 @@ struct AdsConfig {
   // or SDS on a stream of its own (SecretDiscoveryService: only named Secret subscriptions).
   enum class Service { Aggregated, Secret };
   Service service = Service::Aggregated;
+  // TLS on the channel, asked for at every connection attempt (so a rotated certificate is taken on the
+  // next reconnect). Unset: plaintext. An error from it fails that attempt (it is retried with backoff).
+  struct Tls {
+    std::string root_certs;   // PEM; empty: gRPC's default roots
+    std::string private_key;  // PEM; with cert_chain: a client certificate (mTLS)
+    std::string cert_chain;
+    std::string target_name_override;  // the name the server certificate must carry (else the target host)
+  };
+  std::function<absl::StatusOr<Tls>()> tls;
   bool delta = false;  // api_type DELTA_GRPC (else GRPC: state of the world)
   envoy::config::core::v3::Node node;
   // Per type, from its first subscription; 0 disables. Reported through onInitialFetchDone().
