@@ -560,3 +560,98 @@ def test_transport_socket_matches_pick_tls_by_endpoint_metadata(fleet, pki):
     stats = b.wait_stats(lambda s: s.get(f"listener.127.0.0.1_{b_port}.ssl.handshake", 0) >= 2)
     assert stats[f"listener.127.0.0.1_{b_port}.ssl.handshake"] >= 2
     assert a.stats()["cluster.mixed.ssl.handshake"] >= 2
+
+
+def test_rotation_under_continuous_load_loses_nothing(fleet, pki, tmp_path):
+    """Short-lived certificates (20 s) replaced four times by symlink swap while clients keep making
+    requests, each on a new TLS connection (new handshakes) and some on kept-alive ones: no request
+    fails, and new handshakes present each new serial in turn."""
+    import http.client
+
+    live = tmp_path / "live"
+    live.mkdir()
+    gens = [tlsutil.make_workload(pki["ca_dir"], tmp_path / f"g{i}", "default", "server", seconds=20) for i in range(5)]
+    serials = [tlsutil.cert_info(g["cert"])["serial"].lower().lstrip("0") for g in gens]
+    for i, g in enumerate(gens):
+        d = live / f"..v{i}"
+        d.mkdir()
+        shutil.copy(g["cert"], d / "cert-chain.pem")
+        shutil.copy(g["key"], d / "key.pem")
+    os.symlink("..v0", live / "..data")
+    os.symlink("..data/cert-chain.pem", live / "cert-chain.pem")
+    os.symlink("..data/key.pem", live / "key.pem")
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "rot",
+        "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+            {"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "fine"}}}]}]},
+        "http_filters": [harness.router_filter()],
+    }
+    listener = {"name": "https", "address": socket_address(0), "filter_chains": [{
+        "filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}],
+        "transport_socket": downstream_tls({"cert": live / "cert-chain.pem", "key": live / "key.pem"},
+                                           pki["root"], require_client=True)}]}
+    proc = fleet.start(bootstrap([listener], [static_cluster("unused", [9])]))
+    port = proc.listener_port("https")
+    ctx = client_context(pki, "client")
+    stop = threading.Event()
+    lock = threading.Lock()
+    results = {"ok": 0, "failed": [], "serials": set()}
+
+    def fresh_connections():
+        deadline = time.monotonic() + 30
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+                c.request("GET", "/")
+                r = c.getresponse()
+                body = r.read()
+                serial = c.sock.getpeercert()["serialNumber"].lower().lstrip("0")
+                c.close()
+                with lock:
+                    if r.status == 200 and body == b"fine":
+                        results["ok"] += 1
+                        results["serials"].add(serial)
+                    else:
+                        results["failed"].append(f"{r.status} {body!r}")
+            except (OSError, ssl.SSLError, http.client.HTTPException) as err:
+                with lock:
+                    results["failed"].append(repr(err))
+
+    def kept_alive():
+        deadline = time.monotonic() + 30
+        c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+        while not stop.is_set() and time.monotonic() < deadline:
+            try:
+                c.request("GET", "/")
+                r = c.getresponse()
+                ok = r.status == 200 and r.read() == b"fine"
+                with lock:
+                    if ok:
+                        results["ok"] += 1
+                    else:
+                        results["failed"].append("keep-alive answer")
+            except (OSError, ssl.SSLError, http.client.HTTPException) as err:
+                with lock:
+                    results["failed"].append("keep-alive: " + repr(err))
+                c = http.client.HTTPSConnection("127.0.0.1", port, context=ctx, timeout=5)
+        c.close()
+
+    threads = [threading.Thread(target=fresh_connections, daemon=True) for _ in range(3)]
+    threads += [threading.Thread(target=kept_alive, daemon=True) for _ in range(2)]
+    for t in threads:
+        t.start()
+    try:
+        for i in range(1, 5):
+            time.sleep(1.2)
+            os.symlink(f"..v{i}", live / "..data_tmp")
+            os.replace(live / "..data_tmp", live / "..data")
+        time.sleep(1.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=10)
+    assert not results["failed"], results["failed"][:5]
+    assert results["ok"] > 100, results["ok"]
+    missing = [s for s in serials if s not in results["serials"]]
+    assert not missing, f"new handshakes never presented serials {missing} (saw {sorted(results['serials'])})"
