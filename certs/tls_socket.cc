@@ -173,6 +173,9 @@ void TlsSocket::onHandshakeDone() {
     peer_presented_ = true;
     peer_validated_ = ctx_->hasValidation() && SSL_get_verify_result(ssl_) == X509_V_OK;
     peerSans(peer, &peer_uri_sans_, &peer_dns_sans_);
+    if (stats_ != nullptr && stats_->peers && !peer_uri_sans_.empty() && peer_validated_) {
+      stats_->peers->onHandshake(peer_uri_sans_.front());
+    }
     if (BIGNUM* bn = ASN1_INTEGER_to_BN(X509_get_serialNumber(peer), nullptr)) {
       if (char* hex = BN_bn2hex(bn)) {
         peer_serial_ = hex;

@@ -20,11 +20,42 @@ SslStats make(const std::string& prefix, Maker counter) {
 }  // namespace
 
 SslStats makeSslStats(stats::Store& store, const std::string& prefix) {
-  return make(prefix, [&](const std::string& n) { return store.counter(n); });
+  SslStats s = make(prefix, [&](const std::string& n) { return store.counter(n); });
+  s.peers = std::make_shared<PeerIdentityCounters>(&store, nullptr, prefix + "ssl.peer.");
+  return s;
 }
 
 SslStats makeSslStats(stats::StatScope& scope, const std::string& prefix) {
-  return make(prefix, [&](const std::string& n) { return scope.counter(n); });
+  SslStats s = make(prefix, [&](const std::string& n) { return scope.counter(n); });
+  s.peers = std::make_shared<PeerIdentityCounters>(nullptr, &scope, prefix + "ssl.peer.");
+  return s;
+}
+
+stats::Counter PeerIdentityCounters::make(const std::string& name) {
+  return scope_ != nullptr ? scope_->counter(name) : store_->counter(name);
+}
+
+void PeerIdentityCounters::onHandshake(const std::string& identity) {
+  stats::Counter c;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = counters_.find(identity);
+    if (it != counters_.end()) {
+      c = it->second;
+    } else if (counters_.size() < kMaxIdentities) {
+      // ':' separates tags in some stats backends; a SPIFFE ID keeps the rest of its shape.
+      std::string id = identity;
+      for (char& ch : id) {
+        if (ch == ':') ch = '_';
+      }
+      c = make(prefix_ + id + ".handshake");
+      counters_.emplace(identity, c);
+    } else {
+      if (!other_) other_ = make(prefix_ + "other.handshake");
+      c = *other_;
+    }
+  }
+  stats::inc(c);
 }
 
 }  // namespace strait::network

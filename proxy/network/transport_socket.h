@@ -1,7 +1,10 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -34,6 +37,26 @@ class SslInfo {
   virtual bool sessionReused() const = 0;
 };
 
+// Handshakes per peer identity (the URI SAN of the peer's certificate, its SPIFFE ID):
+// <prefix>ssl.peer.<id>.handshake, made on first sight of an identity (once per identity, under a lock
+// taken once per handshake, never per request). Past kMaxIdentities they count as ssl.peer.other.
+class PeerIdentityCounters {
+ public:
+  static constexpr size_t kMaxIdentities = 256;
+  PeerIdentityCounters(stats::Store* store, stats::StatScope* scope, std::string prefix)
+      : store_(store), scope_(scope), prefix_(std::move(prefix)) {}
+  void onHandshake(const std::string& identity);
+
+ private:
+  stats::Counter make(const std::string& name);
+  stats::Store* store_;
+  stats::StatScope* scope_;  // cluster stats live in the cluster's scope
+  std::string prefix_;
+  std::mutex mu_;
+  std::map<std::string, stats::Counter, std::less<>> counters_;
+  std::optional<stats::Counter> other_;
+};
+
 // Envoy's TLS stats, one set per listener (listener.<addr>.ssl.*) and per cluster (cluster.<name>.ssl.*).
 struct SslStats {
   stats::Counter handshake;
@@ -43,6 +66,7 @@ struct SslStats {
   stats::Counter fail_verify_error;
   stats::Counter no_certificate;
   stats::Counter session_reused;
+  std::shared_ptr<PeerIdentityCounters> peers;  // null: not counted per identity
 };
 // Creates the set under `prefix` ("listener.127.0.0.1_15006." / "cluster.outbound.").
 SslStats makeSslStats(stats::Store& store, const std::string& prefix);

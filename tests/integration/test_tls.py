@@ -252,6 +252,9 @@ def test_mtls_between_two_sidecars_carries_bytes_exactly(fleet, pki):
     assert sa["cluster.to_b.ssl.handshake"] >= 1
     assert sb[f"listener.127.0.0.1_{b_port}.ssl.handshake"] >= 1
     assert sb.get(f"listener.127.0.0.1_{b_port}.ssl.no_certificate", 0) == 0
+    # Each side's stats name the peer's SPIFFE ID.
+    assert sa["cluster.to_b.ssl.peer." + SPIFFE_B.replace(":", "_") + ".handshake"] >= 1, sa
+    assert sb[f"listener.127.0.0.1_{b_port}.ssl.peer." + SPIFFE_A.replace(":", "_") + ".handshake"] >= 1, sb
 
 
 def test_mtls_session_resumption_on_new_upstream_connections(fleet, pki):
