@@ -20,6 +20,7 @@ const char* resetReasonName(StreamResetReason r) {
     case StreamResetReason::Overflow: return "overflow";
     case StreamResetReason::RefusedStream: return "refused stream";
     case StreamResetReason::ProtocolError: return "protocol error";
+    case StreamResetReason::ResponseComplete: return "response complete";
   }
   return "?";
 }

@@ -27,6 +27,10 @@ enum class StreamResetReason {
   Overflow,               // too many streams / buffers exceeded
   RefusedStream,          // the peer refused it before processing (HTTP/2 REFUSED_STREAM): safe to retry
   ProtocolError,          // the peer broke the protocol
+  // The response is complete and the rest of the request is not wanted (a local reply, an upstream
+  // that answered early). HTTP/2: RST_STREAM(NO_ERROR) once the whole response has been sent
+  // (RFC 9113 section 8.1), never ahead of it; HTTP/1: the connection closes after the response.
+  ResponseComplete,
 };
 const char* resetReasonName(StreamResetReason r);
 

@@ -679,12 +679,12 @@ void ActiveStream::maybeFinish() {
   if (finished_ || !encode_complete_) return;
   if (!decode_complete_) {
     // The response is complete but the request is not: nothing more of it will be read. HTTP/2 resets
-    // the stream; HTTP/1 closes the connection after the response (it cannot find the next request).
+    // the stream with NO_ERROR once the response has gone out whole; HTTP/1 closes the connection after
+    // the response (it cannot find the next request).
     finished_ = true;
     for (auto& f : decoder_filters_) f->onDestroy();
     for (auto& f : encoder_filters_) f->onDestroy();
-    stats::inc(config().stats.downstream_rq_tx_reset);
-    encoder_.stream().resetStream(StreamResetReason::LocalReset);
+    encoder_.stream().resetStream(StreamResetReason::ResponseComplete);
     finish();
     return;
   }

@@ -80,6 +80,7 @@ uint32_t resetCode(StreamResetReason reason) {
     case StreamResetReason::RemoteReset:
     case StreamResetReason::ConnectionFailure:
     case StreamResetReason::ConnectionTermination: return NGHTTP2_CANCEL;
+    case StreamResetReason::ResponseComplete: return NGHTTP2_NO_ERROR;
   }
   return NGHTTP2_CANCEL;
 }
@@ -152,6 +153,11 @@ class StreamBase : public Stream, public event::DeferredDeletable, public common
   bool local_reset_ = false;     // the user reset it
   bool remote_rst_ = false;
   uint32_t remote_rst_code_ = 0;
+  bool end_stream_sent_ = false;   // our END_STREAM went out (DATA, HEADERS or trailers)
+  bool rst_after_end_ = false;     // RST_STREAM(NO_ERROR) waits for our END_STREAM to go out
+  bool discard_input_ = false;     // the rest of the peer's body is read and dropped
+  uint64_t discarded_ = 0;         // bytes of it dropped so far
+  event::TimerPtr early_timer_;    // resets the stream a moment after an early response went out
   bool has_codec_reason_ = false;  // the codec reset it (limits, bad headers)
   StreamResetReason codec_reason_ = StreamResetReason::LocalReset;
   bool closed_ = false;
@@ -288,6 +294,11 @@ class ConnectionBase : public event::DeferredFlush {
   void dropUndelivered();
   int headerFailure(StreamBase& s, uint32_t code, StreamResetReason reason);
   void countPeerReset();
+  // A stream whose response ended early: RST_STREAM(NO_ERROR) once the response is out and more than
+  // kEarlyResponseDrainBytes of the unwanted request body arrived.
+  void maybeEndEarlyStream(StreamBase& s);
+  static constexpr uint64_t kEarlyResponseDrainBytes = 8 * 1024 * 1024;
+  static constexpr uint64_t kEarlyResponseLingerMs = 100;
   void countFrameWhileBlocked(uint8_t type);
 
   // nghttp2 callbacks.
@@ -358,6 +369,17 @@ void StreamBase::setCallbacks(StreamCallbacks* callbacks) {
 void StreamBase::resetStream(StreamResetReason reason) {
   if (!live()) return;
   ConnectionBase::FlushScope scope(parent_, true);
+  if (reason == StreamResetReason::ResponseComplete && id_ > 0 && parent_.usable() && local_end_) {
+    // The response is queued whole. The rest of the request is read and dropped; once the response has
+    // gone out and more than kEarlyResponseDrainBytes of it came, RST_STREAM(NO_ERROR) stops it. Never
+    // earlier: nghttp2 would send the RST_STREAM ahead of the queued HEADERS/DATA/trailers and the
+    // client would get nothing. Draining a moderate body first keeps clients that cannot take a reset
+    // while they upload (libcurl 7.x fails the whole transfer) working.
+    discard_input_ = true;
+    rst_after_end_ = true;
+    parent_.maybeEndEarlyStream(*this);
+    return;
+  }
   local_reset_ = true;
   if (id_ > 0 && parent_.usable()) {
     nghttp2_submit_rst_stream(parent_.session(), NGHTTP2_FLAG_NONE, id_, resetCode(reason));
@@ -733,6 +755,7 @@ bool ConnectionBase::canOpenStreamImpl() const {
 void ConnectionBase::finishStream(StreamBase& s, uint32_t error_code) {
   if (s.closed_) return;
   s.closed_ = true;
+  s.early_timer_.reset();
   if (recv_owner_ == &s) dropUndelivered();
   bool complete = s.local_end_ && s.remote_end_ && !s.remote_rst_ && error_code == NGHTTP2_NO_ERROR;
   bool notify = s.delivered_ && !s.local_reset_ && !complete;
@@ -759,6 +782,29 @@ void ConnectionBase::finishStream(StreamBase& s, uint32_t error_code) {
   }
   if (notify && s.callbacks_ != nullptr) s.callbacks_->onResetStream(reason);
   if (owned) dispatcher().deferredDelete(std::move(owned));
+}
+
+void ConnectionBase::maybeEndEarlyStream(StreamBase& s) {
+  if (!s.rst_after_end_ || !s.end_stream_sent_ || s.closed_ || !usable()) return;
+  if (s.discarded_ <= kEarlyResponseDrainBytes) {
+    // Give the peer a moment to take the response in before the reset: a client still uploading in the
+    // same read as the reset (libcurl 7.x) fails the whole transfer; one that has seen the response
+    // stops uploading and waits for the stream to close.
+    if (!s.early_timer_) {
+      s.early_timer_ = dispatcher().createTimer([this, &s] {
+        s.discarded_ = kEarlyResponseDrainBytes + 1;
+        maybeEndEarlyStream(s);
+      });
+      s.early_timer_->enable(kEarlyResponseLingerMs);
+    }
+    return;
+  }
+  // The whole response is out: tell the peer to stop sending the request (RFC 9113 section 8.1). It is a
+  // NO_ERROR reset: the response it got is complete.
+  s.rst_after_end_ = false;
+  s.early_timer_.reset();
+  nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s.id_, NGHTTP2_NO_ERROR);
+  queueFlush();
 }
 
 void ConnectionBase::countPeerReset() {
@@ -887,7 +933,7 @@ void ConnectionBase::deliverData(StreamBase& s, bool end_stream) {
   recv_owner_ = nullptr;
   const size_t len = recv_.length();
   if (end_stream) s.remote_end_ = true;
-  if (!s.live() || !s.delivered_) {
+  if (!s.live() || !s.delivered_ || s.discard_input_) {
     if (len > 0) {
       nghttp2_session_consume(session_, s.id_, len);
       recv_.clear();
@@ -1182,8 +1228,12 @@ int ConnectionBase::onDataChunkRecv(nghttp2_session* session, uint8_t, int32_t s
                                     size_t len, void* user_data) {
   auto* c = static_cast<ConnectionBase*>(user_data);
   StreamBase* s = c->streamFor(stream_id);
-  if (s == nullptr || !s->live() || !s->delivered_) {
+  if (s == nullptr || !s->live() || !s->delivered_ || s->discard_input_) {
     nghttp2_session_consume(session, stream_id, len);
+    if (s != nullptr && s->discard_input_) {
+      s->discarded_ += len;
+      c->maybeEndEarlyStream(*s);
+    }
     return 0;
   }
   // Frames are never interleaved, so one buffer holds the chunks of the DATA frame being received.
@@ -1202,9 +1252,16 @@ int ConnectionBase::onStreamClose(nghttp2_session*, int32_t stream_id, uint32_t 
   return 0;
 }
 
-int ConnectionBase::onFrameSend(nghttp2_session*, const nghttp2_frame* frame, void* user_data) {
+int ConnectionBase::onFrameSend(nghttp2_session* session, const nghttp2_frame* frame, void* user_data) {
   auto* c = static_cast<ConnectionBase*>(user_data);
   c->countFrameWhileBlocked(frame->hd.type);
+  if ((frame->hd.type == NGHTTP2_DATA || frame->hd.type == NGHTTP2_HEADERS) &&
+      (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) != 0) {
+    if (StreamBase* s = c->streamFor(frame->hd.stream_id)) {
+      s->end_stream_sent_ = true;
+      c->maybeEndEarlyStream(*s);
+    }
+  }
   if (frame->hd.type == NGHTTP2_GOAWAY && frame->goaway.error_code != NGHTTP2_NO_ERROR) {
     if (c->terminal_error_.empty()) {
       c->terminal_error_ = std::string("http2: ") + nghttp2_http2_strerror(frame->goaway.error_code);
