@@ -514,6 +514,7 @@ absl::StatusOr<FilterChain> translateFilterChain(const listener_v3::FilterChain&
                                                  TranslationContext& ctx) {
   FilterChain out;
   out.name = fc.name();
+  out.hash = std::hash<std::string>{}(fc.SerializeAsString());
   if (fc.has_transport_socket()) {
     auto ts = translateTransportSocket(fc.transport_socket(), path + ".transport_socket", true);
     if (!ts.ok()) return ts.status();
@@ -588,6 +589,7 @@ absl::StatusOr<ListenerConstSharedPtr> translateListener(const listener_v3::List
     return fieldError(path + ".bind_to_port", "listeners that do not bind are not supported yet");
   }
   if (l.has_per_connection_buffer_limit_bytes()) out->buffer_limit = l.per_connection_buffer_limit_bytes().value();
+  out->inbound = l.traffic_direction() == core_v3::INBOUND;
   // Both forms recover the pre-NAT destination; listener hand-off by original destination comes later.
   out->restore_original_dst = l.has_use_original_dst() && l.use_original_dst().value();
   for (int i = 0; i < l.listener_filters_size(); ++i) {

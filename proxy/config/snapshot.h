@@ -138,6 +138,14 @@ class ActiveSession : public event::DeferredDeletable {
   explicit ActiveSession(std::shared_ptr<const Listener> listener) : listener_(std::move(listener)) {}
   // Drain expired: close now.
   virtual void forceClose() = 0;
+  // A drain began (SIGTERM, /drain_listeners, its listener or filter chain changed or went): tell the
+  // client so it moves on by itself (HTTP/2 GOAWAY, HTTP/1 Connection: close); requests in flight
+  // finish. Called at most once. Raw TCP has nothing to tell: it is closed when the drain time ends.
+  virtual void startDrain() {}
+  // The filter chain (its config's hash) the session was accepted on: a listener update that keeps
+  // this chain keeps the session.
+  uint64_t chain_hash = 0;
+  bool drain_started = false;
   const std::shared_ptr<const Listener>& listener() const { return listener_; }
   // Position in the worker's list, for O(1) removal.
   std::list<ActiveSession*>::iterator list_position;
@@ -205,6 +213,7 @@ struct FilterChain {
   network::TransportSocketFactorySharedPtr transport_socket;
   uint64_t transport_socket_connect_timeout_ms = 10000;  // the handshake must finish in this time
   std::vector<NetworkReadFilterConstSharedPtr> read_filters;  // in order, before the terminal filter
+  uint64_t hash = 0;  // of the chain's config: a listener update keeps the connections of unchanged chains
   std::shared_ptr<const NetworkFilterFactory> terminal;
 };
 
@@ -248,6 +257,7 @@ struct Listener {
   std::string proto_hash;     // serialized proto: equal means the listener did not change
   network::Address address;
   bool restore_original_dst = false;
+  bool inbound = false;  // traffic_direction INBOUND (/drain_listeners?inboundonly)
   Inspector tls_inspector;
   Inspector http_inspector;
   uint64_t listener_filters_timeout_ms = 15000;  // Envoy's default

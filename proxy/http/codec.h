@@ -164,7 +164,14 @@ class Connection {
   virtual size_t activeStreams() const = 0;
 };
 
-class ServerConnection : public Connection {};
+class ServerConnection : public Connection {
+ public:
+  // The first step of a graceful drain: HTTP/2 sends GOAWAY with the largest stream id (RFC 9113 6.8:
+  // "shutting down soon", streams the client is opening still count); a later goAway() names the last
+  // stream really taken. HTTP/1 has no such notice: it is goAway() (Connection: close on the next
+  // response, or closing an idle connection).
+  virtual void shutdownNotice() { goAway(); }
+};
 
 class ClientConnection : public Connection {
  public:

@@ -181,6 +181,29 @@ class HttpConnection : public config::ActiveSession,
 
   // ActiveSession
   void forceClose() override { conn_->close(CloseType::NoFlush); }
+  void startDrain() override {
+    if (closed_) return;
+    draining_ = true;
+    applyDrain();
+  }
+  // HTTP/2: GOAWAY "shutting down soon" now, the final one (naming the last stream taken) after
+  // drain_timeout. HTTP/1: the next response (or the one in progress) carries Connection: close and the
+  // connection ends after it. An idle HTTP/1 connection is not closed here: the client may be sending
+  // its next request right now (the keep-alive race); it is closed when the drain time ends. A
+  // connection that has not sent a byte yet is told once its protocol is known.
+  void applyDrain() {
+    if (!draining_ || !codec_ || closed_) return;
+    if (protocol_ == Protocol::Http2) {
+      if (drain_goaway_timer_) return;
+      codec_->shutdownNotice();
+      drain_goaway_timer_ = worker_.dispatcher().createTimer([this] {
+        if (codec_ && !closed_) codec_->goAway();
+      });
+      drain_goaway_timer_->enable(config_->drain_timeout_ms);
+      return;
+    }
+    if (!streams_.empty()) codec_->goAway();  // the codec says close on this response or the next
+  }
 
   // CodecTransport
   void write(common::Buffer& data, bool end_stream) override {
@@ -197,6 +220,7 @@ class HttpConnection : public config::ActiveSession,
     if (headers_timer_) headers_timer_->disable();
     if (idle_timer_) idle_timer_->disable();
     ActiveStream* raw = &streams_.pushBack(std::make_unique<ActiveStream>(*this, encoder));
+    if (draining_ && protocol_ != Protocol::Http2) codec_->goAway();  // this response says Connection: close
     // One timer per connection watches every stream's idle time (no timer handle per request).
     if (config_->stream_idle_timeout_ms > 0) {
       if (!stream_idle_timer_) stream_idle_timer_ = worker_.dispatcher().createTimer([this] { onStreamIdleTimer(); });
@@ -282,6 +306,7 @@ class HttpConnection : public config::ActiveSession,
       static_cast<http1::Http1ServerConnection&>(*codec_).setDeferredErrorHandler(
           [this](const CodecError& err) { onCodecError(err); });
     }
+    applyDrain();
   }
 
   void onCodecError(const CodecError& err) {
@@ -344,6 +369,8 @@ class HttpConnection : public config::ActiveSession,
   config::WorkerContext& worker_;
   network::ConnectionPtr conn_;
   std::unique_ptr<ServerConnection> codec_;
+  event::TimerPtr drain_goaway_timer_;
+  bool draining_ = false;
   Protocol protocol_ = Protocol::Http11;
   common::OwnedList<ActiveStream> streams_;
   event::TimerPtr headers_timer_;
@@ -809,6 +836,7 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
 
   if (proto.has_stream_idle_timeout()) cfg->stream_idle_timeout_ms = config::durationMs(proto.stream_idle_timeout());
   if (proto.has_request_timeout()) cfg->request_timeout_ms = config::durationMs(proto.request_timeout());
+  if (proto.has_drain_timeout()) cfg->drain_timeout_ms = config::durationMs(proto.drain_timeout());
   if (proto.has_request_headers_timeout()) {
     cfg->request_headers_timeout_ms = config::durationMs(proto.request_headers_timeout());
   }

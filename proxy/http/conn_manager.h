@@ -66,10 +66,14 @@ struct HcmConfig {
   uint64_t request_timeout_ms = 0;               // off unless configured
   uint64_t request_headers_timeout_ms = 10 * 1000;  // Strait's default (Envoy: off); slowloris guard
   uint64_t idle_timeout_ms = 3600 * 1000;        // connection idle: 1 h
+  // HTTP/2 drain: time between the first GOAWAY (shutdown notice) and the final one (Envoy: 5 s).
+  uint64_t drain_timeout_ms = 5000;
   bool use_remote_address = false;
   bool skip_xff_append = false;
+  uint32_t xff_num_trusted_hops = 0;
+  InternalAddressConfig internal_addresses;
   bool generate_request_id = true;
-  bool preserve_external_request_id = true;
+  bool preserve_external_request_id = false;  // edge requests get a new x-request-id unless set
   bool always_set_request_id_in_response = false;
   std::string server_name;  // when set, the `server` response header is overwritten
   uint32_t buffer_limit = 1024 * 1024;

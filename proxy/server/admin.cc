@@ -138,6 +138,7 @@ const char* kPaths[][2] = {
     {"/certs", "certificates in use: identity (SANs), serial, validity (JSON; never a key)"},
     {"/logging", "POST ?level=LEVEL to change the log level"},
     {"/quitquitquit", "POST: drain and exit"},
+    {"/drain_listeners", "POST: drain listeners (?graceful: keep accepting for the drain time; ?inboundonly)"},
 };
 
 std::string pathList() {
@@ -512,6 +513,14 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
       LOG_INFO("log level set to %s", common::logLevelName(level));
     }
     r.body = absl::StrCat("active loggers:\n  strait: ", common::logLevelName(common::currentLogLevel()), "\n");
+    return r;
+  }
+  if (path == "/drain_listeners") {
+    if (method != "POST") return Response{405, "text/plain", "use POST\n"};
+    const bool inbound_only = query.count("inboundonly") > 0;
+    const bool graceful = query.count("graceful") > 0;
+    server_.dispatcher().post([this, inbound_only, graceful] { server_.drainListeners(inbound_only, graceful); });
+    r.body = "OK\n";
     return r;
   }
   if (path == "/quitquitquit") {

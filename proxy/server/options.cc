@@ -15,6 +15,7 @@ namespace strait::server {
 const char* usage() {
   return "usage: strait [-c FILE] [--config-yaml YAML] [--mode serve|validate] [--concurrency N]\n"
          "              [-l|--log-level trace|debug|info|warning|error|critical|off] [--drain-time-s N]\n"
+         "              [--drain-strategy gradual|immediate]\n"
          "              [--admin-address-path FILE] [--service-node ID] [--service-cluster NAME]\n"
          "              [--allow-unknown-static-fields] [--reject-unknown-dynamic-fields] [--version] [--help]\n"
          "With no -c, Strait runs its embedded sidecar default: capture listeners 15001 (outbound) and\n"
@@ -122,6 +123,16 @@ absl::StatusOr<Options> parseOptions(int argc, char** argv) {
       auto n = parseUint(a, *v, 86400);
       if (!n.ok()) return n.status();
       o.drain_time_s = *n;
+    } else if (a == "--drain-strategy") {
+      auto v = next();
+      if (!v.ok()) return v.status();
+      if (*v == "gradual") {
+        o.drain_gradual = true;
+      } else if (*v == "immediate") {
+        o.drain_gradual = false;
+      } else {
+        return absl::InvalidArgumentError(absl::StrCat("--drain-strategy: '", std::string(*v), "' is not gradual or immediate"));
+      }
     } else if (a == "--admin-address-path") {
       auto v = next();
       if (!v.ok()) return v.status();

@@ -16,7 +16,8 @@ struct Options {
   Mode mode = Mode::Serve;
   uint32_t concurrency = 0;  // 0: CPUs in this process's affinity mask
   common::LogLevel log_level = common::LogLevel::Info;
-  uint32_t drain_time_s = 5;
+  uint32_t drain_time_s = 600;  // Envoy's default; set it below the pod's terminationGracePeriodSeconds
+  bool drain_gradual = true;    // --drain-strategy gradual (Envoy's default) | immediate
   std::string admin_address_path;
   std::string service_node;
   std::string service_cluster;

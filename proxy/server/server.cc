@@ -187,7 +187,10 @@ int Server::run() {
   for (uint32_t w = 0; w < options_.concurrency; ++w) {
     workers_.push_back(std::make_unique<Worker>(w, store_->shard(w + 1), snapshot_));
   }
-  for (uint32_t w = 0; w < options_.concurrency; ++w) workers_[w]->start(std::move(per_worker[w]));
+  for (uint32_t w = 0; w < options_.concurrency; ++w) {
+    workers_[w]->setDrainPolicy(uint64_t(options_.drain_time_s) * 1000, options_.drain_gradual);
+    workers_[w]->start(std::move(per_worker[w]));
+  }
   for (auto& w : workers_) w->waitListening();
 
   for (int signum : {SIGTERM, SIGINT}) {
@@ -224,6 +227,13 @@ int Server::run() {
   for (auto& w : workers_) w->join();
   LOG_INFO("strait exiting");
   return 0;
+}
+
+void Server::drainListeners(bool inbound_only, bool graceful) {
+  LOG_INFO("/drain_listeners%s%s: telling connections, %s", inbound_only ? " (inbound only)" : "",
+           graceful ? " (graceful)" : "", graceful ? "listeners stop when the drain time ends" : "listeners stop now");
+  stats::set(*store_, draining_, 1);
+  for (auto& w : workers_) w->drainListeners(inbound_only, graceful);
 }
 
 void Server::startDrain(const char* why) {

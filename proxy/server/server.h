@@ -60,6 +60,8 @@ class Server {
   event::Dispatcher& dispatcher() { return *dispatcher_; }
   // Stop accepting, let connections finish for up to --drain-time-s, then exit 0.
   void startDrain(const char* why);
+  // /drain_listeners: see Worker::drainListeners. The process stays up.
+  void drainListeners(bool inbound_only, bool graceful);
 
  private:
   bool bindListeners(std::vector<std::vector<WorkerSocket>>& per_worker);

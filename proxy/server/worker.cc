@@ -265,6 +265,8 @@ void Worker::start(std::vector<WorkerSocket> sockets) {
     for (auto& h : handshakes_) shaking.push_back(h.get());
     for (auto* h : shaking) h->forceClose();
     drain_timer_.reset();
+    drain_tick_.reset();
+    listener_drain_timer_.reset();
     pools_.reset();
     dispatcher_.reset();
     LOG_DEBUG("worker %u stopped", index_);
@@ -287,7 +289,85 @@ void Worker::openListener(const WorkerSocket& s) {
 }
 
 void Worker::stopListening() {
-  dispatcher_->post([this] { listeners_.clear(); });
+  dispatcher_->post([this] {
+    listeners_.clear();
+    std::vector<config::ActiveSession*> all(sessions_.begin(), sessions_.end());
+    drainSessions(all);
+  });
+}
+
+void Worker::setDrainPolicy(uint64_t drain_ms, bool gradual) {
+  drain_ms_ = drain_ms;
+  gradual_ = gradual;
+}
+
+// Tells sessions that a drain began: all at once (immediate), or spread over the first 80% of the drain
+// time (gradual, Envoy's default) so clients do not all reconnect in the same instant.
+void Worker::drainSessions(const std::vector<config::ActiveSession*>& sessions) {
+  const uint64_t now = dispatcher_->nowMs();
+  const uint64_t window = gradual_ ? drain_ms_ * 8 / 10 : 0;
+  bool pending = false;
+  for (auto* s : sessions) {
+    if (s->drain_started) continue;
+    if (window == 0) {
+      s->drain_started = true;
+      s->startDrain();
+      continue;
+    }
+    drain_at_[s] = now + rng_() % window;
+    pending = true;
+  }
+  if (pending) {
+    if (!drain_tick_) drain_tick_ = dispatcher_->createTimer([this] { onDrainTick(); });
+    if (!drain_tick_->enabled()) drain_tick_->enable(20);
+  }
+}
+
+void Worker::onDrainTick() {
+  const uint64_t now = dispatcher_->nowMs();
+  std::vector<config::ActiveSession*> due;
+  for (auto it = drain_at_.begin(); it != drain_at_.end();) {
+    if (it->second <= now) {
+      due.push_back(it->first);
+      it = drain_at_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto* s : due) {
+    if (s->drain_started) continue;
+    s->drain_started = true;
+    s->startDrain();
+  }
+  if (!drain_at_.empty()) drain_tick_->enable(20);
+}
+
+void Worker::drainListeners(bool inbound_only, bool graceful) {
+  dispatcher_->post([this, inbound_only, graceful] {
+    std::set<std::string> names;
+    for (auto& [name, active] : listeners_) {
+      if (!inbound_only || active->config->inbound) names.insert(name);
+    }
+    std::vector<config::ActiveSession*> affected;
+    for (auto* s : sessions_) {
+      if (names.count(s->listener()->name)) affected.push_back(s);
+    }
+    LOG_INFO("worker %u: draining %zu listeners (%s), %zu connections", index_, names.size(),
+             graceful ? "graceful" : "now", affected.size());
+    drainSessions(affected);
+    if (!graceful) {
+      for (const auto& n : names) listeners_.erase(n);
+      return;
+    }
+    // Graceful: the listeners keep accepting (new connections are told at once) until the drain time
+    // ends, then stop.
+    for (const auto& n : names) draining_listeners_.insert(n);
+    listener_drain_timer_ = dispatcher_->createTimer([this] {
+      for (const auto& n : draining_listeners_) listeners_.erase(n);
+      draining_listeners_.clear();
+    });
+    listener_drain_timer_->enable(drain_ms_);
+  });
 }
 
 void Worker::applySnapshot(config::SnapshotConstSharedPtr snapshot, std::vector<WorkerSocket> sockets,
@@ -314,7 +394,8 @@ void Worker::applySnapshot(config::SnapshotConstSharedPtr snapshot, std::vector<
       openListener(s);
     }
     // The rest keep their socket and take the new config for new connections. A changed listener's
-    // existing connections drain; an unchanged one's keep going.
+    // connections drain, except those of filter chains the new version still has (Envoy's per filter
+    // chain update); an unchanged listener's keep going.
     for (auto& [name, active] : listeners_) {
       auto it = wanted.find(name);
       if (it == wanted.end()) continue;
@@ -327,6 +408,11 @@ void Worker::applySnapshot(config::SnapshotConstSharedPtr snapshot, std::vector<
     snapshot_ = std::move(snapshot);
     indexSnapshot();
     if (drain) {
+      std::vector<config::ActiveSession*> told;
+      for (auto* s : sessions_) {
+        if (stale_listeners_.count(s->listener()->name) && !keptByCurrentConfig(*s)) told.push_back(s);
+      }
+      drainSessions(told);
       // After the drain time, connections still on a config that is gone are closed.
       drain_timer_ = dispatcher_->createTimer([this] { closeStaleSessions(); });
       drain_timer_->enable(drain_ms);
@@ -335,13 +421,21 @@ void Worker::applySnapshot(config::SnapshotConstSharedPtr snapshot, std::vector<
   });
 }
 
+bool Worker::keptByCurrentConfig(const config::ActiveSession& s) const {
+  const auto& l = s.listener();
+  auto it = listeners_.find(l->name);
+  if (it == listeners_.end()) return false;
+  if (it->second->config->proto_hash == l->proto_hash) return true;
+  for (const auto& fc : it->second->config->filter_chains) {
+    if (fc.hash == s.chain_hash) return true;
+  }
+  return it->second->config->default_filter_chain && it->second->config->default_filter_chain->hash == s.chain_hash;
+}
+
 void Worker::closeStaleSessions() {
   std::vector<config::ActiveSession*> stale;
   for (auto* s : sessions_) {
-    const auto& l = s->listener();
-    auto it = listeners_.find(l->name);
-    bool current = it != listeners_.end() && it->second->config->proto_hash == l->proto_hash;
-    if (!current && stale_listeners_.count(l->name)) stale.push_back(s);
+    if (stale_listeners_.count(s->listener()->name) && !keptByCurrentConfig(*s)) stale.push_back(s);
   }
   if (!stale.empty()) LOG_INFO("worker %u: drain over, closing %zu connections of old listeners", index_, stale.size());
   for (auto* s : stale) s->forceClose();
@@ -442,7 +536,9 @@ void Worker::startChain(const config::ListenerConstSharedPtr& listener, const co
   }
   stats::inc(listener->stats.downstream_cx_active);
   LOG_TRACE("[C%lu] accepted on %s from %s", conn->id(), listener->name.c_str(), conn->remoteAddress().asString().c_str());
+  accepting_chain_hash_ = chain.hash;
   chain.terminal->onAccept(*this, std::move(conn), listener);
+  accepting_chain_hash_ = 0;
 }
 
 void Worker::handshakeDone(HandshakeWaiter& w, network::ConnectionPtr conn) {
@@ -484,10 +580,24 @@ void Worker::addSession(std::unique_ptr<config::ActiveSession> session) {
   config::ActiveSession* raw = session.release();
   sessions_.push_front(raw);
   raw->list_position = sessions_.begin();
+  raw->chain_hash = accepting_chain_hash_;
   active_sessions_.fetch_add(1, std::memory_order_relaxed);
+  // Accepted on a listener that is draining gracefully: told at once, served meanwhile.
+  if (!draining_listeners_.empty() && draining_listeners_.count(raw->listener()->name)) {
+    raw->drain_started = true;
+    dispatcher_->post([this, raw] {
+      for (auto* s : sessions_) {
+        if (s == raw) {
+          s->startDrain();
+          break;
+        }
+      }
+    });
+  }
 }
 
 void Worker::removeSession(config::ActiveSession& session) {
+  drain_at_.erase(&session);
   sessions_.erase(session.list_position);
   active_sessions_.fetch_sub(1, std::memory_order_relaxed);
   stats::dec(session.listener()->stats.downstream_cx_active);

@@ -36,8 +36,14 @@ class Worker : public config::WorkerContext {
 
   // Starts the thread; it listens on `sockets` (taking ownership of the fds).
   void start(std::vector<WorkerSocket> sockets);
-  // Thread-safe: stop accepting (drain begins).
+  // Thread-safe: stop accepting (drain begins); every connection is told (GOAWAY / Connection: close).
   void stopListening();
+  // Thread-safe: /drain_listeners. Tells the connections of every listener (or only the INBOUND ones);
+  // graceful: the listeners accept (and tell) new connections until the drain time ends, then stop;
+  // otherwise they stop now.
+  void drainListeners(bool inbound_only, bool graceful);
+  // Before start(): the drain time and whether clients are told all at once or spread over it.
+  void setDrainPolicy(uint64_t drain_ms, bool gradual);
   // Thread-safe: close every remaining connection and end the thread; join() waits for it.
   void shutdown();
   void join();
@@ -86,6 +92,16 @@ class Worker : public config::WorkerContext {
   };
   void openListener(const WorkerSocket& s);
   void closeStaleSessions();
+  bool keptByCurrentConfig(const config::ActiveSession& s) const;
+  void drainSessions(const std::vector<config::ActiveSession*>& sessions);
+  void onDrainTick();
+  uint64_t drain_ms_ = 5000;
+  bool gradual_ = false;
+  std::map<config::ActiveSession*, uint64_t> drain_at_;  // gradual: when each is told
+  event::TimerPtr drain_tick_;
+  std::set<std::string> draining_listeners_;  // graceful /drain_listeners: still accepting
+  event::TimerPtr listener_drain_timer_;
+  uint64_t accepting_chain_hash_ = 0;
   std::map<std::string, std::unique_ptr<ActiveListener>> listeners_;
   std::set<std::string> stale_listeners_;
   event::TimerPtr drain_timer_;

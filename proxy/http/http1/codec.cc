@@ -753,6 +753,13 @@ class ServerConnectionImpl final : public Http1ServerConnection, public ParserCo
   Protocol protocol() const override { return http10_ ? Protocol::Http10 : Protocol::Http11; }
 
   void goAway() override {
+    if (active_ != nullptr && active_->response_started_ && !close_after_response_) {
+      // The response in progress already went out without Connection: close; closing after it would
+      // race the client's next request on a connection it believes is kept alive. The next response
+      // says Connection: close instead (its request is read as usual).
+      go_away_next_ = true;
+      return;
+    }
     go_away_ = true;
     if (active_ == nullptr && !closed_) {
       closed_ = true;
@@ -989,6 +996,7 @@ class ServerConnectionImpl final : public Http1ServerConnection, public ParserCo
         !req_upgrade_ && !req_connect_ && (parser_.flags & F_CHUNKED) == 0 && parser_.content_length == 0;
     auto* s = new ServerStream(*this);
     active_ = s;
+    if (go_away_next_) go_away_ = true;  // a drain began during the previous response
     s->request_complete_ = end_stream;
     end_delivered_ = end_stream;
     RequestDecoder& decoder = callbacks_.newStream(*s);
@@ -1205,6 +1213,7 @@ class ServerConnectionImpl final : public Http1ServerConnection, public ParserCo
   bool discard_input_ = false;   // the client said this was its last request
   bool close_after_response_ = false;
   bool go_away_ = false;
+  bool go_away_next_ = false;  // a goAway() came while a response was already out: the next one closes
   bool input_held_ = false;      // we readDisable(true)d the transport for pipelining
   bool remote_half_closed_ = false;
   bool above_high_ = false;

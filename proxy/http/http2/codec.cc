@@ -222,6 +222,7 @@ class ConnectionBase : public event::DeferredFlush {
 
   bool dispatchImpl(Buffer& data, CodecError& error);
   void goAwayImpl();
+  void shutdownNoticeImpl();
   void aboveHighWatermarkImpl();
   void belowLowWatermarkImpl();
   void transportClosedImpl();
@@ -344,6 +345,7 @@ class ConnectionBase : public event::DeferredFlush {
   bool flush_again_ = false;
   bool write_blocked_ = false;
   bool session_dead_ = false;  // no nghttp2 call may be made any more
+  bool notice_sent_ = false;   // the drain's first GOAWAY (last stream id 2^31-1) went out
   bool close_requested_ = false;
   bool goaway_received_ = false;
   bool goaway_submitted_ = false;
@@ -676,6 +678,13 @@ void ConnectionBase::goAwayImpl() {
   goaway_submitted_ = true;
   nghttp2_submit_goaway(session_, NGHTTP2_FLAG_NONE, nghttp2_session_get_last_proc_stream_id(session_),
                         NGHTTP2_NO_ERROR, nullptr, 0);
+}
+
+void ConnectionBase::shutdownNoticeImpl() {
+  if (session_dead_ || goaway_submitted_ || notice_sent_) return;
+  FlushScope scope(*this);
+  notice_sent_ = true;
+  nghttp2_submit_shutdown_notice(session_);
 }
 
 void ConnectionBase::aboveHighWatermarkImpl() {
@@ -1322,6 +1331,7 @@ class ServerConnectionImpl final : public ServerConnection, public ConnectionBas
   bool dispatch(Buffer& data, CodecError& error) override { return dispatchImpl(data, error); }
   Protocol protocol() const override { return Protocol::Http2; }
   void goAway() override { goAwayImpl(); }
+  void shutdownNotice() override { shutdownNoticeImpl(); }
   void onUnderlyingConnectionAboveWriteBufferHighWatermark() override { aboveHighWatermarkImpl(); }
   void onUnderlyingConnectionBelowWriteBufferLowWatermark() override { belowLowWatermarkImpl(); }
   void onTransportClosed() override { transportClosedImpl(); }
