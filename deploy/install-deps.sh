@@ -18,7 +18,7 @@ test_pkgs=(
   curl nghttp2-client iptables iproute2 python3 python3-grpcio python3-h2
   python3-pytest python3-yaml prometheus procps netcat-openbsd nftables nginx wrk tcpdump
 )
-perf_pkgs=(wrk haproxy nginx gnuplot-nox iperf3 valgrind)
+perf_pkgs=(wrk haproxy nginx gnuplot-nox iperf3 valgrind openssl)
 
 pkgs=("${build_pkgs[@]}")
 case "$what" in

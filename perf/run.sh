@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark of Strait against direct, HAProxy 2.6 and nginx 1.22 (see perf/README.md).
 #
-# Usage: perf/run.sh [--quick|--full] [--out DIR] [--keep] [--figures throughput,latency,h2,tcp]
-#   --quick    3 interleaved rounds, short runs: about 2.5 minutes (default)
-#   --full     5 interleaved rounds, wrk 10 s, fixed-rate 30 s, h2 10 s, iperf3 5 s: about 35 minutes
+# Usage: perf/run.sh [--quick|--full] [--out DIR] [--keep] [--figures throughput,latency,h2,tcp,mtls]
+#   --quick    3 interleaved rounds, short runs: about 4 minutes (default)
+#   --full     5 interleaved rounds, wrk 10 s, fixed-rate 30 s, h2 10 s, iperf3 5 s, s_time 5 s:
+#              about 45 minutes
 #   --out DIR  where the report goes (default perf/results): <DATE>-<mode>.md, .csv and -*.png
 #   --keep     keep the temporary run directory (generated configs, logs, per-request latency logs)
 # Environment: STRAIT_BIN (default build/proxy/strait), PROXY_CPU (default 0), CLIENT_CPU (default 1),
@@ -35,14 +36,17 @@ done
 
 # tool -> Debian package that provides it
 declare -A pkg=([wrk]=wrk [h2load]=nghttp2-client [haproxy]=haproxy [nginx]=nginx
-                [gnuplot]=gnuplot-nox [iperf3]=iperf3 [taskset]=util-linux [python3]=python3)
+                [gnuplot]=gnuplot-nox [iperf3]=iperf3 [taskset]=util-linux [python3]=python3
+                [openssl]=openssl)
 missing=()
-for t in wrk h2load haproxy nginx gnuplot iperf3 taskset python3; do
-  command -v "$t" >/dev/null 2>&1 || missing+=("$t (${pkg[$t]})")
+pkgs=()
+# openssl: the mesh CA (certs/strait-ca.sh) and `openssl s_time` for the mTLS figure
+for t in wrk h2load haproxy nginx gnuplot iperf3 taskset python3 openssl; do
+  command -v "$t" >/dev/null 2>&1 || { missing+=("$t (${pkg[$t]})"); pkgs+=("${pkg[$t]}"); }
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "perf/run.sh: missing: ${missing[*]}" >&2
-  echo "install them with:  $root/deploy/install-deps.sh perf" >&2
+  echo "install them with:  $root/deploy/install-deps.sh perf   (or: apt-get install ${pkgs[*]})" >&2
   exit 2
 fi
 case "$(haproxy -v 2>&1 | head -1)" in *" 2.6."*) ;; *) echo "note: not HAProxy 2.6: $(haproxy -v 2>&1 | head -1)" ;; esac
