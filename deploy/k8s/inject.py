@@ -182,6 +182,8 @@ def sidecar_container(service_cluster, opts):
             "--log-level", opts.log_level,
             "--service-node", "$(POD_NAME).$(POD_NAMESPACE)",
             "--service-cluster", service_cluster,
+            # Below the pod's default terminationGracePeriodSeconds (30 s): the drain ends before the kill.
+            "--drain-time-s", "20",
         ],
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
