@@ -20,6 +20,8 @@
 #include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
 #include "envoy/extensions/upstreams/http/v3/http_protocol_options.pb.h"
 #include "envoy/extensions/filters/listener/original_dst/v3/original_dst.pb.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/dynamic_message.h"
 #include "google/protobuf/util/json_util.h"
 #include "proxy/common/log.h"
 #include "proxy/config/default_bootstrap.h"
@@ -1047,7 +1049,43 @@ absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> parseBootstrap(
   }
   if (!options.service_node.empty()) bootstrap->mutable_node()->set_id(options.service_node);
   if (!options.service_cluster.empty()) bootstrap->mutable_node()->set_cluster(options.service_cluster);
+  if (auto neg = rejectNegativeDurations(*bootstrap, ""); !neg.ok()) return neg;
   return std::shared_ptr<const google::protobuf::Message>(bootstrap);
+}
+
+absl::Status rejectNegativeDurations(const google::protobuf::Message& m, const std::string& path) {
+  using google::protobuf::FieldDescriptor;
+  const auto* d = m.GetDescriptor();
+  const auto* r = m.GetReflection();
+  if (d->full_name() == "google.protobuf.Duration") {
+    const int64_t secs = r->GetInt64(m, d->FindFieldByName("seconds"));
+    const int32_t nanos = r->GetInt32(m, d->FindFieldByName("nanos"));
+    if (secs < 0 || nanos < 0) return fieldError(path, "must not be negative");
+    return absl::OkStatus();
+  }
+  if (d->full_name() == "google.protobuf.Any") {
+    // Typed configs (filters, transport sockets) are checked too, by their own type.
+    const std::string url = r->GetString(m, d->FindFieldByName("type_url"));
+    const auto* inner_d = google::protobuf::DescriptorPool::generated_pool()->FindMessageTypeByName(url.substr(url.rfind('/') + 1));
+    if (inner_d == nullptr) return absl::OkStatus();
+    std::unique_ptr<google::protobuf::Message> inner(google::protobuf::MessageFactory::generated_factory()->GetPrototype(inner_d)->New());
+    if (!inner->ParseFromString(r->GetString(m, d->FindFieldByName("value")))) return absl::OkStatus();
+    return rejectNegativeDurations(*inner, path);
+  }
+  std::vector<const FieldDescriptor*> fields;
+  r->ListFields(m, &fields);
+  for (const auto* f : fields) {
+    if (f->cpp_type() != FieldDescriptor::CPPTYPE_MESSAGE || f->is_map()) continue;
+    const std::string fp = path.empty() ? f->name() : path + "." + f->name();
+    if (f->is_repeated()) {
+      for (int i = 0; i < r->FieldSize(m, f); ++i) {
+        if (auto st = rejectNegativeDurations(r->GetRepeatedMessage(m, f, i), absl::StrCat(fp, "[", i, "]")); !st.ok()) return st;
+      }
+    } else if (auto st = rejectNegativeDurations(r->GetMessage(m, f), fp); !st.ok()) {
+      return st;
+    }
+  }
+  return absl::OkStatus();
 }
 
 ClusterIds& clusterIds() {

@@ -120,4 +120,9 @@ std::string nowRfc3339();
 
 uint64_t durationMs(const google::protobuf::Duration& d);
 
+// Every google.protobuf.Duration in `m` (also inside typed configs) must not be negative: a negative
+// timeout would wrap into "never". The error names the field: "<path>.connect_timeout: must not be
+// negative".
+absl::Status rejectNegativeDurations(const google::protobuf::Message& m, const std::string& path);
+
 }  // namespace strait::config
