@@ -29,8 +29,11 @@ struct TcpStats {
 };
 
 struct WeightedTarget {
+  // Null when an xDS listener names a cluster CDS does not hold (removed, or not there yet): connections
+  // sent to it are closed (Envoy: "cluster not found"); the next snapshot with the cluster resolves it.
   config::ClusterConstSharedPtr cluster;
   uint32_t weight;
+  std::string name;
 };
 
 class TcpProxyConfig : public config::NetworkFilterFactory {
@@ -38,14 +41,14 @@ class TcpProxyConfig : public config::NetworkFilterFactory {
   void onAccept(config::WorkerContext& worker, ConnectionPtr conn,
                 const std::shared_ptr<const config::Listener>& listener) const override;
 
-  const config::Cluster& pickCluster(config::WorkerContext& worker) const {
-    if (targets.size() == 1) return *targets[0].cluster;
+  const WeightedTarget& pickTarget(config::WorkerContext& worker) const {
+    if (targets.size() == 1) return targets[0];
     uint64_t r = worker.random() % total_weight;
     for (const auto& t : targets) {
-      if (r < t.weight) return *t.cluster;
+      if (r < t.weight) return t;
       r -= t.weight;
     }
-    return *targets.back().cluster;
+    return targets.back();
   }
 
   std::vector<WeightedTarget> targets;
@@ -62,12 +65,19 @@ class Session : public config::ActiveSession, public strait::network::Connection
   Session(const TcpProxyConfig& cfg, config::WorkerContext& worker, ConnectionPtr downstream,
           std::shared_ptr<const config::Listener> listener)
       : ActiveSession(std::move(listener)), cfg_(cfg), worker_(worker), downstream_(std::move(downstream)),
-        cluster_(cfg.pickCluster(worker)) {
+        target_(cfg.pickTarget(worker)), cluster_(target_.cluster.get()) {
     downstream_->setCallbacks(this);
     stats::inc(cfg_.stats.downstream_cx_total);
   }
 
   void start() {
+    if (cluster_ == nullptr) {
+      stats::inc(cfg_.stats.downstream_cx_no_route);
+      LOG_DEBUG("[C%lu] tcp_proxy: cluster not found: %s", downstream_->id(), target_.name.c_str());
+      downstream_->close(CloseType::NoFlush);
+      maybeDone();
+      return;
+    }
     if (cfg_.idle_timeout_ms > 0) {
       idle_timer_ = worker_.dispatcher().createTimer([this] { onIdleTimer(); });
       idle_timer_->enable(cfg_.idle_timeout_ms);
@@ -86,14 +96,14 @@ class Session : public config::ActiveSession, public strait::network::Connection
     size_t n = data.length();
     if (&conn == downstream_.get()) {
       if (n) stats::inc(cfg_.stats.downstream_cx_rx_bytes_total, static_cast<int64_t>(n));
-      if (n) stats::inc(cluster_.stats.upstream_cx_tx_bytes_total, static_cast<int64_t>(n));
+      if (n && cluster_) stats::inc(cluster_->stats.upstream_cx_tx_bytes_total, static_cast<int64_t>(n));
       if (upstream_ && upstream_->state() == Connection::State::Open) {
         upstream_->write(data, end_stream);
       } else {
         data.drain(n);
       }
     } else {
-      if (n) stats::inc(cluster_.stats.upstream_cx_rx_bytes_total, static_cast<int64_t>(n));
+      if (n) stats::inc(cluster_->stats.upstream_cx_rx_bytes_total, static_cast<int64_t>(n));
       if (n) stats::inc(cfg_.stats.downstream_cx_tx_bytes_total, static_cast<int64_t>(n));
       downstream_->write(data, end_stream);
     }
@@ -110,24 +120,24 @@ class Session : public config::ActiveSession, public strait::network::Connection
     }
     switch (event) {
       case ConnectionEvent::Connected:
-        stats::inc(cluster_.stats.upstream_cx_total);
-        stats::inc(cluster_.stats.upstream_cx_active);
+        stats::inc(cluster_->stats.upstream_cx_total);
+        stats::inc(cluster_->stats.upstream_cx_active);
         if (host_) {
           stats::inc(host_->cx_total);
           stats::inc(host_->cx_active);
         }
         upstream_counted_ = true;
-        upstream_->setBufferLimits(cluster_.buffer_limit);
+        upstream_->setBufferLimits(cluster_->buffer_limit);
         downstream_->setBufferLimits(listener()->buffer_limit);
         downstream_->startReading();
         upstream_->startReading();
         break;
       case ConnectionEvent::ConnectFailed:
       case ConnectionEvent::ConnectTimeout:
-        stats::inc(event == ConnectionEvent::ConnectFailed ? cluster_.stats.upstream_cx_connect_fail
-                                                           : cluster_.stats.upstream_cx_connect_timeout);
-        stats::inc(cluster_.stats.upstream_cx_total);
-        stats::inc(cluster_.stats.upstream_cx_destroy);
+        stats::inc(event == ConnectionEvent::ConnectFailed ? cluster_->stats.upstream_cx_connect_fail
+                                                           : cluster_->stats.upstream_cx_connect_timeout);
+        stats::inc(cluster_->stats.upstream_cx_total);
+        stats::inc(cluster_->stats.upstream_cx_destroy);
         if (host_) {
           stats::inc(host_->cx_total);
           stats::inc(host_->cx_connect_fail);
@@ -143,8 +153,8 @@ class Session : public config::ActiveSession, public strait::network::Connection
       case ConnectionEvent::RemoteClose:
       case ConnectionEvent::LocalClose:
         if (upstream_counted_) {
-          stats::dec(cluster_.stats.upstream_cx_active);
-          stats::inc(cluster_.stats.upstream_cx_destroy);
+          stats::dec(cluster_->stats.upstream_cx_active);
+          stats::inc(cluster_->stats.upstream_cx_destroy);
           if (host_) stats::dec(host_->cx_active);
           upstream_counted_ = false;
         }
@@ -163,11 +173,11 @@ class Session : public config::ActiveSession, public strait::network::Connection
 
   void connectUpstream() {
     ++attempts_;
-    auto host = worker_.chooseHost(cluster_, *downstream_);
+    auto host = worker_.chooseHost(*cluster_, *downstream_);
     if (!host) {
-      stats::inc(cluster_.stats.upstream_cx_none_healthy);
+      stats::inc(cluster_->stats.upstream_cx_none_healthy);
       stats::inc(cfg_.stats.downstream_cx_no_route);
-      LOG_DEBUG("[C%lu] tcp_proxy: no host for cluster %s", downstream_->id(), cluster_.name.c_str());
+      LOG_DEBUG("[C%lu] tcp_proxy: no host for cluster %s", downstream_->id(), cluster_->name.c_str());
       downstream_->close(CloseType::NoFlush);
       maybeDone();
       return;
@@ -182,10 +192,10 @@ class Session : public config::ActiveSession, public strait::network::Connection
     upstream_ = std::make_unique<Connection>(worker_.dispatcher(), host->address);
     upstream_->setCallbacks(this);
     LOG_DEBUG("[C%lu] tcp_proxy: %s -> %s (cluster %s)", downstream_->id(), downstream_->remoteAddress().asString().c_str(),
-              host->address.asString().c_str(), cluster_.name.c_str());
-    if (const auto& ts = config::transportFor(cluster_, host_)) {
+              host->address.asString().c_str(), cluster_->name.c_str());
+    if (const auto& ts = config::transportFor(*cluster_, host_)) {
       strait::network::TransportSocketOptions options;
-      options.stats = &cluster_.stats.ssl;
+      options.stats = &cluster_->stats.ssl;
       auto socket = ts->create(options);
       if (!socket) {
         upstream_->failConnect();  // no certificate yet: never plaintext
@@ -193,7 +203,7 @@ class Session : public config::ActiveSession, public strait::network::Connection
       }
       upstream_->setTransportSocket(std::move(socket));
     }
-    upstream_->connect(cluster_.connect_timeout_ms);
+    upstream_->connect(cluster_->connect_timeout_ms);
   }
 
   // A failed upstream connection is freed after the current callback returns.
@@ -226,7 +236,8 @@ class Session : public config::ActiveSession, public strait::network::Connection
   config::WorkerContext& worker_;
   ConnectionPtr downstream_;
   ConnectionPtr upstream_;
-  const config::Cluster& cluster_;
+  const WeightedTarget& target_;
+  const config::Cluster* cluster_;  // null: the cluster is not known (see WeightedTarget)
   config::Host host_value_;
   const config::Host* host_ = nullptr;
   event::TimerPtr idle_timer_;
@@ -253,6 +264,7 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createTcpPro
   auto findCluster = [&](const std::string& name, const std::string& field) -> absl::StatusOr<config::ClusterConstSharedPtr> {
     auto it = ctx.clusters.find(name);
     if (it == ctx.clusters.end()) {
+      if (ctx.dynamic && !name.empty()) return config::ClusterConstSharedPtr();  // resolved when it arrives
       return absl::InvalidArgumentError(absl::StrCat(field, ": unknown cluster '", name, "'"));
     }
     return it->second;
@@ -265,7 +277,7 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createTcpPro
       auto c = findCluster(wc.clusters(i).name(), f + ".name");
       if (!c.ok()) return c.status();
       if (wc.clusters(i).weight() == 0) continue;
-      cfg->targets.push_back(WeightedTarget{*c, wc.clusters(i).weight()});
+      cfg->targets.push_back(WeightedTarget{*c, wc.clusters(i).weight(), wc.clusters(i).name()});
       cfg->total_weight += wc.clusters(i).weight();
     }
     if (cfg->total_weight == 0) return absl::InvalidArgumentError(path + ".weighted_clusters: every weight is 0");
@@ -273,7 +285,7 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createTcpPro
     if (proto.cluster().empty()) return absl::InvalidArgumentError(path + ".cluster: is required");
     auto c = findCluster(proto.cluster(), path + ".cluster");
     if (!c.ok()) return c.status();
-    cfg->targets.push_back(WeightedTarget{*c, 1});
+    cfg->targets.push_back(WeightedTarget{*c, 1, proto.cluster()});
     cfg->total_weight = 1;
   }
   if (proto.has_idle_timeout()) cfg->idle_timeout_ms = config::durationMs(proto.idle_timeout());

@@ -979,6 +979,7 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     auto st = addListener(*l, path);
     if (!st.ok()) return st;
   }
+  ctx.dynamic = true;  // LDS listeners may name clusters CDS has removed (see TranslationContext)
   for (const auto& [name, res] : sources->listeners) {
     const auto& lp = static_cast<const listener_v3::Listener&>(*res.proto);
     const std::string path = absl::StrCat("Listener '", name, "'");

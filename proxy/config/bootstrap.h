@@ -32,6 +32,11 @@ struct TranslationContext {
   const std::map<std::string, std::shared_ptr<const void>>* route_tables = nullptr;
   // Names of RDS route configurations the translated listeners refer to (filled in as they are seen).
   std::set<std::string>* rds_names = nullptr;
+  // An xDS resource (LDS listener) is being translated: a cluster it names may be missing, since CDS can
+  // remove a cluster a listener still names (Envoy accepts that). The reference is kept by name and
+  // answered at run time (tcp_proxy closes the connection, the router answers cluster_not_found) until a
+  // later snapshot has the cluster again. Bootstrap (static) resources keep their strict validation.
+  bool dynamic = false;
 };
 
 // An xDS resource as accepted: its proto, version, and when it arrived.

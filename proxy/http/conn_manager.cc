@@ -806,7 +806,9 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
     default: return fieldError(path + ".codec_type", "only AUTO, HTTP1 and HTTP2 are supported");
   }
   RouteTable::Options ro;
-  ro.validate_clusters = true;
+  // An inline route_config of an xDS listener may name a cluster CDS has removed: it answers
+  // cluster_not_found until the cluster is back (config::TranslationContext::dynamic).
+  ro.validate_clusters = !ctx.dynamic;
   for (const auto& u : proto.upgrade_configs()) {
     if (u.upgrade_type() == "websocket" && (!u.has_enabled() || u.enabled().value())) ro.hcm_websocket_upgrade = true;
   }

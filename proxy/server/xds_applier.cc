@@ -209,25 +209,42 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
   if (target == nullptr) return absl::InvalidArgumentError(absl::StrCat("unsupported resource type ", type_url));
 
   const std::string now = config::nowRfc3339();
+  // Every map is keyed by the name a resource was sent under (SotW: the resource's own name or its
+  // discovery.v3.Resource wrapper's; delta: Resource.name): that is the name the client holds it by and
+  // the name a removal (delta removed_resources, SotW absence) uses.
   // State of the world for LDS and CDS is the whole set; removals come from the client for the others.
   if (sotw && (type_url == xds::kClusterType || type_url == xds::kListenerType)) target->clear();
   for (const auto& name : removed) target->erase(name);
+  const auto* prev_map = type_url == xds::kClusterType ? &sources_->clusters
+                         : type_url == xds::kListenerType ? &sources_->listeners
+                         : type_url == xds::kRouteType ? &sources_->routes
+                         : type_url == xds::kSecretType ? &sources_->secrets : &sources_->endpoints;
+  std::map<std::string, std::string> unknown_received;  // name -> unknown field paths ("" for none)
   for (const auto& r : resources) {
     auto m = decode(type_url, r);
     if (!m.ok()) return m.status();
-    // The name inside must be the name the resource was sent under.
     std::string inner;
+    const char* field = "name";
     if (type_url == xds::kClusterType) inner = static_cast<const envoy::config::cluster::v3::Cluster&>(**m).name();
     if (type_url == xds::kListenerType) inner = static_cast<const envoy::config::listener::v3::Listener&>(**m).name();
     if (type_url == xds::kRouteType) inner = static_cast<const envoy::config::route::v3::RouteConfiguration&>(**m).name();
     if (type_url == xds::kEndpointType) {
       inner = static_cast<const envoy::config::endpoint::v3::ClusterLoadAssignment&>(**m).cluster_name();
+      field = "cluster_name";
     }
     if (type_url == xds::kSecretType) {
       inner = static_cast<const envoy::extensions::transport_sockets::tls::v3::Secret&>(**m).name();
     }
     if (inner.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(shortName(type_url), " '", r.name, "': name: is required"));
+      return absl::InvalidArgumentError(absl::StrCat(shortName(type_url), " '", r.name, "': ", field, ": is required"));
+    }
+    // The name inside must be the name the resource was sent under (as Envoy requires of RDS, EDS and
+    // SDS resources, and our SDS streams of secrets): held under one name and named by the config under
+    // another, it could be neither found nor removed.
+    if (inner != r.name) {
+      return absl::InvalidArgumentError(absl::StrCat(shortName(type_url), " '", r.name, "': ", field, ": '", inner,
+                                                     "' differs from the name the resource was sent under ('",
+                                                     r.name, "')"));
     }
     // Fields we do not implement are kept (protobuf holds them as unknown), counted and shown in
     // /config_dump; with --reject-unknown-dynamic-fields they are a NACK.
@@ -235,24 +252,18 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
     unknownFields(**m, "", unknown);
     if (!unknown.empty()) {
       stats::inc(unknown_fields_, static_cast<int64_t>(unknown.size()));
-      const std::string where = absl::StrCat(shortName(type_url), " '", inner, "': unknown fields ", absl::StrJoin(unknown, ", "));
+      const std::string where = absl::StrCat(shortName(type_url), " '", r.name, "': unknown fields ", absl::StrJoin(unknown, ", "));
       if (reject_unknown_) return absl::InvalidArgumentError(where);
-      std::lock_guard<std::mutex> lock(mu_);
-      unknown_seen_[absl::StrCat(shortName(type_url), " '", inner, "'")] = absl::StrJoin(unknown, ", ");
     }
+    unknown_received[r.name] = absl::StrJoin(unknown, ", ");
     config::DynamicResource res;
     res.proto = *m;
     res.version = r.version.empty() ? version : r.version;
     // Unchanged resources keep the time they were last updated.
-    auto old = sources_->clusters.end();
-    const auto* prev_map = type_url == xds::kClusterType ? &sources_->clusters
-                           : type_url == xds::kListenerType ? &sources_->listeners
-                           : type_url == xds::kRouteType ? &sources_->routes
-                           : type_url == xds::kSecretType ? &sources_->secrets : &sources_->endpoints;
-    old = prev_map->find(inner);
+    auto old = prev_map->find(r.name);
     bool same = old != prev_map->end() && old->second.proto->SerializeAsString() == (*m)->SerializeAsString();
     res.last_updated = same ? old->second.last_updated : now;
-    (*target)[inner] = std::move(res);
+    (*target)[r.name] = std::move(res);
   }
   if (type_url == xds::kSecretType) {
     // Secrets do not rebuild the config: the TLS contexts that use one rebuild themselves (a rotation
@@ -275,6 +286,7 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
     }
     std::lock_guard<std::mutex> lock(mu_);
     sources_ = next;
+    commitUnknownFields(type_url, unknown_received, *next);
     return absl::OkStatus();
   }
   auto built = config::buildSnapshot(next, snapshot_.get(), store_, config::clusterIds());
@@ -291,6 +303,7 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
   {
     std::lock_guard<std::mutex> lock(mu_);
     sources_ = next;
+    commitUnknownFields(type_url, unknown_received, *next);
   }
   // The previous config's protos, clusters and stats were just freed (the workers have moved on). glibc
   // keeps freed heap for reuse and RSS would stay at its peak after clusters go: hand it back.
@@ -306,6 +319,39 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
   client_->setResourceNames(xds::kSecretType, certs::SecretManager::get().sdsNames());
   if (type_url == xds::kClusterType || type_url == xds::kListenerType) onInitialFetchDone(type_url, false);
   return absl::OkStatus();
+}
+
+// With mu_ held, once an update is applied: the resources it carried replace their records (none when
+// they came without unknown fields), and records of resources no longer held are dropped, whatever took
+// them away (a delta removal, SotW absence, an endpoint or route configuration nothing refers to).
+void XdsApplier::commitUnknownFields(const std::string& type_url, const std::map<std::string, std::string>& received,
+                                     const config::ConfigSources& held) {
+  auto& mine = unknown_seen_[type_url];
+  for (const auto& [name, fields] : received) {
+    if (fields.empty()) {
+      mine.erase(name);
+    } else {
+      mine[name] = fields;
+    }
+  }
+  const std::pair<const char*, const std::map<std::string, config::DynamicResource>*> types[] = {
+      {xds::kClusterType, &held.clusters}, {xds::kListenerType, &held.listeners}, {xds::kRouteType, &held.routes},
+      {xds::kEndpointType, &held.endpoints}, {xds::kSecretType, &held.secrets}};
+  for (const auto& [type, resources] : types) {
+    auto it = unknown_seen_.find(type);
+    if (it == unknown_seen_.end()) continue;
+    std::erase_if(it->second, [&](const auto& kv) { return resources->count(kv.first) == 0; });
+    if (it->second.empty()) unknown_seen_.erase(it);
+  }
+}
+
+std::map<std::string, std::string> XdsApplier::unknownFieldsSeen() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::map<std::string, std::string> out;
+  for (const auto& [type, by_name] : unknown_seen_) {
+    for (const auto& [name, fields] : by_name) out[absl::StrCat(shortName(type), " '", name, "'")] = fields;
+  }
+  return out;
 }
 
 void XdsApplier::onResourceDoesNotExist(const std::string& type_url, const std::string& name) {

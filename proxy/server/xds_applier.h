@@ -43,11 +43,10 @@ class XdsApplier : public xds::XdsSubscriber {
   };
   std::shared_ptr<const config::ConfigSources> sources() const;
   std::map<std::string, TypeStatus> status() const;
-  // Resources that carried fields Strait does not know: resource -> field paths (by number).
-  std::map<std::string, std::string> unknownFieldsSeen() const {
-    std::lock_guard<std::mutex> lock(mu_);
-    return unknown_seen_;
-  }
+  // Resources held now that carried fields Strait does not know: "<Type> '<name>'" -> field paths (by
+  // number). A record lives as long as its resource: an update without unknown fields, a removal, or the
+  // resource being dropped (SotW absence, no parent any more) ends it; a rejected update leaves none.
+  std::map<std::string, std::string> unknownFieldsSeen() const;
 
  private:
   struct TypeStats {
@@ -67,7 +66,11 @@ class XdsApplier : public xds::XdsSubscriber {
   stats::Gauge connected_state_;
   stats::Counter unknown_fields_;
   bool reject_unknown_;
-  std::map<std::string, std::string> unknown_seen_;
+  // Per type URL, per resource name (the name it was sent under): its unknown field paths. Guarded by mu_;
+  // changed only once an update is applied, and pruned to the resources sources_ holds.
+  std::map<std::string, std::map<std::string, std::string>> unknown_seen_;
+  void commitUnknownFields(const std::string& type_url, const std::map<std::string, std::string>& received,
+                           const config::ConfigSources& held);
   mutable std::mutex mu_;  // guards sources_ and status_ for the admin
   std::map<std::string, TypeStatus> status_;
   std::set<std::string> initialized_;
