@@ -404,12 +404,16 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
                       lastUpdated(c->dynamic && src ? &src->clusters : nullptr, c->name), "\"}");
     }
     std::string routes, endpoints, secrets;
-    if (src) {
-      for (const auto& [name, res] : src->secrets) {
+    // Secrets do not rebuild the snapshot (a rotation leaves the config alone): read the applier's newest.
+    std::shared_ptr<const config::ConfigSources> newest = server_.xds() != nullptr ? server_.xds()->sources() : nullptr;
+    if (const config::ConfigSources* sec_src = newest ? newest.get() : src) {
+      for (const auto& [name, res] : sec_src->secrets) {
         absl::StrAppend(&secrets, secrets.empty() ? "" : ",", "{\"name\":", jsonEscape(name), ",\"version_info\":",
                         jsonEscape(res.version), ",\"last_updated\":\"", res.last_updated, "\",\"secret\":",
                         protoJson(*res.proto), "}");
       }
+    }
+    if (src) {
       for (const auto& [name, res] : src->routes) {
         absl::StrAppend(&routes, routes.empty() ? "" : ",", "{\"version_info\":", jsonEscape(res.version),
                         ",\"route_config\":", protoJson(*res.proto), ",\"last_updated\":\"", res.last_updated, "\"}");

@@ -140,6 +140,7 @@ def test_sds_warming_rotation_and_nack(fleet, xds, tmp_path):
     assert serial_of(port, pki) == s2
     dump = proc.get("/config_dump").text
     assert "PRIVATE KEY" not in dump
+    assert '"name":"default"' in dump and "[redacted]" in dump, "the SDS secret is not listed (redacted)"
     assert proc.stats().get("xds.sds.update_rejected", 0) >= 1
 
 
