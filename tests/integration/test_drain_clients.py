@@ -47,7 +47,10 @@ class SlowOrigin:
             def log_message(self, *a):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 256  # the default backlog of 5 drops SYNs under a burst of reconnects
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -144,7 +147,7 @@ def wrk(port: int, seconds: int) -> str:
 def test_graceful_drain_listeners_inbound_only_loses_no_request_under_load(fleet):
     origin = harness.track(fleet, SlowOrigin())
     config = bootstrap([http_config(origin.port, "inbound", "INBOUND"), http_config(origin.port, "outbound", "OUTBOUND")],
-                       [static_cluster("origin", [origin.port])])
+                       [static_cluster("origin", [origin.port], connect_timeout="5s")])
     proc = fleet.start(config, drain_time_s=3, extra=["--drain-strategy", "gradual"])
     inbound, outbound = proc.listener_port("inbound"), proc.listener_port("outbound")
     keep = http.client.HTTPConnection("127.0.0.1", outbound, timeout=5)
