@@ -1,8 +1,11 @@
 #include "proxy/http/conn_manager.h"
 #include "proxy/common/pooled.h"
 
+#include <arpa/inet.h>
+
 #include <cinttypes>
 #include <cstdio>
+#include <cstring>
 
 #include "absl/strings/str_cat.h"
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
@@ -17,6 +20,251 @@
 #include "proxy/network/connection.h"
 
 namespace strait::http {
+
+// ---- request header sanitizing ---------------------------------------------------------------------
+
+namespace {
+
+// The request headers the sanitizing rules treat specially.
+enum class SanitizedHeader : uint8_t {
+  Other,
+  XForwardedFor,
+  XForwardedProto,
+  XRequestId,
+  Expect,
+  EnvoyInternal,         // x-envoy-internal: never from a client
+  EnvoyExternalAddress,  // set on edge requests (a client's is replaced)
+  EnvoyEdgeOnly,         // removed from edge requests
+  EnvoyExternalOnly,     // removed from external requests
+};
+
+struct EnvoyHeaderName {
+  std::string_view suffix;  // after "x-envoy-"
+  SanitizedHeader kind;
+};
+constexpr EnvoyHeaderName kEnvoyHeaders[] = {
+    {"internal", SanitizedHeader::EnvoyInternal},
+    {"external-address", SanitizedHeader::EnvoyExternalAddress},
+    {"decorator-operation", SanitizedHeader::EnvoyEdgeOnly},
+    {"downstream-service-cluster", SanitizedHeader::EnvoyEdgeOnly},
+    {"downstream-service-node", SanitizedHeader::EnvoyEdgeOnly},
+    {"retriable-status-codes", SanitizedHeader::EnvoyExternalOnly},
+    {"retriable-header-names", SanitizedHeader::EnvoyExternalOnly},
+    {"retry-on", SanitizedHeader::EnvoyExternalOnly},
+    {"retry-grpc-on", SanitizedHeader::EnvoyExternalOnly},
+    {"max-retries", SanitizedHeader::EnvoyExternalOnly},
+    {"upstream-alt-stat-name", SanitizedHeader::EnvoyExternalOnly},
+    {"upstream-rq-timeout-ms", SanitizedHeader::EnvoyExternalOnly},
+    {"upstream-rq-per-try-timeout-ms", SanitizedHeader::EnvoyExternalOnly},
+    {"upstream-rq-timeout-alt-response", SanitizedHeader::EnvoyExternalOnly},
+    {"expected-rq-timeout-ms", SanitizedHeader::EnvoyExternalOnly},
+    {"force-trace", SanitizedHeader::EnvoyExternalOnly},
+    {"ip-tags", SanitizedHeader::EnvoyExternalOnly},
+    {"original-url", SanitizedHeader::EnvoyExternalOnly},
+    {"hedge-on-per-try-timeout", SanitizedHeader::EnvoyExternalOnly},
+};
+
+// One look at the length and the first bytes rules out almost every name before any comparison.
+SanitizedHeader classifyRequestHeader(std::string_view name) {
+  const size_t n = name.size();
+  if (n == 6) return headerNameEquals(name, "expect") ? SanitizedHeader::Expect : SanitizedHeader::Other;
+  if (n < 12 || lowerAscii(name[0]) != 'x' || name[1] != '-') return SanitizedHeader::Other;
+  switch (lowerAscii(name[2])) {
+    case 'e': {
+      constexpr std::string_view kPrefix = "x-envoy-";
+      if (!headerNameEquals(name.substr(0, kPrefix.size()), kPrefix)) return SanitizedHeader::Other;
+      const std::string_view rest = name.substr(kPrefix.size());
+      for (const auto& e : kEnvoyHeaders) {
+        if (e.suffix.size() == rest.size() && headerNameEquals(rest, e.suffix)) return e.kind;
+      }
+      return SanitizedHeader::Other;
+    }
+    case 'f':
+      if (n == 15) return headerNameEquals(name, "x-forwarded-for") ? SanitizedHeader::XForwardedFor : SanitizedHeader::Other;
+      if (n == 17) return headerNameEquals(name, "x-forwarded-proto") ? SanitizedHeader::XForwardedProto : SanitizedHeader::Other;
+      return SanitizedHeader::Other;
+    case 'r':
+      return n == 12 && headerNameEquals(name, "x-request-id") ? SanitizedHeader::XRequestId : SanitizedHeader::Other;
+    default: return SanitizedHeader::Other;
+  }
+}
+
+bool isOws(char c) { return c == ' ' || c == '\t'; }
+
+std::string_view trimOws(std::string_view s) {
+  while (!s.empty() && isOws(s.front())) s.remove_prefix(1);
+  while (!s.empty() && isOws(s.back())) s.remove_suffix(1);
+  return s;
+}
+
+// A numeric IPv4 or IPv6 address (no brackets, no port), parsed without allocating.
+std::optional<network::Address> parseIp(std::string_view text) {
+  char buf[INET6_ADDRSTRLEN + 1];
+  if (text.empty() || text.size() >= sizeof(buf)) return std::nullopt;
+  std::memcpy(buf, text.data(), text.size());
+  buf[text.size()] = '\0';
+  sockaddr_storage ss{};
+  auto* v4 = reinterpret_cast<sockaddr_in*>(&ss);
+  if (inet_pton(AF_INET, buf, &v4->sin_addr) == 1) {
+    v4->sin_family = AF_INET;
+    return network::Address(reinterpret_cast<const sockaddr*>(&ss));
+  }
+  auto* v6 = reinterpret_cast<sockaddr_in6*>(&ss);
+  if (inet_pton(AF_INET6, buf, &v6->sin6_addr) == 1) {
+    v6->sin6_family = AF_INET6;
+    return network::Address(reinterpret_cast<const sockaddr*>(&ss));
+  }
+  return std::nullopt;
+}
+
+// Appends the address's IP (no port) without a temporary string.
+void appendIp(std::string& out, const network::Address& a) {
+  char buf[INET6_ADDRSTRLEN] = {0};
+  if (a.isV6()) {
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(a.sockAddr())->sin6_addr, buf, sizeof(buf));
+  } else {
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(a.sockAddr())->sin_addr, buf, sizeof(buf));
+  }
+  out.append(buf);
+}
+
+// Envoy's built-in notion of internal (Network::Utility::isInternalAddress, the default until 1.33).
+bool defaultInternal(const network::Address& a) {
+  if (a.isV6()) {
+    const uint8_t* b = reinterpret_cast<const sockaddr_in6*>(a.sockAddr())->sin6_addr.s6_addr;
+    if (b[0] == 0xfd) return true;  // RFC 4193 unique local, the locally assigned half
+    for (int i = 0; i < 15; ++i) {
+      if (b[i] != 0) return false;
+    }
+    return b[15] == 1;  // ::1
+  }
+  const auto* b = reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in*>(a.sockAddr())->sin_addr);
+  return b[0] == 10 || (b[0] == 172 && b[1] >= 16 && b[1] <= 31) || (b[0] == 192 && b[1] == 168) ||
+         (b[0] == 127 && b[1] == 0 && b[2] == 0 && b[3] == 1);
+}
+
+}  // namespace
+
+bool InternalAddressConfig::isInternal(const network::Address& a) const {
+  if (cidr_ranges.empty()) return defaultInternal(a);
+  for (const auto& r : cidr_ranges) {
+    if (r.contains(a)) return true;
+  }
+  return false;
+}
+
+XffAddress lastAddressFromXff(std::string_view xff, uint32_t skip) {
+  for (uint32_t i = 0; i < skip; ++i) {
+    const size_t comma = xff.rfind(',');
+    if (comma == std::string_view::npos) return {};
+    xff = xff.substr(0, comma);
+  }
+  const size_t comma = xff.rfind(',');
+  XffAddress out;
+  out.single = comma == std::string_view::npos;
+  out.address = parseIp(trimOws(out.single ? xff : xff.substr(comma + 1)));
+  if (!out.address) out.single = false;
+  return out;
+}
+
+RequestHeaderVerdict sanitizeRequestHeaders(RequestHeaders& h, const HcmConfig& cfg, const RouteTable* routes,
+                                            const network::Address& peer, bool tls) {
+  RequestHeaderVerdict v;
+  auto& entries = h.entries();
+  constexpr size_t kNone = static_cast<size_t>(-1);
+  size_t xff = kNone, xfp = kNone;
+  bool sweep = false;  // some entry was emptied (merged duplicate, answered Expect)
+  bool seen_envoy_internal = false, seen_external_address = false, seen_edge_only = false, seen_external_only = false;
+  for (size_t i = 0; i < entries.size(); ++i) {
+    auto& e = entries[i];
+    const SanitizedHeader kind = classifyRequestHeader(e.name);
+    switch (kind) {
+      case SanitizedHeader::Other: break;
+      case SanitizedHeader::XForwardedFor:
+      case SanitizedHeader::XForwardedProto: {
+        // Repeated: one list, in order (what Envoy's header map makes of them), before anything reads it.
+        size_t& first = kind == SanitizedHeader::XForwardedFor ? xff : xfp;
+        if (first == kNone) {
+          first = i;
+        } else {
+          entries[first].value.append(",").append(e.value);
+          e.name.clear();
+          sweep = true;
+        }
+        break;
+      }
+      case SanitizedHeader::XRequestId: v.has_request_id = v.has_request_id || !e.value.empty(); break;
+      case SanitizedHeader::Expect:
+        if (headerNameEquals(e.value, "100-continue")) {
+          v.expect_continue = true;
+          e.name.clear();
+          sweep = true;
+        }
+        break;
+      case SanitizedHeader::EnvoyInternal: seen_envoy_internal = true; break;
+      case SanitizedHeader::EnvoyExternalAddress: seen_external_address = true; break;
+      case SanitizedHeader::EnvoyEdgeOnly: seen_edge_only = true; break;
+      case SanitizedHeader::EnvoyExternalOnly: seen_external_only = true; break;
+    }
+  }
+
+  // The trusted client address, and whether it may make the request internal.
+  const std::string_view scheme = tls ? "https" : "http";
+  std::optional<network::Address> from_xff;
+  const network::Address* trusted = nullptr;
+  bool allow_internal = false;
+  const uint32_t hops = cfg.xff_num_trusted_hops;
+  if (cfg.use_remote_address) {
+    allow_internal = xff == kNone;
+    if (hops > 0 && xff != kNone) from_xff = lastAddressFromXff(entries[xff].value, hops - 1).address;
+    trusted = from_xff ? &*from_xff : &peer;
+    if (!cfg.skip_xff_append) {
+      if (xff != kNone) {
+        appendIp(entries[xff].value.append(","), peer);
+      } else {
+        std::string ip;
+        appendIp(ip, peer);
+        h.add("x-forwarded-for", ip);
+      }
+    }
+    // An untrusted peer's x-forwarded-proto is overwritten.
+    if (hops == 0 && xfp != kNone) entries[xfp].value.assign(scheme);
+  } else if (xff != kNone) {
+    XffAddress a = lastAddressFromXff(entries[xff].value, hops);
+    from_xff = a.address;
+    allow_internal = a.single;
+    trusted = from_xff ? &*from_xff : nullptr;
+  }
+  if (xfp == kNone) h.add("x-forwarded-proto", scheme);
+  v.internal = allow_internal && trusted != nullptr && cfg.internal_addresses.isInternal(*trusted);
+  v.edge = !v.internal && cfg.use_remote_address;
+
+  const bool drop_internal_only = !v.internal && routes != nullptr && !routes->internalOnlyHeaders().empty();
+  if (sweep || seen_envoy_internal || (v.edge && (seen_external_address || seen_edge_only)) ||
+      (!v.internal && seen_external_only) || drop_internal_only) {
+    bool request_id = false;
+    std::erase_if(entries, [&](const HeaderMap::Entry& e) {
+      if (e.name.empty()) return true;
+      if (drop_internal_only && routes->isInternalOnlyHeader(e.name)) return true;
+      switch (classifyRequestHeader(e.name)) {
+        case SanitizedHeader::EnvoyInternal: return true;
+        case SanitizedHeader::EnvoyExternalAddress:
+        case SanitizedHeader::EnvoyEdgeOnly: return v.edge;
+        case SanitizedHeader::EnvoyExternalOnly: return !v.internal;
+        case SanitizedHeader::XRequestId: request_id = request_id || !e.value.empty(); return false;
+        default: return false;
+      }
+    });
+    v.has_request_id = request_id;
+  }
+  if (v.internal) h.add("x-envoy-internal", "true");
+  if (v.edge) {
+    std::string ip;
+    appendIp(ip, *trusted);
+    h.add("x-envoy-external-address", ip);
+  }
+  return v;
+}
 
 namespace {
 
@@ -122,7 +370,7 @@ class ActiveStream : public event::DeferredDeletable,
   void touch();
   void maybeFinish();
   void finish();
-  bool prepareRequest(RequestHeaders& h);
+  bool prepareRequest(RequestHeaders& h, const RouteTable* table);
   const HcmConfig& config() const;
 
   HttpConnection& conn_;
@@ -409,7 +657,7 @@ uint32_t ActiveStream::bufferLimit() const { return config().buffer_limit; }
 
 void ActiveStream::touch() { last_activity_ms_ = conn_.worker().dispatcher().nowMs(); }
 
-bool ActiveStream::prepareRequest(RequestHeaders& h) {
+bool ActiveStream::prepareRequest(RequestHeaders& h, const RouteTable* table) {
   const HcmConfig& cfg = config();
   if (h.method.empty() || (h.path.empty() && h.method != "CONNECT")) {
     sendLocalReply(400, "missing method or path\n", "missing_required_header");
@@ -441,20 +689,13 @@ bool ActiveStream::prepareRequest(RequestHeaders& h) {
     }
   }
   if (h.scheme.empty()) h.scheme = "http";
-  // x-forwarded-for / x-forwarded-proto, as Envoy does with use_remote_address.
-  if (cfg.use_remote_address && !cfg.skip_xff_append) {
-    std::string ip = connection().remoteAddress().ip();
-    const std::string* xff = h.get("x-forwarded-for");
-    if (xff) {
-      h.set("x-forwarded-for", absl::StrCat(*xff, ",", ip));
-    } else {
-      h.add("x-forwarded-for", ip);
-    }
-  }
-  if (cfg.use_remote_address || h.get("x-forwarded-proto") == nullptr) h.set("x-forwarded-proto", "http");
-  // x-request-id: kept when present (preserve_external_request_id), made otherwise.
-  const std::string* rid = h.get("x-request-id");
-  if (cfg.generate_request_id && (rid == nullptr || rid->empty() || !cfg.preserve_external_request_id)) {
+  // Internal or external; x-forwarded-for / -proto, x-envoy-* and internal_only_headers (Envoy's rules).
+  const RequestHeaderVerdict verdict =
+      sanitizeRequestHeaders(h, cfg, table, connection().remoteAddress(), connection().ssl() != nullptr);
+  // x-request-id: kept when present, made otherwise; an edge request's is replaced unless
+  // preserve_external_request_id.
+  if (cfg.generate_request_id &&
+      (!verdict.has_request_id || (verdict.edge && !cfg.preserve_external_request_id))) {
     // UUID version 4 (RFC 4122), formatted by hand: this runs on every request.
     uint64_t a = conn_.worker().random(), b = conn_.worker().random();
     a = (a & 0xffffffffffff0fffULL) | 0x0000000000004000ULL;  // version 4
@@ -474,9 +715,7 @@ bool ActiveStream::prepareRequest(RequestHeaders& h) {
     if (id) request_id_ = *id;
   }
   // Expect: 100-continue is answered here, and not forwarded (Envoy's default).
-  const std::string* expect = h.get("expect");
-  if (expect != nullptr && headerNameEquals(*expect, "100-continue")) {
-    h.remove("expect");
+  if (verdict.expect_continue) {
     ResponseHeaders cont;
     cont.status = 100;
     encoder_.encode1xxHeaders(cont);
@@ -498,10 +737,10 @@ void ActiveStream::decodeHeaders(RequestHeadersPtr headers, bool end_stream) {
     });
     request_timer_->enable(config().request_timeout_ms);
   }
-  if (!prepareRequest(*request_headers_)) return;
   // RDS: the worker's newest table (a long-lived connection follows route updates); inline: the
   // listener's own. The stream keeps the table alive while it uses one of its routes.
   // (Inline tables live as long as the listener config the connection pins: no reference taken.)
+  // Its internal_only_headers are applied before routing.
   const RouteTable* table = config().routes.get();
   if (config().rds_id) {
     if (auto t = conn_.worker().routeTable(*config().rds_id)) {
@@ -509,6 +748,7 @@ void ActiveStream::decodeHeaders(RequestHeadersPtr headers, bool end_stream) {
       table = routes_.get();
     }
   }
+  if (!prepareRequest(*request_headers_, table)) return;
   route_ = table ? table->route(*request_headers_) : nullptr;
   info_.route = route_;
   if (route_ == nullptr) {
@@ -867,7 +1107,25 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
   }
   cfg->use_remote_address = proto.has_use_remote_address() && proto.use_remote_address().value();
   cfg->skip_xff_append = proto.skip_xff_append();
+  cfg->xff_num_trusted_hops = proto.xff_num_trusted_hops();
+  if (proto.has_internal_address_config()) {
+    const auto& iac = proto.internal_address_config();
+    cfg->internal_addresses.unix_sockets = iac.unix_sockets();
+    for (int i = 0; i < iac.cidr_ranges_size(); ++i) {
+      const auto& r = iac.cidr_ranges(i);
+      const std::string rp = absl::StrCat(path, ".internal_address_config.cidr_ranges[", i, "]");
+      auto a = network::Address::parse(r.address_prefix(), 0);
+      if (!a || r.address_prefix().find('[') != std::string::npos) {
+        return fieldError(rp + ".address_prefix", absl::StrCat("'", r.address_prefix(), "' is not an IP address"));
+      }
+      // As in Envoy, an unset prefix_len is 0: every address of that family.
+      const uint32_t len = r.has_prefix_len() ? r.prefix_len().value() : 0;
+      if (len > (a->isV6() ? 128u : 32u)) return fieldError(rp + ".prefix_len", absl::StrCat(len, " is too long"));
+      cfg->internal_addresses.cidr_ranges.push_back(config::CidrRange{*a, len});
+    }
+  }
   if (proto.has_generate_request_id()) cfg->generate_request_id = proto.generate_request_id().value();
+  cfg->preserve_external_request_id = proto.preserve_external_request_id();
   cfg->always_set_request_id_in_response = proto.always_set_request_id_in_response();
   cfg->server_name = proto.server_name();
   // Unless the path handling is configured, Strait normalises fully before routing (hardening guide):

@@ -5,6 +5,7 @@
 #include <optional>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -52,6 +53,16 @@ struct HcmStats {
   stats::Histogram downstream_rq_time;
 };
 
+// internal_address_config: which trusted client addresses make a request internal.
+struct InternalAddressConfig {
+  // unix_sockets: unix socket peers are internal. Strait listens on IP sockets only, so it never applies.
+  bool unix_sockets = false;
+  // Empty: the defaults of Envoy up to 1.32 (the Envoy of our Istio bootstrap): 10/8, 172.16/12,
+  // 192.168/16, 127.0.0.1, fd00::/8 and ::1.
+  std::vector<config::CidrRange> cidr_ranges;
+  bool isInternal(const network::Address& a) const;
+};
+
 // The HTTP connection manager's configuration (envoy.filters.network.http_connection_manager),
 // translated once at config time.
 struct HcmConfig {
@@ -82,6 +93,49 @@ struct HcmConfig {
   HcmStats stats;
 };
 using HcmConfigConstSharedPtr = std::shared_ptr<const HcmConfig>;
+
+// ---- Request header sanitizing (Envoy's rules; the HCM runs it on every request before routing) ----
+//
+// The trusted client address: with use_remote_address, the connection's peer, or with xff_num_trusted_hops
+// N > 0 the Nth address from the right of the client's x-forwarded-for (the peer when there are too few);
+// without use_remote_address, the (N+1)th from the right of x-forwarded-for, if any. The request is
+// internal when that address is internal (InternalAddressConfig) and: with use_remote_address, the client
+// sent no x-forwarded-for; without, x-forwarded-for less the N trusted hops is that one address. An edge
+// request is an external one with use_remote_address.
+//  - x-forwarded-for: repeated headers become one, joined with "," in order; with use_remote_address the
+//    peer's address is appended (unless skip_xff_append).
+//  - x-forwarded-proto: the connection's scheme (https on TLS) when absent, and with use_remote_address
+//    also when xff_num_trusted_hops is 0 (an untrusted peer's value is overwritten).
+//  - x-envoy-internal: a client's never passes; an internal request gets "true".
+//  - external requests lose the x-envoy-* headers that steer Envoys (retry-on, retry-grpc-on,
+//    max-retries, retriable-status-codes, retriable-header-names, upstream-alt-stat-name,
+//    upstream-rq-timeout-ms, upstream-rq-per-try-timeout-ms, upstream-rq-timeout-alt-response,
+//    expected-rq-timeout-ms, force-trace, ip-tags, original-url, hedge-on-per-try-timeout) and the
+//    route configuration's internal_only_headers; edge requests also lose x-envoy-decorator-operation,
+//    -downstream-service-cluster and -downstream-service-node, and get x-envoy-external-address (the
+//    trusted client address).
+//  - Expect: 100-continue is removed (the HCM answers it).
+// Header names are classified by length and first byte; nothing is allocated unless a header is added,
+// merged or rewritten.
+
+// Envoy's getLastAddressFromXFF: the address `skip` entries from the right of a comma-separated
+// x-forwarded-for value, and whether it is then the only entry left (nothing to its left).
+struct XffAddress {
+  std::optional<network::Address> address;  // empty: too few entries, or that entry is not an IP address
+  bool single = false;
+};
+XffAddress lastAddressFromXff(std::string_view xff, uint32_t skip);
+
+struct RequestHeaderVerdict {
+  bool internal = false;
+  bool edge = false;
+  bool has_request_id = false;   // a non-empty x-request-id is left
+  bool expect_continue = false;  // Expect: 100-continue was there (and is gone)
+};
+// `routes`: the table whose internal_only_headers apply (may be null). `peer`: the connection's remote
+// address; `tls`: the connection is TLS.
+RequestHeaderVerdict sanitizeRequestHeaders(RequestHeaders& h, const HcmConfig& config, const RouteTable* routes,
+                                            const network::Address& peer, bool tls);
 
 // Registers the network filter (type.googleapis.com/envoy.extensions.filters.network.
 // http_connection_manager.v3.HttpConnectionManager) with the bootstrap translator.

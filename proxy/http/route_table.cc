@@ -762,6 +762,7 @@ absl::StatusOr<std::shared_ptr<const RouteTable>> RouteTable::create(
     const std::string p = absl::StrCat(path, ".internal_only_headers[", i, "]");
     if (auto st = headerNameField(proto.internal_only_headers(i), p, true); !st.ok()) return st;
     table->internal_only_headers_.push_back(lowerString(proto.internal_only_headers(i)));
+    table->internal_only_lengths_ |= uint64_t{1} << std::min<size_t>(table->internal_only_headers_.back().size(), 63);
   }
 
   HeaderMutation cfg_req, cfg_resp;

@@ -239,6 +239,15 @@ class RouteTable {
   const std::string& name() const { return name_; }
   // RouteConfiguration.internal_only_headers (lower case): to drop from requests of external clients.
   const std::vector<std::string>& internalOnlyHeaders() const { return internal_only_headers_; }
+  // Whether `name` (any case) is one of them. A header whose length no internal-only name has is ruled out
+  // by one bit test (the mask is built with the table), so this is cheap to ask of every request header.
+  bool isInternalOnlyHeader(std::string_view name) const {
+    if ((internal_only_lengths_ & (uint64_t{1} << (name.size() < 63 ? name.size() : 63))) == 0) return false;
+    for (const auto& n : internal_only_headers_) {
+      if (headerNameEquals(n, name)) return true;
+    }
+    return false;
+  }
   // The configuration as given, for /config_dump.
   const envoy::config::route::v3::RouteConfiguration& proto() const { return *proto_; }
 
@@ -267,6 +276,7 @@ class RouteTable {
   const VirtualHost* default_ = nullptr;
   bool strip_port_ = true;
   std::vector<std::string> internal_only_headers_;
+  uint64_t internal_only_lengths_ = 0;  // bit n: an internal-only name has n characters (bit 63: 63 or more)
 };
 
 using RouteTableConstSharedPtr = std::shared_ptr<const RouteTable>;

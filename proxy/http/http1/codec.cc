@@ -976,6 +976,16 @@ class ServerConnectionImpl final : public Http1ServerConnection, public ParserCo
     if (req_upgrade_) {
       h.protocol = h.getJoined("upgrade");
       if (h.protocol.empty()) return fail(400, "http1.invalid_upgrade");
+      if (headerNameEquals(h.protocol, "h2c")) {
+        // An h2c upgrade offer (RFC 7540 3.2) is declined by ignoring it, as Envoy does: no tunnel, a plain
+        // request that ends with its body. llhttp reads `upgrade` again after this hook, so clearing it
+        // makes it parse the body and the next request as usual. Upgrade and Connection go with the
+        // hop-by-hop headers below; HTTP2-Settings too, named in Connection or not.
+        req_upgrade_ = false;
+        parser_.upgrade = 0;
+        h.protocol.clear();
+        h.remove("http2-settings");
+      }
     }
     if (host_count_ != 0 || hop_by_hop_seen_) {
       // Host becomes the authority (unless the target was absolute-form, which wins per RFC 9112 3.2.2).

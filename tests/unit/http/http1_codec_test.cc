@@ -881,13 +881,50 @@ TEST_CASE("Http1: CONNECT with a 2xx becomes a tunnel; a refused upgrade closes"
   }
   {
     ServerFixture f;
-    REQUIRE(feed(*f.codec, "GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: h2c\r\n\r\n"));
-    CHECK(f.req(0).headers->protocol == "h2c");
+    // (An h2c offer is not refused but ignored: see the next test.)
+    REQUIRE(feed(*f.codec, "GET / HTTP/1.1\r\nHost: h\r\nConnection: upgrade\r\nUpgrade: example/1\r\n\r\n"));
+    CHECK(f.req(0).headers->protocol == "example/1");
     f.req(0).encoder->encodeHeaders(response(200), true);
     CHECK(f.transport.take() == "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
     runLoop(f.dispatcher);
     CHECK(f.transport.close_calls == 1);
   }
+}
+
+TEST_CASE("Http1: an h2c upgrade offer is ignored: a plain request that ends, on a connection that goes on") {
+  ServerFixture f;
+  REQUIRE(feed(*f.codec, "POST /a HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
+                         "HTTP2-Settings: AAMAAABkAAQAoAAA\r\nContent-Length: 5\r\nX-Keep: 1\r\n\r\nhello"));
+  RequestRecord& r = f.req(0);
+  REQUIRE(r.headers);
+  CHECK(r.headers->protocol.empty());
+  CHECK(r.headers->get("upgrade") == nullptr);
+  CHECK(r.headers->get("connection") == nullptr);
+  CHECK(r.headers->get("http2-settings") == nullptr);
+  CHECK(*r.headers->get("x-keep") == "1");
+  CHECK(r.ended);
+  CHECK(r.body == "hello");
+  r.encoder->encodeHeaders(response(200, {{"content-length", "2"}}), false);
+  sendBody(*r.encoder, "ok", true);
+  const std::string out = f.transport.take();
+  CHECK(out.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+  CHECK(out.find("connection: close") == std::string::npos);
+  CHECK(out.find("Upgrade") == std::string::npos);
+  runLoop(f.dispatcher);
+  CHECK(f.transport.close_calls == 0);
+
+  // HTTP2-Settings goes even when Connection does not name it; the next request parses normally.
+  REQUIRE(feed(*f.codec, "GET /b HTTP/1.1\r\nHost: h\r\nUpgrade: H2C\r\nConnection: upgrade\r\nHTTP2-Settings: x\r\n\r\n"
+                         "GET /c HTTP/1.1\r\nHost: h\r\n\r\n"));
+  RequestRecord& r2 = f.req(1);
+  CHECK(r2.headers->path == "/b");
+  CHECK(r2.headers_end);
+  CHECK(r2.headers->get("http2-settings") == nullptr);
+  CHECK(r2.headers->get("upgrade") == nullptr);
+  r2.encoder->encodeHeaders(response(204), true);
+  runLoop(f.dispatcher);
+  CHECK(f.req(2).headers->path == "/c");
+  CHECK(f.transport.close_calls == 0);
 }
 
 TEST_CASE("Http1: resetStream closes the connection and tells the stream's callbacks") {
