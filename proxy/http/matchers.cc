@@ -15,21 +15,12 @@ namespace matcher_v3 = envoy::type::matcher::v3;
 // HeaderMatcher's deprecated forms (prefix_match, suffix_match, safe_regex_match) are still honoured.
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations"
 
-namespace {
-
-absl::Status fieldError(const std::string& path, const std::string& what) {
-  return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
-}
-
-char lowerChar(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
 std::string lowerString(std::string_view s) {
   std::string out(s);
   for (char& c : out) c = lowerChar(c);
   return out;
 }
 
-// `lower` is already lower case.
 bool equalsLower(std::string_view lower, std::string_view s) {
   if (lower.size() != s.size()) return false;
   for (size_t i = 0; i < s.size(); ++i) {
@@ -38,8 +29,10 @@ bool equalsLower(std::string_view lower, std::string_view s) {
   return true;
 }
 
-bool startsWithLower(std::string_view s, std::string_view lower_prefix) {
-  return s.size() >= lower_prefix.size() && equalsLower(lower_prefix, s.substr(0, lower_prefix.size()));
+namespace {
+
+absl::Status fieldError(const std::string& path, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
 }
 
 bool endsWithLower(std::string_view s, std::string_view lower_suffix) {

@@ -24,6 +24,15 @@ namespace strait::http {
 // Envoy's string and header matchers, translated once at config time (route tables, RBAC). Matching
 // never allocates and never reads the proto.
 
+// ASCII case folding for header names, schemes and route paths (no locale).
+inline char lowerChar(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
+std::string lowerString(std::string_view s);
+// `lower` is already lower case.
+bool equalsLower(std::string_view lower, std::string_view s);
+inline bool startsWithLower(std::string_view s, std::string_view lower_prefix) {
+  return s.size() >= lower_prefix.size() && equalsLower(lower_prefix, s.substr(0, lower_prefix.size()));
+}
+
 // RE2 program size above which a regex is rejected (Istio raises Envoy's limit to this value).
 inline constexpr int kMaxRegexProgramSize = 32768;
 

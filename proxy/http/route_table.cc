@@ -32,27 +32,6 @@ absl::Status fieldError(const std::string& path, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
 }
 
-char lowerChar(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
-
-std::string lowerString(std::string_view s) {
-  std::string out(s);
-  for (char& c : out) c = lowerChar(c);
-  return out;
-}
-
-// `lower` is already lower case.
-bool equalsLower(std::string_view lower, std::string_view s) {
-  if (lower.size() != s.size()) return false;
-  for (size_t i = 0; i < s.size(); ++i) {
-    if (lower[i] != lowerChar(s[i])) return false;
-  }
-  return true;
-}
-
-bool startsWithLower(std::string_view s, std::string_view lower_prefix) {
-  return s.size() >= lower_prefix.size() && equalsLower(lower_prefix, s.substr(0, lower_prefix.size()));
-}
-
 // Three-way comparison of a lower-case key with `s` as if `s` were lower-cased.
 int compareLower(std::string_view lower, std::string_view s) {
   const size_t n = std::min(lower.size(), s.size());
