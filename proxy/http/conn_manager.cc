@@ -467,6 +467,7 @@ class HttpConnection : public config::ActiveSession,
   RequestDecoder& newStream(ResponseEncoder& encoder) override {
     if (headers_timer_) headers_timer_->disable();
     if (idle_timer_) idle_timer_->disable();
+    seen_stream_ = true;
     ActiveStream* raw = &streams_.pushBack(std::make_unique<ActiveStream>(*this, encoder));
     if (draining_ && protocol_ != Protocol::Http2) codec_->goAway();  // this response says Connection: close
     // One timer per connection watches every stream's idle time (no timer handle per request).
@@ -486,13 +487,15 @@ class HttpConnection : public config::ActiveSession,
       size_t n = std::min(data.length(), kH2Preface.size());
       char head[24];
       data.copyOut(0, n, head);
-      if (std::string_view(head, n) == kH2Preface.substr(0, n) && n < kH2Preface.size() && !end_stream) return;
+      if (std::string_view(head, n) == kH2Preface.substr(0, n) && n < kH2Preface.size() && !end_stream) {
+        armHeadersTimer();  // a partial preface is held to the request headers timeout too
+        return;
+      }
       createCodec(std::string_view(head, n) == kH2Preface ? Protocol::Http2 : Protocol::Http11);
     }
-    if (protocol_ != Protocol::Http2 && streams_.empty() && data.length() > 0 && config_->request_headers_timeout_ms > 0) {
-      if (!headers_timer_) headers_timer_ = worker_.dispatcher().createTimer([this] { onHeadersTimeout(); });
-      if (!headers_timer_->enabled()) headers_timer_->enable(config_->request_headers_timeout_ms);
-    }
+    // HTTP/1: the first byte of a request starts the clock for its headers. HTTP/2: the first bytes of the
+    // connection (a partial preface, SETTINGS without a stream) until its first stream.
+    if ((protocol_ != Protocol::Http2 || !seen_stream_) && streams_.empty() && data.length() > 0) armHeadersTimer();
     CodecError err;
     if (!codec_->dispatch(data, err)) {
       onCodecError(err);
@@ -586,11 +589,21 @@ class HttpConnection : public config::ActiveSession,
     write(out, false);
   }
 
+  void armHeadersTimer() {
+    if (config_->request_headers_timeout_ms == 0) return;
+    if (!headers_timer_) headers_timer_ = worker_.dispatcher().createTimer([this] { onHeadersTimeout(); });
+    if (!headers_timer_->enabled()) headers_timer_->enable(config_->request_headers_timeout_ms);
+  }
+
   void onHeadersTimeout() {
     if (!streams_.empty() || closed_) return;
     stats::inc(config_->stats.downstream_rq_header_timeout);
     LOG_DEBUG("[C%lu] request headers timeout", conn_->id());
-    writeRawError(408, "request_headers_timeout");
+    if (codec_ && protocol_ != Protocol::Http2) {
+      writeRawError(408, "request_headers_timeout");
+    } else if (codec_) {
+      codec_->goAway();  // HTTP/2: a GOAWAY, not an HTTP/1 408
+    }
     conn_->close(CloseType::FlushWrite);
   }
 
@@ -619,6 +632,7 @@ class HttpConnection : public config::ActiveSession,
   std::unique_ptr<ServerConnection> codec_;
   event::TimerPtr drain_goaway_timer_;
   bool draining_ = false;
+  bool seen_stream_ = false;  // HTTP/2: the headers timeout guards the connection until its first stream
   Protocol protocol_ = Protocol::Http11;
   common::OwnedList<ActiveStream> streams_;
   event::TimerPtr headers_timer_;
