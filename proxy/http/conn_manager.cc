@@ -412,7 +412,9 @@ class HttpConnection : public config::ActiveSession,
                  std::shared_ptr<const config::Listener> listener)
       : ActiveSession(std::move(listener)), config_(std::move(config)), worker_(worker), conn_(std::move(conn)) {
     conn_->setCallbacks(this);
-    conn_->setBufferLimits(config_->buffer_limit);
+    // The listener's per_connection_buffer_limit_bytes bounds the connection and each stream's buffers.
+    buffer_limit_ = this->listener() ? this->listener()->buffer_limit : config_->buffer_limit;
+    conn_->setBufferLimits(buffer_limit_);
     stats::inc(config_->stats.downstream_cx_total);
     stats::inc(config_->stats.downstream_cx_active);
     if (config_->codec == HcmConfig::Codec::Http1) createCodec(Protocol::Http11);
@@ -540,6 +542,7 @@ class HttpConnection : public config::ActiveSession,
   }
 
   const HcmConfig& config() const { return *config_; }
+  uint32_t bufferLimit() const { return buffer_limit_; }
   config::WorkerContext& worker() { return worker_; }
   const network::Connection& connection() const { return *conn_; }
   Protocol protocol() const { return protocol_; }
@@ -549,10 +552,14 @@ class HttpConnection : public config::ActiveSession,
     protocol_ = p;
     if (p == Protocol::Http2) {
       stats::inc(config_->stats.downstream_cx_http2_total);
-      codec_ = http2::createServerConnection(*this, *this, config_->codec_settings);
+      CodecSettings settings = config_->codec_settings;
+      settings.stream_buffer_limit = buffer_limit_;
+      codec_ = http2::createServerConnection(*this, *this, settings);
     } else {
       stats::inc(config_->stats.downstream_cx_http1_total);
-      codec_ = http1::createServerConnection(*this, *this, config_->codec_settings);
+      CodecSettings settings = config_->codec_settings;
+      settings.stream_buffer_limit = buffer_limit_;
+      codec_ = http1::createServerConnection(*this, *this, settings);
       // Errors in pipelined requests surface outside dispatch().
       static_cast<http1::Http1ServerConnection&>(*codec_).setDeferredErrorHandler(
           [this](const CodecError& err) { onCodecError(err); });
@@ -633,6 +640,7 @@ class HttpConnection : public config::ActiveSession,
   event::TimerPtr drain_goaway_timer_;
   bool draining_ = false;
   bool seen_stream_ = false;  // HTTP/2: the headers timeout guards the connection until its first stream
+  uint32_t buffer_limit_ = 0;
   Protocol protocol_ = Protocol::Http11;
   common::OwnedList<ActiveStream> streams_;
   event::TimerPtr headers_timer_;
@@ -667,7 +675,7 @@ ActiveStream::~ActiveStream() {
 const HcmConfig& ActiveStream::config() const { return conn_.config(); }
 config::WorkerContext& ActiveStream::worker() { return conn_.worker(); }
 const network::Connection& ActiveStream::connection() const { return conn_.connection(); }
-uint32_t ActiveStream::bufferLimit() const { return config().buffer_limit; }
+uint32_t ActiveStream::bufferLimit() const { return conn_.bufferLimit(); }
 
 void ActiveStream::touch() { last_activity_ms_ = conn_.worker().dispatcher().nowMs(); }
 
