@@ -1123,8 +1123,19 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
       if (h2.max_concurrent_streams().value() == 0) return fieldError(path + ".http2_protocol_options.max_concurrent_streams", "must be at least 1");
       cfg->codec_settings.max_concurrent_streams = h2.max_concurrent_streams().value();
     }
-    if (h2.has_initial_stream_window_size()) cfg->codec_settings.initial_stream_window_size = h2.initial_stream_window_size().value();
-    if (h2.has_initial_connection_window_size()) cfg->codec_settings.initial_connection_window_size = h2.initial_connection_window_size().value();
+    // RFC 9113 bounds, and Envoy's: windows 65535..2^31-1 (a window above it is a protocol error on the
+    // wire; below 65535 Envoy refuses it), an HPACK table up to 2^32-1 octets.
+    const std::string hp = path + ".http2_protocol_options";
+    if (h2.has_initial_stream_window_size()) {
+      const uint32_t v = h2.initial_stream_window_size().value();
+      if (v < 65535 || v > 2147483647u) return fieldError(hp + ".initial_stream_window_size", "must be 65535..2147483647");
+      cfg->codec_settings.initial_stream_window_size = v;
+    }
+    if (h2.has_initial_connection_window_size()) {
+      const uint32_t v = h2.initial_connection_window_size().value();
+      if (v < 65535 || v > 2147483647u) return fieldError(hp + ".initial_connection_window_size", "must be 65535..2147483647");
+      cfg->codec_settings.initial_connection_window_size = v;
+    }
     if (h2.has_hpack_table_size()) cfg->codec_settings.hpack_table_size = h2.hpack_table_size().value();
   }
   cfg->use_remote_address = proto.has_use_remote_address() && proto.use_remote_address().value();

@@ -1,5 +1,6 @@
-"""Negative durations are rejected when the config loads, naming the field, instead of wrapping into
-"never" (a uint64 of a negative number of milliseconds)."""
+"""Values out of bounds are rejected when the config loads, naming the field: negative durations
+(which used to wrap into "never", a uint64 of a negative number of milliseconds) and HTTP/2 window
+sizes outside RFC 9113's range."""
 
 from __future__ import annotations
 
@@ -45,3 +46,13 @@ def test_zero_and_positive_durations_are_fine(tmp_path):
                              stream_idle_timeout="0s")
     code, err = validate(tmp_path, bootstrap([listener], [static_cluster("c", [9], connect_timeout="0.25s")]))
     assert code == 0, err
+
+
+@pytest.mark.parametrize("field,value", [("initial_stream_window_size", 1024), ("initial_stream_window_size", 2**31),
+                                         ("initial_connection_window_size", 100)])
+def test_http2_windows_out_of_range_are_rejected_at_load(tmp_path, field, value):
+    listener = http_listener("l", "l", [virtual_host("a", ["*"], [route_to("c")])],
+                             http2_protocol_options={field: value})
+    code, err = validate(tmp_path, bootstrap([listener], [static_cluster("c", [9])]))
+    assert code == 1
+    assert f"typed_config.http2_protocol_options.{field}: must be 65535..2147483647" in err, err
