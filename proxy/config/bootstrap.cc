@@ -658,6 +658,7 @@ void createListenerStats(Listener& l, const network::Address& bound, stats::Stor
   l.stats.downstream_cx_destroy = store.counter(p + "downstream_cx_destroy");
   l.stats.no_filter_chain_match = store.counter(p + "no_filter_chain_match");
   l.stats.downstream_pre_cx_timeout = store.counter(p + "downstream_pre_cx_timeout");
+  l.stats.downstream_cx_overload_reject = store.counter(p + "downstream_cx_overload_reject");
   if (l.http_inspector.enabled) {
     l.stats.http1_found = store.counter(p + "http_inspector.http1_found");
     l.stats.http2_found = store.counter(p + "http_inspector.http2_found");

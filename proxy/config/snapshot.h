@@ -231,6 +231,7 @@ struct ListenerStats {
   stats::Counter tls_client_hello_too_large;
   stats::Counter downstream_cx_transport_socket_connect_timeout;
   stats::Counter downstream_cx_no_certificate;  // a TLS chain had no certificate yet: refused
+  stats::Counter downstream_cx_overload_reject;  // refused by the overload manager
   network::SslStats ssl;  // listener.<addr>.ssl.*
 };
 

@@ -12,6 +12,7 @@
 #include "envoy/config/route/v3/route.pb.h"
 #include "google/protobuf/any.pb.h"
 #include "proxy/common/log.h"
+#include "proxy/common/overload_state.h"
 #include "proxy/common/owned_list.h"
 #include "proxy/config/bootstrap.h"
 #include "proxy/http/http1/codec.h"
@@ -751,6 +752,11 @@ void ActiveStream::decodeHeaders(RequestHeadersPtr headers, bool end_stream) {
   head_request_ = request_headers_->method == "HEAD";
   grpc_ = isGrpc(*request_headers_);
   if (end_stream) decode_complete_ = true;
+  if (common::overloadState().stop_requests.load(std::memory_order_relaxed)) {
+    // The overload manager's stop_accepting_requests: Envoy's answer.
+    sendLocalReply(503, "envoy overloaded", "overload");
+    return;
+  }
   if (config().request_timeout_ms > 0 && !end_stream) {
     request_timer_ = conn_.worker().dispatcher().createTimer([this] {
       if (decode_complete_ || finished_) return;

@@ -13,6 +13,7 @@
 #include "proxy/http/conn_manager.h"
 #include "proxy/config/bootstrap.h"
 #include "proxy/server/options.h"
+#include "proxy/server/overload.h"
 #include "proxy/server/server.h"
 
 namespace {
@@ -70,10 +71,16 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "strait: %s: %s\n", source.c_str(), std::string(snapshot.status().message()).c_str());
     return 1;
   }
+  auto overload = server::translateOverload(*(*snapshot)->bootstrap);
+  if (!overload.ok()) {
+    std::fprintf(stderr, "strait: %s: %s\n", source.c_str(), std::string(overload.status().message()).c_str());
+    return 1;
+  }
   if (options->mode == server::Mode::Validate) {
     std::printf("configuration '%s' OK\n", source.c_str());
     return 0;
   }
   server::Server server(std::move(*options), std::move(*snapshot), std::move(store));
+  server.setOverload(*overload);
   return server.run();
 }

@@ -9,6 +9,7 @@
 #include "proxy/common/log.h"
 #include "proxy/config/bootstrap.h"
 #include "proxy/server/admin.h"
+#include "proxy/server/overload.h"
 #include "proxy/server/sds_streams.h"
 #include "proxy/server/xds_applier.h"
 #include "envoy/config/bootstrap/v3/bootstrap.pb.h"
@@ -206,6 +207,10 @@ int Server::run() {
     signals_.push_back(s);
   }
   workers_started_ = true;
+  if (overload_config_) {
+    overload_ = std::make_unique<OverloadManager>(overload_config_, *dispatcher_, *store_);
+    overload_->start();
+  }
   // SDS streams of their own (Istio's sds-grpc): opened for whatever the config's TLS contexts name.
   sds_ = std::make_unique<SdsStreams>(*store_, static_cast<const envoy::config::bootstrap::v3::Bootstrap&>(*snapshot_->bootstrap).node());
   sds_->refresh(*snapshot_);

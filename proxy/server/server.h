@@ -60,6 +60,8 @@ class Server {
   event::Dispatcher& dispatcher() { return *dispatcher_; }
   // Stop accepting, let connections finish for up to --drain-time-s, then exit 0.
   void startDrain(const char* why);
+  // The bootstrap's overload_manager (null: none), started with the workers.
+  void setOverload(std::shared_ptr<const struct OverloadConfig> config) { overload_config_ = std::move(config); }
   // /drain_listeners: see Worker::drainListeners. The process stays up.
   void drainListeners(bool inbound_only, bool graceful);
 
@@ -78,6 +80,8 @@ class Server {
   config::SnapshotConstSharedPtr snapshot_;
   std::unique_ptr<class XdsApplier> xds_;
   std::unique_ptr<class SdsStreams> sds_;
+  std::shared_ptr<const struct OverloadConfig> overload_config_;
+  std::unique_ptr<class OverloadManager> overload_;
   std::unique_ptr<event::Dispatcher> dispatcher_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<AdminServer> admin_;

@@ -6,6 +6,7 @@
 
 #include "certs/client_hello.h"
 #include "proxy/common/log.h"
+#include "proxy/common/overload_state.h"
 #include "proxy/network/connection.h"
 
 namespace strait::server {
@@ -470,6 +471,14 @@ void Worker::sniffDone(ProtocolSniffer& s, network::ConnectionPtr conn, std::str
 
 void Worker::onAccept(const config::ListenerConstSharedPtr& listener, network::ConnectionPtr conn) {
   stats::inc(listener->stats.downstream_cx_total);
+  if (common::overloadState().stop_connections.load(std::memory_order_relaxed)) {
+    // The overload manager's stop_accepting_connections.
+    stats::inc(listener->stats.downstream_cx_overload_reject);
+    stats::inc(listener->stats.downstream_cx_destroy);
+    conn->close(network::CloseType::NoFlush);
+    dispatcher_->deferredDelete(std::move(conn));
+    return;
+  }
   if (listener->restore_original_dst) conn->restoreOriginalDestination();
   const uint32_t port = conn->localAddress().port();
   const bool tls = listener->tls_inspector.activeFor(port);
