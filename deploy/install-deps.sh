@@ -16,7 +16,7 @@ build_pkgs=(
 )
 test_pkgs=(
   curl nghttp2-client iptables iproute2 python3 python3-grpcio python3-h2
-  python3-pytest python3-yaml prometheus procps netcat-openbsd nftables nginx wrk tcpdump
+  python3-pytest python3-yaml prometheus procps netcat-openbsd nftables nginx wrk tcpdump openssl
 )
 perf_pkgs=(wrk haproxy nginx gnuplot-nox iperf3 valgrind openssl)
 
