@@ -1,5 +1,7 @@
 #include "filters/common/rbac/engine.h"
 
+#include <optional>
+
 #include "proxy/common/log.h"
 #include "proxy/network/connection.h"
 #include "proxy/network/transport_socket.h"
@@ -46,22 +48,39 @@ Context connectionContext(const strait::network::Connection& conn) {
   return ctx;
 }
 
-bool Permission::matches(const Context& ctx) const {
-  switch (kind) {
-    case Kind::Any:
+namespace {
+// any / and / or / not, the same for permissions and principals; nullopt for a leaf rule.
+template <typename Rule>
+std::optional<bool> matchCombinator(const Rule& r, const Context& ctx) {
+  switch (r.kind) {
+    case Rule::Kind::Any:
       return true;
-    case Kind::And:
-      for (const auto& c : children) {
+    case Rule::Kind::And:
+      for (const auto& c : r.children) {
         if (!c.matches(ctx)) return false;
       }
       return true;
-    case Kind::Or:
-      for (const auto& c : children) {
+    case Rule::Kind::Or:
+      for (const auto& c : r.children) {
         if (c.matches(ctx)) return true;
       }
       return false;
+    case Rule::Kind::Not:
+      return !r.children[0].matches(ctx);
+    default:
+      return std::nullopt;
+  }
+}
+}  // namespace
+
+bool Permission::matches(const Context& ctx) const {
+  if (auto c = matchCombinator(*this, ctx)) return *c;
+  switch (kind) {
+    case Kind::Any:
+    case Kind::And:
+    case Kind::Or:
     case Kind::Not:
-      return !children[0].matches(ctx);
+      return false;  // handled above
     case Kind::Header:
       return header.match(ctx.headers != nullptr ? *ctx.headers : noHeaders());
     case Kind::UrlPath: {
@@ -82,21 +101,13 @@ bool Permission::matches(const Context& ctx) const {
 }
 
 bool Principal::matches(const Context& ctx) const {
+  if (auto c = matchCombinator(*this, ctx)) return *c;
   switch (kind) {
     case Kind::Any:
-      return true;
     case Kind::And:
-      for (const auto& c : children) {
-        if (!c.matches(ctx)) return false;
-      }
-      return true;
     case Kind::Or:
-      for (const auto& c : children) {
-        if (c.matches(ctx)) return true;
-      }
-      return false;
     case Kind::Not:
-      return !children[0].matches(ctx);
+      return false;  // handled above
     case Kind::Authenticated:
       if (!ctx.authenticated) return false;
       if (any_principal_name) return true;
