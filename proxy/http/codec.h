@@ -135,6 +135,9 @@ class ServerConnectionCallbacks {
   // A new request began; return the decoder that receives it. `encoder` lives until the stream ends
   // (completes in both directions or is reset).
   virtual RequestDecoder& newStream(ResponseEncoder& encoder) = 0;
+  // HTTP/1: the first byte of a request was parsed (also a pipelined one read together with the
+  // previous request): its headers are now on the clock.
+  virtual void onRequestBegin() {}
 };
 
 class ClientConnectionCallbacks {

@@ -481,6 +481,12 @@ class HttpConnection : public config::ActiveSession,
     return *raw;
   }
 
+  // A request began (HTTP/1), e.g. a pipelined one whose bytes came with the previous request: no new
+  // read will arm the headers timer for it.
+  void onRequestBegin() override {
+    if (streams_.empty()) armHeadersTimer();
+  }
+
   // ConnectionCallbacks
   void onData(network::Connection&, common::Buffer& data, bool end_stream) override {
     LOG_TRACE("[C%lu] hcm: read %zu bytes (end %d)", conn_->id(), data.length(), end_stream ? 1 : 0);

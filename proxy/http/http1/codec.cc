@@ -953,6 +953,7 @@ class ServerConnectionImpl final : public Http1ServerConnection, public ParserCo
   // ---- parser hooks ----
 
   void onMessageBeginHook() override {
+    callbacks_.onRequestBegin();
     req_ = std::make_unique<RequestHeaders>();
     req_->entries().reserve(kReservedHeaders);
     cur_map_ = req_.get();
