@@ -446,3 +446,40 @@ def _main(argv):
 
 if __name__ == "__main__":
     _main(sys.argv[1:])
+
+
+# ---------------------------------------------------------------------------------------------------
+# The admin of the strait in a pod (both netns end-to-end tests use these).
+
+def admin(p, ns, path, timeout=5, method="GET"):
+    """(status, body) of the admin of the strait in ns."""
+    r = p.run(ns, ["curl", "-sS", "-m", str(timeout), "-X", method, "-o", "-", "-w", "\n%{http_code}",
+                   f"http://127.0.0.1:15000{path}"], timeout=timeout + 5, check=False)
+    if r.returncode != 0:
+        return 0, r.stderr
+    body, _, code = r.stdout.rpartition("\n")
+    return int(code), body
+
+
+def stats(p, ns):
+    code, body = admin(p, ns, "/stats")
+    assert code == 200, f"GET /stats in {ns}: {code} {body}"
+    out = {}
+    for line in body.splitlines():
+        name, sep, value = line.partition(": ")
+        if sep and value.strip().lstrip("-").isdigit():
+            out[name.strip()] = int(value)
+    return out
+
+
+def wait_stats(p, ns, check, what, timeout=10.0):
+    """Poll /stats until check(stats) holds; fail naming what and showing the relevant stats."""
+    deadline = time.monotonic() + timeout
+    s = {}
+    while time.monotonic() < deadline:
+        s = stats(p, ns)
+        if check(s):
+            return s
+        time.sleep(0.1)
+    shown = "\n".join(f"  {k}: {v}" for k, v in sorted(s.items()) if k.startswith(("listener.", "cluster.")))
+    raise AssertionError(f"{ns}: {what} did not hold within {timeout}s; listener/cluster stats:\n{shown}")

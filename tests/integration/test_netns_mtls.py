@@ -238,37 +238,7 @@ def server_bootstrap(pki):
 # ---------------------------------------------------------------------------------------------------
 # Admin, stats, processes (as in test_netns_e2e.py, with a bootstrap file).
 
-def admin(p, ns, path, timeout=5):
-    r = p.run(ns, ["curl", "-sS", "-m", str(timeout), "-o", "-", "-w", "\n%{http_code}",
-                   f"http://127.0.0.1:15000{path}"], timeout=timeout + 5, check=False)
-    if r.returncode != 0:
-        return 0, r.stderr
-    body, _, code = r.stdout.rpartition("\n")
-    return int(code), body
-
-
-def stats(p, ns):
-    code, body = admin(p, ns, "/stats")
-    assert code == 200, f"GET /stats in {ns}: {code} {body}"
-    out = {}
-    for line in body.splitlines():
-        name, sep, value = line.partition(": ")
-        if sep and value.strip().lstrip("-").isdigit():
-            out[name.strip()] = int(value)
-    return out
-
-
-def wait_stats(p, ns, check, what, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    s = {}
-    while time.monotonic() < deadline:
-        s = stats(p, ns)
-        if check(s):
-            return s
-        time.sleep(0.1)
-    shown = "\n".join(f"  {k}: {v}" for k, v in sorted(s.items())
-                      if k.startswith(("listener.", "cluster.outbound_mtls", "cluster.Inbound")) and v)
-    raise AssertionError(f"{ns}: {what} did not hold within {timeout}s; non-zero listener/cluster stats:\n{shown}")
+admin, stats, wait_stats = np_.admin, np_.stats, np_.wait_stats
 
 
 def start_strait(p, ns, binary, config, confdir):
