@@ -38,8 +38,8 @@ struct WeightedTarget {
 
 class TcpProxyConfig : public config::NetworkFilterFactory {
  public:
-  void onAccept(config::WorkerContext& worker, ConnectionPtr conn,
-                const std::shared_ptr<const config::Listener>& listener) const override;
+  void onAccept(config::WorkerContext& worker, ConnectionPtr conn, const std::shared_ptr<const config::Listener>& listener,
+                uint64_t chain_hash) const override;
 
   const WeightedTarget& pickTarget(config::WorkerContext& worker) const {
     if (targets.size() == 1) return targets[0];
@@ -248,8 +248,9 @@ class Session : public config::ActiveSession, public strait::network::Connection
 };
 
 void TcpProxyConfig::onAccept(config::WorkerContext& worker, ConnectionPtr conn,
-                              const std::shared_ptr<const config::Listener>& listener) const {
+                              const std::shared_ptr<const config::Listener>& listener, uint64_t chain_hash) const {
   auto session = std::make_unique<Session>(*this, worker, std::move(conn), listener);
+  session->chain_hash = chain_hash;
   Session* raw = session.get();
   worker.addSession(std::move(session));
   raw->start();

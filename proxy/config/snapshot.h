@@ -175,13 +175,16 @@ class WorkerContext {
   virtual std::shared_ptr<const void> routeTable(uint32_t id) = 0;
 };
 
-// A terminal network filter's factory (tcp_proxy, later the HTTP connection manager). It takes the
-// accepted connection and owns it from then on.
+struct FilterChain;
+
+// A terminal network filter's factory (tcp_proxy, the HTTP connection manager). It takes the accepted
+// connection and owns it from then on; the session it makes records `chain_hash` (the chain's hash), so
+// a listener update keeps it when that chain is unchanged.
 class NetworkFilterFactory {
  public:
   virtual ~NetworkFilterFactory() = default;
   virtual void onAccept(WorkerContext& worker, std::unique_ptr<network::Connection> conn,
-                        const std::shared_ptr<const Listener>& listener) const = 0;
+                        const std::shared_ptr<const Listener>& listener, uint64_t chain_hash) const = 0;
 };
 
 // A network filter that runs before the terminal one (RBAC). It sees the connection once its transport

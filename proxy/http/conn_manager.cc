@@ -1053,8 +1053,8 @@ class HcmFactory : public config::NetworkFilterFactory {
  public:
   explicit HcmFactory(HcmConfigConstSharedPtr c) : config_(std::move(c)) {}
   void onAccept(config::WorkerContext& worker, network::ConnectionPtr conn,
-                const std::shared_ptr<const config::Listener>& listener) const override {
-    startHttpConnection(config_, worker, std::move(conn), listener);
+                const std::shared_ptr<const config::Listener>& listener, uint64_t chain_hash) const override {
+    startHttpConnection(config_, worker, std::move(conn), listener, chain_hash);
   }
 
  private:
@@ -1269,8 +1269,10 @@ void registerHttpConnectionManager() {
 }
 
 void startHttpConnection(const HcmConfigConstSharedPtr& config, config::WorkerContext& worker,
-                         network::ConnectionPtr conn, const std::shared_ptr<const config::Listener>& listener) {
+                         network::ConnectionPtr conn, const std::shared_ptr<const config::Listener>& listener,
+                         uint64_t chain_hash) {
   auto c = std::make_unique<HttpConnection>(config, worker, std::move(conn), listener);
+  c->chain_hash = chain_hash;
   HttpConnection* raw = c.get();
   worker.addSession(std::move(c));
   raw->start();

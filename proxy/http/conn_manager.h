@@ -157,6 +157,6 @@ void registerHttpFilter(const std::string& type_url, HttpFilterFactoryFn fn, boo
 // filter factory; exposed for protocol detection).
 void startHttpConnection(const HcmConfigConstSharedPtr& config, config::WorkerContext& worker,
                          std::unique_ptr<network::Connection> conn,
-                         const std::shared_ptr<const config::Listener>& listener);
+                         const std::shared_ptr<const config::Listener>& listener, uint64_t chain_hash);
 
 }  // namespace strait::http

@@ -545,9 +545,7 @@ void Worker::startChain(const config::ListenerConstSharedPtr& listener, const co
   }
   stats::inc(listener->stats.downstream_cx_active);
   LOG_TRACE("[C%lu] accepted on %s from %s", conn->id(), listener->name.c_str(), conn->remoteAddress().asString().c_str());
-  accepting_chain_hash_ = chain.hash;
-  chain.terminal->onAccept(*this, std::move(conn), listener);
-  accepting_chain_hash_ = 0;
+  chain.terminal->onAccept(*this, std::move(conn), listener, chain.hash);
 }
 
 void Worker::handshakeDone(HandshakeWaiter& w, network::ConnectionPtr conn) {
@@ -589,7 +587,6 @@ void Worker::addSession(std::unique_ptr<config::ActiveSession> session) {
   config::ActiveSession* raw = session.release();
   sessions_.push_front(raw);
   raw->list_position = sessions_.begin();
-  raw->chain_hash = accepting_chain_hash_;
   active_sessions_.fetch_add(1, std::memory_order_relaxed);
   // Accepted on a listener that is draining gracefully: told at once, served meanwhile.
   if (!draining_listeners_.empty() && draining_listeners_.count(raw->listener()->name)) {

@@ -101,7 +101,6 @@ class Worker : public config::WorkerContext {
   event::TimerPtr drain_tick_;
   std::set<std::string> draining_listeners_;  // graceful /drain_listeners: still accepting
   event::TimerPtr listener_drain_timer_;
-  uint64_t accepting_chain_hash_ = 0;
   std::map<std::string, std::unique_ptr<ActiveListener>> listeners_;
   std::set<std::string> stale_listeners_;
   event::TimerPtr drain_timer_;
