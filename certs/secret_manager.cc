@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "proxy/common/json.h"
 #include "proxy/common/log.h"
 
 namespace strait::certs {
@@ -32,22 +33,7 @@ std::string rfc3339(std::time_t t) {
   return buf;
 }
 
-void jsonEscape(std::string& out, std::string_view s) {
-  out.push_back('"');
-  for (char c : s) {
-    if (c == '"' || c == '\\') {
-      out.push_back('\\');
-      out.push_back(c);
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      char buf[8];
-      std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-      out.append(buf);
-    } else {
-      out.push_back(c);
-    }
-  }
-  out.push_back('"');
-}
+void jsonEscape(std::string& out, std::string_view s) { common::appendJsonString(out, s); }
 
 void certJson(std::string& out, const CertificateDetails& d) {
   const std::time_t now = std::time(nullptr);

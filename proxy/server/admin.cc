@@ -15,6 +15,7 @@
 #include "google/protobuf/dynamic_message.h"
 #include "absl/strings/str_split.h"
 #include "google/protobuf/util/json_util.h"
+#include "proxy/common/json.h"
 #include "proxy/common/log.h"
 #include "proxy/config/bootstrap.h"
 #include "proxy/server/server.h"
@@ -27,27 +28,7 @@ namespace {
 
 constexpr size_t kMaxRequestBytes = 64 * 1024;
 
-std::string jsonEscape(const std::string& s) {
-  std::string out = "\"";
-  for (unsigned char c : s) {
-    switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      default:
-        if (c < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof(buf), "\\u%04x", c);
-          out += buf;
-        } else {
-          out.push_back(static_cast<char>(c));
-        }
-    }
-  }
-  return out + "\"";
-}
+std::string jsonEscape(const std::string& s) { return common::jsonString(s); }
 
 // Replaces inline private keys (TlsCertificate.private_key given as inline bytes or string) with
 // "[redacted]", also inside Any fields (transport sockets, filters), as Envoy's config_dump does.
