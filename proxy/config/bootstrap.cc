@@ -6,10 +6,12 @@
 #include <cstdio>
 #include <ctime>
 #include <fstream>
+#include <mutex>
 #include <set>
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "certs/client_hello.h"
 #include "envoy/config/bootstrap/v3/bootstrap.pb.h"
@@ -579,6 +581,33 @@ absl::StatusOr<FilterChain> translateFilterChain(const listener_v3::FilterChain&
   return out;
 }
 
+// One open-connection count per listener name for the life of the process (see Listener::max_connections).
+std::shared_ptr<std::atomic<int64_t>> listenerConnectionCount(const std::string& name) {
+  static std::mutex mu;
+  static std::map<std::string, std::shared_ptr<std::atomic<int64_t>>> counts;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& c = counts[name];
+  if (!c) c = std::make_shared<std::atomic<int64_t>>(0);
+  return c;
+}
+
+void flattenRuntime(const google::protobuf::Struct& s, const std::string& prefix, std::map<std::string, std::string>& out) {
+  for (const auto& [key, value] : s.fields()) {
+    const std::string k = prefix.empty() ? key : prefix + "." + key;
+    switch (value.kind_case()) {
+      case google::protobuf::Value::kStructValue: flattenRuntime(value.struct_value(), k, out); break;
+      case google::protobuf::Value::kNumberValue: {
+        const double d = value.number_value();
+        out[k] = d == static_cast<double>(static_cast<int64_t>(d)) ? absl::StrCat(static_cast<int64_t>(d)) : absl::StrCat(d);
+        break;
+      }
+      case google::protobuf::Value::kBoolValue: out[k] = value.bool_value() ? "true" : "false"; break;
+      case google::protobuf::Value::kStringValue: out[k] = value.string_value(); break;
+      default: break;
+    }
+  }
+}
+
 absl::StatusOr<ListenerConstSharedPtr> translateListener(const listener_v3::Listener& l, const std::string& path,
                                                        TranslationContext& ctx) {
   auto out = std::make_shared<Listener>();
@@ -591,6 +620,18 @@ absl::StatusOr<ListenerConstSharedPtr> translateListener(const listener_v3::List
     return fieldError(path + ".bind_to_port", "listeners that do not bind are not supported yet");
   }
   if (l.has_per_connection_buffer_limit_bytes()) out->buffer_limit = l.per_connection_buffer_limit_bytes().value();
+  if (ctx.runtime != nullptr) {
+    const std::string key = absl::StrCat("envoy.resource_limits.listener.", l.name(), ".connection_limit");
+    auto it = ctx.runtime->find(key);
+    if (it != ctx.runtime->end()) {
+      uint64_t v = 0;
+      if (!absl::SimpleAtoi(it->second, &v)) {
+        return fieldError("layered_runtime." + key, absl::StrCat("'", it->second, "' is not a connection count"));
+      }
+      out->max_connections = v;
+    }
+  }
+  out->open_connections = listenerConnectionCount(l.name());
   out->inbound = l.traffic_direction() == core_v3::INBOUND;
   // Both forms recover the pre-NAT destination; listener hand-off by original destination comes later.
   out->restore_original_dst = l.has_use_original_dst() && l.use_original_dst().value();
@@ -651,6 +692,15 @@ std::string formatNowRfc3339() {
 
 }  // namespace
 
+std::map<std::string, std::string> runtimeValues(const google::protobuf::Message& bootstrap) {
+  std::map<std::string, std::string> out;
+  const auto& b = static_cast<const bootstrap_v3::Bootstrap&>(bootstrap);
+  for (const auto& layer : b.layered_runtime().layers()) {
+    if (layer.has_static_layer()) flattenRuntime(layer.static_layer(), "", out);
+  }
+  return out;
+}
+
 void createListenerStats(Listener& l, const network::Address& bound, stats::Store& store) {
   const std::string p = "listener." + (l.stat_prefix.empty() ? bound.statName() : l.stat_prefix) + ".";
   l.stats.downstream_cx_total = store.counter(p + "downstream_cx_total");
@@ -659,6 +709,7 @@ void createListenerStats(Listener& l, const network::Address& bound, stats::Stor
   l.stats.no_filter_chain_match = store.counter(p + "no_filter_chain_match");
   l.stats.downstream_pre_cx_timeout = store.counter(p + "downstream_pre_cx_timeout");
   l.stats.downstream_cx_overload_reject = store.counter(p + "downstream_cx_overload_reject");
+  l.stats.downstream_cx_overflow = store.counter(p + "downstream_cx_overflow");
   if (l.http_inspector.enabled) {
     l.stats.http1_found = store.counter(p + "http_inspector.http1_found");
     l.stats.http2_found = store.counter(p + "http_inspector.http2_found");
@@ -953,6 +1004,8 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
 
   std::set<std::string> rds_names;
   TranslationContext ctx{store, snap->clusters_by_name, &snap->route_tables, &rds_names};
+  const std::map<std::string, std::string> runtime = runtimeValues(bootstrap);
+  ctx.runtime = &runtime;
   std::set<std::string> listener_names;
   auto addListener = [&](ListenerConstSharedPtr l, const std::string& path) -> absl::Status {
     if (!listener_names.insert(l->name).second) {

@@ -37,7 +37,13 @@ struct TranslationContext {
   // answered at run time (tcp_proxy closes the connection, the router answers cluster_not_found) until a
   // later snapshot has the cluster again. Bootstrap (static) resources keep their strict validation.
   bool dynamic = false;
+  // The bootstrap's layered_runtime static layers, flattened ("a.b.c" -> value as text), later layers
+  // winning. Null: none.
+  const std::map<std::string, std::string>* runtime = nullptr;
 };
+
+// Flattens layered_runtime's static layers: nested objects join their keys with '.', as Envoy reads them.
+std::map<std::string, std::string> runtimeValues(const google::protobuf::Message& bootstrap);
 
 // An xDS resource as accepted: its proto, version, and when it arrived.
 struct DynamicResource {

@@ -235,6 +235,7 @@ struct ListenerStats {
   stats::Counter downstream_cx_transport_socket_connect_timeout;
   stats::Counter downstream_cx_no_certificate;  // a TLS chain had no certificate yet: refused
   stats::Counter downstream_cx_overload_reject;  // refused by the overload manager
+  stats::Counter downstream_cx_overflow;         // refused: the listener's connection limit
   network::SslStats ssl;  // listener.<addr>.ssl.*
 };
 
@@ -267,6 +268,11 @@ struct Listener {
   uint64_t listener_filters_timeout_ms = 15000;  // Envoy's default
   bool continue_on_listener_filters_timeout = false;
   uint32_t buffer_limit = 1024 * 1024;
+  // Envoy's runtime key envoy.resource_limits.listener.<name>.connection_limit (0: no limit). The count
+  // is per listener name across all workers and survives updates of the listener, so connections
+  // accepted before an LDS change still count against the new version.
+  uint64_t max_connections = 0;
+  std::shared_ptr<std::atomic<int64_t>> open_connections;
   std::vector<FilterChain> filter_chains;
   std::optional<FilterChain> default_filter_chain;
   std::string stat_prefix;

@@ -248,7 +248,12 @@ void Server::startDrain(const char* why) {
   state_ = State::Draining;
   stats::set(*store_, live_, 0);
   stats::set(*store_, draining_, 1);
-  for (auto& w : workers_) w->stopListening();
+  // Graceful, as Istio's agent drains a sidecar: listeners keep accepting for the drain time and tell
+  // every connection, old and new, to go (GOAWAY, Connection: close). Kubernetes still sends traffic for
+  // a few seconds after SIGTERM (endpoint removal propagates), and the application, told to stop at the
+  // same moment, still makes outbound calls while it winds down: refusing them would fail requests that
+  // nothing forced to fail. The process exits as soon as no connection is left, or when the time is over.
+  for (auto& w : workers_) w->drainListeners(false, true);
   drain_deadline_ = std::chrono::steady_clock::now() + std::chrono::seconds(options_.drain_time_s);
   drain_timer_ = dispatcher_->createTimer([this] { onDrainTick(); });
   drain_timer_->enable(50);
@@ -257,7 +262,13 @@ void Server::startDrain(const char* why) {
 void Server::onDrainTick() {
   size_t active = 0;
   for (auto& w : workers_) active += w->activeSessions();
-  if (active == 0 || std::chrono::steady_clock::now() >= drain_deadline_) {
+  // The listeners still accept during the drain, so "nothing open right now" may be the gap between a
+  // client's old connection and its next one. Exit early only after a quiet second with none open.
+  const auto now = std::chrono::steady_clock::now();
+  if (active != 0) quiet_since_.reset();
+  else if (!quiet_since_) quiet_since_ = now;
+  const bool quiet = quiet_since_ && now - *quiet_since_ >= std::chrono::seconds(1);
+  if (quiet || now >= drain_deadline_) {
     if (active) LOG_INFO("drain time over: closing %zu connections", active);
     finish();
     return;

@@ -6,6 +6,7 @@
 
 #include "absl/status/status.h"
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "proxy/config/snapshot.h"
@@ -88,6 +89,8 @@ class Server {
   std::vector<BoundListener> bound_;
   std::vector<uv_signal_t*> signals_;
   event::TimerPtr drain_timer_;
+  std::optional<std::chrono::steady_clock::time_point> quiet_since_;  // drain: no session open since
+  event::TimerPtr health_tick_;  // outlier detection intervals and their stats (main thread)
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point drain_deadline_;
   std::atomic<State> state_{State::PreInitializing};

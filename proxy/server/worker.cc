@@ -479,6 +479,20 @@ void Worker::onAccept(const config::ListenerConstSharedPtr& listener, network::C
     dispatcher_->deferredDelete(std::move(conn));
     return;
   }
+  if (listener->max_connections != 0) {
+    // The listener's connection limit holds across workers: one shared count, taken here and given
+    // back when the connection object goes (Connection::countIn), at whatever stage it ends.
+    if (listener->open_connections->fetch_add(1, std::memory_order_relaxed) >=
+        static_cast<int64_t>(listener->max_connections)) {
+      listener->open_connections->fetch_sub(1, std::memory_order_relaxed);
+      stats::inc(listener->stats.downstream_cx_overflow);
+      stats::inc(listener->stats.downstream_cx_destroy);
+      conn->close(network::CloseType::NoFlush);
+      dispatcher_->deferredDelete(std::move(conn));
+      return;
+    }
+    conn->countIn(listener->open_connections);
+  }
   if (listener->restore_original_dst) conn->restoreOriginalDestination();
   const uint32_t port = conn->localAddress().port();
   const bool tls = listener->tls_inspector.activeFor(port);

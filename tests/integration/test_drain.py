@@ -1,10 +1,9 @@
-"""Graceful drain on SIGTERM/SIGINT: stop accepting, let open connections finish for up to
---drain-time-s, then exit 0."""
+"""Graceful drain on SIGTERM/SIGINT: keep accepting and tell every connection to go, let open
+connections finish for up to --drain-time-s, exit 0 as soon as none is left."""
 
 from __future__ import annotations
 
 import signal
-import socket
 import time
 
 import harness
@@ -18,13 +17,18 @@ def _start(fleet, upstream_port: int, drain_time_s: int):
     return proc, proc.listener_port("tcp_main")
 
 
-def test_sigterm_refuses_new_connections_and_finishes_inflight(fleet):
+def test_sigterm_keeps_accepting_and_finishes_inflight(fleet):
     total = 8 * MIB
     drain_time_s = 8
     # The upstream reads in 64 KiB steps with a pause (at most ~6 MiB/s); the client sends at
     # 4 MiB/s, so the transfer takes about 2 s and is in flight when SIGTERM arrives.
     sink = fleet.sink(read_chunk=64 * 1024, read_delay=0.01, rcvbuf=64 * 1024)
-    proc, port = _start(fleet, sink.port, drain_time_s)
+    echo = fleet.echo()
+    config = bootstrap([tcp_proxy_listener("tcp_main", "backend", "drain_tcp"),
+                        tcp_proxy_listener("tcp_echo", "echo", "drain_echo")],
+                       [static_cluster("backend", [sink.port]), static_cluster("echo", [echo.port])])
+    proc = fleet.start(config, drain_time_s=drain_time_s)
+    port, echo_port = proc.listener_port("tcp_main"), proc.listener_port("tcp_echo")
 
     client = harness.connect(port, timeout=30)
     sender = harness.StreamSender(client, total, chunk=64 * 1024, rate=4 * MIB, timeout=60)
@@ -41,27 +45,14 @@ def test_sigterm_refuses_new_connections_and_finishes_inflight(fleet):
         proc.signal(signal.SIGTERM)
         assert at_signal < total, "transfer finished before SIGTERM: the test did not exercise drain"
 
-        # New connections must be refused (listeners closed) while the old one keeps going.
-        refused = False
-        accepted_after_signal = 0
-        deadline = sigterm_at + 3
-        while time.monotonic() < deadline:
-            try:
-                probe = socket.create_connection((harness.LOOPBACK, port), timeout=0.5)
-            except ConnectionRefusedError:
-                refused = True
-                break
-            except OSError:
-                time.sleep(0.02)
-                continue
-            accepted_after_signal += 1
-            probe.close()
-            time.sleep(0.02)
-        refused_after = time.monotonic() - sigterm_at
-        in_flight_at_refusal = not result.eof.is_set()
-        assert refused, f"listener still accepting 3 s after SIGTERM ({accepted_after_signal} connects succeeded)"
-        assert refused_after < 2.0, f"listener closed only {refused_after:.2f} s after SIGTERM"
-        assert in_flight_at_refusal, "the in-flight transfer ended before the listener closed"
+        # New connections are still accepted and served while the drain lasts (traffic that Kubernetes
+        # still routes here, and the application's own outbound calls as it shuts down).
+        time.sleep(0.3)
+        for i in range(3):
+            with harness.connect(echo_port, timeout=5) as probe:
+                probe.sendall(b"probe%d" % i)
+                assert harness.recv_exact(probe, 6) == b"probe%d" % i, "a connection made during the drain was not served"
+        assert not result.eof.is_set(), "the in-flight transfer ended before the probes"
         assert proc.alive(), "strait exited while a connection was still in flight"
 
         sender.join(timeout=60)
