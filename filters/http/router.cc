@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <chrono>
+#include <array>
 #include <optional>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/any.pb.h"
 #include "proxy/common/log.h"
@@ -84,7 +86,25 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     }
     // WebSocket over HTTP/1 needs an HTTP/1 upstream connection of its own.
     if (upgrade_) protocol_ = Protocol::Http11;
-    if (route_->retry.enabled) retries_left_ = std::min(route_->retry.num_retries, cluster_->max_retries);
+    retry_ = &route_->retry;
+    // x-envoy-retry-on / x-envoy-max-retries: the HCM strips them from untrusted clients, so what
+    // arrives here was sent by a trusted hop (or the application through an outbound listener).
+    const std::string* h_on = headers.get("x-envoy-retry-on");
+    const std::string* h_max = headers.get("x-envoy-max-retries");
+    if (h_on != nullptr || h_max != nullptr) {
+      header_retry_ = *retry_;
+      if (h_on != nullptr) {
+        header_retry_->enabled = true;
+        parseRetryOn(*h_on, *header_retry_);
+      }
+      uint32_t n = 0;
+      if (h_max != nullptr && absl::SimpleAtoi(*h_max, &n)) header_retry_->num_retries = n;
+      retry_ = &*header_retry_;
+      headers.remove("x-envoy-retry-on");
+      headers.remove("x-envoy-max-retries");
+    }
+    if (retry_->enabled) retries_left_ = retry_->num_retries;
+    if (!route_->hash_policies.empty()) lb_context_.hash_key = computeHash(headers);
     buffering_ = !upgrade_;
     cb_->setDownstreamWatermarkCallbacks(&dw_);
     if (request_complete_) startGlobalTimer();
@@ -108,6 +128,16 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
         retry_buffer_.clear();
         retries_left_ = 0;
         race_retry_allowed_ = false;
+        stats::inc(cluster_->stats.retry_or_shadow_abandoned);
+        // A retry is waiting (back-off, or its connection): the body it would send is gone, and the
+        // bytes held since are only the tail. Sending them with the original headers would hand a
+        // chunked or HTTP/2 upstream a truncated request that looks complete, so the request ends here.
+        if (upstream_ == nullptr && (retry_waiting_ || attempts_ > 1)) {
+          cleanup();
+          cb_->sendLocalReply(507, "exceeded request buffer limit while retrying upstream\n",
+                              "request_payload_exceeded_retry_buffer_limit");
+          return FilterDataStatus::StopIterationNoBuffer;
+        }
       } else {
         retry_buffer_.copyFrom(data);
       }
@@ -175,12 +205,16 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
 
   void onPoolFailure(PoolFailureReason reason) override {
     pending_ = nullptr;
+    if (reason != PoolFailureReason::Overflow) {
+      reportLocalFailure(reason == PoolFailureReason::Timeout ? upstream::LocalOriginFailure::Timeout
+                                                              : upstream::LocalOriginFailure::ConnectFailed);
+    }
     endAttempt();
     if (reason == PoolFailureReason::Overflow) {
       cb_->sendLocalReply(503, "upstream overflow\n", "upstream_overflow");
       return;
     }
-    if (retryOn(route_->retry.on_connect_failure || route_->retry.on_reset)) return;
+    if (retryOn(retry_->on_connect_failure || retry_->on_reset)) return;
     cb_->sendLocalReply(503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure\n",
                         "upstream_reset_before_response_started{connection_failure}");
   }
@@ -196,14 +230,20 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     response_bytes_ = true;
     const uint32_t status = headers->status;
     countStatus(status);
-    if (!response_started_ && shouldRetryStatus(status)) {
+    reportHttpStatus(status);
+    // Decide before touching the attempt: if no retry may go (none left, body not kept, the cluster's
+    // max_retries reached), this response is the answer and must flow on.
+    if (!response_started_ && (shouldRetryStatus(status) || (end_stream && shouldRetryGrpc(*headers))) &&
+        retryOn(true)) {
       resetUpstream();
       endAttempt();
-      if (retryOn(true)) return;
+      return;
     }
     response_started_ = true;
     if (per_try_timer_) per_try_timer_->disable();
     if (attempts_ > 1) stats::inc(cluster_->stats.upstream_rq_retry_success);
+    if (route_->include_attempt_count_in_response) headers->set("x-envoy-attempt-count", std::to_string(attempts_));
+    if (!set_cookie_.empty()) headers->add("set-cookie", set_cookie_);
     if (end_stream) onUpstreamComplete();
     cb_->encodeHeaders(std::move(headers), end_stream);
   }
@@ -222,6 +262,11 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
   // ---- upstream stream events ----
   void onUpstreamReset(StreamResetReason reason) {
     upstream_ = nullptr;
+    releaseUpstreamWatermarks();
+    if (attempt_active_ && !response_started_) {
+      reportLocalFailure(reason == StreamResetReason::ConnectionFailure ? upstream::LocalOriginFailure::ConnectFailed
+                                                                        : upstream::LocalOriginFailure::Reset);
+    }
     endAttempt();
     if (reason == StreamResetReason::RemoteReset) stats::inc(cluster_->stats.upstream_rq_rx_reset);
     LOG_DEBUG("upstream reset: %s (response started: %d)", resetReasonName(reason), response_started_ ? 1 : 0);
@@ -238,7 +283,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
       scheduleRetry(true);
       return;
     }
-    const auto& rp = route_->retry;
+    const auto& rp = *retry_;
     bool retriable = (reason == StreamResetReason::ConnectionFailure && (rp.on_connect_failure || rp.on_reset)) ||
                      (reason == StreamResetReason::RefusedStream && (rp.on_refused_stream || rp.on_reset)) ||
                      ((reason == StreamResetReason::RemoteReset || reason == StreamResetReason::ConnectionTermination ||
@@ -278,8 +323,15 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     void decodeTrailers(TrailerMapPtr t) override { r->onUpstreamTrailers(std::move(t)); }
     void onResetStream(StreamResetReason reason) override { r->onUpstreamReset(reason); }
     // Our request body is backing up upstream: stop reading it from the client until it drains.
-    void onAboveWriteBufferHighWatermark() override { r->cb_->onDecoderFilterAboveWriteBufferHighWatermark(); }
-    void onBelowWriteBufferLowWatermark() override { r->cb_->onDecoderFilterBelowWriteBufferLowWatermark(); }
+    void onAboveWriteBufferHighWatermark() override {
+      ++r->upstream_above_;
+      r->cb_->onDecoderFilterAboveWriteBufferHighWatermark();
+    }
+    void onBelowWriteBufferLowWatermark() override {
+      if (r->upstream_above_ == 0) return;
+      --r->upstream_above_;
+      r->cb_->onDecoderFilterBelowWriteBufferLowWatermark();
+    }
   };
 
  public:
@@ -298,10 +350,10 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
   }
 
   bool shouldRetryStatus(uint32_t status) const {
-    if (retries_left_ == 0) return false;
-    const auto& rp = route_->retry;
+    const auto& rp = *retry_;
     if (rp.on_5xx && status >= 500) return true;
     if (rp.on_gateway_error && (status == 502 || status == 503 || status == 504)) return true;
+    if (rp.on_retriable_4xx && status == 409) return true;
     if (rp.on_retriable_status_codes) {
       for (uint32_t c : rp.retriable_status_codes) {
         if (c == status) return true;
@@ -310,13 +362,42 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     return false;
   }
 
+  // gRPC status in a trailers-only response (headers that end the stream).
+  bool shouldRetryGrpc(const ResponseHeaders& h) const {
+    if (!retry_->anyGrpc()) return false;
+    const std::string* gs = h.get("grpc-status");
+    uint32_t code = 0;
+    if (gs == nullptr || !absl::SimpleAtoi(*gs, &code)) return false;
+    const auto& rp = *retry_;
+    return (code == 1 && rp.on_grpc_cancelled) || (code == 4 && rp.on_grpc_deadline_exceeded) ||
+           (code == 8 && rp.on_grpc_resource_exhausted) || (code == 13 && rp.on_grpc_internal) ||
+           (code == 14 && rp.on_grpc_unavailable);
+  }
+
   bool retryOn(bool condition) {
-    if (!condition || retries_left_ == 0 || destroyed_) return false;
+    if (!condition || destroyed_) return false;
+    if (retries_left_ == 0) {
+      if (retry_->enabled) stats::inc(cluster_->stats.upstream_rq_retry_limit_exceeded);
+      return false;
+    }
     // Without the whole body kept, a retry would send a different request.
     if (!buffering_) return false;
+    // max_retries (or the retry budget) holds across all workers, so retries cannot turn a failing
+    // upstream into a storm. The slot is held through the back-off, as Envoy holds it.
+    if (cluster_->runtime && !cluster_->runtime->resources().tryAcquireRetry()) {
+      stats::inc(cluster_->stats.upstream_rq_retry_overflow);
+      return false;
+    }
+    retry_slot_ = cluster_->runtime != nullptr;
     --retries_left_;
     scheduleRetry(false);
     return true;
+  }
+
+  void releaseRetrySlot() {
+    if (!retry_slot_) return;
+    retry_slot_ = false;
+    cluster_->runtime->resources().retries.release();
   }
 
   void scheduleRetry(bool immediate) {
@@ -324,32 +405,56 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     response_bytes_ = false;
     uint64_t delay = 0;
     if (!immediate) {
-      const auto& rp = route_->retry;
+      const auto& rp = *retry_;
       uint64_t cap = rp.base_interval_ms << std::min<uint32_t>(attempts_ - 1, 10);
       cap = std::min(cap, rp.max_interval_ms);
       delay = cap == 0 ? 0 : cb_->worker().random() % (cap + 1);
     }
+    retry_waiting_ = true;
     retry_timer_.emplace(cb_->worker().dispatcher(), [this] { startAttempt(); });
     retry_timer_->enable(delay);
   }
 
   void startAttempt() {
     if (destroyed_) return;
+    releaseRetrySlot();  // the back-off is over
+    retry_waiting_ = false;
     ++attempts_;
-    auto host = cb_->worker().chooseHost(*cluster_, cb_->connection());
+    if (retry_->avoid_previous_hosts && tried_count_ > 0) {
+      lb_context_.avoid = tried_.data();
+      lb_context_.avoid_count = tried_count_;
+      lb_context_.host_selection_retry_max_attempts = retry_->host_selection_retry_max_attempts;
+    }
+    auto host = cb_->worker().chooseHost(*cluster_, cb_->connection(), &lb_context_);
     if (!host) {
       stats::inc(cluster_->stats.upstream_cx_none_healthy);
       cb_->sendLocalReply(503, "no healthy upstream\n", "no_healthy_upstream");
       return;
     }
+    // max_requests holds across all workers.
+    if (cluster_->runtime && !cluster_->runtime->resources().requests.tryAcquire()) {
+      stats::inc(cluster_->stats.upstream_rq_pending_overflow);
+      cb_->sendLocalReply(503, "upstream overflow\n", "upstream_overflow");
+      return;
+    }
+    rq_slot_ = cluster_->runtime != nullptr;
+    if (host->host != nullptr) {
+      // Held for the attempt: a config update may drop the host from the cluster meanwhile.
+      attempt_host_ = host->host->shared_from_this();
+      attempt_host_->active_requests.fetch_add(1, std::memory_order_relaxed);
+      stats::inc(attempt_host_->rq_total);
+      stats::inc(attempt_host_->rq_active);
+      if (tried_count_ < tried_.size()) tried_[tried_count_++] = attempt_host_.get();
+    }
     if (route_->auto_host_rewrite && host->host != nullptr) request_->authority = host->address.asString();
+    if (route_->include_attempt_count) request_->set("x-envoy-attempt-count", std::to_string(attempts_));
     attempt_active_ = true;
     attempt_start_ = std::chrono::steady_clock::now();
     stats::inc(cluster_->stats.upstream_rq_total);
     stats::inc(cluster_->stats.upstream_rq_active);
-    if (route_->retry.per_try_timeout_ms > 0) {
+    if (retry_->per_try_timeout_ms > 0) {
       per_try_timer_.emplace(cb_->worker().dispatcher(), [this] { onPerTryTimeout(); });
-      per_try_timer_->enable(route_->retry.per_try_timeout_ms);
+      per_try_timer_->enable(retry_->per_try_timeout_ms);
     }
     auto& pool = cb_->worker().httpPools().pool(cluster_, *host, protocol_);
     pending_ = pool.newStream(up_, *this);
@@ -360,6 +465,96 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     attempt_active_ = false;
     stats::dec(cluster_->stats.upstream_rq_active);
     if (per_try_timer_) per_try_timer_->disable();
+    if (rq_slot_) {
+      rq_slot_ = false;
+      cluster_->runtime->resources().requests.release();
+    }
+    if (attempt_host_) {
+      attempt_host_->active_requests.fetch_sub(1, std::memory_order_relaxed);
+      stats::dec(attempt_host_->rq_active);
+      attempt_host_.reset();
+    }
+  }
+
+  // What this attempt's host did, for its failure tallies (and outlier detection).
+  void reportHttpStatus(uint32_t status) {
+    if (!attempt_host_) return;
+    if (status >= 500) stats::inc(attempt_host_->rq_error);
+    reportOutcome(status);
+  }
+
+  // Passive health: what the attempt's host did goes to the cluster's outlier detection, if any.
+  void reportOutcome(uint32_t status) {
+    if (auto* od = outlier()) od->putHttpResponse(const_cast<upstream::Host&>(*attempt_host_), status);
+  }
+  void reportLocalFailure(upstream::LocalOriginFailure kind) {
+    if (!attempt_host_) return;
+    stats::inc(attempt_host_->rq_error);
+    if (auto* od = outlier()) od->putLocalOriginFailure(const_cast<upstream::Host&>(*attempt_host_), kind);
+  }
+  upstream::OutlierDetector* outlier() const {
+    return attempt_host_ && cluster_->runtime ? cluster_->runtime->outlierDetector() : nullptr;
+  }
+
+  // The route's hash_policy over this request: Envoy's combination (rotate, then xor each new hash);
+  // a terminal policy that produced a hash ends the walk. A cookie policy with a ttl and no cookie in the
+  // request makes one up from the client address and has the response set it.
+  std::optional<uint64_t> computeHash(const RequestHeaders& h) {
+    std::optional<uint64_t> out;
+    for (const auto& p : route_->hash_policies) {
+      std::optional<uint64_t> one;
+      switch (p.kind) {
+        case HashPolicy::Kind::Header:
+          if (const std::string* v = h.get(p.name)) one = upstream::hashKey(*v);
+          break;
+        case HashPolicy::Kind::SourceIp:
+          one = upstream::hashKey(cb_->connection().remoteAddress().ip());
+          break;
+        case HashPolicy::Kind::QueryParameter: {
+          const size_t q = h.path.find('?');
+          std::string_view query = q == std::string::npos ? std::string_view() : std::string_view(h.path).substr(q + 1);
+          while (!query.empty()) {
+            const size_t amp = query.find('&');
+            std::string_view pair = query.substr(0, amp);
+            query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
+            const size_t eq = pair.find('=');
+            if (pair.substr(0, eq) == p.name) {
+              one = upstream::hashKey(eq == std::string_view::npos ? std::string_view() : pair.substr(eq + 1));
+              break;
+            }
+          }
+          break;
+        }
+        case HashPolicy::Kind::Cookie: {
+          for (const auto& e : h.entries()) {
+            if (!headerNameEquals(e.name, "cookie")) continue;
+            std::string_view rest = e.value;
+            while (!rest.empty() && !one) {
+              const size_t semi = rest.find(';');
+              std::string_view c = rest.substr(0, semi);
+              rest = semi == std::string_view::npos ? std::string_view() : rest.substr(semi + 1);
+              while (!c.empty() && c.front() == ' ') c.remove_prefix(1);
+              const size_t eq = c.find('=');
+              if (eq != std::string_view::npos && c.substr(0, eq) == p.name) one = upstream::hashKey(c.substr(eq + 1));
+            }
+          }
+          if (!one && p.cookie_generate) {
+            const std::string value = absl::StrCat(absl::Hex(upstream::hashKey(cb_->connection().remoteAddress().asString())));
+            one = upstream::hashKey(value);
+            set_cookie_ = absl::StrCat(p.name, "=\"", value, "\"");
+            if (p.cookie_ttl_ms > 0) absl::StrAppend(&set_cookie_, "; Max-Age=", p.cookie_ttl_ms / 1000);
+            if (!p.cookie_path.empty()) absl::StrAppend(&set_cookie_, "; Path=", p.cookie_path);
+            absl::StrAppend(&set_cookie_, "; HttpOnly");
+          }
+          break;
+        }
+      }
+      if (one) {
+        out = out ? (((*out << 1) | (*out >> 63)) ^ *one) : *one;
+        if (p.terminal) break;
+      }
+    }
+    return out;
   }
 
   void onUpstreamComplete() {
@@ -371,6 +566,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     // The server answered before it had the whole request: the exchange cannot finish cleanly.
     if (upstream_ != nullptr && !upstream_request_complete_) resetUpstream();
     upstream_ = nullptr;
+    releaseUpstreamWatermarks();
   }
 
   void countStatus(uint32_t status) {
@@ -388,6 +584,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
 
   void onGlobalTimeout() {
     stats::inc(cluster_->stats.upstream_rq_timeout);
+    if (attempt_active_) reportLocalFailure(upstream::LocalOriginFailure::Timeout);
     resetUpstream();
     endAttempt();
     if (retry_timer_) retry_timer_->disable();
@@ -400,13 +597,14 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
 
   void onPerTryTimeout() {
     stats::inc(cluster_->stats.upstream_rq_per_try_timeout);
+    if (attempt_active_) reportLocalFailure(upstream::LocalOriginFailure::Timeout);
     resetUpstream();
     endAttempt();
     if (response_started_) {
       cb_->resetStream();
       return;
     }
-    const auto& rp = route_->retry;
+    const auto& rp = *retry_;
     if (retryOn(rp.on_5xx || rp.on_gateway_error || rp.on_reset)) return;
     cb_->sendLocalReply(504, "upstream request timeout\n", "upstream_per_try_timeout");
   }
@@ -422,11 +620,22 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
       stats::inc(cluster_->stats.upstream_rq_tx_reset);
       u->stream().resetStream(StreamResetReason::LocalReset);
     }
+    releaseUpstreamWatermarks();
+  }
+
+  // The attempt whose send buffer had paused the client's upload is gone: the client may send again
+  // (a retry buffers or a local reply ends the request); otherwise it would wait for its idle timeout.
+  void releaseUpstreamWatermarks() {
+    while (upstream_above_ > 0) {
+      --upstream_above_;
+      if (!destroyed_) cb_->onDecoderFilterBelowWriteBufferLowWatermark();
+    }
   }
 
   void cleanup() {
     resetUpstream();
     endAttempt();
+    releaseRetrySlot();
     timeout_timer_.reset();
     per_try_timer_.reset();
     retry_timer_.reset();
@@ -453,6 +662,17 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
   uint32_t retries_left_ = 0;
   uint32_t attempts_ = 0;
   uint32_t downstream_above_ = 0;
+  uint32_t upstream_above_ = 0;  // high-watermark calls from the attempt's stream not yet undone
+  const RetryPolicy* retry_ = nullptr;       // the route's, or header_retry_
+  std::optional<RetryPolicy> header_retry_;  // the route's amended by x-envoy-retry-on / x-envoy-max-retries
+  upstream::LbContext lb_context_;
+  std::array<const upstream::Host*, 8> tried_{};  // hosts of earlier attempts (previous_hosts predicate)
+  uint32_t tried_count_ = 0;
+  upstream::HostConstSharedPtr attempt_host_;
+  std::string set_cookie_;  // a generated hash-policy cookie for the response
+  bool rq_slot_ = false;     // holds one of the cluster's max_requests
+  bool retry_waiting_ = false;  // a retry is scheduled (back-off): the next attempt sends the kept body
+  bool retry_slot_ = false;  // holds one of the cluster's max_retries (during a back-off)
   bool request_complete_ = false;
   bool upstream_request_complete_ = false;
   bool response_started_ = false;

@@ -69,6 +69,7 @@ class Session : public config::ActiveSession, public strait::network::Connection
     downstream_->setCallbacks(this);
     stats::inc(cfg_.stats.downstream_cx_total);
   }
+  ~Session() override { releaseCxSlot(); }
 
   void start() {
     if (cluster_ == nullptr) {
@@ -182,13 +183,18 @@ class Session : public config::ActiveSession, public strait::network::Connection
       maybeDone();
       return;
     }
-    // A copy: the cluster version the host came from may be replaced (EDS) while this session lives.
-    if (host->host != nullptr) {
-      host_value_ = *host->host;
-      host_ = &host_value_;
-    } else {
-      host_ = nullptr;
+    // The cluster's max_connections holds across workers (and across tcp_proxy and HTTP pools).
+    if (cluster_->runtime && !cluster_->runtime->resources().connections.tryAcquire()) {
+      stats::inc(cluster_->stats.upstream_cx_overflow);
+      LOG_DEBUG("[C%lu] tcp_proxy: cluster %s at max_connections", downstream_->id(), cluster_->name.c_str());
+      downstream_->close(CloseType::NoFlush);
+      maybeDone();
+      return;
     }
+    cx_slot_ = cluster_->runtime != nullptr;
+    // Held: the cluster version the host came from may be replaced (EDS) while this session lives.
+    host_ref_ = host->host != nullptr ? host->host->shared_from_this() : nullptr;
+    host_ = host_ref_.get();
     upstream_ = std::make_unique<Connection>(worker_.dispatcher(), host->address);
     upstream_->setCallbacks(this);
     LOG_DEBUG("[C%lu] tcp_proxy: %s -> %s (cluster %s)", downstream_->id(), downstream_->remoteAddress().asString().c_str(),
@@ -209,6 +215,13 @@ class Session : public config::ActiveSession, public strait::network::Connection
   // A failed upstream connection is freed after the current callback returns.
   void retireUpstream() {
     if (upstream_) worker_.dispatcher().deferredDelete(std::move(upstream_));
+    releaseCxSlot();
+  }
+
+  void releaseCxSlot() {
+    if (!cx_slot_) return;
+    cx_slot_ = false;
+    cluster_->runtime->resources().connections.release();
   }
 
   void onIdleTimer() {
@@ -228,6 +241,7 @@ class Session : public config::ActiveSession, public strait::network::Connection
     if (downstream_->state() != Connection::State::Closed) return;
     if (upstream_ && upstream_->state() != Connection::State::Closed) return;
     done_ = true;
+    releaseCxSlot();
     if (idle_timer_) idle_timer_->disable();
     worker_.removeSession(*this);
   }
@@ -238,7 +252,8 @@ class Session : public config::ActiveSession, public strait::network::Connection
   ConnectionPtr upstream_;
   const WeightedTarget& target_;
   const config::Cluster* cluster_;  // null: the cluster is not known (see WeightedTarget)
-  config::Host host_value_;
+  upstream::HostConstSharedPtr host_ref_;
+  bool cx_slot_ = false;  // holds one of the cluster's max_connections
   const config::Host* host_ = nullptr;
   event::TimerPtr idle_timer_;
   uint64_t last_activity_ms_ = 0;

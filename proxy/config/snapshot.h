@@ -12,6 +12,10 @@
 #include "proxy/network/address.h"
 #include "proxy/network/transport_socket.h"
 #include "proxy/stats/stats.h"
+#include "proxy/upstream/cluster_runtime.h"
+#include "proxy/upstream/health_checker.h"
+#include "proxy/upstream/host.h"
+#include "proxy/upstream/load_balancer.h"
 
 namespace google::protobuf {
 class Message;
@@ -58,20 +62,18 @@ struct ClusterStats {
   stats::Counter upstream_rq_pending_overflow;
   stats::Counter upstream_rq_rx_reset;
   stats::Counter upstream_rq_tx_reset;
+  stats::Counter retry_or_shadow_abandoned;  // the body outgrew the retry buffer
+  stats::Counter upstream_cx_overflow;       // max_connections reached
+  stats::Counter upstream_rq_retry_overflow;  // max_retries / retry budget reached: not retried
+  stats::Counter upstream_cx_pool_overflow;  // max_connection_pools reached
+  stats::Counter upstream_rq_retry_limit_exceeded;  // num_retries used up
   stats::Histogram upstream_rq_time;
   network::SslStats ssl;  // cluster.<name>.ssl.*
 };
 
-// A STATIC cluster's host with its own counters (for /clusters); not exposed in /stats, as in Envoy.
-struct Host {
-  network::Address address;
-  // TLS to this host: the cluster's transport_socket_matches entry its metadata selects, else the
-  // cluster's transport_socket; null for plaintext.
-  network::TransportSocketFactorySharedPtr transport_socket;
-  stats::Counter cx_total;
-  stats::Gauge cx_active;
-  stats::Counter cx_connect_fail;
-};
+// A cluster member: shared by the workers, kept across updates that keep its endpoint
+// (proxy/upstream/host.h).
+using Host = upstream::Host;
 
 // What a load balancer picked: an address, and the configured host when there is one
 // (an ORIGINAL_DST destination has none).
@@ -86,7 +88,8 @@ inline const network::TransportSocketFactorySharedPtr& transportFor(const struct
 struct Cluster {
   enum class Type { Static, OriginalDst, Eds };
   std::string name;
-  uint32_t index = 0;  // stable per name for the life of the process: per-worker state (cursors, pools)
+  uint32_t index = 0;  // stable per name for the life of the process: per-worker state (balancers, pools)
+  uint64_t version_id = 0;  // unique per translated version, process-wide (workers rebuild balancers on change)
   bool dynamic = false;     // from CDS
   std::string version_info;  // of the CDS resource
   std::string eds_service_name;  // EDS: the ClusterLoadAssignment it takes its hosts from
@@ -94,7 +97,14 @@ struct Cluster {
   Type type = Type::Static;
   uint64_t connect_timeout_ms = 5000;
   uint32_t buffer_limit = 1024 * 1024;
-  std::vector<Host> hosts;
+  // The hosts of this version, in config order, and what each should be while it is in force (weight,
+  // EDS health); ClusterRuntime::activate() applies host_params when the version is accepted.
+  std::vector<upstream::HostSharedPtr> hosts;
+  std::vector<upstream::ClusterRuntime::HostParams> host_params;
+  upstream::LbConfig lb;
+  // State that outlives versions (hosts by identity, circuit breakers, health generation, outlier
+  // detection, health checks); shared by every version of this cluster name.
+  upstream::ClusterRuntimeSharedPtr runtime;
   // Where a gRPC client of ours (SDS on its own stream) connects when a config names this cluster:
   // "unix:/path" for a static cluster with a pipe endpoint, else its first host ("ipv4:1.2.3.4:15012").
   std::string grpc_target;
@@ -111,10 +121,11 @@ struct Cluster {
   uint32_t http2_initial_stream_window = 1024 * 1024;
   uint32_t http2_initial_connection_window = 16 * 1024 * 1024;
   uint64_t idle_timeout_ms = 3600 * 1000;
-  uint32_t max_connections = 1024;
-  uint32_t max_pending_requests = 1024;
-  uint32_t max_requests = 1024;
-  uint32_t max_retries = 3;
+  upstream::ResourceLimits limits;  // circuit_breakers (DEFAULT priority), enforced by runtime->resources()
+  std::optional<upstream::OutlierConfig> outlier;  // outlier_detection, run by runtime->outlierDetector()
+  // health_checks[0], run on the main thread by the server (server/active_health_checks.cc).
+  std::optional<upstream::HealthCheckConfig> health_check;
+  uint64_t health_check_hash = 0;  // of its proto: a checker is rebuilt only when it changes
   // Owns the references behind `stats` and the hosts' stat handles: when the last holder of this Cluster
   // (snapshots, route tables, pools, requests in flight) lets go, stats no newer Cluster of the same name
   // holds leave /stats and their slots are reused.
@@ -162,7 +173,9 @@ class WorkerContext {
   virtual ~WorkerContext() = default;
   virtual event::Dispatcher& dispatcher() = 0;
   // Picks an upstream address for `cluster` (round robin, or the downstream's original destination).
-  virtual std::optional<HostChoice> chooseHost(const Cluster& cluster, const network::Connection& downstream) = 0;
+  // `context` (may be null): the request's hash key and the hosts its earlier attempts used.
+  virtual std::optional<HostChoice> chooseHost(const Cluster& cluster, const network::Connection& downstream,
+                                               const upstream::LbContext* context = nullptr) = 0;
   // The worker owns sessions; a session calls removeSession() once both its sides are closed.
   virtual void addSession(std::unique_ptr<ActiveSession> session) = 0;
   virtual void removeSession(ActiveSession& session) = 0;

@@ -910,6 +910,9 @@ void ActiveStream::sendLocalReply(uint32_t status, std::string_view body, std::s
     return;
   }
   h->status = status;
+  // Envoy marks answers of a protection mechanism (circuit breakers, the overload manager) so clients
+  // and retry policies upstream of us can tell them from the service's own 503s.
+  if (details == "upstream_overflow" || details == "overload") h->add("x-envoy-overloaded", "true");
   if (!body.empty()) h->add("content-type", "text/plain");
   h->add("content-length", std::to_string(body.size()));
   if (body.empty() || head_request_) {

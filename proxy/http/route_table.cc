@@ -263,32 +263,9 @@ absl::Status buildRetryPolicy(const route_v3::RetryPolicy& p, const std::string&
   out = RetryPolicy{};
   out.enabled = true;
   if (p.has_num_retries()) out.num_retries = p.num_retries().value();
-  std::string_view on(p.retry_on());
-  while (!on.empty()) {
-    const size_t comma = on.find(',');
-    std::string_view token = on.substr(0, comma);
-    on = comma == std::string_view::npos ? std::string_view() : on.substr(comma + 1);
-    while (!token.empty() && (token.front() == ' ' || token.front() == '\t')) token.remove_prefix(1);
-    while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
-    if (token.empty()) continue;
-    if (token == "5xx") out.on_5xx = true;
-    else if (token == "gateway-error") out.on_gateway_error = true;
-    else if (token == "reset") out.on_reset = true;
-    else if (token == "reset-before-request") out.on_reset_before_request = true;
-    else if (token == "connect-failure") out.on_connect_failure = true;
-    else if (token == "retriable-4xx") out.on_retriable_4xx = true;
-    else if (token == "refused-stream") out.on_refused_stream = true;
-    else if (token == "retriable-status-codes") out.on_retriable_status_codes = true;
-    else if (token == "envoy-ratelimited") out.on_envoy_ratelimited = true;
-    else if (token == "cancelled") out.on_grpc_cancelled = true;
-    else if (token == "deadline-exceeded") out.on_grpc_deadline_exceeded = true;
-    else if (token == "internal") out.on_grpc_internal = true;
-    else if (token == "resource-exhausted") out.on_grpc_resource_exhausted = true;
-    else if (token == "unavailable") out.on_grpc_unavailable = true;
-    // Conditions that can never fire in Strait (no retriable_headers field, no HTTP/3): accepted, as Envoy
-    // accepts them, and they do nothing here either.
-    else if (token == "retriable-headers" || token == "http3-post-connect-failure") continue;
-    else return fieldError(path + ".retry_on", absl::StrCat("unknown retry condition '", std::string(token), "'"));
+  std::string bad;
+  if (!parseRetryOn(p.retry_on(), out, &bad)) {
+    return fieldError(path + ".retry_on", absl::StrCat("unknown retry condition '", bad, "'"));
   }
   for (int i = 0; i < p.retriable_status_codes_size(); ++i) {
     const uint32_t code = p.retriable_status_codes(i);
@@ -306,6 +283,25 @@ absl::Status buildRetryPolicy(const route_v3::RetryPolicy& p, const std::string&
         !st.ok()) {
       return st;
     }
+  }
+  for (int i = 0; i < p.retry_host_predicate_size(); ++i) {
+    const auto& pred = p.retry_host_predicate(i);
+    const std::string pp = absl::StrCat(path, ".retry_host_predicate[", i, "]");
+    const bool previous = pred.name() == "envoy.retry_host_predicates.previous_hosts" ||
+                          pred.typed_config().type_url() ==
+                              "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate";
+    if (!previous) {
+      return fieldError(pp, absl::StrCat("unsupported retry host predicate '",
+                                         pred.name().empty() ? pred.typed_config().type_url() : pred.name(),
+                                         "' (Strait supports envoy.retry_host_predicates.previous_hosts)"));
+    }
+    out.avoid_previous_hosts = true;
+  }
+  if (p.host_selection_retry_max_attempts() < 0) {
+    return fieldError(path + ".host_selection_retry_max_attempts", "must not be negative");
+  }
+  if (p.host_selection_retry_max_attempts() > 0) {
+    out.host_selection_retry_max_attempts = static_cast<uint32_t>(std::min<int64_t>(p.host_selection_retry_max_attempts(), 16));
   }
   if (p.has_retry_back_off()) {
     const auto& b = p.retry_back_off();
@@ -602,7 +598,45 @@ absl::Status buildRouteAction(const route_v3::RouteAction& a, const std::string&
     (void)buildRetryPolicy(vh.retry_policy(), "", e.retry);
   }
 
-  // hash_policy is accepted as is: the load balancer reads it from `proto`.
+  for (int i = 0; i < a.hash_policy_size(); ++i) {
+    const auto& hp = a.hash_policy(i);
+    const std::string pp = absl::StrCat(path, ".hash_policy[", i, "]");
+    HashPolicy h;
+    h.terminal = hp.terminal();
+    switch (hp.policy_specifier_case()) {
+      case route_v3::RouteAction::HashPolicy::kHeader:
+        if (!isValidHeaderName(hp.header().header_name())) {
+          return fieldError(pp + ".header.header_name", absl::StrCat("'", hp.header().header_name(), "' is not a valid header name"));
+        }
+        h.kind = HashPolicy::Kind::Header;
+        h.name = lowerString(hp.header().header_name());
+        break;
+      case route_v3::RouteAction::HashPolicy::kCookie:
+        if (hp.cookie().name().empty()) return fieldError(pp + ".cookie.name", "is required");
+        h.kind = HashPolicy::Kind::Cookie;
+        h.name = hp.cookie().name();
+        h.cookie_generate = hp.cookie().has_ttl();
+        if (h.cookie_generate) {
+          if (auto st = durationMs(hp.cookie().ttl(), pp + ".cookie.ttl", h.cookie_ttl_ms); !st.ok()) return st;
+        }
+        h.cookie_path = hp.cookie().path();
+        break;
+      case route_v3::RouteAction::HashPolicy::kConnectionProperties:
+        if (!hp.connection_properties().source_ip()) continue;  // hashes nothing
+        h.kind = HashPolicy::Kind::SourceIp;
+        break;
+      case route_v3::RouteAction::HashPolicy::kQueryParameter:
+        if (hp.query_parameter().name().empty()) return fieldError(pp + ".query_parameter.name", "is required");
+        h.kind = HashPolicy::Kind::QueryParameter;
+        h.name = hp.query_parameter().name();
+        break;
+      default:
+        return fieldError(pp, "a hash policy needs header, cookie, connection_properties or query_parameter");
+    }
+    e.hash_policies.push_back(std::move(h));
+  }
+  e.include_attempt_count = vh.include_request_attempt_count();
+  e.include_attempt_count_in_response = vh.include_attempt_count_in_response();
 
   e.websocket_upgrade = ctx.hcm_websocket_upgrade;
   for (int i = 0; i < a.upgrade_configs_size(); ++i) {
@@ -1088,6 +1122,40 @@ std::string RouteEntry::redirectLocation(const RequestHeaders& headers) const {
   if (path.empty() || path[0] != '/') path.insert(path.begin(), '/');
   if (redirect.strip_query) query = {};
   return absl::StrCat(scheme, "://", host, path, absl::string_view(query.data(), query.size()));
+}
+
+bool parseRetryOn(std::string_view on, RetryPolicy& out, std::string* unknown) {
+  bool ok = true;
+  while (!on.empty()) {
+    const size_t comma = on.find(',');
+    std::string_view token = on.substr(0, comma);
+    on = comma == std::string_view::npos ? std::string_view() : on.substr(comma + 1);
+    while (!token.empty() && (token.front() == ' ' || token.front() == '\t')) token.remove_prefix(1);
+    while (!token.empty() && (token.back() == ' ' || token.back() == '\t')) token.remove_suffix(1);
+    if (token.empty()) continue;
+    if (token == "5xx") out.on_5xx = true;
+    else if (token == "gateway-error") out.on_gateway_error = true;
+    else if (token == "reset") out.on_reset = true;
+    else if (token == "reset-before-request") out.on_reset_before_request = true;
+    else if (token == "connect-failure") out.on_connect_failure = true;
+    else if (token == "retriable-4xx") out.on_retriable_4xx = true;
+    else if (token == "refused-stream") out.on_refused_stream = true;
+    else if (token == "retriable-status-codes") out.on_retriable_status_codes = true;
+    else if (token == "envoy-ratelimited") out.on_envoy_ratelimited = true;
+    else if (token == "cancelled") out.on_grpc_cancelled = true;
+    else if (token == "deadline-exceeded") out.on_grpc_deadline_exceeded = true;
+    else if (token == "internal") out.on_grpc_internal = true;
+    else if (token == "resource-exhausted") out.on_grpc_resource_exhausted = true;
+    else if (token == "unavailable") out.on_grpc_unavailable = true;
+    // Accepted as Envoy accepts them; they never fire here (response-header matching and HTTP/3 are not
+    // implemented).
+    else if (token == "retriable-headers" || token == "http3-post-connect-failure") continue;
+    else if (ok) {
+      ok = false;
+      if (unknown) *unknown = std::string(token);
+    }
+  }
+  return ok;
 }
 
 }  // namespace strait::http

@@ -94,6 +94,29 @@ struct RetryPolicy {
   uint64_t per_try_idle_timeout_ms = 0;  // 0: none
   uint64_t base_interval_ms = 25;
   uint64_t max_interval_ms = 250;  // 10 x base_interval unless set
+  // retry_host_predicate envoy.retry_host_predicates.previous_hosts: a retry avoids the hosts earlier
+  // attempts used, re-picking up to host_selection_retry_max_attempts times.
+  bool avoid_previous_hosts = false;
+  uint32_t host_selection_retry_max_attempts = 1;
+  bool anyGrpc() const {
+    return on_grpc_cancelled || on_grpc_deadline_exceeded || on_grpc_internal || on_grpc_resource_exhausted ||
+           on_grpc_unavailable;
+  }
+};
+
+// Adds the conditions of a retry_on list ("5xx,reset,...") to `out`. false: a token is unknown (named
+// in `unknown`); the known ones are still added (the x-envoy-retry-on header ignores unknown ones).
+bool parseRetryOn(std::string_view on, RetryPolicy& out, std::string* unknown = nullptr);
+
+// One route hash_policy entry: what a consistent-hash balancer (RING_HASH, MAGLEV) hashes.
+struct HashPolicy {
+  enum class Kind { Header, Cookie, SourceIp, QueryParameter };
+  Kind kind = Kind::Header;
+  std::string name;  // header name (lower case), cookie name, or query parameter
+  uint64_t cookie_ttl_ms = 0;  // Cookie: when set (> 0 or explicitly 0), a missing cookie is generated
+  bool cookie_generate = false;
+  std::string cookie_path;
+  bool terminal = false;
 };
 
 struct RedirectAction {
@@ -158,6 +181,9 @@ struct RouteEntry {
   std::optional<uint64_t> max_stream_duration_ms;
   std::optional<uint64_t> grpc_timeout_header_max_ms;  // set: honour grpc-timeout, capped (0: no cap)
   RetryPolicy retry;  // the route's, else the virtual host's
+  std::vector<HashPolicy> hash_policies;
+  bool include_attempt_count = false;              // x-envoy-attempt-count on the upstream request
+  bool include_attempt_count_in_response = false;  // ... and on the response
 
   // Kind::DirectResponse.
   uint32_t direct_status = 0;

@@ -433,6 +433,24 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
   }
   if (path == "/clusters") {
     auto& store = server_.store();
+    // Envoy's health_flags text: "healthy", or each reason as "/<flag>" run together.
+    auto healthFlags = [](const upstream::Host& h) {
+      const uint32_t f = h.healthFlags();
+      if ((f & ~upstream::kDegradedEdsHealth) == 0 && (f & upstream::kDegradedEdsHealth) == 0) return std::string("healthy");
+      std::string out;
+      if (f & upstream::kFailedActiveHc) out += "/failed_active_hc";
+      if (f & upstream::kFailedOutlierCheck) out += "/failed_outlier_check";
+      if (f & upstream::kFailedEdsHealth) out += "/failed_eds_health";
+      if (f & upstream::kDegradedEdsHealth) out += "/degraded_eds_health";
+      if (f & upstream::kEdsDraining) out += "/pending_dynamic_removal";
+      if (f & upstream::kPendingActiveHc) out += "/pending_active_hc";
+      return out;
+    };
+    auto edsStatus = [](const upstream::Host& h) {
+      const uint32_t f = h.healthFlags();
+      return (f & upstream::kFailedEdsHealth) ? "UNHEALTHY" : (f & upstream::kEdsDraining) ? "DRAINING"
+             : (f & upstream::kDegradedEdsHealth) ? "DEGRADED" : "HEALTHY";
+    };
     if (json) {
       r.content_type = "application/json";
       r.body = "{\"cluster_statuses\":[";
@@ -441,12 +459,23 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
         absl::StrAppend(&r.body, first_c ? "" : ",", "{\"name\":", jsonEscape(c->name), ",\"host_statuses\":[");
         first_c = false;
         bool first_h = true;
-        for (const auto& h : c->hosts) {
+        for (const auto& hp : c->hosts) {
+          const upstream::Host& h = *hp;
+          const uint32_t f = h.healthFlags();
           absl::StrAppend(&r.body, first_h ? "" : ",", "{\"address\":", addressJson(h.address),
                           ",\"stats\":[{\"name\":\"cx_total\",\"value\":\"", store.value(h.cx_total),
                           "\"},{\"name\":\"cx_active\",\"value\":\"", store.value(h.cx_active),
                           "\"},{\"name\":\"cx_connect_fail\",\"value\":\"", store.value(h.cx_connect_fail),
-                          "\"}],\"health_status\":{\"eds_health_status\":\"HEALTHY\"},\"weight\":1}");
+                          "\"},{\"name\":\"rq_total\",\"value\":\"", store.value(h.rq_total),
+                          "\"},{\"name\":\"rq_error\",\"value\":\"", store.value(h.rq_error),
+                          "\"},{\"name\":\"rq_active\",\"value\":\"", store.value(h.rq_active),
+                          "\"}],\"health_status\":{\"eds_health_status\":\"", edsStatus(h), "\"",
+                          (f & upstream::kFailedOutlierCheck) ? ",\"failed_outlier_check\":true" : "",
+                          (f & upstream::kFailedActiveHc) ? ",\"failed_active_health_check\":true" : "",
+                          (f & upstream::kPendingActiveHc) ? ",\"pending_active_hc\":true" : "",
+                          "},\"weight\":", h.weight.load(std::memory_order_relaxed), ",\"priority\":", h.priority,
+                          ",\"locality\":{\"region\":", jsonEscape(h.locality ? h.locality->region : ""),
+                          ",\"zone\":", jsonEscape(h.locality ? h.locality->zone : ""), "}}");
           first_h = false;
         }
         r.body += "]}";
@@ -456,11 +485,25 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
     }
     for (const auto& c : snap->clusters) {
       absl::StrAppend(&r.body, c->name, "::observability_name::", c->name, "\n");
-      for (const auto& h : c->hosts) {
+      const auto& l = c->limits;
+      absl::StrAppend(&r.body, c->name, "::default_priority::max_connections::", l.max_connections, "\n", c->name,
+                      "::default_priority::max_pending_requests::", l.max_pending_requests, "\n", c->name,
+                      "::default_priority::max_requests::", l.max_requests, "\n", c->name,
+                      "::default_priority::max_retries::", l.max_retries, "\n");
+      for (const auto& hp : c->hosts) {
+        const upstream::Host& h = *hp;
         const std::string p = absl::StrCat(c->name, "::", h.address.asString(), "::");
         absl::StrAppend(&r.body, p, "cx_active::", store.value(h.cx_active), "\n", p, "cx_connect_fail::",
                         store.value(h.cx_connect_fail), "\n", p, "cx_total::", store.value(h.cx_total), "\n", p,
-                        "health_flags::healthy\n", p, "weight::1\n");
+                        "rq_active::", store.value(h.rq_active), "\n", p, "rq_error::", store.value(h.rq_error), "\n", p,
+                        "rq_total::", store.value(h.rq_total), "\n", p, "health_flags::", healthFlags(h), "\n", p,
+                        "weight::", h.weight.load(std::memory_order_relaxed), "\n", p, "region::",
+                        h.locality ? h.locality->region : "", "\n", p, "zone::", h.locality ? h.locality->zone : "",
+                        "\n", p, "sub_zone::", h.locality ? h.locality->sub_zone : "", "\n", p, "priority::", h.priority,
+                        "\n");
+        if (const auto* od = c->runtime ? c->runtime->outlierDetector() : nullptr) {
+          absl::StrAppend(&r.body, p, "success_rate::", od->hostSuccessRate(h, upstream::OutlierOrigin::External), "\n");
+        }
       }
     }
     return r;

@@ -40,6 +40,8 @@ Server::~Server() {
   xds_.reset();
   admin_.reset();
   drain_timer_.reset();
+  health_tick_.reset();
+  health_checks_.reset();  // checkers need the dispatcher
   workers_.clear();
   dispatcher_.reset();
   snapshot_.reset();  // before store_ (see the member order)
@@ -100,6 +102,20 @@ bool Server::bindListeners(std::vector<std::vector<WorkerSocket>>& per_worker) {
   return true;
 }
 
+// An accepted snapshot's clusters come into force: weights, EDS health and circuit-breaker limits of
+// hosts and clusters kept from earlier versions (see ClusterRuntime::activate).
+void Server::activateClusters(const config::SnapshotConstSharedPtr& snapshot) {
+  for (const auto& c : snapshot->clusters) {
+    if (c->runtime) c->runtime->activate(c->hosts, c->host_params, c->limits, c->outlier ? &*c->outlier : nullptr);
+  }
+  // Active health checkers live on the main thread.
+  if (health_checks_) {
+    dispatcher_->post([this, snapshot] {
+      if (health_checks_) health_checks_->update(*snapshot);
+    });
+  }
+}
+
 absl::Status Server::applySnapshot(config::SnapshotConstSharedPtr snapshot) {
   std::vector<std::vector<WorkerSocket>> per_worker(options_.concurrency);
   std::vector<BoundListener> bound;
@@ -126,6 +142,7 @@ absl::Status Server::applySnapshot(config::SnapshotConstSharedPtr snapshot) {
     LOG_INFO("listener '%s' on %s", l->name.c_str(), addr.asString().c_str());
     bound.push_back(BoundListener{l, addr});
   }
+  activateClusters(snapshot);
   // Every worker takes the snapshot; the caller's ACK waits for the last one.
   std::mutex m;
   std::condition_variable cv;
@@ -185,6 +202,8 @@ int Server::run() {
       for (auto& s : v) ::close(s.fd);
     return 1;
   }
+  health_checks_ = std::make_unique<ActiveHealthChecks>(*dispatcher_, *store_);
+  activateClusters(snapshot_);
   for (uint32_t w = 0; w < options_.concurrency; ++w) {
     workers_.push_back(std::make_unique<Worker>(w, store_->shard(w + 1), snapshot_));
   }
@@ -207,6 +226,13 @@ int Server::run() {
     signals_.push_back(s);
   }
   workers_started_ = true;
+  // Passive health: outlier-detection intervals run here, on the main thread, every 200 ms at most.
+  health_tick_ = dispatcher_->createTimer([this] {
+    upstream::tickClusterRuntimes(dispatcher_->nowMs());
+    if (health_checks_) health_checks_->publishStats();
+    health_tick_->enable(200);
+  });
+  health_tick_->enable(200);
   if (overload_config_) {
     overload_ = std::make_unique<OverloadManager>(overload_config_, *dispatcher_, *store_);
     overload_->start();

@@ -11,6 +11,7 @@
 
 #include "proxy/config/snapshot.h"
 #include "proxy/event/dispatcher.h"
+#include "proxy/server/active_health_checks.h"
 #include "proxy/server/options.h"
 #include "proxy/server/worker.h"
 #include "proxy/stats/stats.h"
@@ -53,6 +54,7 @@ class Server {
   // From the xDS thread: binds what new listeners need, hands `snapshot` to every worker and returns
   // once all of them have it (so the ACK that follows is true). An error (a port that cannot be bound)
   // leaves everything as it was.
+  void activateClusters(const config::SnapshotConstSharedPtr& snapshot);
   absl::Status applySnapshot(config::SnapshotConstSharedPtr snapshot);
   // From the xDS thread: the first CDS and LDS are applied (or their initial fetch timed out).
   void onXdsInitialized();
@@ -91,6 +93,7 @@ class Server {
   event::TimerPtr drain_timer_;
   std::optional<std::chrono::steady_clock::time_point> quiet_since_;  // drain: no session open since
   event::TimerPtr health_tick_;  // outlier detection intervals and their stats (main thread)
+  std::unique_ptr<ActiveHealthChecks> health_checks_;  // main thread
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point drain_deadline_;
   std::atomic<State> state_{State::PreInitializing};

@@ -235,7 +235,10 @@ void Worker::indexSnapshot() {
     if (c->index >= clusters_by_index_.size()) clusters_by_index_.resize(c->index + 1);
     clusters_by_index_[c->index] = c;
   }
-  if (rr_cursor_.size() < clusters_by_index_.size()) rr_cursor_.resize(clusters_by_index_.size(), index_);
+  // Balancers of clusters this config no longer has go now (their hosts with them).
+  for (size_t i = 0; i < lbs_.size(); ++i) {
+    if (i >= clusters_by_index_.size() || !clusters_by_index_[i]) lbs_[i] = ClusterLb{};
+  }
   // Pools of clusters and hosts this config no longer has drain and go.
   if (pools_) pools_->onConfig(clusters_by_index_);
   routes_by_id_.clear();
@@ -577,8 +580,8 @@ void Worker::handshakeDone(HandshakeWaiter& w, network::ConnectionPtr conn) {
   dispatcher_->deferredDelete(std::move(h));
 }
 
-std::optional<config::HostChoice> Worker::chooseHost(const config::Cluster& cluster,
-                                                    const network::Connection& downstream) {
+std::optional<config::HostChoice> Worker::chooseHost(const config::Cluster& cluster, const network::Connection& downstream,
+                                                    const upstream::LbContext* context) {
   if (cluster.type == config::Cluster::Type::OriginalDst) {
     // Without a recovered original destination the "destination" is this listener: connecting there
     // would loop through the proxy forever, so there is no host.
@@ -590,11 +593,18 @@ std::optional<config::HostChoice> Worker::chooseHost(const config::Cluster& clus
       cluster.index < clusters_by_index_.size() && clusters_by_index_[cluster.index] ? *clusters_by_index_[cluster.index]
                                                                                       : cluster;
   if (current.hosts.empty()) return std::nullopt;
-  if (current.index >= rr_cursor_.size()) rr_cursor_.resize(current.index + 1, index_);
-  uint32_t& cursor = rr_cursor_[current.index];
-  const config::Host& h = current.hosts[cursor % current.hosts.size()];
-  ++cursor;
-  return config::HostChoice{h.address, &h};
+  if (current.index >= lbs_.size()) lbs_.resize(current.index + 1);
+  ClusterLb& slot = lbs_[current.index];
+  if (slot.version_id != current.version_id || !slot.lb) {
+    // Once per cluster version per worker: the balancer copies the host list and keeps its own state.
+    slot.lb = upstream::createLoadBalancer(current.lb, current.hosts,
+                                           current.runtime ? &current.runtime->healthGeneration() : nullptr, rng_());
+    slot.version_id = current.version_id;
+  }
+  static const upstream::LbContext kNoContext;
+  const upstream::Host* h = slot.lb->chooseHost(context != nullptr ? *context : kNoContext);
+  if (h == nullptr) return std::nullopt;
+  return config::HostChoice{h->address, h};
 }
 
 void Worker::addSession(std::unique_ptr<config::ActiveSession> session) {

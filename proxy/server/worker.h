@@ -57,8 +57,8 @@ class Worker : public config::WorkerContext {
 
   // WorkerContext
   event::Dispatcher& dispatcher() override { return *dispatcher_; }
-  std::optional<config::HostChoice> chooseHost(const config::Cluster& cluster,
-                                               const network::Connection& downstream) override;
+  std::optional<config::HostChoice> chooseHost(const config::Cluster& cluster, const network::Connection& downstream,
+                                               const upstream::LbContext* context) override;
   void addSession(std::unique_ptr<config::ActiveSession> session) override;
   void removeSession(config::ActiveSession& session) override;
   uint64_t random() override { return rng_(); }
@@ -107,7 +107,13 @@ class Worker : public config::WorkerContext {
   std::list<config::ActiveSession*> sessions_;
   std::list<std::unique_ptr<ProtocolSniffer>> sniffers_;
   std::list<std::unique_ptr<HandshakeWaiter>> handshakes_;
-  std::vector<uint32_t> rr_cursor_;  // per cluster index
+  // This worker's load balancer per cluster index, for the cluster version it was built from (by
+  // version id: a freed version's address may be reused by a new one). Rebuilt when the version changes.
+  struct ClusterLb {
+    uint64_t version_id = 0;
+    upstream::LoadBalancerPtr lb;
+  };
+  std::vector<ClusterLb> lbs_;
   // The newest config's clusters and RDS tables by stable index: connections accepted earlier pin
   // their listener's config, but hosts (EDS) and routes (RDS) are looked up here, per request.
   std::vector<config::ClusterConstSharedPtr> clusters_by_index_;

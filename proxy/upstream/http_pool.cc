@@ -13,12 +13,19 @@
 
 namespace strait::upstream {
 
+// A request waiting for a connection. It holds one of the cluster's max_pending_requests (across all
+// workers) until it leaves the queue, whichever way.
 struct HttpPool::Pending : public Cancellable {
-  Pending(HttpPool& pool, http::ResponseDecoder& d, PoolCallbacks& c) : pool(pool), decoder(d), callbacks(c) {}
+  Pending(HttpPool& pool, http::ResponseDecoder& d, PoolCallbacks& c, upstream::ClusterRuntimeSharedPtr rt)
+      : pool(pool), decoder(d), callbacks(c), runtime(std::move(rt)) {}
+  ~Pending() override {
+    if (runtime) runtime->resources().pending_requests.release();
+  }
   void cancel() override { pool.cancelPending(this); }
   HttpPool& pool;
   http::ResponseDecoder& decoder;
   PoolCallbacks& callbacks;
+  upstream::ClusterRuntimeSharedPtr runtime;
 };
 
 class StreamWrapper;
@@ -61,6 +68,10 @@ class ActiveClient : public network::ConnectionCallbacks,
   // ClientConnectionCallbacks
   void onGoAway() override { draining_ = true; }
   void onMaxConcurrentStreamsChanged(uint32_t max) override { peer_max_streams_ = max; }
+
+  // The cluster's max_connections slot this connection holds (null: opened over the limit, see
+  // HttpPool::createClient); given back when the connection object goes.
+  upstream::ClusterRuntimeSharedPtr cx_slot_;
 
  private:
   friend class HttpPool;
@@ -219,6 +230,7 @@ ActiveClient::~ActiveClient() {
     conn_->setCallbacks(nullptr);
     close();
   }
+  if (cx_slot_) cx_slot_->resources().connections.release();
 }
 
 uint32_t ActiveClient::capacity() const {
@@ -392,20 +404,34 @@ Cancellable* HttpPool::newStream(http::ResponseDecoder& decoder, PoolCallbacks& 
   for (auto& c : clients_) {
     if (c->state_ == ActiveClient::State::Connecting) connecting_capacity_ += c->capacity();
   }
-  if (pending_.size() >= cluster_->max_pending_requests) {
+  // max_pending_requests holds across workers: the cluster's runtime counts every queued request.
+  const auto& rt = cluster_->runtime;
+  if (rt && !rt->resources().pending_requests.tryAcquire()) {
     stats::inc(cluster_->stats.upstream_rq_pending_overflow);
     callbacks.onPoolFailure(PoolFailureReason::Overflow);
     return nullptr;
   }
   stats::inc(cluster_->stats.upstream_rq_pending_total);
-  pending_.push_back(std::make_unique<Pending>(*this, decoder, callbacks));
+  pending_.push_back(std::make_unique<Pending>(*this, decoder, callbacks, rt));
   Pending* p = pending_.back().get();
-  if (connecting_capacity_ < pending_.size() && clients_.size() < cluster_->max_connections) createClient();
+  if (connecting_capacity_ < pending_.size()) createClient();
   return p;
 }
 
 void HttpPool::createClient() {
+  // max_connections holds across workers and pools. At the limit no connection is opened, unless this
+  // pool has none at all: then its waiting requests would have nothing to wait for (Envoy does the same).
+  upstream::ClusterRuntimeSharedPtr slot;
+  if (const auto& rt = cluster_->runtime) {
+    if (rt->resources().connections.tryAcquire()) {
+      slot = rt;
+    } else {
+      stats::inc(cluster_->stats.upstream_cx_overflow);
+      if (!clients_.empty()) return;
+    }
+  }
   auto c = std::make_unique<ActiveClient>(*this);
+  c->cx_slot_ = std::move(slot);
   connecting_capacity_ += c->capacity();
   clients_.push_back(std::move(c));
 }
@@ -470,7 +496,7 @@ void HttpPool::onClientClosed(ActiveClient& client, bool connect_failed, bool ti
     return;
   }
   processPending();
-  if (connecting_capacity_ < pending_.size() && clients_.size() < cluster_->max_connections) createClient();
+  if (connecting_capacity_ < pending_.size()) createClient();
   maybeRelease();
 }
 
@@ -539,7 +565,7 @@ void HttpPoolManager::onConfig(const std::vector<config::ClusterConstSharedPtr>&
     } else if (keep) {
       keep = false;
       for (const auto& h : c->hosts) {
-        if (h.address == it->first.address && transportHash(*c, &h) == it->first.transport) {
+        if (h->address == it->first.address && transportHash(*c, h.get()) == it->first.transport) {
           keep = true;
           break;
         }

@@ -82,12 +82,12 @@ class HttpPool : public event::DeferredDeletable {
   event::Dispatcher& dispatcher_;
   config::ClusterConstSharedPtr cluster_;
   network::Address address_;
-  // A copy (address and stat handles): the config object the host came from may be replaced and freed.
+  // Held: the host stays while the pool has connections to it, whatever the config does meanwhile.
   void setHost(const config::Host* host) {
-    if (host != nullptr) host_value_ = *host;
-    host_ = host != nullptr ? &host_value_ : nullptr;
+    host_ref_ = host != nullptr ? host->shared_from_this() : nullptr;
+    host_ = host_ref_.get();
   }
-  config::Host host_value_;
+  upstream::HostConstSharedPtr host_ref_;
   const config::Host* host_ = nullptr;
   http::Protocol protocol_;
   http::CodecSettings settings_;

@@ -19,6 +19,8 @@ Behaviours (query parameters in brackets):
   /_/reset-after-headers[size, send]       headers (Content-Length: size), `send` bytes, then an RST
   /_/close-mid-body[size, send]            headers (Content-Length: size), `send` bytes, then a FIN
   /_/fail[key, times, status]              the first `times` requests with this key get `status`
+  /_/fail-early[key, times, status]        the same, answered before the body is read (then a close);
+                                           later ones read the body and get the JSON echo
                                            (default 503; `reset`: an RST before any response),
                                            later ones the JSON echo
   /_/status[code]                          that status with a small body
@@ -109,8 +111,11 @@ class RequestRecord:
 class Origin(harness.TcpServer):
     def __init__(self, name: str = "origin", *, close_reused: bool = False, close_reused_rst: bool = False,
                  close_after_each: bool = False, send_100: bool = True, store_limit: int = 16 * harness.MIB,
-                 **kw):
+                 fail_all: int | None = None, delay: float = 0.0, **kw):
         self.name = name
+        # A misbehaving host: every request gets `fail_all` (None: normal); every answer waits `delay` s.
+        self.fail_all = fail_all
+        self.delay = delay
         self.close_reused = close_reused
         self.close_reused_rst = close_reused_rst
         self.close_after_each = close_after_each
@@ -232,12 +237,28 @@ class Origin(harness.TcpServer):
 
     def _dispatch(self, conn, reader, rec: RequestRecord) -> bool:
         path, q = rec.path, rec.query
+        if path == "/_/fail-early":
+            # Answers before reading the body (an upstream that rejects at the headers), then closes.
+            key = q.get("key", "default")
+            with self.lock:
+                self.fail_counts[key] = self.fail_counts.get(key, 0) + 1
+                n = self.fail_counts[key]
+            if n <= int(q.get("times", "1")):
+                self.respond(conn, rec, int(q.get("status", "503")), f"failing {n}\n".encode(), keep=False,
+                             content_type="text/plain")
+                return False
+            path = "/echo"
         try:
             if path != "/_/never":
                 self._read_body(conn, reader, rec)
         except (ConnectionError, TimeoutError, ValueError, OSError):
             return False
         keep = self._keep_alive(rec)
+        if self.delay:
+            time.sleep(self.delay)
+        if self.fail_all is not None:
+            return self.respond(conn, rec, self.fail_all, f"{self.name} failing\n".encode(), keep=keep,
+                                content_type="text/plain")
         if not path.startswith("/_/"):
             return self.echo_json(conn, rec, keep)
         what = path[3:]

@@ -74,7 +74,7 @@ TEST_CASE("Bootstrap: a valid file becomes a snapshot") {
   REQUIRE((*snap)->clusters.size() == 1);
   REQUIRE((*snap)->clusters[0]->connect_timeout_ms == 250);
   REQUIRE((*snap)->clusters[0]->hosts.size() == 1);
-  REQUIRE((*snap)->clusters[0]->hosts[0].address.asString() == "127.0.0.1:9001");
+  REQUIRE((*snap)->clusters[0]->hosts[0]->address.asString() == "127.0.0.1:9001");
 }
 
 TEST_CASE("Bootstrap: the embedded default loads") {

@@ -1,0 +1,266 @@
+#include "proxy/upstream/cluster_runtime.h"
+
+#include <algorithm>
+#include <chrono>
+
+#include "absl/strings/str_cat.h"
+
+namespace strait::upstream {
+
+void registerTicking(std::weak_ptr<ClusterRuntime> rt);
+
+bool ResourceManager::tryAcquireRetry() {
+  if (!has_retry_budget.load(std::memory_order_relaxed)) return retries.tryAcquire();
+  // Envoy's budget: retries in flight may be at most budget_percent of the requests active or waiting,
+  // and never fewer than min_retry_concurrency.
+  const uint64_t active = requests.count() + pending_requests.count();
+  const uint64_t allowed = std::max<uint64_t>(min_retry_concurrency.load(std::memory_order_relaxed),
+                                              active * budget_per_mille.load(std::memory_order_relaxed) / 1000);
+  return retries.tryAcquireUpTo(allowed);
+}
+
+ClusterRuntime::ClusterRuntime(stats::Store& store, std::string name, const std::string& stat_prefix)
+    : scope_(store), name_(std::move(name)), stat_prefix_(stat_prefix) {
+  const std::string p = absl::StrCat("cluster.", stat_prefix, ".circuit_breakers.default.");
+  struct {
+    ResourceLimit* limit;
+    const char* open;
+    const char* remaining;
+  } const limits[] = {
+      {&resources_.connections, "cx_open", "remaining_cx"},
+      {&resources_.pending_requests, "rq_pending_open", "remaining_pending"},
+      {&resources_.requests, "rq_open", "remaining_rq"},
+      {&resources_.retries, "rq_retry_open", "remaining_retries"},
+      {&resources_.connection_pools, "cx_pool_open", "remaining_cx_pools"},
+  };
+  for (const auto& l : limits) {
+    l.limit->open_ = scope_.gauge(p + l.open);
+    l.limit->remaining_ = scope_.gauge(p + l.remaining, true);
+  }
+  // Envoy's defaults until a version is activated (no gauge writes here: this may run on a thread
+  // without a stats shard).
+  const ResourceLimits defaults;
+  resources_.connections.max_ = defaults.max_connections;
+  resources_.pending_requests.max_ = defaults.max_pending_requests;
+  resources_.requests.max_ = defaults.max_requests;
+  resources_.retries.max_ = defaults.max_retries;
+  resources_.connection_pools.max_ = defaults.max_connection_pools;
+}
+
+ClusterRuntime::~ClusterRuntime() = default;
+
+HostSharedPtr ClusterRuntime::findHost(const std::string& key) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = hosts_.find(key);
+  return it == hosts_.end() ? nullptr : it->second.lock();
+}
+
+void ClusterRuntime::rememberHost(const std::string& key, const HostSharedPtr& host) {
+  std::lock_guard<std::mutex> lock(mu_);
+  // Forget the hosts no version holds any more, so the map follows the cluster's size.
+  if (hosts_.size() > 64 && hosts_.size() % 64 == 0) {
+    std::erase_if(hosts_, [](const auto& kv) { return kv.second.expired(); });
+  }
+  hosts_[key] = host;
+}
+
+void ClusterRuntime::setLimit(ResourceLimit& l, uint64_t max, bool track) {
+  const uint64_t old = l.max_.exchange(max, std::memory_order_relaxed);
+  const uint64_t count = l.current_.load(std::memory_order_relaxed);
+  // Keep the gauges true across a change of the limit: "open" is whether the count is at it.
+  const bool was_open = count >= old, is_open = count >= max;
+  if (was_open != is_open) stats::add(l.open_, is_open ? 1 : -1);
+  if (track && !l.track_remaining_) {
+    stats::add(l.remaining_, static_cast<int64_t>(max) - static_cast<int64_t>(count));
+  } else if (track) {
+    stats::add(l.remaining_, static_cast<int64_t>(max) - static_cast<int64_t>(old));
+  } else if (l.track_remaining_) {
+    stats::add(l.remaining_, -(static_cast<int64_t>(old) - static_cast<int64_t>(count)));
+  }
+  l.track_remaining_ = track;
+}
+
+void ClusterRuntime::activate(const std::vector<HostSharedPtr>& hosts, const std::vector<HostParams>& params,
+                              const ResourceLimits& limits, const OutlierConfig* outlier) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (outlier != nullptr) {
+    if (!od_) {
+      od_stats_ = std::make_unique<OutlierStats>();
+      od_ = std::make_unique<OutlierDetector>(*outlier, *od_stats_, &health_generation_, [] {
+        return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                         std::chrono::steady_clock::now().time_since_epoch())
+                                         .count());
+      });
+      const std::string p = absl::StrCat("cluster.", stat_prefix_, ".outlier_detection.");
+      const OutlierStats& s = *od_stats_;
+      const std::pair<const char*, const std::atomic<uint64_t>*> counters[] = {
+          {"ejections_enforced_total", &s.ejections_enforced_total},
+          {"ejections_overflow", &s.ejections_overflow},
+          {"ejections_enforced_consecutive_5xx", &s.ejections_enforced_consecutive_5xx},
+          {"ejections_detected_consecutive_5xx", &s.ejections_detected_consecutive_5xx},
+          {"ejections_enforced_consecutive_gateway_failure", &s.ejections_enforced_consecutive_gateway_failure},
+          {"ejections_detected_consecutive_gateway_failure", &s.ejections_detected_consecutive_gateway_failure},
+          {"ejections_enforced_consecutive_local_origin_failure", &s.ejections_enforced_consecutive_local_origin_failure},
+          {"ejections_detected_consecutive_local_origin_failure", &s.ejections_detected_consecutive_local_origin_failure},
+          {"ejections_enforced_success_rate", &s.ejections_enforced_success_rate},
+          {"ejections_detected_success_rate", &s.ejections_detected_success_rate},
+          {"ejections_enforced_local_origin_success_rate", &s.ejections_enforced_local_origin_success_rate},
+          {"ejections_detected_local_origin_success_rate", &s.ejections_detected_local_origin_success_rate},
+          {"ejections_enforced_failure_percentage", &s.ejections_enforced_failure_percentage},
+          {"ejections_detected_failure_percentage", &s.ejections_detected_failure_percentage},
+          {"ejections_enforced_local_origin_failure_percentage", &s.ejections_enforced_local_origin_failure_percentage},
+          {"ejections_detected_local_origin_failure_percentage", &s.ejections_detected_local_origin_failure_percentage},
+          {"ejections_total", &s.ejections_total},
+          {"ejections_consecutive_5xx", &s.ejections_consecutive_5xx},
+          {"ejections_success_rate", &s.ejections_success_rate},
+      };
+      for (const auto& [name, src] : counters) {
+        od_published_.push_back(PublishedStat{src, scope_.counter(p + name), {}, false, 0});
+      }
+      od_published_.push_back(PublishedStat{&s.ejections_active, {}, scope_.gauge(p + "ejections_active"), true, 0});
+      registerTicking(weak_from_this());
+    } else {
+      od_->updateConfig(*outlier);
+    }
+    od_->setHosts(hosts);
+    od_enabled_.store(true, std::memory_order_release);
+  } else if (od_ && od_enabled_.load(std::memory_order_relaxed)) {
+    // Outlier detection was removed: no more reports, and every host it ejected returns now.
+    od_enabled_.store(false, std::memory_order_release);
+    bool changed = false;
+    for (const auto& h : hosts) {
+      if ((h->health_flags.fetch_and(~kFailedOutlierCheck, std::memory_order_relaxed) & kFailedOutlierCheck) != 0) {
+        changed = true;
+      }
+    }
+    od_->setHosts({});
+    if (changed) health_generation_.fetch_add(1, std::memory_order_release);
+  }
+  bool health_changed = false;
+  constexpr uint32_t kEdsBits = kFailedEdsHealth | kDegradedEdsHealth | kEdsDraining;
+  for (size_t i = 0; i < hosts.size() && i < params.size(); ++i) {
+    Host& h = *hosts[i];
+    h.weight.store(std::max<uint32_t>(params[i].weight, 1), std::memory_order_relaxed);
+    h.locality_weight.store(params[i].locality_weight, std::memory_order_relaxed);
+    uint32_t flags = h.health_flags.load(std::memory_order_relaxed);
+    uint32_t next;
+    do {
+      next = (flags & ~kEdsBits) | params[i].eds_flags;
+    } while (next != flags && !h.health_flags.compare_exchange_weak(flags, next, std::memory_order_relaxed));
+    health_changed = health_changed || next != flags;
+  }
+  // Weights are read when a balancer is built; a new cluster version rebuilds them anyway, but a
+  // health change must reach balancers of the same version too.
+  if (health_changed) health_generation_.fetch_add(1, std::memory_order_release);
+  setLimit(resources_.connections, limits.max_connections, limits.track_remaining);
+  setLimit(resources_.pending_requests, limits.max_pending_requests, limits.track_remaining);
+  setLimit(resources_.requests, limits.max_requests, limits.track_remaining);
+  setLimit(resources_.retries, limits.max_retries, limits.track_remaining);
+  setLimit(resources_.connection_pools, limits.max_connection_pools, limits.track_remaining);
+  resources_.has_retry_budget.store(limits.has_retry_budget, std::memory_order_relaxed);
+  resources_.budget_per_mille.store(static_cast<uint32_t>(limits.budget_percent * 10), std::memory_order_relaxed);
+  resources_.min_retry_concurrency.store(limits.min_retry_concurrency, std::memory_order_relaxed);
+}
+
+namespace {
+
+// Runtimes with periodic work (outlier detection), so the tick does not walk every cluster.
+struct Ticking {
+  std::mutex mu;
+  std::vector<std::weak_ptr<ClusterRuntime>> runtimes;
+};
+
+Ticking& ticking() {
+  static Ticking* t = new Ticking();
+  return *t;
+}
+
+}  // namespace
+
+void registerTicking(std::weak_ptr<ClusterRuntime> rt) {
+  Ticking& t = ticking();
+  std::lock_guard<std::mutex> lock(t.mu);
+  t.runtimes.push_back(std::move(rt));
+}
+
+void tickClusterRuntimes(uint64_t now_ms) {
+  std::vector<ClusterRuntimeSharedPtr> live;
+  {
+    Ticking& t = ticking();
+    std::lock_guard<std::mutex> lock(t.mu);
+    std::erase_if(t.runtimes, [](const auto& w) { return w.expired(); });
+    for (const auto& w : t.runtimes) {
+      if (auto rt = w.lock()) live.push_back(std::move(rt));
+    }
+  }
+  for (const auto& rt : live) rt->onMainTick(now_ms);
+}
+
+void ClusterRuntime::onMainTick(uint64_t now_ms) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!od_) return;
+  if (od_enabled_.load(std::memory_order_relaxed)) {
+    if (od_next_interval_ms_ == 0) od_next_interval_ms_ = now_ms + od_->intervalMs();
+    if (now_ms >= od_next_interval_ms_) {
+      od_->onInterval();
+      od_next_interval_ms_ = now_ms + od_->intervalMs();
+    }
+  }
+  publishOutlierStats();
+}
+
+void ClusterRuntime::publishOutlierStats() {
+  for (auto& p : od_published_) {
+    const uint64_t v = p.source->load(std::memory_order_relaxed);
+    if (v == p.last) continue;
+    if (p.is_gauge) {
+      stats::add(p.gauge, static_cast<int64_t>(v) - static_cast<int64_t>(p.last));
+    } else {
+      stats::inc(p.counter, static_cast<int64_t>(v - p.last));
+    }
+    p.last = v;
+  }
+}
+
+namespace {
+
+struct Registry {
+  std::mutex mu;
+  std::map<std::pair<stats::Store*, std::string>, std::weak_ptr<ClusterRuntime>> runtimes;
+};
+
+Registry& registry() {
+  static Registry* r = new Registry();  // never destroyed: runtimes may outlive static destruction order
+  return *r;
+}
+
+}  // namespace
+
+ClusterRuntimeSharedPtr clusterRuntime(stats::Store& store, const std::string& name, const std::string& stat_prefix) {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  auto& slot = r.runtimes[{&store, name}];
+  if (auto rt = slot.lock()) return rt;
+  std::erase_if(r.runtimes, [](const auto& kv) { return kv.second.expired(); });
+  auto rt = std::make_shared<ClusterRuntime>(store, name, stat_prefix);
+  r.runtimes[{&store, name}] = rt;
+  return rt;
+}
+
+std::vector<ClusterRuntimeSharedPtr> liveClusterRuntimes() {
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  std::vector<ClusterRuntimeSharedPtr> out;
+  for (const auto& [key, weak] : r.runtimes) {
+    if (auto rt = weak.lock()) out.push_back(std::move(rt));
+  }
+  return out;
+}
+
+std::string hostKey(const network::Address& address, uint64_t transport_hash, uint32_t priority, const Locality& locality,
+                    const std::string& hostname) {
+  return absl::StrCat(address.asString(), "|", transport_hash, "|", priority, "|", locality.region, "/", locality.zone,
+                      "/", locality.sub_zone, "|", hostname);
+}
+
+}  // namespace strait::upstream

@@ -1,0 +1,349 @@
+"""Resilience through the real binary, against upstreams that misbehave on purpose: circuit breakers
+that hold across workers, retry limits, outlier detection ejecting and returning a host, load-balancing
+policies (weights, least request, ring hash, maglev), retry host predicates and the attempt count."""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import re
+import time
+
+import pytest
+
+import harness
+from peers import env, h1
+
+HOLD = 1.0  # seconds a slow origin holds each request
+
+
+def _cluster(name: str, ports, **extra) -> dict:
+    c = harness.static_cluster(name, ports)
+    c.update(extra)
+    return c
+
+
+def _config(cluster: dict, **route_action) -> dict:
+    vh = harness.virtual_host("all", ["*"], [harness.route_to(cluster["name"], **route_action)])
+    return harness.bootstrap([harness.http_listener("http", "ingress_http", [vh])], [cluster])
+
+
+def _weighted(name: str, ports_weights) -> dict:
+    eps = [{"endpoint": {"address": harness.socket_address(p)}, "load_balancing_weight": w} for p, w in ports_weights]
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": eps}]}}
+
+
+def _parallel(port: int, n: int, path: str = "/", headers=None) -> list:
+    with concurrent.futures.ThreadPoolExecutor(n) as pool:
+        futs = [pool.submit(h1.get, port, f"{path}?i={i}" if "?" not in path else f"{path}&i={i}", headers)
+                for i in range(n)]
+        return [f.result() for f in futs]
+
+
+def _origin_of(resp) -> str:
+    return resp.header("x-origin") or "?"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Circuit breakers
+
+
+def test_max_requests_holds_across_workers_and_recovers(fleet):
+    o = env.origin(fleet, "slow", delay=HOLD)
+    cluster = _cluster("backend", [o.port], circuit_breakers={"thresholds": [{"max_requests": 2}]})
+    proc = fleet.start(_config(cluster), concurrency=2)
+    port = proc.listener_port("http")
+    resps = _parallel(port, 6)
+    statuses = collections.Counter(r.status for r in resps)
+    assert statuses == {200: 2, 503: 4}, statuses
+    for r in resps:
+        if r.status == 503:
+            assert r.header("x-envoy-overloaded") == "true", r
+    s = proc.wait_stats(lambda s: s.get("cluster.backend.upstream_rq_pending_overflow", 0) >= 4)
+    assert harness.stat(s, "cluster.backend.upstream_rq_pending_overflow") == 4
+    # Recovered: the slots came back, the breaker is closed.
+    assert collections.Counter(r.status for r in _parallel(port, 2)) == {200: 2}
+    s = proc.stats()
+    assert harness.stat(s, "cluster.backend.circuit_breakers.default.rq_open") == 0
+
+
+def test_max_connections_and_pending_hold_across_workers(fleet):
+    # One connection for the cluster across both workers, one request allowed to wait for it: of four
+    # concurrent HTTP/1.1 requests, at most two find room (one on the connection, one pending, per the
+    # shared limits; a worker whose pool has no connection may open one anyway, as Envoy does).
+    o = env.origin(fleet, "slow", delay=HOLD)
+    cluster = _cluster("backend", [o.port], circuit_breakers={"thresholds": [
+        {"max_connections": 1, "max_pending_requests": 1, "max_requests": 100}]})
+    proc = fleet.start(_config(cluster), concurrency=2)
+    port = proc.listener_port("http")
+    resps = _parallel(port, 4)
+    statuses = collections.Counter(r.status for r in resps)
+    assert statuses[503] >= 1 and statuses[200] >= 1, statuses
+    assert statuses[200] <= 3, statuses
+    s = proc.wait_stats(lambda s: s.get("cluster.backend.upstream_rq_pending_overflow", 0) >= 1)
+    assert harness.stat(s, "cluster.backend.upstream_rq_pending_overflow") == statuses[503]
+    assert o.connection_count() <= 2, "max_connections 1 let more connections through than Envoy's one-per-empty-pool"
+    assert collections.Counter(r.status for r in _parallel(port, 1)) == {200: 1}
+
+
+def test_max_retries_bounds_concurrent_retries(fleet):
+    # Four requests fail at once; with a 1 s back-off and max_retries 1 only one retry may be waiting.
+    o = env.origin(fleet, "failing", fail_all=503)
+    cluster = _cluster("backend", [o.port], circuit_breakers={"thresholds": [{"max_retries": 1}]})
+    policy = {"retry_on": "5xx", "num_retries": 3, "retry_back_off": {"base_interval": "1s", "max_interval": "1s"}}
+    proc = fleet.start(_config(cluster, retry_policy=policy), concurrency=2)
+    port = proc.listener_port("http")
+    resps = _parallel(port, 4)
+    assert all(r.status == 503 for r in resps), [r.status for r in resps]
+    s = proc.wait_stats(lambda s: s.get("cluster.backend.upstream_rq_retry_overflow", 0) >= 3)
+    assert harness.stat(s, "cluster.backend.upstream_rq_retry_overflow") >= 3
+    # No storm: at most 4 first tries plus the retries of one request at a time.
+    assert o.request_count() <= 4 + 3 + 1, o.request_count()
+
+
+def test_retry_gives_up_when_num_retries_is_spent_and_counts_it(fleet):
+    o = env.origin(fleet, "failing", fail_all=503)
+    policy = {"retry_on": "5xx", "num_retries": 2, "retry_back_off": {"base_interval": "0.01s"}}
+    proc = fleet.start(_config(_cluster("backend", [o.port]), retry_policy=policy))
+    port = proc.listener_port("http")
+    assert h1.get(port, "/spent").status == 503
+    assert o.request_count() == 3
+    s = proc.wait_stats(lambda s: s.get("cluster.backend.upstream_rq_retry_limit_exceeded", 0) >= 1)
+    assert harness.stat(s, "cluster.backend.upstream_rq_retry_limit_exceeded") == 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Retries: host predicate, headers, attempt count
+
+
+def test_previous_hosts_predicate_sends_the_retry_elsewhere(fleet):
+    bad = env.origin(fleet, "bad", fail_all=503)
+    good = env.origin(fleet, "good")
+    policy = {"retry_on": "5xx", "num_retries": 1, "retry_back_off": {"base_interval": "0.01s"},
+              "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}],
+              "host_selection_retry_max_attempts": 5}
+    proc = fleet.start(_config(_cluster("backend", [bad.port, good.port]), retry_policy=policy))
+    port = proc.listener_port("http")
+    statuses = [h1.get(port, f"/p/{i}").status for i in range(20)]
+    assert statuses == [200] * 20, statuses
+
+
+def test_retry_headers_from_a_trusted_client_and_the_attempt_count(fleet):
+    o = env.origin(fleet)
+    vh = harness.virtual_host("all", ["*"], [harness.route_to("backend")], include_request_attempt_count=True,
+                              include_attempt_count_in_response=True)
+    # use_remote_address: the loopback client is internal, so its x-envoy-retry-on is trusted.
+    config = harness.bootstrap([harness.http_listener("http", "ingress_http", [vh], use_remote_address=True)],
+                               [_cluster("backend", [o.port])])
+    proc = fleet.start(config)
+    port = proc.listener_port("http")
+    # No retry policy on the route: the loopback (internal) client asks for one itself.
+    r = h1.get(port, "/_/fail?key=hdr&times=2&status=503",
+               headers=[("x-envoy-retry-on", "5xx"), ("x-envoy-max-retries", "2")])
+    assert r.status == 200, r
+    assert r.header("x-envoy-attempt-count") == "3"
+    attempts = [rec.header("x-envoy-attempt-count") for rec in o.find("/_/fail?key=hdr")]
+    assert attempts == ["1", "2", "3"], attempts
+    assert all(rec.header("x-envoy-retry-on") is None for rec in o.find("/_/fail?key=hdr"))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Outlier detection
+
+
+def _health_flags(proc, cluster: str) -> dict[str, str]:
+    text = proc.get("/clusters").body.decode()
+    out = {}
+    for line in text.splitlines():
+        m = re.match(rf"{cluster}::([0-9.]+:\d+)::health_flags::(.*)$", line)
+        if m:
+            out[m[1]] = m[2]
+    return out
+
+
+def test_outlier_detection_ejects_a_failing_host_and_returns_it(fleet):
+    good = [env.origin(fleet, f"good{i}") for i in range(2)]
+    bad = env.origin(fleet, "bad", fail_all=503)
+    cluster = _cluster("backend", [g.port for g in good] + [bad.port], outlier_detection={
+        "consecutive_5xx": 3, "interval": "0.5s", "base_ejection_time": "2s", "max_ejection_percent": 50})
+    proc = fleet.start(_config(cluster), concurrency=2)
+    port = proc.listener_port("http")
+    bad_addr = f"127.0.0.1:{bad.port}"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _health_flags(proc, "backend").get(bad_addr) == "healthy":
+        h1.get(port, "/od")
+    assert _health_flags(proc, "backend")[bad_addr] == "/failed_outlier_check"
+    s = proc.wait_stats(lambda s: s.get("cluster.backend.outlier_detection.ejections_enforced_total", 0) >= 1)
+    assert harness.stat(s, "cluster.backend.outlier_detection.ejections_enforced_consecutive_5xx") >= 1
+    # While ejected the bad host gets nothing.
+    before = bad.request_count()
+    statuses = [h1.get(port, f"/after/{i}").status for i in range(20)]
+    assert statuses == [200] * 20 and bad.request_count() == before, (statuses, bad.request_count() - before)
+    # It recovers, and returns once the ejection time is over (next interval after 2 s).
+    bad.fail_all = None
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and _health_flags(proc, "backend")[bad_addr] != "healthy":
+        time.sleep(0.2)
+    assert _health_flags(proc, "backend")[bad_addr] == "healthy"
+    for i in range(12):
+        h1.get(port, f"/back/{i}")
+    assert bad.request_count() > before, "the returned host got no traffic"
+
+
+def test_outlier_detection_respects_max_ejection_percent(fleet):
+    bad = [env.origin(fleet, f"bad{i}", fail_all=503) for i in range(3)]
+    cluster = _cluster("backend", [b.port for b in bad], outlier_detection={
+        "consecutive_5xx": 2, "interval": "10s", "base_ejection_time": "30s", "max_ejection_percent": 34})
+    proc = fleet.start(_config(cluster))
+    port = proc.listener_port("http")
+    for i in range(30):
+        h1.get(port, f"/x/{i}")
+    flags = _health_flags(proc, "backend")
+    assert list(flags.values()).count("/failed_outlier_check") == 1, flags
+    s = proc.wait_stats(lambda s: s.get("cluster.backend.outlier_detection.ejections_overflow", 0) >= 1)
+    assert harness.stat(s, "cluster.backend.outlier_detection.ejections_overflow") >= 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Load balancing through the binary
+
+
+def test_weighted_round_robin_follows_endpoint_weights(fleet):
+    a, b = env.origin(fleet, "a"), env.origin(fleet, "b")
+    proc = fleet.start(_config(_weighted("backend", [(a.port, 3), (b.port, 1)])), concurrency=1)
+    port = proc.listener_port("http")
+    with h1.Client(port) as c:
+        names = collections.Counter(_origin_of(c.request("GET", f"/w/{i}")) for i in range(400))
+    assert names["a"] == 300 and names["b"] == 100, names
+
+
+def test_least_request_avoids_the_slow_host(fleet):
+    fast, slow = env.origin(fleet, "fast"), env.origin(fleet, "slow", delay=0.5)
+    proc = fleet.start(_config(_cluster("backend", [fast.port, slow.port], lb_policy="LEAST_REQUEST")), concurrency=1)
+    port = proc.listener_port("http")
+    # Keep requests in flight on both hosts: new choices go to the host with fewer outstanding.
+    resps = _parallel(port, 24)
+    names = collections.Counter(_origin_of(r) for r in resps)
+    assert names["fast"] >= 16, names
+
+
+@pytest.mark.parametrize("policy", ["RING_HASH", "MAGLEV"])
+def test_consistent_hash_keeps_a_key_on_one_host(fleet, policy):
+    origins = [env.origin(fleet, f"h{i}") for i in range(4)]
+    cluster = _cluster("backend", [o.port for o in origins], lb_policy=policy)
+    proc = fleet.start(_config(cluster, hash_policy=[{"header": {"header_name": "x-user"}}]), concurrency=2)
+    port = proc.listener_port("http")
+    seen = {}
+    for user in range(20):
+        hosts = {_origin_of(h1.get(port, "/h", headers=[("x-user", f"u{user}")])) for _ in range(5)}
+        assert len(hosts) == 1, (user, hosts)
+        seen[user] = hosts.pop()
+    assert len(set(seen.values())) >= 2, "every key went to one host: the hash is not used"
+
+
+def test_cookie_hash_policy_sets_a_cookie_and_sticks(fleet):
+    origins = [env.origin(fleet, f"c{i}") for i in range(3)]
+    cluster = _cluster("backend", [o.port for o in origins], lb_policy="RING_HASH")
+    proc = fleet.start(_config(cluster, hash_policy=[{"cookie": {"name": "sticky", "ttl": "60s", "path": "/"}}]))
+    port = proc.listener_port("http")
+    first = h1.get(port, "/c")
+    cookie = first.header("set-cookie")
+    assert cookie and cookie.startswith("sticky=") and "Max-Age=60" in cookie, first
+    value = cookie.split(";", 1)[0]
+    hosts = {_origin_of(h1.get(port, "/c", headers=[("cookie", value)])) for _ in range(10)}
+    assert len(hosts) == 1, hosts
+    again = h1.get(port, "/c", headers=[("cookie", value)])
+    assert again.header("set-cookie") is None
+
+
+def test_unsupported_lb_settings_are_rejected_with_the_field(fleet, tmp_path):
+    o = env.origin(fleet)
+    cluster = _cluster("backend", [o.port], lb_policy="MAGLEV", maglev_lb_config={"table_size": 1000})
+    path = harness.write_bootstrap(tmp_path, _config(cluster))
+    r = harness.run_strait(["--mode", "validate", "-c", str(path)])
+    assert r.returncode != 0 and "maglev_lb_config.table_size" in r.stdout + r.stderr, r
+
+
+# ---------------------------------------------------------------------------------------------------
+# A host dies under load
+
+
+def test_killing_one_of_three_hosts_under_h2load_fails_no_request(fleet):
+    origins = [env.origin(fleet, f"o{i}") for i in range(3)]
+    cluster = _cluster("backend", [o.port for o in origins], outlier_detection={
+        "consecutive_5xx": 3, "interval": "0.5s", "base_ejection_time": "30s", "max_ejection_percent": 50})
+    policy = {"retry_on": "connect-failure,reset,5xx", "num_retries": 3,
+              "retry_back_off": {"base_interval": "0.005s", "max_interval": "0.02s"},
+              "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}],
+              "host_selection_retry_max_attempts": 3}
+    proc = fleet.start(_config(cluster, retry_policy=policy), concurrency=2)
+    port = proc.listener_port("http")
+    import threading
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", harness.run_tool(
+        ["h2load", "-n", "3000", "-c", "4", "-m", "4", f"http://127.0.0.1:{port}/load"], timeout=60)), daemon=True)
+    t.start()
+    deadline = time.monotonic() + 20
+    while sum(o.request_count() for o in origins) < 600 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    origins[0].close()  # mid-run: its connections are cut and its port refuses
+    t.join(60)
+    text = out["r"].stdout.decode()
+    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored", text)
+    assert m, text
+    total, _, done, ok, failed, errored = map(int, m.groups())
+    assert (done, ok, failed, errored) == (3000, 3000, 0, 0), text
+    assert "3000 2xx" in text, text
+    dead = f"127.0.0.1:{origins[0].port}"
+    assert _health_flags(proc, "backend")[dead] == "/failed_outlier_check"
+    s = proc.wait_stats(lambda s: s.get("cluster.backend.outlier_detection.ejections_enforced_total", 0) >= 1)
+    assert harness.stat(s, "cluster.backend.upstream_rq_retry") >= 1
+
+
+# ---------------------------------------------------------------------------------------------------
+# Active health checks
+
+
+def test_http_health_check_takes_a_failing_host_out_and_back(fleet):
+    good = [env.origin(fleet, f"g{i}") for i in range(2)]
+    bad = env.origin(fleet, "sick", fail_all=503)
+    cluster = _cluster("backend", [g.port for g in good] + [bad.port], health_checks=[{
+        "timeout": "0.5s", "interval": "0.2s", "unhealthy_threshold": 2, "healthy_threshold": 2,
+        "http_health_check": {"path": "/healthz", "host": "hc.example"}}])
+    proc = fleet.start(_config(cluster), concurrency=2)
+    port = proc.listener_port("http")
+    sick = f"127.0.0.1:{bad.port}"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and "failed_active_hc" not in _health_flags(proc, "backend").get(sick, ""):
+        time.sleep(0.1)
+    flags = _health_flags(proc, "backend")
+    assert flags[sick] == "/failed_active_hc", flags
+    assert all(flags[f"127.0.0.1:{g.port}"] == "healthy" for g in good), flags
+    checks = bad.find("/healthz")
+    assert checks and checks[0].header("host") == "hc.example"
+    statuses = [h1.get(port, f"/hc/{i}").status for i in range(20)]
+    assert statuses == [200] * 20, statuses
+    assert not bad.find("/hc/"), "traffic reached the host its health check failed"
+    bad.fail_all = None
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _health_flags(proc, "backend")[sick] != "healthy":
+        time.sleep(0.1)
+    assert _health_flags(proc, "backend")[sick] == "healthy"
+    s = proc.wait_stats(lambda s: s.get("cluster.backend.health_check.failure", 0) >= 2)
+    assert harness.stat(s, "cluster.backend.health_check.success") >= 2
+
+
+def test_tcp_health_check_marks_a_closed_port_unhealthy(fleet):
+    o = env.origin(fleet)
+    closed = harness.closed_port()
+    cluster = _cluster("backend", [o.port, closed], health_checks=[{
+        "timeout": "0.5s", "interval": "0.2s", "unhealthy_threshold": 1, "healthy_threshold": 1,
+        "tcp_health_check": {}}])
+    proc = fleet.start(_config(cluster))
+    port = proc.listener_port("http")
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _health_flags(proc, "backend").get(f"127.0.0.1:{closed}") != "/failed_active_hc":
+        time.sleep(0.1)
+    assert _health_flags(proc, "backend")[f"127.0.0.1:{closed}"] == "/failed_active_hc"
+    assert [h1.get(port, f"/t/{i}").status for i in range(10)] == [200] * 10
