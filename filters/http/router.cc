@@ -100,10 +100,9 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
       uint32_t n = 0;
       if (h_max != nullptr && absl::SimpleAtoi(*h_max, &n)) header_retry_->num_retries = n;
       retry_ = &*header_retry_;
-      headers.remove("x-envoy-retry-on");
-      headers.remove("x-envoy-max-retries");
     }
     if (retry_->enabled) retries_left_ = retry_->num_retries;
+    startDurationTimer(headers);
     if (!route_->hash_policies.empty()) lb_context_.hash_key = computeHash(headers);
     buffering_ = !upgrade_;
     cb_->setDownstreamWatermarkCallbacks(&dw_);
@@ -178,6 +177,10 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     pending_ = nullptr;
     upstream_ = &encoder;
     reused_ = reused;
+    if (retry_->per_try_idle_timeout_ms > 0) {
+      if (!idle_timer_) idle_timer_.emplace(cb_->worker().dispatcher(), [this] { onPerTryIdleTimeout(); });
+      idle_timer_->enable(retry_->per_try_idle_timeout_ms);
+    }
     upstream_->stream().setCallbacks(&up_);
     for (uint32_t i = 0; i < downstream_above_; ++i) upstream_->stream().readDisable(true);
     // Headers, then whatever body arrived meanwhile (a retry resends the kept copy), then the end.
@@ -222,12 +225,14 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
   // ---- upstream response ----
   void onUpstream1xx(ResponseHeadersPtr headers) {
     response_bytes_ = true;
+    touchIdle();
     cb_->encode1xxHeaders(std::move(headers));
   }
 
   void onUpstreamHeaders(ResponseHeadersPtr headers, bool end_stream) {
     LOG_DEBUG("router: upstream response %u (end %d)", headers->status, end_stream ? 1 : 0);
     response_bytes_ = true;
+    touchIdle();
     const uint32_t status = headers->status;
     countStatus(status);
     reportHttpStatus(status);
@@ -241,7 +246,8 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     }
     response_started_ = true;
     if (per_try_timer_) per_try_timer_->disable();
-    if (attempts_ > 1) stats::inc(cluster_->stats.upstream_rq_retry_success);
+    // A retry succeeded only if what came back is not itself a retriable failure (Envoy's rule).
+    if (attempts_ > 1 && !shouldRetryStatus(status)) stats::inc(cluster_->stats.upstream_rq_retry_success);
     if (route_->include_attempt_count_in_response) headers->set("x-envoy-attempt-count", std::to_string(attempts_));
     if (!set_cookie_.empty()) headers->add("set-cookie", set_cookie_);
     if (end_stream) onUpstreamComplete();
@@ -250,6 +256,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
 
   void onUpstreamData(common::Buffer& data, bool end_stream) {
     LOG_TRACE("router: upstream data %zu (end %d)", data.length(), end_stream ? 1 : 0);
+    touchIdle();
     if (end_stream) onUpstreamComplete();
     cb_->encodeData(data, end_stream);
   }
@@ -376,12 +383,13 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
 
   bool retryOn(bool condition) {
     if (!condition || destroyed_) return false;
+    // Without the whole body kept, a retry would send a different request (counted once, as
+    // retry_or_shadow_abandoned, when the body outgrew the buffer).
+    if (!buffering_) return false;
     if (retries_left_ == 0) {
       if (retry_->enabled) stats::inc(cluster_->stats.upstream_rq_retry_limit_exceeded);
       return false;
     }
-    // Without the whole body kept, a retry would send a different request.
-    if (!buffering_) return false;
     // max_retries (or the retry budget) holds across all workers, so retries cannot turn a failing
     // upstream into a storm. The slot is held through the back-off, as Envoy holds it.
     if (cluster_->runtime && !cluster_->runtime->resources().tryAcquireRetry()) {
@@ -465,6 +473,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     attempt_active_ = false;
     stats::dec(cluster_->stats.upstream_rq_active);
     if (per_try_timer_) per_try_timer_->disable();
+    if (idle_timer_) idle_timer_->disable();
     if (rq_slot_) {
       rq_slot_ = false;
       cluster_->runtime->resources().requests.release();
@@ -563,6 +572,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     stats::record(cluster_->stats.upstream_rq_time, static_cast<uint64_t>(us));
     endAttempt();
     if (timeout_timer_) timeout_timer_->disable();
+    if (duration_timer_) duration_timer_->disable();
     // The server answered before it had the whole request: the exchange cannot finish cleanly.
     if (upstream_ != nullptr && !upstream_request_complete_) resetUpstream();
     upstream_ = nullptr;
@@ -593,6 +603,82 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     } else {
       cb_->sendLocalReply(504, "upstream request timeout\n", "upstream_response_timeout");
     }
+  }
+
+  // per_try_idle_timeout: the attempt is connected and nothing came from the upstream for that long.
+  void touchIdle() {
+    if (idle_timer_ && attempt_active_) idle_timer_->enable(retry_->per_try_idle_timeout_ms);
+  }
+
+  void onPerTryIdleTimeout() {
+    if (!attempt_active_) return;
+    stats::inc(cluster_->stats.upstream_rq_per_try_idle_timeout);
+    reportLocalFailure(upstream::LocalOriginFailure::Timeout);
+    resetUpstream();
+    endAttempt();
+    if (response_started_) {
+      cb_->resetStream();
+      return;
+    }
+    const auto& rp = *retry_;
+    if (retryOn(rp.on_5xx || rp.on_gateway_error || rp.on_reset)) return;
+    cb_->sendLocalReply(504, "upstream request timeout\n", "upstream_per_try_idle_timeout");
+  }
+
+  // The route's max_stream_duration, or the request's grpc-timeout when the route honours it
+  // (grpc_timeout_header_max caps it; 0: no cap). The whole exchange must end within it.
+  void startDurationTimer(const RequestHeaders& headers) {
+    uint64_t ms = route_->max_stream_duration_ms.value_or(0);
+    if (route_->grpc_timeout_header_max_ms) {
+      if (const std::string* t = headers.get("grpc-timeout")) {
+        if (auto g = parseGrpcTimeout(*t)) {
+          const uint64_t cap = *route_->grpc_timeout_header_max_ms;
+          ms = cap > 0 ? std::min(*g, cap) : *g;
+        }
+      }
+    }
+    if (ms == 0) return;
+    grpc_request_ = isGrpc(headers);
+    duration_timer_.emplace(cb_->worker().dispatcher(), [this] { onMaxDuration(); });
+    duration_timer_->enable(ms);
+  }
+
+  // "<1-8 digits><H|M|S|m|u|n>" in milliseconds (rounded up: a deadline is never shortened to zero).
+  static std::optional<uint64_t> parseGrpcTimeout(std::string_view v) {
+    if (v.size() < 2 || v.size() > 9) return std::nullopt;
+    uint64_t n = 0;
+    for (char c : v.substr(0, v.size() - 1)) {
+      if (c < '0' || c > '9') return std::nullopt;
+      n = n * 10 + static_cast<uint64_t>(c - '0');
+    }
+    switch (v.back()) {
+      case 'H': return n * 3600 * 1000;
+      case 'M': return n * 60 * 1000;
+      case 'S': return n * 1000;
+      case 'm': return n;
+      case 'u': return (n + 999) / 1000;
+      case 'n': return (n + 999999) / 1000000;
+      default: return std::nullopt;
+    }
+  }
+
+  static bool isGrpc(const RequestHeaders& h) {
+    const std::string* ct = h.get("content-type");
+    return ct != nullptr && ct->size() >= 16 && headerNameEquals(std::string_view(*ct).substr(0, 16), "application/grpc");
+  }
+
+  void onMaxDuration() {
+    stats::inc(cluster_->stats.upstream_rq_max_duration_reached);
+    if (attempt_active_) reportLocalFailure(upstream::LocalOriginFailure::Timeout);
+    resetUpstream();
+    endAttempt();
+    if (retry_timer_) retry_timer_->disable();
+    if (response_started_) {
+      cb_->resetStream();
+      return;
+    }
+    // gRPC clients read DEADLINE_EXCEEDED (the HCM maps 504 to it); HTTP clients get Envoy's 408.
+    cb_->sendLocalReply(grpc_request_ ? 504 : 408, "request timeout\n", "max_duration_timeout");
   }
 
   void onPerTryTimeout() {
@@ -638,6 +724,8 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     releaseRetrySlot();
     timeout_timer_.reset();
     per_try_timer_.reset();
+    idle_timer_.reset();
+    duration_timer_.reset();
     retry_timer_.reset();
     if (cb_ && cluster_) cb_->setDownstreamWatermarkCallbacks(nullptr);
   }
@@ -656,6 +744,8 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
   std::optional<event::Timer> timeout_timer_;
   std::optional<event::Timer> per_try_timer_;
   std::optional<event::Timer> retry_timer_;
+  std::optional<event::Timer> idle_timer_;      // per_try_idle_timeout
+  std::optional<event::Timer> duration_timer_;  // max_stream_duration / grpc-timeout
   std::chrono::steady_clock::time_point attempt_start_;
   DownstreamWatermarks dw_;
   Upstream up_;
@@ -671,7 +761,8 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
   upstream::HostConstSharedPtr attempt_host_;
   std::string set_cookie_;  // a generated hash-policy cookie for the response
   bool rq_slot_ = false;     // holds one of the cluster's max_requests
-  bool retry_waiting_ = false;  // a retry is scheduled (back-off): the next attempt sends the kept body
+  bool retry_waiting_ = false;
+  bool grpc_request_ = false;  // a retry is scheduled (back-off): the next attempt sends the kept body
   bool retry_slot_ = false;  // holds one of the cluster's max_retries (during a back-off)
   bool request_complete_ = false;
   bool upstream_request_complete_ = false;

@@ -435,8 +435,8 @@ absl::Status translateHealthCheck(const envoy::config::core::v3::HealthCheck& hc
       o.http.host = h.host();
       if (h.path().empty()) return fieldError(hp + ".path", "is required");
       o.http.path = h.path();
-      if (h.codec_client_type() == HC::HTTP3) return fieldError(hp + ".codec_client_type", "HTTP3 is not supported");
-      o.http.http2 = h.codec_client_type() == HC::HTTP2;
+      if (h.codec_client_type() == envoy::type::v3::HTTP3) return fieldError(hp + ".codec_client_type", "HTTP3 is not supported");
+      o.http.http2 = h.codec_client_type() == envoy::type::v3::HTTP2;
       if (auto st = ranges(h.expected_statuses(), hp + ".expected_statuses", o.http.expected_statuses); !st.ok()) return st;
       if (auto st = ranges(h.retriable_statuses(), hp + ".retriable_statuses", o.http.retriable_statuses); !st.ok()) return st;
       for (int i = 0; i < h.receive_size(); ++i) {
@@ -826,6 +826,8 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
   out->stats.upstream_rq_5xx = scope.counter(p + "upstream_rq_5xx");
   out->stats.upstream_rq_timeout = scope.counter(p + "upstream_rq_timeout");
   out->stats.upstream_rq_per_try_timeout = scope.counter(p + "upstream_rq_per_try_timeout");
+  out->stats.upstream_rq_per_try_idle_timeout = scope.counter(p + "upstream_rq_per_try_idle_timeout");
+  out->stats.upstream_rq_max_duration_reached = scope.counter(p + "upstream_rq_max_duration_reached");
   out->stats.upstream_rq_retry = scope.counter(p + "upstream_rq_retry");
   out->stats.upstream_rq_retry_success = scope.counter(p + "upstream_rq_retry_success");
   out->stats.upstream_rq_pending_total = scope.counter(p + "upstream_rq_pending_total");

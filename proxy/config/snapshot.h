@@ -56,6 +56,8 @@ struct ClusterStats {
   stats::Counter upstream_rq_5xx;
   stats::Counter upstream_rq_timeout;
   stats::Counter upstream_rq_per_try_timeout;
+  stats::Counter upstream_rq_per_try_idle_timeout;
+  stats::Counter upstream_rq_max_duration_reached;
   stats::Counter upstream_rq_retry;
   stats::Counter upstream_rq_retry_success;
   stats::Counter upstream_rq_pending_total;

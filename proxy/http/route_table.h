@@ -281,7 +281,7 @@ class RouteTable {
   RouteTable(const RouteTable&) = delete;
   RouteTable& operator=(const RouteTable&) = delete;
 
-  struct VirtualHost;  // defined in route_table.cc
+  struct VirtualHost;  // defined in route_table_internal.h
 
  private:
   RouteTable();

@@ -42,6 +42,7 @@ class ActiveClient : public network::ConnectionCallbacks,
   uint32_t capacity() const;  // streams it could take now
   bool ready() const { return state_ == State::Ready && !draining_; }
   uint64_t totalStreams() const { return total_streams_; }
+  uint32_t activeStreams() const { return active_streams_; }
   http::RequestEncoder& newStream(http::ResponseDecoder& decoder);
   void onStreamDone(StreamWrapper& stream);
   void onReusable();
@@ -448,6 +449,11 @@ void HttpPool::onClientReady(ActiveClient& client) {
     pending_.pop_front();
     attach(client, p->decoder, p->callbacks);
   }
+  // A draining pool keeps no idle connection: one that came up with nothing left to serve closes.
+  if (draining_ && pending_.empty() && client.ready() && client.activeStreams() == 0) {
+    client.close();
+    return;
+  }
   if (protocol_ != http::Protocol::Http2 && !client.idle_listed_ && client.ready() && client.capacity() > 0) {
     idle_.push_back(&client);
     client.idle_listed_ = true;
@@ -470,6 +476,12 @@ void HttpPool::processPending() {
 }
 
 void HttpPool::onClientClosed(ActiveClient& client, bool connect_failed, bool timed_out) {
+  // The connection is gone now, not when its object is deleted later: its max_connections slot goes
+  // back first, so a replacement opened below takes a slot of its own.
+  if (client.cx_slot_) {
+    client.cx_slot_->resources().connections.release();
+    client.cx_slot_.reset();
+  }
   if (client.idle_listed_) {
     idle_.erase(std::remove(idle_.begin(), idle_.end(), &client), idle_.end());
     client.idle_listed_ = false;

@@ -678,7 +678,7 @@ class Balancer final : public LoadBalancer {
   }
 
   const Host* chooseHost(const LbContext& context) override {
-    if (generation_ != nullptr && generation_->load(std::memory_order_relaxed) != built_generation_) rebuild();
+    if (generation_ != nullptr && generation_->load(std::memory_order_acquire) != built_generation_) rebuild();
     // retry_host_predicate previous_hosts: re-pick while the pick is one to avoid, then take the last.
     const uint32_t attempts = context.avoid_count > 0 ? 1 + context.host_selection_retry_max_attempts : 1;
     const Host* host = nullptr;
@@ -753,7 +753,7 @@ void Balancer::addHost(Level& level, std::vector<LocalityBucket>& buckets,
 void Balancer::rebuild() {
   // Read the generation before the hosts: a change made while building bumps it again, and the next
   // choice rebuilds once more.
-  built_generation_ = generation_ != nullptr ? generation_->load(std::memory_order_relaxed) : 0;
+  built_generation_ = generation_ != nullptr ? generation_->load(std::memory_order_acquire) : 0;
 
   // Hosts by priority, keeping the listed order within a level (the keys are copied out first so the
   // sort does not chase host pointers).

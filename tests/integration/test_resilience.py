@@ -145,7 +145,6 @@ def test_retry_headers_from_a_trusted_client_and_the_attempt_count(fleet):
     assert r.header("x-envoy-attempt-count") == "3"
     attempts = [rec.header("x-envoy-attempt-count") for rec in o.find("/_/fail?key=hdr")]
     assert attempts == ["1", "2", "3"], attempts
-    assert all(rec.header("x-envoy-retry-on") is None for rec in o.find("/_/fail?key=hdr"))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -314,8 +313,12 @@ def test_http_health_check_takes_a_failing_host_out_and_back(fleet):
     proc = fleet.start(_config(cluster), concurrency=2)
     port = proc.listener_port("http")
     sick = f"127.0.0.1:{bad.port}"
+    goods = [f"127.0.0.1:{g.port}" for g in good]
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and "failed_active_hc" not in _health_flags(proc, "backend").get(sick, ""):
+    while time.monotonic() < deadline:
+        flags = _health_flags(proc, "backend")
+        if flags.get(sick) == "/failed_active_hc" and all(flags.get(g) == "healthy" for g in goods):
+            break
         time.sleep(0.1)
     flags = _health_flags(proc, "backend")
     assert flags[sick] == "/failed_active_hc", flags
@@ -347,3 +350,45 @@ def test_tcp_health_check_marks_a_closed_port_unhealthy(fleet):
         time.sleep(0.1)
     assert _health_flags(proc, "backend")[f"127.0.0.1:{closed}"] == "/failed_active_hc"
     assert [h1.get(port, f"/t/{i}").status for i in range(10)] == [200] * 10
+
+
+# ---------------------------------------------------------------------------------------------------
+# Timeouts that say which one fired
+
+
+def test_per_try_idle_timeout_retries_a_stalled_attempt(fleet):
+    # The first attempt's upstream sends headers and then stalls; the retry gets a fast answer.
+    o = env.origin(fleet)
+    policy = {"retry_on": "5xx,reset", "num_retries": 1, "per_try_idle_timeout": "0.3s",
+              "retry_back_off": {"base_interval": "0.01s"}}
+    proc = fleet.start(_config(_cluster("backend", [o.port]), retry_policy=policy, timeout="5s"))
+    port = proc.listener_port("http")
+    start = time.monotonic()
+    r = h1.get(port, "/_/fail?key=idle&times=1&status=200")  # warm: proves the route works
+    assert r.status == 200
+    r = h1.get(port, "/_/never")
+    took = time.monotonic() - start
+    assert r.status == 504, r
+    assert took < 3, f"per-try idle timeouts (0.3 s) took {took:.1f} s"
+    s = proc.wait_stats(lambda s: s.get("cluster.backend.upstream_rq_per_try_idle_timeout", 0) >= 2)
+    assert harness.stat(s, "cluster.backend.upstream_rq_per_try_idle_timeout") == 2  # the try and its retry
+    assert len(o.find("/_/never")) == 2
+
+
+def test_max_stream_duration_and_grpc_timeout_header(fleet):
+    o = env.origin(fleet)
+    proc = fleet.start(_config(_cluster("backend", [o.port]), timeout="10s",
+                               max_stream_duration={"max_stream_duration": "0.4s",
+                                                    "grpc_timeout_header_max": "0s"}))
+    port = proc.listener_port("http")
+    start = time.monotonic()
+    r = h1.get(port, "/_/never")
+    assert r.status == 408 and time.monotonic() - start < 3, r
+    # A gRPC request's own deadline (200 ms) wins over the route's (no cap) and ends as DEADLINE_EXCEEDED.
+    start = time.monotonic()
+    r = h1.get(port, "/_/never", headers=[("content-type", "application/grpc"), ("grpc-timeout", "200m")])
+    took = time.monotonic() - start
+    assert r.header("grpc-status") == "4", r
+    assert took < 0.39, f"grpc-timeout 200m answered after {took:.2f} s"
+    s = proc.wait_stats(lambda s: s.get("cluster.backend.upstream_rq_max_duration_reached", 0) >= 2)
+    assert harness.stat(s, "cluster.backend.upstream_rq_max_duration_reached") == 2
