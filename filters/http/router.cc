@@ -613,16 +613,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
   void onPerTryIdleTimeout() {
     if (!attempt_active_) return;
     stats::inc(cluster_->stats.upstream_rq_per_try_idle_timeout);
-    reportLocalFailure(upstream::LocalOriginFailure::Timeout);
-    resetUpstream();
-    endAttempt();
-    if (response_started_) {
-      cb_->resetStream();
-      return;
-    }
-    const auto& rp = *retry_;
-    if (retryOn(rp.on_5xx || rp.on_gateway_error || rp.on_reset)) return;
-    cb_->sendLocalReply(504, "upstream request timeout\n", "upstream_per_try_idle_timeout");
+    onAttemptTimedOut("upstream_per_try_idle_timeout");
   }
 
   // The route's max_stream_duration, or the request's grpc-timeout when the route honours it
@@ -683,6 +674,12 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
 
   void onPerTryTimeout() {
     stats::inc(cluster_->stats.upstream_rq_per_try_timeout);
+    onAttemptTimedOut("upstream_per_try_timeout");
+  }
+
+  // One attempt ran out of time (per try, or idle): it ends; a retry follows if the policy retries
+  // 5xx-like failures, else the client gets 504 naming the timeout (or a reset once the response began).
+  void onAttemptTimedOut(std::string_view details) {
     if (attempt_active_) reportLocalFailure(upstream::LocalOriginFailure::Timeout);
     resetUpstream();
     endAttempt();
@@ -692,7 +689,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     }
     const auto& rp = *retry_;
     if (retryOn(rp.on_5xx || rp.on_gateway_error || rp.on_reset)) return;
-    cb_->sendLocalReply(504, "upstream request timeout\n", "upstream_per_try_timeout");
+    cb_->sendLocalReply(504, "upstream request timeout\n", details);
   }
 
   void resetUpstream() {

@@ -31,57 +31,19 @@
 #include "proxy/network/connection.h"
 #include "proxy/network/listener.h"
 #include "proxy/upstream/http_pool.h"
+#include "tests/unit/support/loop.h"
 #include "proxy/upstream/load_balancer.h"
 
 using namespace strait;
 
 namespace {
 
-struct QuietLogs {
-  common::LogLevel saved = common::currentLogLevel();
-  QuietLogs() { common::setLogLevel(common::LogLevel::Error); }
-  ~QuietLogs() { common::setLogLevel(saved); }
-};
-
-// Outlives every snapshot the tests make: clusters release their stats into it when they go.
-stats::Store& testStore() {
-  static stats::Store* store = new stats::Store(1);
-  return *store;
-}
-
-// The router, pools and HCM count into the thread's stats shard; the previous one comes back afterwards.
-struct ShardGuard {
-  stats::Shard* saved = stats::threadShard();
-  ShardGuard() { stats::setThreadShard(&testStore().shard(0)); }
-  ~ShardGuard() { stats::setThreadShard(saved); }
-};
-
-bool runUntil(event::Dispatcher& d, const std::function<bool()>& done, uint64_t limit_ms = 1500) {
-  d.updateTime();
-  auto guard = d.createTimer([&d] { d.exit(); });
-  guard->enable(limit_ms);
-  event::TimerPtr poll;
-  poll = d.createTimer([&] {
-    if (done()) {
-      d.exit();
-    } else {
-      poll->enable(2);
-    }
-  });
-  poll->enable(0);
-  d.run();
-  return done();
-}
-void runFor(event::Dispatcher& d, uint64_t ms) { runUntil(d, [] { return false; }, ms); }
-
-int listenSocket(network::Address& bound) {
-  std::string err;
-  auto a = network::Address::parse("127.0.0.1", 0);
-  int fd = network::bindReusePortSocket(*a, &err, false);
-  REQUIRE(fd >= 0);
-  bound = network::boundAddress(fd);
-  return fd;
-}
+using testing::listenSocket;
+using testing::QuietLogs;
+using testing::runFor;
+using testing::runUntil;
+using testing::ShardGuard;
+using testing::testStore;
 
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::tolower(c)); });

@@ -25,6 +25,7 @@
 #include "proxy/network/connection.h"
 #include "proxy/network/listener.h"
 #include "proxy/upstream/health_checker.h"
+#include "tests/unit/support/loop.h"
 
 using namespace strait;
 using namespace strait::upstream;
@@ -33,31 +34,15 @@ using network::ConnectionEvent;
 namespace {
 
 // Host transitions log at info; keep the test output readable.
-struct QuietLogs {
-  common::LogLevel saved = common::currentLogLevel();
-  QuietLogs() { common::setLogLevel(common::LogLevel::Warning); }
-  ~QuietLogs() { common::setLogLevel(saved); }
+struct QuietLogs : testing::QuietLogs {
+  QuietLogs() : testing::QuietLogs(common::LogLevel::Warning) {}
 };
 
-// Runs the loop until `done` holds or `limit_ms` passes (a 2 ms poll timer, never a spin).
+// Health checks run longer than the default limit of a loop run.
 bool runUntil(event::Dispatcher& d, const std::function<bool()>& done, uint64_t limit_ms = 3000) {
-  // The loop's clock is cached: time spent outside the loop (making certificates) must not eat the limit.
-  d.updateTime();
-  auto guard = d.createTimer([&d] { d.exit(); });
-  guard->enable(limit_ms);
-  event::TimerPtr poll;
-  poll = d.createTimer([&] {
-    if (done()) {
-      d.exit();
-    } else {
-      poll->enable(2);
-    }
-  });
-  poll->enable(0);
-  d.run();
-  return done();
+  return testing::runUntil(d, done, limit_ms);
 }
-void runFor(event::Dispatcher& d, uint64_t ms) { runUntil(d, [] { return false; }, ms); }
+using testing::runFor;
 
 // ---- servers ----
 

@@ -23,6 +23,7 @@
 #include "proxy/network/connection.h"
 #include "proxy/network/listener.h"
 #include "proxy/upstream/http_pool.h"
+#include "tests/unit/support/loop.h"
 
 using namespace strait;
 using upstream::HttpPool;
@@ -31,52 +32,12 @@ using upstream::PoolFailureReason;
 
 namespace {
 
-struct QuietLogs {
-  common::LogLevel saved = common::currentLogLevel();
-  QuietLogs() { common::setLogLevel(common::LogLevel::Error); }
-  ~QuietLogs() { common::setLogLevel(saved); }
-};
-
-// Outlives every cluster the tests make: clusters release their stats into it when they go.
-stats::Store& testStore() {
-  static stats::Store* store = new stats::Store(1);
-  return *store;
-}
-
-// The pool and the cluster runtime count into the thread's stats shard; the previous one comes back
-// afterwards (other tests may set their own).
-struct ShardGuard {
-  stats::Shard* saved = stats::threadShard();
-  ShardGuard() { stats::setThreadShard(&testStore().shard(0)); }
-  ~ShardGuard() { stats::setThreadShard(saved); }
-};
-
-bool runUntil(event::Dispatcher& d, const std::function<bool()>& done, uint64_t limit_ms = 1500) {
-  d.updateTime();
-  auto guard = d.createTimer([&d] { d.exit(); });
-  guard->enable(limit_ms);
-  event::TimerPtr poll;
-  poll = d.createTimer([&] {
-    if (done()) {
-      d.exit();
-    } else {
-      poll->enable(2);
-    }
-  });
-  poll->enable(0);
-  d.run();
-  return done();
-}
-void runFor(event::Dispatcher& d, uint64_t ms) { runUntil(d, [] { return false; }, ms); }
-
-int listenSocket(network::Address& bound) {
-  std::string err;
-  auto a = network::Address::parse("127.0.0.1", 0);
-  int fd = network::bindReusePortSocket(*a, &err, false);
-  REQUIRE(fd >= 0);
-  bound = network::boundAddress(fd);
-  return fd;
-}
+using testing::listenSocket;
+using testing::QuietLogs;
+using testing::runFor;
+using testing::runUntil;
+using testing::ShardGuard;
+using testing::testStore;
 
 // A port nothing listens on.
 network::Address closedPort() {
