@@ -102,6 +102,20 @@ def test_max_retries_bounds_concurrent_retries(fleet):
     assert o.request_count() <= 4 + 3 + 1, o.request_count()
 
 
+def test_retry_budget_replaces_max_retries(fleet):
+    # A budget of 0% of active requests with a floor of one: like max_retries 1, whatever max_retries says.
+    o = env.origin(fleet, "failing", fail_all=503)
+    cluster = _cluster("backend", [o.port], circuit_breakers={"thresholds": [
+        {"max_retries": 100, "retry_budget": {"budget_percent": {"value": 0}, "min_retry_concurrency": 1}}]})
+    policy = {"retry_on": "5xx", "num_retries": 3, "retry_back_off": {"base_interval": "1s", "max_interval": "1s"}}
+    proc = fleet.start(_config(cluster, retry_policy=policy), concurrency=2)
+    port = proc.listener_port("http")
+    resps = _parallel(port, 4)
+    assert all(r.status == 503 for r in resps), [r.status for r in resps]
+    s = proc.wait_stats(lambda s: s.get("cluster.backend.upstream_rq_retry_overflow", 0) >= 3)
+    assert harness.stat(s, "cluster.backend.upstream_rq_retry_overflow") >= 3
+
+
 def test_retry_gives_up_when_num_retries_is_spent_and_counts_it(fleet):
     o = env.origin(fleet, "failing", fail_all=503)
     policy = {"retry_on": "5xx", "num_retries": 2, "retry_back_off": {"base_interval": "0.01s"}}
