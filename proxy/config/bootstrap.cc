@@ -514,6 +514,11 @@ absl::Status translateOutlier(const cluster_v3::OutlierDetection& od, const std:
   u32(od.failure_percentage_request_volume(), od.has_failure_percentage_request_volume(),
       o.failure_percentage_request_volume);
   o.split_external_local_origin_errors = od.split_external_local_origin_errors();
+  if (od.has_max_ejection_time_jitter()) o.max_ejection_time_jitter_ms = durationMs(od.max_ejection_time_jitter());
+  if (od.has_successful_active_health_check_uneject_host()) {
+    o.successful_active_health_check_uneject_host = od.successful_active_health_check_uneject_host().value();
+  }
+  if (od.has_always_eject_one_host()) o.always_eject_one_host = od.always_eject_one_host().value();
   if (od.has_interval()) o.interval_ms = durationMs(od.interval());
   if (od.has_base_ejection_time()) o.base_ejection_time_ms = durationMs(od.base_ejection_time());
   if (od.has_max_ejection_time()) {

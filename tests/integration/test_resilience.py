@@ -406,3 +406,19 @@ def test_max_stream_duration_and_grpc_timeout_header(fleet):
     assert took < 0.39, f"grpc-timeout 200m answered after {took:.2f} s"
     s = proc.wait_stats(lambda s: s.get("cluster.backend.upstream_rq_max_duration_reached", 0) >= 2)
     assert harness.stat(s, "cluster.backend.upstream_rq_max_duration_reached") == 2
+
+
+def test_always_eject_one_host_lets_a_small_cluster_eject(fleet):
+    # Envoy's rule counts the host about to go: 10% of 3 hosts ejects none, unless always_eject_one_host.
+    good = [env.origin(fleet, f"ok{i}") for i in range(2)]
+    bad = env.origin(fleet, "bad", fail_all=503)
+    ports = [g.port for g in good] + [bad.port]
+    for always, expect in ((False, "healthy"), (True, "/failed_outlier_check")):
+        od = {"consecutive_5xx": 2, "interval": "10s", "base_ejection_time": "30s", "max_ejection_percent": 10}
+        if always:
+            od["always_eject_one_host"] = True
+        proc = fleet.start(_config(_cluster("backend", ports, outlier_detection=od)))
+        port = proc.listener_port("http")
+        for i in range(15):
+            h1.get(port, f"/small/{i}")
+        assert _health_flags(proc, "backend")[f"127.0.0.1:{bad.port}"] == expect, always
