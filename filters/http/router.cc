@@ -89,8 +89,9 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     retry_ = &route_->retry;
     // x-envoy-retry-on / x-envoy-max-retries: the HCM strips them from untrusted clients, so what
     // arrives here was sent by a trusted hop (or the application through an outbound listener).
-    const std::string* h_on = headers.get("x-envoy-retry-on");
-    const std::string* h_max = headers.get("x-envoy-max-retries");
+    const bool controls = cb_->streamInfo().envoy_controls;
+    const std::string* h_on = controls ? headers.get("x-envoy-retry-on") : nullptr;
+    const std::string* h_max = controls ? headers.get("x-envoy-max-retries") : nullptr;
     if (h_on != nullptr || h_max != nullptr) {
       header_retry_ = *retry_;
       if (h_on != nullptr) {

@@ -258,6 +258,7 @@ RequestHeaderVerdict sanitizeRequestHeaders(RequestHeaders& h, const HcmConfig& 
     });
     v.has_request_id = request_id;
   }
+  v.envoy_controls = seen_external_only && v.internal;
   if (v.internal) h.add("x-envoy-internal", "true");
   if (v.edge) {
     std::string ip;
@@ -721,6 +722,7 @@ bool ActiveStream::prepareRequest(RequestHeaders& h, const RouteTable* table) {
   // Internal or external; x-forwarded-for / -proto, x-envoy-* and internal_only_headers (Envoy's rules).
   const RequestHeaderVerdict verdict =
       sanitizeRequestHeaders(h, cfg, table, connection().remoteAddress(), connection().ssl() != nullptr);
+  info_.envoy_controls = verdict.envoy_controls;
   // x-request-id: kept when present, made otherwise; an edge request's is replaced unless
   // preserve_external_request_id.
   if (cfg.generate_request_id &&

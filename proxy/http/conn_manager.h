@@ -131,6 +131,9 @@ struct RequestHeaderVerdict {
   bool edge = false;
   bool has_request_id = false;   // a non-empty x-request-id is left
   bool expect_continue = false;  // Expect: 100-continue was there (and is gone)
+  // x-envoy-retry-on and the other request controls Envoy honours from internal clients are present and
+  // were kept: the router reads them only then (no header scans on the usual request).
+  bool envoy_controls = false;
 };
 // `routes`: the table whose internal_only_headers apply (may be null). `peer`: the connection's remote
 // address; `tls`: the connection is TLS.

@@ -48,6 +48,7 @@ struct StreamInfo {
   const RouteEntry* route = nullptr;
   const config::Cluster* cluster = nullptr;
   std::string details;  // why a local reply was sent ("route_not_found", "upstream_reset_before_response_started")
+  bool envoy_controls = false;  // a trusted client sent x-envoy-retry-on / x-envoy-max-retries and the like
 };
 
 // The router's view of downstream back-pressure: when the client stops reading, the router stops
