@@ -598,7 +598,8 @@ std::optional<config::HostChoice> Worker::chooseHost(const config::Cluster& clus
   if (slot.version_id != current.version_id || !slot.lb) {
     // Once per cluster version per worker: the balancer copies the host list and keeps its own state.
     slot.lb = upstream::createLoadBalancer(current.lb, current.hosts,
-                                           current.runtime ? &current.runtime->healthGeneration() : nullptr, rng_());
+                                           current.runtime ? &current.runtime->healthGeneration() : nullptr, rng_(),
+                                           index_);
     slot.version_id = current.version_id;
   }
   static const upstream::LbContext kNoContext;

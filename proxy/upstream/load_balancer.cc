@@ -651,8 +651,8 @@ constexpr uint32_t kMaxChoices = 64;  // least request's choice_count is capped 
 class Balancer final : public LoadBalancer {
  public:
   Balancer(const LbConfig& config, std::vector<HostSharedPtr> hosts, const std::atomic<uint64_t>* generation,
-           uint64_t seed)
-      : config_(config), hosts_(std::move(hosts)), generation_(generation), rng_(seed) {
+           uint64_t seed, uint32_t rotation_offset)
+      : config_(config), hosts_(std::move(hosts)), generation_(generation), rng_(seed), rotation_offset_(rotation_offset) {
     hashing_ = config_.policy == LbConfig::Policy::RingHash || config_.policy == LbConfig::Policy::Maglev;
     if (config_.policy == LbConfig::Policy::Maglev) {
       // The permutation walk only covers every slot when the size is prime.
@@ -707,6 +707,7 @@ class Balancer final : public LoadBalancer {
   const std::atomic<uint64_t>* const generation_;
   uint64_t built_generation_ = 0;
   Rng rng_;
+  uint32_t rotation_offset_;
   bool hashing_ = false;
   uint64_t maglev_size_ = 0;
   std::vector<std::string> keys_;     // hash policies: each host's hashed key (address or hostname)
@@ -886,9 +887,11 @@ void Balancer::initPolicyState(HostList& list) {
   const uint32_t n = list.size();
   switch (config_.policy) {
     case LbConfig::Policy::RoundRobin:
-      // Equal weights: plain rotation from a random start, so workers do not move in lockstep.
+      // Equal weights: plain rotation, so workers do not move in lockstep, from the worker's own offset
+      // when it gave one (worker i starts at host i: a few connections spread over the workers still
+      // reach every host evenly), else from a random start.
       if (list.equal_weights) {
-        list.rr_next = rng_.below(n);
+        list.rr_next = rotation_offset_ != kRandomRotation ? rotation_offset_ % n : rng_.below(n);
       } else {
         list.wrr.init(list.weights, rng_.below(n));
       }
@@ -1054,8 +1057,9 @@ const Host* Balancer::pick(HostList& list, const LbContext& context) {
 }  // namespace
 
 LoadBalancerPtr createLoadBalancer(const LbConfig& config, std::vector<HostSharedPtr> hosts,
-                                   const std::atomic<uint64_t>* health_generation, uint64_t seed) {
-  return std::make_unique<Balancer>(config, std::move(hosts), health_generation, seed);
+                                   const std::atomic<uint64_t>* health_generation, uint64_t seed,
+                                   uint32_t rotation_offset) {
+  return std::make_unique<Balancer>(config, std::move(hosts), health_generation, seed, rotation_offset);
 }
 
 }  // namespace strait::upstream

@@ -74,8 +74,12 @@ using LoadBalancerPtr = std::unique_ptr<LoadBalancer>;
 
 // `hosts` in any order (priority and locality are on each host). `seed` makes a worker's random
 // choices its own; tests pass a fixed one.
+// `rotation_offset`: where equal-weight round robin starts (a worker passes its index, so workers
+// start one host apart); kRandomRotation: from a random start.
+inline constexpr uint32_t kRandomRotation = UINT32_MAX;
 LoadBalancerPtr createLoadBalancer(const LbConfig& config, std::vector<HostSharedPtr> hosts,
-                                   const std::atomic<uint64_t>* health_generation, uint64_t seed);
+                                   const std::atomic<uint64_t>* health_generation, uint64_t seed,
+                                   uint32_t rotation_offset = kRandomRotation);
 
 // Envoy-compatible hashing of a hash_policy value (xxHash64, seed 0), so the same keys map the same way.
 uint64_t hashKey(std::string_view value);
