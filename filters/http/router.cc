@@ -595,15 +595,21 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
 
   void onGlobalTimeout() {
     stats::inc(cluster_->stats.upstream_rq_timeout);
+    endOnTimeout(504, "upstream request timeout\n", "upstream_response_timeout");
+  }
+
+  // The whole request ran out of time (route timeout, max stream duration): the attempt and any retry
+  // end here; the client gets `status` naming the timeout, or a reset once the response began.
+  void endOnTimeout(uint32_t status, std::string_view body, std::string_view details) {
     if (attempt_active_) reportLocalFailure(upstream::LocalOriginFailure::Timeout);
     resetUpstream();
     endAttempt();
     if (retry_timer_) retry_timer_->disable();
     if (response_started_) {
       cb_->resetStream();
-    } else {
-      cb_->sendLocalReply(504, "upstream request timeout\n", "upstream_response_timeout");
+      return;
     }
+    cb_->sendLocalReply(status, body, details);
   }
 
   // per_try_idle_timeout: the attempt is connected and nothing came from the upstream for that long.
@@ -630,7 +636,8 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
       }
     }
     if (ms == 0) return;
-    grpc_request_ = isGrpc(headers);
+    const std::string* ct = headers.get("content-type");
+    grpc_request_ = ct != nullptr && isGrpcContentType(*ct);
     duration_timer_.emplace(cb_->worker().dispatcher(), [this] { onMaxDuration(); });
     duration_timer_->enable(ms);
   }
@@ -654,23 +661,10 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     }
   }
 
-  static bool isGrpc(const RequestHeaders& h) {
-    const std::string* ct = h.get("content-type");
-    return ct != nullptr && ct->size() >= 16 && headerNameEquals(std::string_view(*ct).substr(0, 16), "application/grpc");
-  }
-
   void onMaxDuration() {
     stats::inc(cluster_->stats.upstream_rq_max_duration_reached);
-    if (attempt_active_) reportLocalFailure(upstream::LocalOriginFailure::Timeout);
-    resetUpstream();
-    endAttempt();
-    if (retry_timer_) retry_timer_->disable();
-    if (response_started_) {
-      cb_->resetStream();
-      return;
-    }
     // gRPC clients read DEADLINE_EXCEEDED (the HCM maps 504 to it); HTTP clients get Envoy's 408.
-    cb_->sendLocalReply(grpc_request_ ? 504 : 408, "request timeout\n", "max_duration_timeout");
+    endOnTimeout(grpc_request_ ? 504 : 408, "request timeout\n", "max_duration_timeout");
   }
 
   void onPerTryTimeout() {

@@ -279,7 +279,7 @@ class HttpConnection;
 
 bool isGrpc(const RequestHeaders& h) {
   const std::string* ct = h.get("content-type");
-  return ct != nullptr && ct->rfind("application/grpc", 0) == 0;
+  return ct != nullptr && isGrpcContentType(*ct);
 }
 
 // gRPC status for an HTTP status of a local reply (the mapping gRPC's own spec gives).

@@ -30,6 +30,14 @@ inline bool headerNameEquals(std::string_view a, std::string_view b) {
 }
 std::string toLower(std::string_view s);
 
+// A gRPC content type: application/grpc, or application/grpc+<codec> / application/grpc;<parameters>,
+// in any case (the one definition the connection manager, routes, router and health checker share).
+inline bool isGrpcContentType(std::string_view ct) {
+  constexpr std::string_view kGrpc = "application/grpc";
+  if (ct.size() < kGrpc.size() || !headerNameEquals(ct.substr(0, kGrpc.size()), kGrpc)) return false;
+  return ct.size() == kGrpc.size() || ct[kGrpc.size()] == '+' || ct[kGrpc.size()] == ';';
+}
+
 // An ordered list of headers. Names keep the case they arrived with (HTTP/1 peers that care about case
 // get it back when forwarding HTTP/1 to HTTP/1); lookups ignore case; the HTTP/2 codec lowercases on
 // output. Pseudo-headers are not stored here: they are fields of RequestHeaders / ResponseHeaders.

@@ -43,12 +43,9 @@ const T* findLower(const std::vector<std::pair<std::string, T>>& sorted, std::st
 
 re2::StringPiece piece(std::string_view s) { return re2::StringPiece(s.data(), s.size()); }
 
-bool isGrpcContentType(const RequestHeaders& headers) {
+bool isGrpcRequest(const RequestHeaders& headers) {
   const std::string* ct = headers.get("content-type");
-  if (ct == nullptr) return false;
-  constexpr std::string_view kGrpc = "application/grpc";
-  if (!startsWithLower(*ct, kGrpc)) return false;
-  return ct->size() == kGrpc.size() || (*ct)[kGrpc.size()] == '+' || (*ct)[kGrpc.size()] == ';';
+  return ct != nullptr && isGrpcContentType(*ct);
 }
 
 // The scheme the client used: x-forwarded-proto (set by the connection manager), else :scheme.
@@ -114,7 +111,7 @@ bool CompiledRoute::matches(const RequestHeaders& h, std::string_view full_path,
       if (!re2::RE2::FullMatch(piece(path_only), *regex)) return false;
       break;
   }
-  if (grpc && !isGrpcContentType(h)) return false;
+  if (grpc && !isGrpcRequest(h)) return false;
   for (const auto& m : headers) {
     if (!m.match(h)) return false;
   }

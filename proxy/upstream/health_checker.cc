@@ -173,12 +173,7 @@ std::optional<uint32_t> grpcStatus(const http::HeaderMap& headers) {
   return n;
 }
 
-bool isGrpcContentType(const std::string* ct) {
-  static constexpr std::string_view kGrpc = "application/grpc";
-  if (ct == nullptr || ct->size() < kGrpc.size()) return false;
-  if (!http::headerNameEquals(std::string_view(*ct).substr(0, kGrpc.size()), kGrpc)) return false;
-  return ct->size() == kGrpc.size() || (*ct)[kGrpc.size()] == '+' || (*ct)[kGrpc.size()] == ';';
-}
+bool isGrpcContentType(const std::string* ct) { return ct != nullptr && http::isGrpcContentType(*ct); }
 
 // grpc-timeout: at most 8 digits, then the unit.
 std::string grpcTimeout(uint64_t ms) {

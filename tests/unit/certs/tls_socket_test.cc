@@ -18,6 +18,7 @@
 #include "proxy/event/dispatcher.h"
 #include "proxy/network/connection.h"
 #include "proxy/network/listener.h"
+#include "tests/unit/support/loop.h"
 
 using namespace strait;
 
@@ -308,21 +309,9 @@ struct Events : network::ConnectionCallbacks {
   bool saw(network::ConnectionEvent e) const { return std::find(events.begin(), events.end(), e) != events.end(); }
 };
 
-// Runs the loop until `done` holds (checked every millisecond) or the time limit passes.
+// TLS handshakes with fresh certificates may take a while on a busy machine.
 bool runUntil(event::Dispatcher& d, const std::function<bool()>& done, uint64_t limit_ms = 5000) {
-  auto guard = d.createTimer([&d] { d.exit(); });
-  guard->enable(limit_ms);
-  event::TimerPtr poll;
-  poll = d.createTimer([&] {
-    if (done()) {
-      d.exit();
-    } else {
-      poll->enable(1);
-    }
-  });
-  poll->enable(0);
-  d.run();
-  return done();
+  return strait::testing::runUntil(d, done, limit_ms);
 }
 }  // namespace
 
