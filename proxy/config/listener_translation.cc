@@ -1,0 +1,368 @@
+// Listeners: addresses, filter chains and their matching, listener filters, connection limits.
+#include "proxy/config/translate_internal.h"
+
+
+#include <yaml-cpp/yaml.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "certs/client_hello.h"
+#include "envoy/config/bootstrap/v3/bootstrap.pb.h"
+#include "envoy/config/cluster/v3/cluster.pb.h"
+#include "envoy/config/endpoint/v3/endpoint.pb.h"
+#include "envoy/config/listener/v3/listener.pb.h"
+#include "envoy/config/route/v3/route.pb.h"
+#include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
+#include "envoy/extensions/upstreams/http/v3/http_protocol_options.pb.h"
+#include "envoy/extensions/filters/listener/original_dst/v3/original_dst.pb.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/dynamic_message.h"
+#include "google/protobuf/util/json_util.h"
+#include "proxy/common/log.h"
+#include "proxy/config/default_bootstrap.h"
+#include "proxy/http/matchers.h"
+#include "proxy/upstream/health_checker.h"
+#include "strait/lb/v1/peak_ewma.pb.h"
+
+namespace strait::config {
+
+namespace bootstrap_v3 = envoy::config::bootstrap::v3;
+namespace cluster_v3 = envoy::config::cluster::v3;
+namespace listener_v3 = envoy::config::listener::v3;
+namespace core_v3 = envoy::config::core::v3;
+namespace endpoint_v3 = envoy::config::endpoint::v3;
+namespace route_v3 = envoy::config::route::v3;
+
+namespace {
+
+constexpr const char* kOriginalDstType =
+    "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
+constexpr const char* kTlsInspectorType =
+    "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+constexpr const char* kHttpInspectorType =
+    "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
+
+absl::StatusOr<PortPredicate> translatePredicate(const listener_v3::ListenerFilterChainMatchPredicate& p,
+                                                 const std::string& path, int depth) {
+  if (depth > 16) return fieldError(path, "nested too deeply");
+  PortPredicate out;
+  using P = listener_v3::ListenerFilterChainMatchPredicate;
+  switch (p.rule_case()) {
+    case P::kAnyMatch:
+      out.kind = PortPredicate::Kind::Any;
+      return out;
+    case P::kDestinationPortRange:
+      out.kind = PortPredicate::Kind::Range;
+      out.start = p.destination_port_range().start();
+      out.end = p.destination_port_range().end();
+      if (out.start >= out.end) return fieldError(path + ".destination_port_range", "start must be below end");
+      return out;
+    case P::kNotMatch: {
+      out.kind = PortPredicate::Kind::Not;
+      auto c = translatePredicate(p.not_match(), path + ".not_match", depth + 1);
+      if (!c.ok()) return c.status();
+      out.children.push_back(*c);
+      return out;
+    }
+    case P::kOrMatch:
+    case P::kAndMatch: {
+      bool is_or = p.rule_case() == P::kOrMatch;
+      out.kind = is_or ? PortPredicate::Kind::Or : PortPredicate::Kind::And;
+      const auto& set = is_or ? p.or_match() : p.and_match();
+      const std::string sp = path + (is_or ? ".or_match" : ".and_match");
+      if (set.rules_size() < 2) return fieldError(sp + ".rules", "needs at least two rules");
+      for (int i = 0; i < set.rules_size(); ++i) {
+        auto c = translatePredicate(set.rules(i), absl::StrCat(sp, ".rules[", i, "]"), depth + 1);
+        if (!c.ok()) return c.status();
+        out.children.push_back(*c);
+      }
+      return out;
+    }
+    default:
+      return fieldError(path, "a rule is required");
+  }
+}
+
+absl::StatusOr<FilterChain> translateFilterChain(const listener_v3::FilterChain& fc, const std::string& path,
+                                                 TranslationContext& ctx) {
+  FilterChain out;
+  out.name = fc.name();
+  out.hash = std::hash<std::string>{}(fc.SerializeAsString());
+  if (fc.has_transport_socket()) {
+    auto ts = translateTransportSocket(fc.transport_socket(), path + ".transport_socket", true);
+    if (!ts.ok()) return ts.status();
+    out.transport_socket = *ts;
+  }
+  if (fc.has_transport_socket_connect_timeout()) {
+    out.transport_socket_connect_timeout_ms = durationMs(fc.transport_socket_connect_timeout());
+  }
+  if (fc.has_filter_chain_match()) {
+    const auto& m = fc.filter_chain_match();
+    const std::string mp = path + ".filter_chain_match";
+    if (m.has_destination_port()) {
+      if (m.destination_port().value() > 65535) return fieldError(mp + ".destination_port", "is not a valid port");
+      out.destination_port = m.destination_port().value();
+    }
+    for (int i = 0; i < m.prefix_ranges_size(); ++i) {
+      const auto& r = m.prefix_ranges(i);
+      auto a = network::Address::parse(r.address_prefix(), 0);
+      if (!a) return fieldError(absl::StrCat(mp, ".prefix_ranges[", i, "].address_prefix"), "is not an IP address");
+      uint32_t len = r.has_prefix_len() ? r.prefix_len().value() : (a->isV6() ? 128 : 32);
+      if (len > (a->isV6() ? 128u : 32u)) return fieldError(absl::StrCat(mp, ".prefix_ranges[", i, "].prefix_len"), "is too long");
+      out.prefix_ranges.push_back(CidrRange{*a, len});
+    }
+    out.transport_protocol = m.transport_protocol();
+    for (const auto& ap : m.application_protocols()) out.application_protocols.push_back(ap);
+    for (const auto& sn : m.server_names()) {
+      if (sn.empty()) return fieldError(mp + ".server_names", "must not hold an empty name");
+      out.server_names.push_back(absl::AsciiStrToLower(sn));
+    }
+    if (m.source_prefix_ranges_size() > 0 || m.source_ports_size() > 0 || m.direct_source_prefix_ranges_size() > 0) {
+      return fieldError(mp, "source matching is not supported yet (destination_port, prefix_ranges, "
+                            "transport_protocol, application_protocols are)");
+    }
+  }
+  if (fc.filters_size() == 0) return fieldError(path + ".filters", "needs a terminal network filter");
+  for (int i = 0; i < fc.filters_size(); ++i) {
+    const auto& f = fc.filters(i);
+    const std::string fp = absl::StrCat(path, ".filters[", i, "]");
+    if (!f.has_typed_config()) return fieldError(fp + ".typed_config", "is required (extensions are chosen by type URL)");
+    const std::string& type_url = f.typed_config().type_url();
+    if (i != fc.filters_size() - 1) {
+      auto rit = networkReadFilterRegistry().find(type_url);
+      if (rit == networkReadFilterRegistry().end()) {
+        if (networkFilterRegistry().count(type_url)) return fieldError(fp, "a terminal network filter must be the last one");
+        return fieldError(fp + ".typed_config", absl::StrCat("unsupported network filter type '", type_url, "'"));
+      }
+      auto rf = rit->second(f.typed_config(), fp + ".typed_config", ctx);
+      if (!rf.ok()) return rf.status();
+      out.read_filters.push_back(*rf);
+      continue;
+    }
+    auto it = networkFilterRegistry().find(type_url);
+    if (it == networkFilterRegistry().end()) {
+      return fieldError(fp + ".typed_config", absl::StrCat("unsupported network filter type '", type_url, "'"));
+    }
+    auto factory = it->second(f.typed_config(), fp + ".typed_config", ctx);
+    if (!factory.ok()) return factory.status();
+    out.terminal = *factory;
+  }
+  return out;
+}
+
+// One open-connection count per listener name for the life of the process (see Listener::max_connections).
+std::shared_ptr<std::atomic<int64_t>> listenerConnectionCount(const std::string& name) {
+  static std::mutex mu;
+  static std::map<std::string, std::shared_ptr<std::atomic<int64_t>>> counts;
+  std::lock_guard<std::mutex> lock(mu);
+  auto& c = counts[name];
+  if (!c) c = std::make_shared<std::atomic<int64_t>>(0);
+  return c;
+}
+
+}  // namespace
+
+absl::StatusOr<ListenerConstSharedPtr> translateListener(const listener_v3::Listener& l, const std::string& path,
+                                                       TranslationContext& ctx) {
+  auto out = std::make_shared<Listener>();
+  if (l.name().empty()) return fieldError(path + ".name", "is required");
+  out->name = l.name();
+  auto addr = translateAddress(l.address(), path + ".address");
+  if (!addr.ok()) return addr.status();
+  out->address = *addr;
+  if (l.has_bind_to_port() && !l.bind_to_port().value()) {
+    return fieldError(path + ".bind_to_port", "listeners that do not bind are not supported yet");
+  }
+  if (l.has_per_connection_buffer_limit_bytes()) out->buffer_limit = l.per_connection_buffer_limit_bytes().value();
+  if (ctx.runtime != nullptr) {
+    const std::string key = absl::StrCat("envoy.resource_limits.listener.", l.name(), ".connection_limit");
+    auto it = ctx.runtime->find(key);
+    if (it != ctx.runtime->end()) {
+      uint64_t v = 0;
+      if (!absl::SimpleAtoi(it->second, &v)) {
+        return fieldError("layered_runtime." + key, absl::StrCat("'", it->second, "' is not a connection count"));
+      }
+      out->max_connections = v;
+    }
+  }
+  out->open_connections = listenerConnectionCount(l.name());
+  out->inbound = l.traffic_direction() == core_v3::INBOUND;
+  // Both forms recover the pre-NAT destination; listener hand-off by original destination comes later.
+  out->restore_original_dst = l.has_use_original_dst() && l.use_original_dst().value();
+  for (int i = 0; i < l.listener_filters_size(); ++i) {
+    const auto& lf = l.listener_filters(i);
+    const std::string lp = absl::StrCat(path, ".listener_filters[", i, "]");
+    if (!lf.has_typed_config()) return fieldError(lp + ".typed_config", "is required");
+    const std::string& t = lf.typed_config().type_url();
+    Inspector* inspector = t == kTlsInspectorType ? &out->tls_inspector : t == kHttpInspectorType ? &out->http_inspector : nullptr;
+    if (t == kOriginalDstType) {
+      out->restore_original_dst = true;
+    } else if (inspector != nullptr) {
+      inspector->enabled = true;
+      if (lf.has_filter_disabled()) {
+        auto pred = translatePredicate(lf.filter_disabled(), lp + ".filter_disabled", 0);
+        if (!pred.ok()) return pred.status();
+        inspector->disabled = *pred;
+      }
+    } else {
+      return fieldError(lp + ".typed_config",
+                        absl::StrCat("unsupported listener filter type '", lf.typed_config().type_url(), "'"));
+    }
+  }
+  if (l.has_listener_filters_timeout()) out->listener_filters_timeout_ms = durationMs(l.listener_filters_timeout());
+  out->continue_on_listener_filters_timeout = l.continue_on_listener_filters_timeout();
+  if (l.filter_chains_size() == 0 && !l.has_default_filter_chain()) {
+    return fieldError(path + ".filter_chains", "a listener needs at least one filter chain");
+  }
+  for (int i = 0; i < l.filter_chains_size(); ++i) {
+    auto fc = translateFilterChain(l.filter_chains(i), absl::StrCat(path, ".filter_chains[", i, "]"), ctx);
+    if (!fc.ok()) return fc.status();
+    out->filter_chains.push_back(std::move(*fc));
+  }
+  if (l.has_default_filter_chain()) {
+    auto fc = translateFilterChain(l.default_filter_chain(), path + ".default_filter_chain", ctx);
+    if (!fc.ok()) return fc.status();
+    out->default_filter_chain = std::move(*fc);
+  }
+  out->stat_prefix = l.stat_prefix();
+  // A listener on port 0 gets its stats once bound (named after the real port), see createListenerStats.
+  if (out->address.port() != 0 || !out->stat_prefix.empty()) createListenerStats(*out, out->address, ctx.store);
+  out->proto = std::make_shared<listener_v3::Listener>(l);
+  out->proto_hash = l.SerializeAsString();
+  return ListenerConstSharedPtr(out);
+}
+
+void createListenerStats(Listener& l, const network::Address& bound, stats::Store& store) {
+  const std::string p = "listener." + (l.stat_prefix.empty() ? bound.statName() : l.stat_prefix) + ".";
+  l.stats.downstream_cx_total = store.counter(p + "downstream_cx_total");
+  l.stats.downstream_cx_active = store.gauge(p + "downstream_cx_active");
+  l.stats.downstream_cx_destroy = store.counter(p + "downstream_cx_destroy");
+  l.stats.no_filter_chain_match = store.counter(p + "no_filter_chain_match");
+  l.stats.downstream_pre_cx_timeout = store.counter(p + "downstream_pre_cx_timeout");
+  l.stats.downstream_cx_overload_reject = store.counter(p + "downstream_cx_overload_reject");
+  l.stats.downstream_cx_overflow = store.counter(p + "downstream_cx_overflow");
+  if (l.http_inspector.enabled) {
+    l.stats.http1_found = store.counter(p + "http_inspector.http1_found");
+    l.stats.http2_found = store.counter(p + "http_inspector.http2_found");
+    l.stats.http_not_found = store.counter(p + "http_inspector.http_not_found");
+  }
+  if (l.tls_inspector.enabled) {
+    l.stats.tls_found = store.counter(p + "tls_inspector.tls_found");
+    l.stats.tls_not_found = store.counter(p + "tls_inspector.tls_not_found");
+    l.stats.tls_client_hello_too_large = store.counter(p + "tls_inspector.client_hello_too_large");
+  }
+  bool tls = false;
+  for (const auto& fc : l.filter_chains) tls = tls || fc.transport_socket != nullptr;
+  if (l.default_filter_chain) tls = tls || l.default_filter_chain->transport_socket != nullptr;
+  if (tls) {
+    l.stats.ssl = network::makeSslStats(store, p);
+    l.stats.downstream_cx_transport_socket_connect_timeout = store.counter(p + "downstream_cx_transport_socket_connect_timeout");
+    l.stats.downstream_cx_no_certificate = store.counter(p + "downstream_cx_no_certificate");
+  }
+  l.stats_ready = true;
+}
+
+bool CidrRange::contains(const network::Address& a) const {
+  if (a.family() != prefix.family()) return false;
+  const uint8_t* x;
+  const uint8_t* y;
+  if (a.isV6()) {
+    x = reinterpret_cast<const sockaddr_in6*>(a.sockAddr())->sin6_addr.s6_addr;
+    y = reinterpret_cast<const sockaddr_in6*>(prefix.sockAddr())->sin6_addr.s6_addr;
+  } else {
+    x = reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in*>(a.sockAddr())->sin_addr);
+    y = reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in*>(prefix.sockAddr())->sin_addr);
+  }
+  uint32_t bits = len;
+  for (uint32_t i = 0; bits > 0; ++i) {
+    uint32_t take = bits >= 8 ? 8 : bits;
+    uint8_t mask = static_cast<uint8_t>(0xff00 >> take);
+    if ((x[i] & mask) != (y[i] & mask)) return false;
+    bits -= take;
+  }
+  return true;
+}
+
+bool PortPredicate::matches(uint32_t port) const {
+  switch (kind) {
+    case Kind::Any: return true;
+    case Kind::Range: return static_cast<int64_t>(port) >= start && static_cast<int64_t>(port) < end;
+    case Kind::Not: return !children[0].matches(port);
+    case Kind::Or:
+      for (const auto& c : children) {
+        if (c.matches(port)) return true;
+      }
+      return false;
+    case Kind::And:
+      for (const auto& c : children) {
+        if (!c.matches(port)) return false;
+      }
+      return true;
+  }
+  return false;
+}
+
+const FilterChain* Listener::match(const network::Address& dst, std::string_view transport,
+                                   std::string_view application, std::string_view server_name,
+                                   const std::vector<std::string>* alpn) const {
+  // Every criterion a chain names must hold; among the chains that fit, the most specific wins (a port
+  // beats an IP range beats a server name beats a transport protocol beats application protocols), the
+  // first on a tie. An exact server name beats a wildcard one.
+  const FilterChain* best = nullptr;
+  int best_rank = -1;
+  for (const auto& fc : filter_chains) {
+    int rank = 0;
+    if (fc.destination_port) {
+      if (*fc.destination_port != dst.port()) continue;
+      rank += 64;
+    }
+    if (!fc.prefix_ranges.empty()) {
+      bool ip_ok = false;
+      for (const auto& r : fc.prefix_ranges) ip_ok = ip_ok || r.contains(dst);
+      if (!ip_ok) continue;
+      rank += 32;
+    }
+    if (!fc.server_names.empty()) {
+      int sn_rank = 0;
+      for (const auto& sn : fc.server_names) {
+        if (sn == server_name) sn_rank = std::max(sn_rank, 16);
+        else if (certs::serverNameMatches(sn, server_name)) sn_rank = std::max(sn_rank, 8);
+      }
+      if (sn_rank == 0) continue;
+      rank += sn_rank;
+    }
+    if (!fc.transport_protocol.empty()) {
+      std::string_view t = transport.empty() ? std::string_view("raw_buffer") : transport;
+      if (fc.transport_protocol != t) continue;
+      rank += 2;
+    }
+    if (!fc.application_protocols.empty()) {
+      bool found = false;
+      for (const auto& ap : fc.application_protocols) {
+        found = found || ap == application;
+        if (alpn != nullptr) {
+          for (const auto& offered : *alpn) found = found || ap == offered;
+        }
+      }
+      if (!found) continue;
+      rank += 1;
+    }
+    if (rank > best_rank) {
+      best = &fc;
+      best_rank = rank;
+    }
+  }
+  if (best) return best;
+  return default_filter_chain ? &*default_filter_chain : nullptr;
+}
+
+}  // namespace strait::config

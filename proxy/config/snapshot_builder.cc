@@ -1,0 +1,465 @@
+// Builds a Snapshot from the bootstrap and the accepted xDS resources; the extension registries.
+#include "proxy/config/translate_internal.h"
+
+
+#include <yaml-cpp/yaml.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <mutex>
+#include <set>
+#include <sstream>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "certs/client_hello.h"
+#include "envoy/config/bootstrap/v3/bootstrap.pb.h"
+#include "envoy/config/cluster/v3/cluster.pb.h"
+#include "envoy/config/endpoint/v3/endpoint.pb.h"
+#include "envoy/config/listener/v3/listener.pb.h"
+#include "envoy/config/route/v3/route.pb.h"
+#include "envoy/extensions/transport_sockets/tls/v3/tls.pb.h"
+#include "envoy/extensions/upstreams/http/v3/http_protocol_options.pb.h"
+#include "envoy/extensions/filters/listener/original_dst/v3/original_dst.pb.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/dynamic_message.h"
+#include "google/protobuf/util/json_util.h"
+#include "proxy/common/log.h"
+#include "proxy/config/default_bootstrap.h"
+#include "proxy/http/matchers.h"
+#include "proxy/upstream/health_checker.h"
+#include "strait/lb/v1/peak_ewma.pb.h"
+
+namespace strait::config {
+
+namespace bootstrap_v3 = envoy::config::bootstrap::v3;
+namespace cluster_v3 = envoy::config::cluster::v3;
+namespace listener_v3 = envoy::config::listener::v3;
+namespace core_v3 = envoy::config::core::v3;
+namespace endpoint_v3 = envoy::config::endpoint::v3;
+namespace route_v3 = envoy::config::route::v3;
+
+std::map<std::string, NetworkFilterFactoryFn>& networkFilterRegistry() {
+  static auto* r = new std::map<std::string, NetworkFilterFactoryFn>;
+  return *r;
+}
+std::map<std::string, NetworkReadFilterFactoryFn>& networkReadFilterRegistry() {
+  static auto* r = new std::map<std::string, NetworkReadFilterFactoryFn>;
+  return *r;
+}
+std::map<std::string, TransportSocketFactoryFn>& transportSocketRegistry() {
+  static auto* r = new std::map<std::string, TransportSocketFactoryFn>;
+  return *r;
+}
+SecretLoaderFn& secretLoader() {
+  static auto* f = new SecretLoaderFn;
+  return *f;
+}
+
+// A transport_socket (filter chain: server side; cluster: client side) as a factory; null = plaintext.
+absl::StatusOr<network::TransportSocketFactorySharedPtr> translateTransportSocket(
+    const envoy::config::core::v3::TransportSocket& ts, const std::string& path, bool server) {
+  if (!ts.has_typed_config()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ".typed_config: is required (transport sockets are chosen by type URL)"));
+  }
+  auto it = transportSocketRegistry().find(ts.typed_config().type_url());
+  if (it == transportSocketRegistry().end()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, ".typed_config: unsupported transport socket type '", ts.typed_config().type_url(), "'"));
+  }
+  return it->second(ts.typed_config(), path + ".typed_config", server);
+}
+
+absl::Status fieldError(const std::string& path, const std::string& what) {
+  return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
+}
+
+// ---- validation and translation ---------------------------------------------------------------------
+
+absl::StatusOr<network::Address> translateAddress(const core_v3::Address& a, const std::string& path) {
+  if (!a.has_socket_address()) {
+    if (a.has_pipe()) return fieldError(path + ".pipe", "unix socket addresses are not supported here");
+    return fieldError(path + ".socket_address", "is required");
+  }
+  const auto& sa = a.socket_address();
+  const std::string sp = path + ".socket_address";
+  if (sa.protocol() != core_v3::SocketAddress::TCP) return fieldError(sp + ".protocol", "only TCP is supported");
+  if (sa.port_specifier_case() == core_v3::SocketAddress::kNamedPort) {
+    return fieldError(sp + ".named_port", "named ports are not supported; use port_value");
+  }
+  if (sa.port_value() > 65535) {
+    return fieldError(sp + ".port_value", absl::StrCat(sa.port_value(), " is not a valid port (0-65535)"));
+  }
+  if (sa.address().empty()) return fieldError(sp + ".address", "is required");
+  auto addr = network::Address::parse(sa.address(), sa.port_value());
+  if (!addr) {
+    return fieldError(sp + ".address", absl::StrCat("'", sa.address(), "' is not a numeric IPv4 or IPv6 address"));
+  }
+  return *addr;
+}
+
+static void flattenRuntime(const google::protobuf::Struct& s, const std::string& prefix, std::map<std::string, std::string>& out) {
+  for (const auto& [key, value] : s.fields()) {
+    const std::string k = prefix.empty() ? key : prefix + "." + key;
+    switch (value.kind_case()) {
+      case google::protobuf::Value::kStructValue: flattenRuntime(value.struct_value(), k, out); break;
+      case google::protobuf::Value::kNumberValue: {
+        const double d = value.number_value();
+        out[k] = d == static_cast<double>(static_cast<int64_t>(d)) ? absl::StrCat(static_cast<int64_t>(d)) : absl::StrCat(d);
+        break;
+      }
+      case google::protobuf::Value::kBoolValue: out[k] = value.bool_value() ? "true" : "false"; break;
+      case google::protobuf::Value::kStringValue: out[k] = value.string_value(); break;
+      default: break;
+    }
+  }
+}
+
+std::string formatNowRfc3339() {
+  auto now = std::chrono::system_clock::now();
+  std::time_t t = std::chrono::system_clock::to_time_t(now);
+  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+  std::tm tm;
+  gmtime_r(&t, &tm);
+  char buf[64];
+  std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
+                tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+  return buf;
+}
+
+
+std::map<std::string, std::string> runtimeValues(const google::protobuf::Message& bootstrap) {
+  std::map<std::string, std::string> out;
+  const auto& b = static_cast<const bootstrap_v3::Bootstrap&>(bootstrap);
+  for (const auto& layer : b.layered_runtime().layers()) {
+    if (layer.has_static_layer()) flattenRuntime(layer.static_layer(), "", out);
+  }
+  return out;
+}
+
+void registerNetworkFilter(const std::string& type_url, NetworkFilterFactoryFn fn) {
+  networkFilterRegistry()[type_url] = std::move(fn);
+}
+
+void registerNetworkReadFilter(const std::string& type_url, NetworkReadFilterFactoryFn fn) {
+  networkReadFilterRegistry()[type_url] = std::move(fn);
+}
+
+void registerTransportSocket(const std::string& type_url, TransportSocketFactoryFn fn) {
+  transportSocketRegistry()[type_url] = std::move(fn);
+}
+
+void registerSecretLoader(SecretLoaderFn fn) { secretLoader() = std::move(fn); }
+
+uint64_t durationMs(const google::protobuf::Duration& d) {
+  return static_cast<uint64_t>(d.seconds()) * 1000 + static_cast<uint64_t>(d.nanos()) / 1000000;
+}
+
+namespace {
+
+RouteTableFactory& routeTableFactory() {
+  static auto* f = new RouteTableFactory;
+  return *f;
+}
+
+// The bootstrap's ADS settings, and the name of the static cluster that reaches the control plane.
+// The xDS channel's TLS from its envoy_grpc cluster's UpstreamTlsContext (gRPC runs its own TLS: the
+// settings are handed over as PEM sources; SDS is not possible for the channel that brings SDS).
+absl::StatusOr<AdsSettings::Tls> adsTlsFromCluster(const core_v3::TransportSocket& ts, const std::string& path) {
+  envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext u;
+  if (!ts.has_typed_config() || !ts.typed_config().UnpackTo(&u)) {
+    return fieldError(path + ".typed_config", "the xDS cluster takes an UpstreamTlsContext");
+  }
+  AdsSettings::Tls tls;
+  tls.sni = u.sni();
+  const auto& c = u.common_tls_context();
+  const std::string cp = path + ".typed_config.common_tls_context";
+  auto pem = [&](const core_v3::DataSource& ds, const std::string& f, AdsSettings::PemSource& out) -> absl::Status {
+    if (ds.has_filename()) {
+      out.filename = ds.filename();
+    } else if (ds.has_inline_string() || ds.has_inline_bytes()) {
+      out.inline_data = ds.has_inline_string() ? ds.inline_string() : ds.inline_bytes();
+    } else {
+      return fieldError(cp + "." + f, "the xDS channel needs a filename or inline data");
+    }
+    return absl::OkStatus();
+  };
+  if (c.tls_certificate_sds_secret_configs_size() > 0 || c.has_validation_context_sds_secret_config() ||
+      c.has_combined_validation_context()) {
+    return fieldError(cp, "the xDS channel's certificates cannot come over SDS: name files or inline data");
+  }
+  if (c.tls_certificates_size() > 1) return fieldError(cp + ".tls_certificates", "the xDS channel takes one certificate");
+  if (c.tls_certificates_size() == 1) {
+    if (auto st = pem(c.tls_certificates(0).certificate_chain(), "tls_certificates[0].certificate_chain", tls.cert_chain); !st.ok()) return st;
+    if (auto st = pem(c.tls_certificates(0).private_key(), "tls_certificates[0].private_key", tls.private_key); !st.ok()) return st;
+  }
+  if (c.has_validation_context() && c.validation_context().has_trusted_ca()) {
+    if (auto st = pem(c.validation_context().trusted_ca(), "validation_context.trusted_ca", tls.root_certs); !st.ok()) return st;
+  }
+  return tls;
+}
+
+absl::StatusOr<std::optional<AdsSettings>> translateAds(const bootstrap_v3::Bootstrap& b, std::string* xds_cluster) {
+  if (!b.has_dynamic_resources()) return std::optional<AdsSettings>();
+  const auto& dr = b.dynamic_resources();
+  const std::string p = "dynamic_resources";
+  if (!dr.has_ads_config()) {
+    return fieldError(p + ".ads_config", "is required: Strait takes LDS and CDS over ADS only");
+  }
+  for (const auto* cs : {&dr.lds_config(), &dr.cds_config()}) {
+    const bool lds = cs == &dr.lds_config();
+    const bool present = lds ? dr.has_lds_config() : dr.has_cds_config();
+    if (present && !cs->has_ads()) {
+      return fieldError(p + (lds ? ".lds_config" : ".cds_config"), "only ads: {} is supported");
+    }
+  }
+  AdsSettings ads;
+  const auto& ac = dr.ads_config();
+  switch (ac.api_type()) {
+    case core_v3::ApiConfigSource::GRPC:
+    case core_v3::ApiConfigSource::AGGREGATED_GRPC: ads.delta = false; break;
+    case core_v3::ApiConfigSource::DELTA_GRPC:
+    case core_v3::ApiConfigSource::AGGREGATED_DELTA_GRPC: ads.delta = true; break;
+    default: return fieldError(p + ".ads_config.api_type", "must be GRPC or DELTA_GRPC");
+  }
+  if (ac.grpc_services_size() != 1) return fieldError(p + ".ads_config.grpc_services", "needs exactly one entry");
+  const auto& gs = ac.grpc_services(0);
+  if (gs.has_envoy_grpc()) {
+    if (gs.envoy_grpc().cluster_name().empty()) {
+      return fieldError(p + ".ads_config.grpc_services[0].envoy_grpc.cluster_name", "is required");
+    }
+    *xds_cluster = gs.envoy_grpc().cluster_name();
+  } else if (gs.has_google_grpc()) {
+    const std::string gp = p + ".ads_config.grpc_services[0].google_grpc";
+    if (gs.google_grpc().target_uri().empty()) return fieldError(gp + ".target_uri", "is required");
+    ads.target = gs.google_grpc().target_uri();
+    if (gs.google_grpc().has_channel_credentials()) {
+      const auto& cc = gs.google_grpc().channel_credentials();
+      if (!cc.has_ssl_credentials()) {
+        return fieldError(gp + ".channel_credentials", "only ssl_credentials is supported");
+      }
+      const auto& ssl = cc.ssl_credentials();
+      AdsSettings::Tls tls;
+      auto pem = [&](const core_v3::DataSource& ds, const std::string& f, AdsSettings::PemSource& out) -> absl::Status {
+        if (ds.has_filename()) {
+          out.filename = ds.filename();
+        } else if (ds.has_inline_string() || ds.has_inline_bytes()) {
+          out.inline_data = ds.has_inline_string() ? ds.inline_string() : ds.inline_bytes();
+        } else if (ds.specifier_case() != core_v3::DataSource::SPECIFIER_NOT_SET) {
+          return fieldError(gp + ".channel_credentials.ssl_credentials." + f, "only filename and inline data are supported");
+        }
+        return absl::OkStatus();
+      };
+      for (auto st : {pem(ssl.root_certs(), "root_certs", tls.root_certs), pem(ssl.private_key(), "private_key", tls.private_key),
+                      pem(ssl.cert_chain(), "cert_chain", tls.cert_chain)}) {
+        if (!st.ok()) return st;
+      }
+      ads.tls = tls;
+    }
+  } else {
+    return fieldError(p + ".ads_config.grpc_services[0]", "needs envoy_grpc or google_grpc");
+  }
+  // The longer of the two initial fetch timeouts bounds how long /ready waits (Envoy's default: 15 s).
+  std::optional<uint64_t> timeout;
+  for (const auto* cs : {&dr.lds_config(), &dr.cds_config()}) {
+    if (cs->has_initial_fetch_timeout()) timeout = std::max(timeout.value_or(0), durationMs(cs->initial_fetch_timeout()));
+  }
+  ads.initial_fetch_timeout_ms = timeout.value_or(15000);
+  return std::optional<AdsSettings>(ads);
+}
+
+}  // namespace
+
+uint32_t ClusterIds::get(const std::string& name) {
+  auto it = ids_.find(name);
+  if (it != ids_.end()) return it->second;
+  uint32_t id = static_cast<uint32_t>(ids_.size());
+  ids_.emplace(name, id);
+  return id;
+}
+
+void setRouteTableFactory(RouteTableFactory f) { routeTableFactory() = std::move(f); }
+
+absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> sources, const Snapshot* previous,
+                                          stats::Store& store, ClusterIds& ids) {
+  const auto& bootstrap = static_cast<const bootstrap_v3::Bootstrap&>(*sources->bootstrap);
+  BuildResult result;
+  auto snap = std::make_shared<Snapshot>();
+  snap->node_id = bootstrap.node().id();
+  snap->node_cluster = bootstrap.node().cluster();
+  if (bootstrap.has_admin() && bootstrap.admin().has_address()) {
+    auto a = translateAddress(bootstrap.admin().address(), "admin.address");
+    if (!a.ok()) return a.status();
+    snap->admin_address = *a;
+  }
+  std::string xds_cluster;
+  auto ads = translateAds(bootstrap, &xds_cluster);
+  if (!ads.ok()) return ads.status();
+  snap->ads = *ads;
+  const auto& sr = bootstrap.static_resources();
+  for (int i = 0; i < sr.secrets_size(); ++i) {
+    const std::string path = absl::StrCat("static_resources.secrets[", i, "]");
+    if (!secretLoader()) return fieldError(path, "secrets are not supported in this build");
+    auto st = secretLoader()(sr.secrets(i), path);
+    if (!st.ok()) return st;
+  }
+
+  // Clusters: static ones, then CDS ones (a CDS cluster may not replace a static one).
+  auto addCluster = [&](ClusterConstSharedPtr c, const std::string& path) -> absl::Status {
+    if (snap->clusters_by_name.count(c->name)) {
+      return fieldError(path + ".name", absl::StrCat("duplicate cluster name '", c->name, "'"));
+    }
+    snap->clusters_by_name[c->name] = c;
+    snap->clusters.push_back(c);
+    return absl::OkStatus();
+  };
+  for (int i = 0; i < sr.clusters_size(); ++i) {
+    const std::string path = absl::StrCat("static_resources.clusters[", i, "]");
+    const auto& cp = sr.clusters(i);
+    std::string pipe;
+    bool warming = false;
+    // Static clusters may name a unix socket: a gRPC service there (Istio's xds-grpc and sds-grpc).
+    auto c = translateCluster(cp, path, ids.get(cp.name()), store, &sources->endpoints, true, &pipe, &warming);
+    if (!c.ok()) return c.status();
+    if (cp.name() == xds_cluster && snap->ads && cp.has_transport_socket()) {
+      auto tls = adsTlsFromCluster(cp.transport_socket(), path + ".transport_socket");
+      if (!tls.ok()) return tls.status();
+      snap->ads->tls = *tls;
+    }
+    if (cp.name() == xds_cluster && snap->ads) {
+      if (!pipe.empty()) {
+        snap->ads->target = pipe;
+      } else if (!(*c)->hosts.empty()) {
+        snap->ads->target = (*c)->hosts[0]->address.asString();
+      } else {
+        return fieldError(path + ".load_assignment", "the xDS cluster needs an endpoint");
+      }
+    }
+    if (cp.type() == cluster_v3::Cluster::EDS) {
+      result.eds_names.insert((*c)->eds_service_name);
+      if (warming) continue;
+    }
+    auto st = addCluster(*c, path);
+    if (!st.ok()) return st;
+  }
+  if (!xds_cluster.empty() && snap->ads && snap->ads->target.empty()) {
+    return fieldError("dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
+                      absl::StrCat("no static cluster named '", xds_cluster, "'"));
+  }
+  for (const auto& [name, res] : sources->clusters) {
+    const auto& cp = static_cast<const cluster_v3::Cluster&>(*res.proto);
+    const std::string path = absl::StrCat("Cluster '", name, "'");
+    bool warming = false;
+    auto c = translateCluster(cp, path, ids.get(name), store, &sources->endpoints, false, nullptr, &warming);
+    if (!c.ok()) return c.status();
+    auto* mc = const_cast<Cluster*>(c->get());
+    mc->dynamic = true;
+    mc->version_info = res.version;
+    if (mc->type == Cluster::Type::Eds) result.eds_names.insert(mc->eds_service_name);
+    if (warming) {
+      // Keeps serving the version it had, if any, until its endpoints arrive.
+      result.warming.push_back(path);
+      if (previous) {
+        auto it = previous->clusters_by_name.find(name);
+        if (it != previous->clusters_by_name.end()) {
+          auto st = addCluster(it->second, path);
+          if (!st.ok()) return st;
+        }
+      }
+      continue;
+    }
+    auto st = addCluster(*c, path);
+    if (!st.ok()) return st;
+  }
+
+  // RDS route tables, against the clusters just built (unknown clusters answer 503 at run time).
+  std::map<std::string, std::shared_ptr<const void>> tables;
+  for (const auto& [name, res] : sources->routes) {
+    if (!routeTableFactory()) return absl::InternalError("no route table factory registered");
+    auto t = routeTableFactory()(*res.proto, absl::StrCat("RouteConfiguration '", name, "'"), snap->clusters_by_name);
+    if (!t.ok()) return t.status();
+    tables[name] = *t;
+    snap->route_tables_by_id[routeIds().get(name)] = *t;
+  }
+  snap->route_tables = tables;
+
+  std::set<std::string> rds_names;
+  TranslationContext ctx{store, snap->clusters_by_name, &snap->route_tables, &rds_names};
+  const std::map<std::string, std::string> runtime = runtimeValues(bootstrap);
+  ctx.runtime = &runtime;
+  std::set<std::string> listener_names;
+  auto addListener = [&](ListenerConstSharedPtr l, const std::string& path) -> absl::Status {
+    if (!listener_names.insert(l->name).second) {
+      return fieldError(path + ".name", absl::StrCat("duplicate listener name '", l->name, "'"));
+    }
+    for (const auto& other : snap->listeners) {
+      if (other->address == l->address && l->address.port() != 0) {
+        return fieldError(path + ".address", absl::StrCat("listener '", l->name, "' and '", other->name,
+                                                          "' both use ", l->address.asString()));
+      }
+    }
+    snap->listeners.push_back(std::move(l));
+    return absl::OkStatus();
+  };
+  for (int i = 0; i < sr.listeners_size(); ++i) {
+    const std::string path = absl::StrCat("static_resources.listeners[", i, "]");
+    auto l = translateListener(sr.listeners(i), path, ctx);
+    if (!l.ok()) {
+      if (absl::IsUnavailable(l.status())) {
+        result.warming.push_back(path);
+        continue;
+      }
+      return l.status();
+    }
+    auto st = addListener(*l, path);
+    if (!st.ok()) return st;
+  }
+  ctx.dynamic = true;  // LDS listeners may name clusters CDS has removed (see TranslationContext)
+  for (const auto& [name, res] : sources->listeners) {
+    const auto& lp = static_cast<const listener_v3::Listener&>(*res.proto);
+    const std::string path = absl::StrCat("Listener '", name, "'");
+    auto l = translateListener(lp, path, ctx);
+    if (!l.ok()) {
+      if (!absl::IsUnavailable(l.status())) return l.status();
+      // Waiting for its RouteConfiguration: the previous version keeps serving.
+      result.warming.push_back(path + ": " + std::string(l.status().message()));
+      if (previous) {
+        for (const auto& old : previous->listeners) {
+          if (old->name == name) {
+            auto st = addListener(old, path);
+            if (!st.ok()) return st;
+          }
+        }
+      }
+      continue;
+    }
+    auto* ml = const_cast<Listener*>(l->get());
+    ml->dynamic = true;
+    ml->version_info = res.version;
+    auto st = addListener(*l, path);
+    if (!st.ok()) return st;
+  }
+  result.rds_names = rds_names;
+  snap->sources = sources;
+  snap->bootstrap = sources->bootstrap;
+  snap->loaded_at = formatNowRfc3339();
+  result.snapshot = snap;
+  return result;
+}
+
+ClusterIds& clusterIds() {
+  static auto* ids = new ClusterIds;
+  return *ids;
+}
+
+std::string nowRfc3339() { return formatNowRfc3339(); }
+
+ClusterIds& routeIds() {
+  static auto* ids = new ClusterIds;
+  return *ids;
+}
+
+}  // namespace strait::config
