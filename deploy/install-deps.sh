@@ -10,7 +10,7 @@ what=${1:-test}
 
 build_pkgs=(
   build-essential cmake ninja-build ccache pkg-config
-  libuv1-dev node-llhttp libnghttp2-dev libssl-dev
+  libuv1-dev node-llhttp libnghttp2-dev libssl-dev libc-ares-dev
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
   libabsl-dev libre2-dev libyaml-cpp-dev catch2
 )
