@@ -4,7 +4,9 @@
 
 #include <yaml-cpp/yaml.h>
 
+#include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <cstdio>
 #include <ctime>
 #include <fstream>
@@ -15,6 +17,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "certs/client_hello.h"
 #include "envoy/config/bootstrap/v3/bootstrap.pb.h"
 #include "envoy/config/cluster/v3/cluster.pb.h"
@@ -92,6 +95,41 @@ absl::StatusOr<PortPredicate> translatePredicate(const listener_v3::ListenerFilt
   }
 }
 
+absl::Status translateCidrs(const google::protobuf::RepeatedPtrField<core_v3::CidrRange>& ranges, const std::string& path,
+                            std::vector<CidrRange>& out) {
+  for (int i = 0; i < ranges.size(); ++i) {
+    const auto& r = ranges[i];
+    auto a = network::Address::parse(r.address_prefix(), 0);
+    if (!a) return fieldError(absl::StrCat(path, "[", i, "].address_prefix"), "is not an IP address");
+    uint32_t len = r.has_prefix_len() ? r.prefix_len().value() : (a->isV6() ? 128 : 32);
+    if (len > (a->isV6() ? 128u : 32u)) return fieldError(absl::StrCat(path, "[", i, "].prefix_len"), "is too long");
+    out.push_back(CidrRange{*a, len});
+  }
+  return absl::OkStatus();
+}
+
+// Envoy refuses a listener with two filter chains that match exactly the same connections; so does
+// Strait (for chains whose matches are equal once their lists are sorted).
+std::string matchKey(const FilterChain& fc) {
+  auto cidrs = [](const std::vector<CidrRange>& v) {
+    std::vector<std::string> out;
+    for (const auto& r : v) out.push_back(absl::StrCat(r.prefix.ip(), "/", r.len));
+    std::sort(out.begin(), out.end());
+    return absl::StrJoin(out, ",");
+  };
+  auto strs = [](std::vector<std::string> v) {
+    std::sort(v.begin(), v.end());
+    return absl::StrJoin(v, ",");
+  };
+  std::vector<uint32_t> ports = fc.source_ports;
+  std::sort(ports.begin(), ports.end());
+  return absl::StrCat(fc.destination_port ? static_cast<int64_t>(*fc.destination_port) : -1, "|",
+                      cidrs(fc.prefix_ranges), "|", strs(fc.server_names), "|", fc.transport_protocol, "|",
+                      strs(fc.application_protocols), "|", cidrs(fc.direct_source_prefix_ranges), "|",
+                      static_cast<int>(fc.source_type), "|", cidrs(fc.source_prefix_ranges), "|",
+                      absl::StrJoin(ports, ","));
+}
+
 absl::StatusOr<FilterChain> translateFilterChain(const listener_v3::FilterChain& fc, const std::string& path,
                                                  TranslationContext& ctx) {
   FilterChain out;
@@ -109,26 +147,41 @@ absl::StatusOr<FilterChain> translateFilterChain(const listener_v3::FilterChain&
     const auto& m = fc.filter_chain_match();
     const std::string mp = path + ".filter_chain_match";
     if (m.has_destination_port()) {
-      if (m.destination_port().value() > 65535) return fieldError(mp + ".destination_port", "is not a valid port");
+      if (m.destination_port().value() == 0 || m.destination_port().value() > 65535) {
+        return fieldError(mp + ".destination_port", "is not a valid port");
+      }
       out.destination_port = m.destination_port().value();
     }
-    for (int i = 0; i < m.prefix_ranges_size(); ++i) {
-      const auto& r = m.prefix_ranges(i);
-      auto a = network::Address::parse(r.address_prefix(), 0);
-      if (!a) return fieldError(absl::StrCat(mp, ".prefix_ranges[", i, "].address_prefix"), "is not an IP address");
-      uint32_t len = r.has_prefix_len() ? r.prefix_len().value() : (a->isV6() ? 128 : 32);
-      if (len > (a->isV6() ? 128u : 32u)) return fieldError(absl::StrCat(mp, ".prefix_ranges[", i, "].prefix_len"), "is too long");
-      out.prefix_ranges.push_back(CidrRange{*a, len});
-    }
+    if (auto st = translateCidrs(m.prefix_ranges(), mp + ".prefix_ranges", out.prefix_ranges); !st.ok()) return st;
     out.transport_protocol = m.transport_protocol();
     for (const auto& ap : m.application_protocols()) out.application_protocols.push_back(ap);
     for (const auto& sn : m.server_names()) {
       if (sn.empty()) return fieldError(mp + ".server_names", "must not hold an empty name");
       out.server_names.push_back(absl::AsciiStrToLower(sn));
     }
-    if (m.source_prefix_ranges_size() > 0 || m.source_ports_size() > 0 || m.direct_source_prefix_ranges_size() > 0) {
-      return fieldError(mp, "source matching is not supported yet (destination_port, prefix_ranges, "
-                            "transport_protocol, application_protocols are)");
+    if (auto st = translateCidrs(m.direct_source_prefix_ranges(), mp + ".direct_source_prefix_ranges",
+                                 out.direct_source_prefix_ranges);
+        !st.ok()) {
+      return st;
+    }
+    switch (m.source_type()) {
+      case listener_v3::FilterChainMatch::ANY: out.source_type = FilterChain::SourceType::Any; break;
+      case listener_v3::FilterChainMatch::SAME_IP_OR_LOOPBACK:
+        out.source_type = FilterChain::SourceType::SameIpOrLoopback;
+        break;
+      case listener_v3::FilterChainMatch::EXTERNAL: out.source_type = FilterChain::SourceType::External; break;
+      default:
+        return fieldError(mp + ".source_type", absl::StrCat("unknown value ", static_cast<int>(m.source_type())));
+    }
+    if (auto st = translateCidrs(m.source_prefix_ranges(), mp + ".source_prefix_ranges", out.source_prefix_ranges);
+        !st.ok()) {
+      return st;
+    }
+    for (int i = 0; i < m.source_ports_size(); ++i) {
+      if (m.source_ports(i) == 0 || m.source_ports(i) > 65535) {
+        return fieldError(absl::StrCat(mp, ".source_ports[", i, "]"), "is not a valid port");
+      }
+      out.source_ports.push_back(m.source_ports(i));
     }
   }
   if (fc.filters_size() == 0) return fieldError(path + ".filters", "needs a terminal network filter");
@@ -179,9 +232,7 @@ absl::StatusOr<ListenerConstSharedPtr> translateListener(const listener_v3::List
   auto addr = translateAddress(l.address(), path + ".address");
   if (!addr.ok()) return addr.status();
   out->address = *addr;
-  if (l.has_bind_to_port() && !l.bind_to_port().value()) {
-    return fieldError(path + ".bind_to_port", "listeners that do not bind are not supported yet");
-  }
+  out->bind_to_port = !l.has_bind_to_port() || l.bind_to_port().value();
   if (l.has_per_connection_buffer_limit_bytes()) out->buffer_limit = l.per_connection_buffer_limit_bytes().value();
   if (ctx.runtime != nullptr) {
     const std::string key = absl::StrCat("envoy.resource_limits.listener.", l.name(), ".connection_limit");
@@ -196,8 +247,10 @@ absl::StatusOr<ListenerConstSharedPtr> translateListener(const listener_v3::List
   }
   out->open_connections = listenerConnectionCount(l.name());
   out->inbound = l.traffic_direction() == core_v3::INBOUND;
-  // Both forms recover the pre-NAT destination; listener hand-off by original destination comes later.
-  out->restore_original_dst = l.has_use_original_dst() && l.use_original_dst().value();
+  // Both forms recover the pre-NAT destination; use_original_dst also hands the connection to the
+  // listener on that destination (worker.cc, ListenerAddressMap).
+  out->use_original_dst = l.has_use_original_dst() && l.use_original_dst().value();
+  out->restore_original_dst = out->use_original_dst;
   for (int i = 0; i < l.listener_filters_size(); ++i) {
     const auto& lf = l.listener_filters(i);
     const std::string lp = absl::StrCat(path, ".listener_filters[", i, "]");
@@ -223,9 +276,16 @@ absl::StatusOr<ListenerConstSharedPtr> translateListener(const listener_v3::List
   if (l.filter_chains_size() == 0 && !l.has_default_filter_chain()) {
     return fieldError(path + ".filter_chains", "a listener needs at least one filter chain");
   }
+  std::map<std::string, int> match_keys;
   for (int i = 0; i < l.filter_chains_size(); ++i) {
-    auto fc = translateFilterChain(l.filter_chains(i), absl::StrCat(path, ".filter_chains[", i, "]"), ctx);
+    const std::string fp = absl::StrCat(path, ".filter_chains[", i, "]");
+    auto fc = translateFilterChain(l.filter_chains(i), fp, ctx);
     if (!fc.ok()) return fc.status();
+    auto [it, fresh] = match_keys.emplace(matchKey(*fc), i);
+    if (!fresh) {
+      return fieldError(fp + ".filter_chain_match",
+                        absl::StrCat("matches the same connections as filter_chains[", it->second, "]"));
+    }
     out->filter_chains.push_back(std::move(*fc));
   }
   if (l.has_default_filter_chain()) {
@@ -311,58 +371,136 @@ bool PortPredicate::matches(uint32_t port) const {
   return false;
 }
 
-const FilterChain* Listener::match(const network::Address& dst, std::string_view transport,
-                                   std::string_view application, std::string_view server_name,
-                                   const std::vector<std::string>* alpn) const {
-  // Every criterion a chain names must hold; among the chains that fit, the most specific wins (a port
-  // beats an IP range beats a server name beats a transport protocol beats application protocols), the
-  // first on a tie. An exact server name beats a wildcard one.
-  const FilterChain* best = nullptr;
-  int best_rank = -1;
-  for (const auto& fc : filter_chains) {
-    int rank = 0;
-    if (fc.destination_port) {
-      if (*fc.destination_port != dst.port()) continue;
-      rank += 64;
-    }
-    if (!fc.prefix_ranges.empty()) {
-      bool ip_ok = false;
-      for (const auto& r : fc.prefix_ranges) ip_ok = ip_ok || r.contains(dst);
-      if (!ip_ok) continue;
-      rank += 32;
-    }
-    if (!fc.server_names.empty()) {
-      int sn_rank = 0;
-      for (const auto& sn : fc.server_names) {
-        if (sn == server_name) sn_rank = std::max(sn_rank, 16);
-        else if (certs::serverNameMatches(sn, server_name)) sn_rank = std::max(sn_rank, 8);
-      }
-      if (sn_rank == 0) continue;
-      rank += sn_rank;
-    }
-    if (!fc.transport_protocol.empty()) {
-      std::string_view t = transport.empty() ? std::string_view("raw_buffer") : transport;
-      if (fc.transport_protocol != t) continue;
-      rank += 2;
-    }
-    if (!fc.application_protocols.empty()) {
-      bool found = false;
-      for (const auto& ap : fc.application_protocols) {
-        found = found || ap == application;
-        if (alpn != nullptr) {
-          for (const auto& offered : *alpn) found = found || ap == offered;
-        }
-      }
-      if (!found) continue;
-      rank += 1;
-    }
-    if (rank > best_rank) {
-      best = &fc;
-      best_rank = rank;
+namespace {
+
+// Longest prefix among `ranges` that holds `a`: -1 when none does; 0 when there are none (a chain
+// without the criterion fits every address as a /0 would, as in Envoy).
+int cidrScore(const std::vector<CidrRange>& ranges, const network::Address& a) {
+  if (ranges.empty()) return 0;
+  int best = -1;
+  for (const auto& r : ranges) {
+    if (r.contains(a)) best = std::max(best, static_cast<int>(r.len));
+  }
+  return best;
+}
+
+bool isLoopback(const network::Address& a) {
+  if (a.isV6()) {
+    const auto& in6 = reinterpret_cast<const sockaddr_in6*>(a.sockAddr())->sin6_addr;
+    return IN6_IS_ADDR_LOOPBACK(&in6);
+  }
+  const auto* in4 = reinterpret_cast<const uint8_t*>(&reinterpret_cast<const sockaddr_in*>(a.sockAddr())->sin_addr);
+  return in4[0] == 127;
+}
+
+bool sameIp(const network::Address& a, const network::Address& b) {
+  if (a.family() != b.family()) return false;
+  if (a.isV6()) {
+    return std::memcmp(&reinterpret_cast<const sockaddr_in6*>(a.sockAddr())->sin6_addr,
+                       &reinterpret_cast<const sockaddr_in6*>(b.sockAddr())->sin6_addr, 16) == 0;
+  }
+  return reinterpret_cast<const sockaddr_in*>(a.sockAddr())->sin_addr.s_addr ==
+         reinterpret_cast<const sockaddr_in*>(b.sockAddr())->sin_addr.s_addr;
+}
+
+using Candidates = std::vector<const FilterChain*>;
+
+// Keeps the candidates with the highest score; a negative score rules a chain out.
+template <class Score>
+void narrow(Candidates& c, Score score) {
+  int best = -1;
+  for (const auto* fc : c) best = std::max(best, score(*fc));
+  size_t kept = 0;
+  if (best >= 0) {
+    for (const auto* fc : c) {
+      if (score(*fc) == best) c[kept++] = fc;
     }
   }
-  if (best) return best;
-  return default_filter_chain ? &*default_filter_chain : nullptr;
+  c.resize(kept);
+}
+
+}  // namespace
+
+const FilterChain* Listener::match(const network::Address& dst, const network::Address& src, std::string_view transport,
+                                   std::string_view application, std::string_view server_name,
+                                   const std::vector<std::string>* alpn) const {
+  const FilterChain* fallback = default_filter_chain ? &*default_filter_chain : nullptr;
+  if (filter_chains.empty()) return fallback;
+  thread_local Candidates c;
+  c.clear();
+  for (const auto& fc : filter_chains) c.push_back(&fc);
+  // 1. Destination port.
+  narrow(c, [&](const FilterChain& fc) { return !fc.destination_port ? 0 : *fc.destination_port == dst.port() ? 1 : -1; });
+  // 2. Destination IP: the longest prefix.
+  if (c.size() > 0) narrow(c, [&](const FilterChain& fc) { return cidrScore(fc.prefix_ranges, dst); });
+  // 3. Server name: exact, then the longest wildcard suffix, then chains that name none.
+  if (c.size() > 0) {
+    narrow(c, [&](const FilterChain& fc) {
+      if (fc.server_names.empty()) return 0;
+      int best = -1;
+      if (server_name.empty()) return -1;
+      for (const auto& sn : fc.server_names) {
+        if (!certs::serverNameMatches(sn, server_name)) continue;
+        // A wildcard scores its length (the longest suffix wins); an exact name beats any wildcard.
+        best = std::max(best, sn[0] == '*' ? static_cast<int>(sn.size()) : 1 << 16);
+      }
+      return best;
+    });
+  }
+  // 4. Transport protocol (raw_buffer when no listener filter detected one, as Envoy sets it).
+  if (c.size() > 0) {
+    const std::string_view t = transport.empty() ? std::string_view("raw_buffer") : transport;
+    narrow(c, [&](const FilterChain& fc) { return fc.transport_protocol.empty() ? 0 : fc.transport_protocol == t ? 1 : -1; });
+  }
+  // 5. Application protocols: the first of the connection's protocols (the TLS client's ALPN list in its
+  // order, or what http_inspector found) that some chain names; else the chains that name none.
+  if (c.size() > 0) {
+    auto names = [](const FilterChain& fc, std::string_view p) {
+      return std::find(fc.application_protocols.begin(), fc.application_protocols.end(), p) !=
+             fc.application_protocols.end();
+    };
+    auto pick = [&](std::string_view p) {
+      for (const auto* fc : c) {
+        if (names(*fc, p)) {
+          narrow(c, [&](const FilterChain& x) { return names(x, p) ? 1 : -1; });
+          return true;
+        }
+      }
+      return false;
+    };
+    bool done = false;
+    if (alpn != nullptr) {
+      for (const auto& p : *alpn) {
+        if ((done = pick(p))) break;
+      }
+    }
+    if (!done && !application.empty()) done = pick(application);
+    if (!done) narrow(c, [](const FilterChain& fc) { return fc.application_protocols.empty() ? 0 : -1; });
+  }
+  // 6. Direct source IP (the peer: Strait has no PROXY protocol, so it is the source IP).
+  if (c.size() > 0) narrow(c, [&](const FilterChain& fc) { return cidrScore(fc.direct_source_prefix_ranges, src); });
+  // 7. Source type: a peer on the same IP as the destination, or on loopback, is local.
+  if (c.size() > 0) {
+    const bool local = isLoopback(src) || sameIp(src, dst);
+    narrow(c, [&](const FilterChain& fc) {
+      switch (fc.source_type) {
+        case FilterChain::SourceType::Any: return 0;
+        case FilterChain::SourceType::SameIpOrLoopback: return local ? 1 : -1;
+        case FilterChain::SourceType::External: return local ? -1 : 1;
+      }
+      return -1;
+    });
+  }
+  // 8. Source IP, 9. source port.
+  if (c.size() > 0) narrow(c, [&](const FilterChain& fc) { return cidrScore(fc.source_prefix_ranges, src); });
+  if (c.size() > 0) {
+    narrow(c, [&](const FilterChain& fc) {
+      if (fc.source_ports.empty()) return 0;
+      return std::find(fc.source_ports.begin(), fc.source_ports.end(), src.port()) != fc.source_ports.end() ? 1 : -1;
+    });
+  }
+  // Equal matches are refused at config time, so at most one is left.
+  return c.empty() ? fallback : c.front();
 }
 
 }  // namespace strait::config

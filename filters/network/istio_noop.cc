@@ -1,0 +1,149 @@
+#include "filters/network/istio_noop.h"
+
+#include <mutex>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+#include "google/protobuf/any.pb.h"
+#include "google/protobuf/struct.pb.h"
+#include "google/protobuf/unknown_field_set.h"
+#include "proxy/common/log.h"
+#include "proxy/network/connection.h"
+
+namespace strait::filters::network {
+
+namespace {
+
+constexpr std::string_view kPrefix = "type.googleapis.com/";
+constexpr const char* kMetadataExchange = "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange";
+constexpr const char* kStats = "type.googleapis.com/stats.PluginConfig";
+constexpr const char* kAuthn = "type.googleapis.com/io.istio.network.authn.Config";
+constexpr const char* kUdpaTypedStruct = "type.googleapis.com/udpa.type.v1.TypedStruct";
+constexpr const char* kXdsTypedStruct = "type.googleapis.com/xds.type.v3.TypedStruct";
+constexpr const char* kWasm = "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm";
+
+// Admits every connection and counts it; never reads or writes a byte.
+class InertFilter : public config::NetworkReadFilter {
+ public:
+  explicit InertFilter(stats::Counter seen) : seen_(seen) {}
+  bool admit(const strait::network::Connection&) const override {
+    stats::inc(seen_);
+    return true;
+  }
+
+ private:
+  stats::Counter seen_;
+};
+
+// "metadata_exchange", "stats" or "authn" for a type URL this file stands in for, else empty.
+std::string_view kindOfType(std::string_view type_url) {
+  if (type_url == kMetadataExchange) return "metadata_exchange";
+  if (type_url == kStats) return "stats";
+  if (type_url == kAuthn) return "authn";
+  return {};
+}
+
+// Istio's Wasm plugins, by PluginConfig.root_id or name.
+std::string_view kindOfWasmPlugin(std::string_view root_id, std::string_view name) {
+  for (std::string_view id : {root_id, name}) {
+    if (id == "stats_inbound" || id == "stats_outbound" || id == "istio.stats") return "stats";
+    if (id == "envoy.wasm.metadata_exchange" || id == "istio.metadata_exchange") return "metadata_exchange";
+  }
+  return {};
+}
+
+// The length-delimited fields `number` of a serialized message (the last one wins, as protobuf
+// merges), without a generated class: Strait declares no TypedStruct/Wasm C++ types of its own here.
+bool lengthDelimited(const std::string& bytes, int number, std::string* out) {
+  google::protobuf::UnknownFieldSet fields;
+  if (!fields.ParseFromString(bytes)) return false;
+  bool found = false;
+  for (int i = 0; i < fields.field_count(); ++i) {
+    const auto& f = fields.field(i);
+    if (f.number() == number && f.type() == google::protobuf::UnknownField::TYPE_LENGTH_DELIMITED) {
+      *out = f.length_delimited();
+      found = true;
+    }
+  }
+  return found;
+}
+
+std::string structString(const google::protobuf::Struct& s, const std::string& key) {
+  auto it = s.fields().find(key);
+  return it != s.fields().end() && it->second.kind_case() == google::protobuf::Value::kStringValue
+             ? it->second.string_value()
+             : std::string();
+}
+
+void logInertOnce(std::string_view kind, const std::string& type_url) {
+  static std::mutex mu;
+  static std::set<std::string, std::less<>> logged;
+  std::lock_guard<std::mutex> lock(mu);
+  if (!logged.emplace(kind).second) return;
+  LOG_INFO("network filter %s (Istio's %s) is inert in Strait: connections pass through untouched, counted in "
+           "istio_inert.%s.cx_total",
+           type_url.c_str(), std::string(kind).c_str(), std::string(kind).c_str());
+}
+
+}  // namespace
+
+absl::StatusOr<config::NetworkReadFilterConstSharedPtr> createIstioNoopFilter(const google::protobuf::Any& any,
+                                                                              const std::string& path,
+                                                                              config::TranslationContext& ctx) {
+  std::string type_url = any.type_url();
+  std::string_view kind = kindOfType(type_url);
+  std::string plugin_root_id, plugin_name;
+  bool wasm = false;
+  if (kind.empty() && (type_url == kUdpaTypedStruct || type_url == kXdsTypedStruct)) {
+    // TypedStruct: type_url = 1, value = 2 (a google.protobuf.Struct, the inner config as JSON data).
+    std::string inner_url, value_bytes;
+    google::protobuf::Struct value;
+    lengthDelimited(any.value(), 1, &inner_url);
+    if (lengthDelimited(any.value(), 2, &value_bytes) && !value.ParseFromString(value_bytes)) {
+      return absl::InvalidArgumentError(path + ".value: cannot decode the TypedStruct's value");
+    }
+    kind = kindOfType(inner_url);
+    if (kind.empty() && inner_url == kWasm) {
+      wasm = true;
+      auto it = value.fields().find("config");
+      if (it != value.fields().end() && it->second.kind_case() == google::protobuf::Value::kStructValue) {
+        plugin_root_id = structString(it->second.struct_value(), "root_id");
+        plugin_name = structString(it->second.struct_value(), "name");
+      }
+    } else if (kind.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(path, ".type_url: unsupported network filter type '", inner_url,
+                                                     "' (in a ", type_url.substr(kPrefix.size()), ")"));
+    }
+    type_url = inner_url;
+  } else if (kind.empty() && type_url == kWasm) {
+    // Wasm: config = 1 (PluginConfig: name = 1, root_id = 2).
+    wasm = true;
+    std::string plugin;
+    if (lengthDelimited(any.value(), 1, &plugin)) {
+      lengthDelimited(plugin, 1, &plugin_name);
+      lengthDelimited(plugin, 2, &plugin_root_id);
+    }
+  }
+  if (wasm) {
+    kind = kindOfWasmPlugin(plugin_root_id, plugin_name);
+    if (kind.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ".config: Wasm plugin (root_id '", plugin_root_id, "', name '", plugin_name,
+          "') is not supported: Strait runs no Wasm, and stands in only for Istio's stats and metadata exchange plugins"));
+    }
+  }
+  if (kind.empty()) {
+    return absl::InvalidArgumentError(absl::StrCat(path, ": unsupported network filter type '", type_url, "'"));
+  }
+  logInertOnce(kind, wasm ? absl::StrCat(type_url, " (root_id '", plugin_root_id, "')") : type_url);
+  return config::NetworkReadFilterConstSharedPtr(
+      std::make_shared<InertFilter>(ctx.store.counter("istio_inert." + std::string(kind) + ".cx_total")));
+}
+
+void registerIstioNoopFilters() {
+  for (const char* t : {kMetadataExchange, kStats, kAuthn, kUdpaTypedStruct, kXdsTypedStruct, kWasm}) {
+    config::registerNetworkReadFilter(t, createIstioNoopFilter);
+  }
+}
+
+}  // namespace strait::filters::network
