@@ -1,0 +1,20 @@
+#pragma once
+
+namespace strait::filters::http {
+
+// Filters Istio inserts whose work Strait does not do (or does elsewhere). Each is accepted, passes
+// every request through untouched, counts the requests it sees in
+// http.<hcm stat_prefix>.inert.<kind>.requests_total, and says once per process (log level info) that it
+// is inert:
+//   kind                       typed_config type
+//   grpc_stats                 envoy.extensions.filters.http.grpc_stats.v3.FilterConfig
+//   istio_alpn                 istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig
+//   istio_stats                stats.PluginConfig (Istio's stats filter, native form)
+//   peer_metadata              io.istio.http.peer_metadata.Config
+//   wasm_<plugin>              envoy.extensions.filters.http.wasm.v3.Wasm whose plugin Strait knows by its
+//                              root_id (else its name): stats_inbound, stats_outbound, istio.stats,
+//                              istio.metadata_exchange ('.' becomes '_'). No Wasm is ever run; another
+//                              plugin is an unsupported filter (skipped only when is_optional).
+void registerInertHttpFilters();
+
+}  // namespace strait::filters::http
