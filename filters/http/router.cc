@@ -92,7 +92,8 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     const bool controls = cb_->streamInfo().envoy_controls;
     const std::string* h_on = controls ? headers.get("x-envoy-retry-on") : nullptr;
     const std::string* h_max = controls ? headers.get("x-envoy-max-retries") : nullptr;
-    if (h_on != nullptr || h_max != nullptr) {
+    const std::string* h_names = controls ? headers.get("x-envoy-retriable-header-names") : nullptr;
+    if (h_on != nullptr || h_max != nullptr || h_names != nullptr) {
       header_retry_ = *retry_;
       if (h_on != nullptr) {
         header_retry_->enabled = true;
@@ -100,9 +101,14 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
       }
       uint32_t n = 0;
       if (h_max != nullptr && absl::SimpleAtoi(*h_max, &n)) header_retry_->num_retries = n;
+      if (h_names != nullptr) addRetriableHeaderNames(*h_names, *header_retry_);
       retry_ = &*header_retry_;
     }
-    if (retry_->enabled) retries_left_ = retry_->num_retries;
+    // retriable_request_headers: a request that matches none of them is not retried at all.
+    if (retry_->enabled) {
+      request_retriable_ = retryableRequest(headers);
+      if (request_retriable_) retries_left_ = retry_->num_retries;
+    }
     startDurationTimer(headers);
     if (!route_->hash_policies.empty()) lb_context_.hash_key = computeHash(headers);
     buffering_ = !upgrade_;
@@ -239,7 +245,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     reportHttpStatus(status);
     // Decide before touching the attempt: if no retry may go (none left, body not kept, the cluster's
     // max_retries reached), this response is the answer and must flow on.
-    if (!response_started_ && (shouldRetryStatus(status) || (end_stream && shouldRetryGrpc(*headers))) &&
+    if (!response_started_ && (shouldRetryResponse(*headers) || (end_stream && shouldRetryGrpc(*headers))) &&
         retryOn(true)) {
       resetUpstream();
       endAttempt();
@@ -248,7 +254,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     response_started_ = true;
     if (per_try_timer_) per_try_timer_->disable();
     // A retry succeeded only if what came back is not itself a retriable failure (Envoy's rule).
-    if (attempts_ > 1 && !shouldRetryStatus(status)) stats::inc(cluster_->stats.upstream_rq_retry_success);
+    if (attempts_ > 1 && !shouldRetryResponse(*headers)) stats::inc(cluster_->stats.upstream_rq_retry_success);
     if (route_->include_attempt_count_in_response) headers->set("x-envoy-attempt-count", std::to_string(attempts_));
     if (!set_cookie_.empty()) headers->add("set-cookie", set_cookie_);
     if (end_stream) onUpstreamComplete();
@@ -357,6 +363,46 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     cb_->encodeHeaders(std::move(resp), true);
   }
 
+  // A response worth another attempt: its status (5xx, gateway-error, retriable-4xx,
+  // retriable-status-codes) or, with retriable-headers, a header matching retriable_headers.
+  bool shouldRetryResponse(const ResponseHeaders& h) const {
+    if (shouldRetryStatus(h.status)) return true;
+    if (!retry_->on_retriable_headers || !retry_->retriable_headers) return false;
+    for (const auto& m : *retry_->retriable_headers) {
+      if (m.match(h)) return true;
+    }
+    return false;
+  }
+
+  bool retryableRequest(const RequestHeaders& h) const {
+    if (!retry_->retriable_request_headers) return true;
+    for (const auto& m : *retry_->retriable_request_headers) {
+      if (m.match(h)) return true;
+    }
+    return false;
+  }
+
+  // x-envoy-retriable-header-names: "a, b": responses carrying any of those headers are retriable too
+  // (with retriable-headers in retry_on), in addition to the policy's own retriable_headers.
+  static void addRetriableHeaderNames(std::string_view names, RetryPolicy& policy) {
+    std::vector<HeaderMatch> all;
+    if (policy.retriable_headers) all = *policy.retriable_headers;
+    const size_t before = all.size();
+    while (!names.empty()) {
+      const size_t comma = names.find(',');
+      std::string_view name = names.substr(0, comma);
+      names = comma == std::string_view::npos ? std::string_view() : names.substr(comma + 1);
+      while (!name.empty() && (name.front() == ' ' || name.front() == '\t')) name.remove_prefix(1);
+      while (!name.empty() && (name.back() == ' ' || name.back() == '\t')) name.remove_suffix(1);
+      if (name.empty() || !isValidHeaderName(name) || name.front() == ':') continue;
+      HeaderMatch m;
+      m.name = lowerString(name);
+      m.type = HeaderMatch::Type::Present;
+      all.push_back(std::move(m));
+    }
+    if (all.size() != before) policy.retriable_headers = std::make_shared<const std::vector<HeaderMatch>>(std::move(all));
+  }
+
   bool shouldRetryStatus(uint32_t status) const {
     const auto& rp = *retry_;
     if (rp.on_5xx && status >= 500) return true;
@@ -388,12 +434,12 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     // retry_or_shadow_abandoned, when the body outgrew the buffer).
     if (!buffering_) return false;
     if (retries_left_ == 0) {
-      if (retry_->enabled) stats::inc(cluster_->stats.upstream_rq_retry_limit_exceeded);
+      if (retry_->enabled && request_retriable_) stats::inc(cluster_->stats.upstream_rq_retry_limit_exceeded);
       return false;
     }
     // max_retries (or the retry budget) holds across all workers, so retries cannot turn a failing
     // upstream into a storm. The slot is held through the back-off, as Envoy holds it.
-    if (cluster_->runtime && !cluster_->runtime->resources().tryAcquireRetry()) {
+    if (cluster_->runtime && !cluster_->runtime->resources(route_->priority).tryAcquireRetry()) {
       stats::inc(cluster_->stats.upstream_rq_retry_overflow);
       return false;
     }
@@ -406,7 +452,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
   void releaseRetrySlot() {
     if (!retry_slot_) return;
     retry_slot_ = false;
-    cluster_->runtime->resources().retries.release();
+    cluster_->runtime->resources(route_->priority).retries.release();
   }
 
   void scheduleRetry(bool immediate) {
@@ -441,7 +487,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
       return;
     }
     // max_requests holds across all workers.
-    if (cluster_->runtime && !cluster_->runtime->resources().requests.tryAcquire()) {
+    if (cluster_->runtime && !cluster_->runtime->resources(route_->priority).requests.tryAcquire()) {
       stats::inc(cluster_->stats.upstream_rq_pending_overflow);
       cb_->sendLocalReply(503, "upstream overflow\n", "upstream_overflow");
       return;
@@ -465,7 +511,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
       per_try_timer_.emplace(cb_->worker().dispatcher(), [this] { onPerTryTimeout(); });
       per_try_timer_->enable(retry_->per_try_timeout_ms);
     }
-    auto& pool = cb_->worker().httpPools().pool(cluster_, *host, protocol_);
+    auto& pool = cb_->worker().httpPools().pool(cluster_, *host, protocol_, route_->priority);
     pending_ = pool.newStream(up_, *this);
   }
 
@@ -477,7 +523,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     if (idle_timer_) idle_timer_->disable();
     if (rq_slot_) {
       rq_slot_ = false;
-      cluster_->runtime->resources().requests.release();
+      cluster_->runtime->resources(route_->priority).requests.release();
     }
     if (attempt_host_) {
       attempt_host_->active_requests.fetch_sub(1, std::memory_order_relaxed);
@@ -753,6 +799,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
   upstream::HostConstSharedPtr attempt_host_;
   std::string set_cookie_;  // a generated hash-policy cookie for the response
   bool rq_slot_ = false;     // holds one of the cluster's max_requests
+  bool request_retriable_ = true;  // false: retriable_request_headers ruled this request out
   bool retry_waiting_ = false;
   bool grpc_request_ = false;  // a retry is scheduled (back-off): the next attempt sends the kept body
   bool retry_slot_ = false;  // holds one of the cluster's max_retries (during a back-off)

@@ -2,6 +2,8 @@
 
 #include <re2/re2.h>
 
+#include <charconv>
+
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "envoy/config/route/v3/route_components.pb.h"
@@ -59,27 +61,14 @@ bool isTokenChar(unsigned char c) {
   }
 }
 
-// The value of a header for matching: repeated headers are joined with "," as Envoy does (in a
-// per-thread buffer that only grows, so steady state does not allocate). False when absent.
-bool headerValue(const RequestHeaders& headers, const HeaderMatch& m, std::string_view& out) {
-  auto pseudo = [&](const std::string& v) {
-    if (v.empty()) return false;
-    out = v;
-    return true;
-  };
-  switch (m.source) {
-    case HeaderMatch::Source::Method: return pseudo(headers.method);
-    case HeaderMatch::Source::Path: return pseudo(headers.path);
-    case HeaderMatch::Source::Authority: return pseudo(headers.authority);
-    case HeaderMatch::Source::Scheme: return pseudo(headers.scheme);
-    case HeaderMatch::Source::Protocol: return pseudo(headers.protocol);
-    case HeaderMatch::Source::Map: break;
-  }
+// The value of header `name` in the map for matching: repeated headers are joined with "," as Envoy
+// does (in a per-thread buffer that only grows, so steady state does not allocate). False when absent.
+bool mapValue(const HeaderMap& headers, const std::string& name, std::string_view& out) {
   thread_local std::string joined;
   const std::string* first = nullptr;
   bool multiple = false;
   for (const auto& e : headers.entries()) {
-    if (!equalsLower(m.name, e.name)) continue;
+    if (!equalsLower(name, e.name)) continue;
     if (first == nullptr) {
       first = &e.value;
     } else {
@@ -94,6 +83,39 @@ bool headerValue(const RequestHeaders& headers, const HeaderMatch& m, std::strin
   if (first == nullptr) return false;
   out = multiple ? std::string_view(joined) : std::string_view(*first);
   return true;
+}
+
+bool pseudoValue(const std::string& v, std::string_view& out) {
+  if (v.empty()) return false;
+  out = v;
+  return true;
+}
+
+// A request's value for the matcher (pseudo-header fields, else the map). A request has no :status.
+bool headerValue(const RequestHeaders& headers, const HeaderMatch& m, std::string_view& out) {
+  switch (m.source) {
+    case HeaderMatch::Source::Method: return pseudoValue(headers.method, out);
+    case HeaderMatch::Source::Path: return pseudoValue(headers.path, out);
+    case HeaderMatch::Source::Authority: return pseudoValue(headers.authority, out);
+    case HeaderMatch::Source::Scheme: return pseudoValue(headers.scheme, out);
+    case HeaderMatch::Source::Protocol: return pseudoValue(headers.protocol, out);
+    case HeaderMatch::Source::Status: return false;
+    case HeaderMatch::Source::Map: break;
+  }
+  return mapValue(headers, m.name, out);
+}
+
+// A response's value: :status as digits (in a per-thread buffer), else the map; it has no request
+// pseudo-headers.
+bool headerValue(const ResponseHeaders& headers, const HeaderMatch& m, std::string_view& out) {
+  if (m.source == HeaderMatch::Source::Status) {
+    thread_local char digits[16];
+    const auto r = std::to_chars(digits, digits + sizeof(digits), headers.status);
+    out = std::string_view(digits, static_cast<size_t>(r.ptr - digits));
+    return headers.status != 0;
+  }
+  if (m.source != HeaderMatch::Source::Map) return false;
+  return mapValue(headers, m.name, out);
 }
 
 }  // namespace
@@ -169,9 +191,8 @@ absl::Status buildStringMatch(const matcher_v3::StringMatcher& m, const std::str
   return fieldError(path, "one of exact, prefix, suffix, contains, safe_regex is required");
 }
 
-bool HeaderMatch::match(const RequestHeaders& headers) const {
-  std::string_view value;
-  if (!headerValue(headers, *this, value)) {
+bool HeaderMatch::matchValue(bool found, std::string_view value) const {
+  if (!found) {
     if (!treat_missing_as_empty) {
       // Envoy: a missing header only satisfies "present_match: false" (or an inverted "present_match: true").
       return type == Type::Present && (invert ? present : !present);
@@ -196,6 +217,18 @@ bool HeaderMatch::match(const RequestHeaders& headers) const {
   return result != invert;
 }
 
+bool HeaderMatch::match(const RequestHeaders& headers) const {
+  std::string_view value;
+  const bool found = headerValue(headers, *this, value);
+  return matchValue(found, value);
+}
+
+bool HeaderMatch::match(const ResponseHeaders& headers) const {
+  std::string_view value;
+  const bool found = headerValue(headers, *this, value);
+  return matchValue(found, value);
+}
+
 absl::Status buildHeaderMatch(const route_v3::HeaderMatcher& hm, const std::string& hp, HeaderMatch& out) {
   if (!isValidHeaderName(hm.name())) {
     return fieldError(hp + ".name", absl::StrCat("'", hm.name(), "' is not a valid header name"));
@@ -207,6 +240,7 @@ absl::Status buildHeaderMatch(const route_v3::HeaderMatcher& hm, const std::stri
   else if (out.name == ":authority" || out.name == "host") out.source = HeaderMatch::Source::Authority;
   else if (out.name == ":scheme") out.source = HeaderMatch::Source::Scheme;
   else if (out.name == ":protocol") out.source = HeaderMatch::Source::Protocol;
+  else if (out.name == ":status") out.source = HeaderMatch::Source::Status;
   else if (out.name[0] == ':') return fieldError(hp + ".name", absl::StrCat("unknown pseudo-header '", hm.name(), "'"));
   out.invert = hm.invert_match();
   out.treat_missing_as_empty = hm.treat_missing_header_as_empty();

@@ -58,11 +58,11 @@ absl::Status buildStringMatch(const envoy::type::matcher::v3::StringMatcher& m, 
                               StringMatch& out);
 
 // envoy.config.route.v3.HeaderMatcher. Names ignore case; ":method", ":path", ":authority" (also
-// "host"), ":scheme" and ":protocol" read the pseudo-header fields; repeated headers are joined with ","
+// "host"), ":scheme" and ":protocol" read a request's pseudo-header fields, ":status" a response's; repeated headers are joined with ","
 // (Envoy); no specifier means "present"; a missing header fails every matcher except present_match:
 // false (or an inverted present_match: true) unless treat_missing_header_as_empty.
 struct HeaderMatch {
-  enum class Source { Map, Method, Path, Authority, Scheme, Protocol };
+  enum class Source { Map, Method, Path, Authority, Scheme, Protocol, Status };
   enum class Type { Present, Range, String };
   std::string name;  // lower case
   Source source = Source::Map;
@@ -75,6 +75,12 @@ struct HeaderMatch {
   bool treat_missing_as_empty = false;
 
   bool match(const RequestHeaders& headers) const;
+  // A response (route retry_policy.retriable_headers): ":status" and the headers; request pseudo-headers
+  // are absent.
+  bool match(const ResponseHeaders& headers) const;
+
+ private:
+  bool matchValue(bool found, std::string_view value) const;
 };
 
 // `path` is the HeaderMatcher's own path ("...headers[0]"); errors name its fields.

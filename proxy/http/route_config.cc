@@ -152,6 +152,23 @@ absl::Status buildRetryPolicy(const route_v3::RetryPolicy& p, const std::string&
     }
     out.retriable_status_codes.push_back(code);
   }
+  // Header matchers of the policy, translated once (shared by every copy of the policy).
+  auto matchers = [&](const auto& list, const char* field,
+                      std::shared_ptr<const std::vector<HeaderMatch>>& dest) -> absl::Status {
+    if (list.empty()) return absl::OkStatus();
+    auto v = std::make_shared<std::vector<HeaderMatch>>(list.size());
+    for (int i = 0; i < list.size(); ++i) {
+      auto st = buildHeaderMatch(list.Get(i), absl::StrCat(path, ".", field, "[", i, "]"), (*v)[i]);
+      if (!st.ok()) return st;
+    }
+    dest = std::move(v);
+    return absl::OkStatus();
+  };
+  if (auto st = matchers(p.retriable_headers(), "retriable_headers", out.retriable_headers); !st.ok()) return st;
+  if (auto st = matchers(p.retriable_request_headers(), "retriable_request_headers", out.retriable_request_headers);
+      !st.ok()) {
+    return st;
+  }
   if (p.has_per_try_timeout()) {
     if (auto st = durationMs(p.per_try_timeout(), path + ".per_try_timeout", out.per_try_timeout_ms); !st.ok()) return st;
   }
@@ -263,6 +280,21 @@ absl::Status parsePerFilterConfigs(const google::protobuf::Map<std::string, goog
     if (!parsed.ok()) return parsed.status();
     out.emplace_back(*name, *std::move(parsed));
   }
+  return absl::OkStatus();
+}
+
+// A policy kept in the route configuration itself (VirtualHost.cors, RouteAction.cors): parsed by the
+// parser registered for its type and stored under `key`; ignored when no filter registered one.
+absl::Status parseEmbeddedPolicy(const google::protobuf::Message& m, std::string_view key, const std::string& path,
+                                 std::vector<std::pair<std::string, RouteSpecificFilterConfigConstSharedPtr>>& out) {
+  google::protobuf::Any any;
+  any.PackFrom(m);
+  const auto& parsers = perFilterConfigParsers();
+  auto it = parsers.find(any.type_url());
+  if (it == parsers.end()) return absl::OkStatus();
+  auto parsed = it->second(any, path);
+  if (!parsed.ok()) return parsed.status();
+  out.emplace_back(std::string(key), *std::move(parsed));
   return absl::OkStatus();
 }
 
@@ -473,6 +505,12 @@ absl::Status buildRouteAction(const route_v3::RouteAction& a, const std::string&
   } else if (vh.has_retry_policy()) {
     // Already validated with the virtual host's path; cannot fail here.
     (void)buildRetryPolicy(vh.retry_policy(), "", e.retry);
+  }
+
+  switch (a.priority()) {
+    case core_v3::RoutingPriority::DEFAULT: e.priority = upstream::ResourcePriority::Default; break;
+    case core_v3::RoutingPriority::HIGH: e.priority = upstream::ResourcePriority::High; break;
+    default: return fieldError(path + ".priority", absl::StrCat("unknown routing priority ", a.priority()));
   }
 
   for (int i = 0; i < a.hash_policy_size(); ++i) {
@@ -703,6 +741,12 @@ absl::StatusOr<std::shared_ptr<const RouteTable>> RouteTable::create(
         !st.ok()) {
       return st;
     }
+    if (vhp.has_cors()) {
+      if (auto st = parseEmbeddedPolicy(vhp.cors(), kVirtualHostCorsPolicyKey, vpath + ".cors", vh_filter_configs);
+          !st.ok()) {
+        return st;
+      }
+    }
     vh->https_redirect.per_filter_configs = vh_filter_configs;
 
     if (vhp.domains_size() == 0) return fieldError(vpath + ".domains", "must not be empty");
@@ -799,6 +843,12 @@ absl::StatusOr<std::shared_ptr<const RouteTable>> RouteTable::create(
           !st.ok()) {
         return st;
       }
+      if (rp.has_route() && rp.route().has_cors()) {
+        if (auto st = parseEmbeddedPolicy(rp.route().cors(), kRouteCorsPolicyKey, rpath + ".route.cors", e.per_filter_configs);
+            !st.ok()) {
+          return st;
+        }
+      }
       for (const auto& vc : vh_filter_configs) {
         if (e.perFilterConfig(vc.first) == nullptr) e.per_filter_configs.push_back(vc);
       }
@@ -857,14 +907,14 @@ bool parseRetryOn(std::string_view on, RetryPolicy& out, std::string* unknown) {
     else if (token == "refused-stream") out.on_refused_stream = true;
     else if (token == "retriable-status-codes") out.on_retriable_status_codes = true;
     else if (token == "envoy-ratelimited") out.on_envoy_ratelimited = true;
+    else if (token == "retriable-headers") out.on_retriable_headers = true;
     else if (token == "cancelled") out.on_grpc_cancelled = true;
     else if (token == "deadline-exceeded") out.on_grpc_deadline_exceeded = true;
     else if (token == "internal") out.on_grpc_internal = true;
     else if (token == "resource-exhausted") out.on_grpc_resource_exhausted = true;
     else if (token == "unavailable") out.on_grpc_unavailable = true;
-    // Accepted as Envoy accepts them; they never fire here (response-header matching and HTTP/3 are not
-    // implemented).
-    else if (token == "retriable-headers" || token == "http3-post-connect-failure") continue;
+    // Accepted as Envoy accepts it; it never fires here (HTTP/3 is not implemented).
+    else if (token == "http3-post-connect-failure") continue;
     else if (ok) {
       ok = false;
       if (unknown) *unknown = std::string(token);

@@ -13,6 +13,7 @@
 #include "absl/status/statusor.h"
 #include "proxy/config/snapshot.h"
 #include "proxy/http/header_map.h"
+#include "proxy/http/matchers.h"
 
 namespace envoy::config::route::v3 {
 class RouteConfiguration;
@@ -44,6 +45,11 @@ using PerFilterConfigParser = std::function<absl::StatusOr<RouteSpecificFilterCo
 // Chosen by the value's type URL. Filters register at start, before any configuration is loaded; values
 // of types no filter registered are accepted and ignored.
 void registerPerFilterConfigParser(const std::string& type_url, PerFilterConfigParser parser);
+// VirtualHost.cors and RouteAction.cors (Envoy's older place for a CORS policy) are parsed by the parser
+// registered for type.googleapis.com/envoy.config.route.v3.CorsPolicy (the CORS filter's) and kept in
+// per_filter_configs under these names, which no HTTP filter can have.
+inline constexpr std::string_view kRouteCorsPolicyKey = "@route.cors";
+inline constexpr std::string_view kVirtualHostCorsPolicyKey = "@virtual_host.cors";
 
 // Header additions and removals as an ordered list of operations. Envoy applies each level's removals,
 // then its additions, level by level from the most specific (weighted cluster, route, virtual host, route
@@ -83,6 +89,7 @@ struct RetryPolicy {
   bool on_refused_stream = false;
   bool on_retriable_status_codes = false;
   bool on_envoy_ratelimited = false;  // x-envoy-ratelimited in the response
+  bool on_retriable_headers = false;  // a response matching retriable_headers
   // gRPC status in the response headers/trailers.
   bool on_grpc_cancelled = false;
   bool on_grpc_deadline_exceeded = false;
@@ -90,6 +97,11 @@ struct RetryPolicy {
   bool on_grpc_resource_exhausted = false;
   bool on_grpc_unavailable = false;
   std::vector<uint32_t> retriable_status_codes;
+  // retriable_headers: response matchers for "retriable-headers" (the router adds presence matchers for
+  // the names in x-envoy-retriable-header-names). retriable_request_headers: when set, a request that
+  // matches none of them is not retried at all. Shared, so a per-request copy of the policy is cheap.
+  std::shared_ptr<const std::vector<HeaderMatch>> retriable_headers;
+  std::shared_ptr<const std::vector<HeaderMatch>> retriable_request_headers;
   uint64_t per_try_timeout_ms = 0;       // 0: none (the route timeout still applies)
   uint64_t per_try_idle_timeout_ms = 0;  // 0: none
   uint64_t base_interval_ms = 25;
@@ -181,6 +193,8 @@ struct RouteEntry {
   std::optional<uint64_t> max_stream_duration_ms;
   std::optional<uint64_t> grpc_timeout_header_max_ms;  // set: honour grpc-timeout, capped (0: no cap)
   RetryPolicy retry;  // the route's, else the virtual host's
+  // RouteAction.priority: which of the cluster's circuit-breaker threshold sets the requests count against.
+  upstream::ResourcePriority priority = upstream::ResourcePriority::Default;
   std::vector<HashPolicy> hash_policies;
   bool include_attempt_count = false;              // x-envoy-attempt-count on the upstream request
   bool include_attempt_count_in_response = false;  // ... and on the response

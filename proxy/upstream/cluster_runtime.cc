@@ -21,30 +21,31 @@ bool ResourceManager::tryAcquireRetry() {
 
 ClusterRuntime::ClusterRuntime(stats::Store& store, std::string name, const std::string& stat_prefix)
     : scope_(store), name_(std::move(name)), stat_prefix_(stat_prefix) {
-  const std::string p = absl::StrCat("cluster.", stat_prefix, ".circuit_breakers.default.");
-  struct {
-    ResourceLimit* limit;
-    const char* open;
-    const char* remaining;
-  } const limits[] = {
-      {&resources_.connections, "cx_open", "remaining_cx"},
-      {&resources_.pending_requests, "rq_pending_open", "remaining_pending"},
-      {&resources_.requests, "rq_open", "remaining_rq"},
-      {&resources_.retries, "rq_retry_open", "remaining_retries"},
-      {&resources_.connection_pools, "cx_pool_open", "remaining_cx_pools"},
-  };
-  for (const auto& l : limits) {
-    l.limit->open_ = scope_.gauge(p + l.open);
-    l.limit->remaining_ = scope_.gauge(p + l.remaining, true);
-  }
   // Envoy's defaults until a version is activated (no gauge writes here: this may run on a thread
-  // without a stats shard).
+  // without a stats shard). HIGH has the same defaults as DEFAULT.
   const ResourceLimits defaults;
-  resources_.connections.max_ = defaults.max_connections;
-  resources_.pending_requests.max_ = defaults.max_pending_requests;
-  resources_.requests.max_ = defaults.max_requests;
-  resources_.retries.max_ = defaults.max_retries;
-  resources_.connection_pools.max_ = defaults.max_connection_pools;
+  const char* const priority_names[kResourcePriorities] = {"default", "high"};
+  for (size_t i = 0; i < kResourcePriorities; ++i) {
+    ResourceManager& r = resources_[i];
+    const std::string p = absl::StrCat("cluster.", stat_prefix, ".circuit_breakers.", priority_names[i], ".");
+    struct {
+      ResourceLimit* limit;
+      const char* open;
+      const char* remaining;
+      uint64_t max;
+    } const limits[] = {
+        {&r.connections, "cx_open", "remaining_cx", defaults.max_connections},
+        {&r.pending_requests, "rq_pending_open", "remaining_pending", defaults.max_pending_requests},
+        {&r.requests, "rq_open", "remaining_rq", defaults.max_requests},
+        {&r.retries, "rq_retry_open", "remaining_retries", defaults.max_retries},
+        {&r.connection_pools, "cx_pool_open", "remaining_cx_pools", defaults.max_connection_pools},
+    };
+    for (const auto& l : limits) {
+      l.limit->open_ = scope_.gauge(p + l.open);
+      l.limit->remaining_ = scope_.gauge(p + l.remaining, true);
+      l.limit->max_ = l.max;
+    }
+  }
 }
 
 ClusterRuntime::~ClusterRuntime() = default;
@@ -81,7 +82,8 @@ void ClusterRuntime::setLimit(ResourceLimit& l, uint64_t max, bool track) {
 }
 
 void ClusterRuntime::activate(const std::vector<HostSharedPtr>& hosts, const std::vector<HostParams>& params,
-                              const ResourceLimits& limits, const OutlierConfig* outlier) {
+                              const ResourceLimits& limits, const OutlierConfig* outlier,
+                              const ResourceLimits& high_limits) {
   std::lock_guard<std::mutex> lock(mu_);
   if (outlier != nullptr) {
     if (!od_) {
@@ -152,14 +154,19 @@ void ClusterRuntime::activate(const std::vector<HostSharedPtr>& hosts, const std
   // Weights are read when a balancer is built; a new cluster version rebuilds them anyway, but a
   // health change must reach balancers of the same version too.
   if (health_changed) health_generation_.fetch_add(1, std::memory_order_release);
-  setLimit(resources_.connections, limits.max_connections, limits.track_remaining);
-  setLimit(resources_.pending_requests, limits.max_pending_requests, limits.track_remaining);
-  setLimit(resources_.requests, limits.max_requests, limits.track_remaining);
-  setLimit(resources_.retries, limits.max_retries, limits.track_remaining);
-  setLimit(resources_.connection_pools, limits.max_connection_pools, limits.track_remaining);
-  resources_.has_retry_budget.store(limits.has_retry_budget, std::memory_order_relaxed);
-  resources_.budget_per_mille.store(static_cast<uint32_t>(limits.budget_percent * 10), std::memory_order_relaxed);
-  resources_.min_retry_concurrency.store(limits.min_retry_concurrency, std::memory_order_relaxed);
+  const ResourceLimits* by_priority[kResourcePriorities] = {&limits, &high_limits};
+  for (size_t i = 0; i < kResourcePriorities; ++i) {
+    ResourceManager& r = resources_[i];
+    const ResourceLimits& l = *by_priority[i];
+    setLimit(r.connections, l.max_connections, l.track_remaining);
+    setLimit(r.pending_requests, l.max_pending_requests, l.track_remaining);
+    setLimit(r.requests, l.max_requests, l.track_remaining);
+    setLimit(r.retries, l.max_retries, l.track_remaining);
+    setLimit(r.connection_pools, l.max_connection_pools, l.track_remaining);
+    r.has_retry_budget.store(l.has_retry_budget, std::memory_order_relaxed);
+    r.budget_per_mille.store(static_cast<uint32_t>(l.budget_percent * 10), std::memory_order_relaxed);
+    r.min_retry_concurrency.store(l.min_retry_concurrency, std::memory_order_relaxed);
+  }
 }
 
 namespace {

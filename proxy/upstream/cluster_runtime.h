@@ -11,6 +11,7 @@
 #include "proxy/stats/stats.h"
 #include "proxy/upstream/host.h"
 #include "proxy/upstream/outlier_detector.h"
+#include "proxy/upstream/resolved_hosts.h"
 
 namespace strait::upstream {
 
@@ -63,7 +64,12 @@ struct ResourceLimits {
   uint32_t min_retry_concurrency = 3;
 };
 
-// A cluster's limits across all workers (one per routing priority in Envoy; Strait keeps DEFAULT).
+// Envoy's RoutingPriority: a route's requests (RouteAction.priority) count against the thresholds of
+// their priority; each priority has its own counts and limits.
+enum class ResourcePriority : uint8_t { Default = 0, High = 1 };
+inline constexpr size_t kResourcePriorities = 2;
+
+// A cluster's limits for one routing priority, across all workers.
 struct ResourceManager {
   ResourceLimit connections;
   ResourceLimit pending_requests;
@@ -94,7 +100,10 @@ class ClusterRuntime : public std::enable_shared_from_this<ClusterRuntime> {
   ClusterRuntime(stats::Store& store, std::string name, const std::string& stat_prefix);
   ~ClusterRuntime();
   const std::string& name() const { return name_; }
-  ResourceManager& resources() const { return resources_; }
+  // The limits of one routing priority (circuit_breakers.thresholds[] of that priority).
+  ResourceManager& resources(ResourcePriority p = ResourcePriority::Default) const {
+    return resources_[static_cast<size_t>(p)];
+  }
   std::atomic<uint64_t>& healthGeneration() const { return health_generation_; }
 
   // Config threads: the host with this identity key if a live version of the cluster has it.
@@ -107,12 +116,13 @@ class ClusterRuntime : public std::enable_shared_from_this<ClusterRuntime> {
     uint32_t locality_weight = 0;
     uint32_t eds_flags = 0;  // kFailedEdsHealth / kDegradedEdsHealth / kEdsDraining
   };
-  // An accepted version comes into force: its hosts take their weights and EDS health, the limits are
-  // set. Any thread; serialised inside.
+  // An accepted version comes into force: its hosts take their weights and EDS health, the limits of
+  // both priorities are set (`high_limits`: the HIGH thresholds). Any thread; serialised inside.
   // `outlier`: the version's outlier_detection (null: none; a detector already running is disabled and
   // its ejected hosts return).
   void activate(const std::vector<HostSharedPtr>& hosts, const std::vector<HostParams>& params,
-                const ResourceLimits& limits, const OutlierConfig* outlier);
+                const ResourceLimits& limits, const OutlierConfig* outlier,
+                const ResourceLimits& high_limits = ResourceLimits());
 
   // Passive health checking, for the request path (null while disabled). Created the first time a
   // version enables it and never replaced while the runtime lives, so workers read it without a lock.
@@ -125,6 +135,10 @@ class ClusterRuntime : public std::enable_shared_from_this<ClusterRuntime> {
   // Active health checking, owned here so its state survives config versions; created, updated and
   // stopped by the server on the main thread (server/cluster_health.cc). Null when the cluster has none.
   std::shared_ptr<HealthChecker> health_checker;
+
+  // STRICT_DNS / LOGICAL_DNS: the hosts of the newest resolution, published by the resolver thread
+  // between config versions (server/dns_clusters.cc); workers rebuild their balancer when it moves.
+  ResolvedHosts dns_hosts;
 
  private:
   void setLimit(ResourceLimit& l, uint64_t max, bool track);
@@ -145,7 +159,7 @@ class ClusterRuntime : public std::enable_shared_from_this<ClusterRuntime> {
     uint64_t last;
   };
   std::vector<PublishedStat> od_published_;
-  mutable ResourceManager resources_;
+  mutable ResourceManager resources_[kResourcePriorities];  // by ResourcePriority
   mutable std::atomic<uint64_t> health_generation_{0};
   std::mutex mu_;
   std::map<std::string, std::weak_ptr<Host>> hosts_;

@@ -16,16 +16,18 @@ namespace strait::upstream {
 // A request waiting for a connection. It holds one of the cluster's max_pending_requests (across all
 // workers) until it leaves the queue, whichever way.
 struct HttpPool::Pending : public Cancellable {
-  Pending(HttpPool& pool, http::ResponseDecoder& d, PoolCallbacks& c, upstream::ClusterRuntimeSharedPtr rt)
-      : pool(pool), decoder(d), callbacks(c), runtime(std::move(rt)) {}
+  Pending(HttpPool& pool, http::ResponseDecoder& d, PoolCallbacks& c, upstream::ClusterRuntimeSharedPtr rt,
+          ResourcePriority priority)
+      : pool(pool), decoder(d), callbacks(c), runtime(std::move(rt)), priority(priority) {}
   ~Pending() override {
-    if (runtime) runtime->resources().pending_requests.release();
+    if (runtime) runtime->resources(priority).pending_requests.release();
   }
   void cancel() override { pool.cancelPending(this); }
   HttpPool& pool;
   http::ResponseDecoder& decoder;
   PoolCallbacks& callbacks;
   upstream::ClusterRuntimeSharedPtr runtime;
+  ResourcePriority priority;
 };
 
 class StreamWrapper;
@@ -73,6 +75,7 @@ class ActiveClient : public network::ConnectionCallbacks,
   // The cluster's max_connections slot this connection holds (null: opened over the limit, see
   // HttpPool::createClient); given back when the connection object goes.
   upstream::ClusterRuntimeSharedPtr cx_slot_;
+  ResourcePriority cx_priority_ = ResourcePriority::Default;  // whose max_connections the slot is
 
  private:
   friend class HttpPool;
@@ -231,11 +234,13 @@ ActiveClient::~ActiveClient() {
     conn_->setCallbacks(nullptr);
     close();
   }
-  if (cx_slot_) cx_slot_->resources().connections.release();
+  if (cx_slot_) cx_slot_->resources(cx_priority_).connections.release();
 }
 
 uint32_t ActiveClient::capacity() const {
   if (state_ == State::Closed || draining_) return 0;
+  const uint32_t per_cx = pool_.cluster_->max_requests_per_connection;
+  if (per_cx != 0 && total_streams_ >= per_cx) return 0;  // it has carried its share: no new stream
   if (pool_.protocol_ != http::Protocol::Http2) return active_streams_ == 0 ? 1 : 0;
   uint32_t max = std::min(peer_max_streams_, pool_.cluster_->http2_max_concurrent_streams);
   if (state_ == State::Ready && !codec_->canOpenStream()) return 0;
@@ -272,6 +277,12 @@ void ActiveClient::onReusable() {
   if (pool_.protocol_ != http::Protocol::Http2 && !codec_->canOpenStream()) {
     // An HTTP/1 connection that cannot carry another request (close, an unfinished exchange).
     close();
+    return;
+  }
+  const uint32_t per_cx = pool_.cluster_->max_requests_per_connection;
+  if (per_cx != 0 && total_streams_ >= per_cx) {
+    // max_requests_per_connection reached: closed once its last stream is done.
+    if (active_streams_ == 0) close();
     return;
   }
   pool_.onClientReady(*this);
@@ -363,8 +374,8 @@ void ActiveClient::onEvent(network::Connection&, network::ConnectionEvent event)
 }
 
 HttpPool::HttpPool(event::Dispatcher& dispatcher, config::ClusterConstSharedPtr cluster, network::Address address,
-                   const config::Host* host, http::Protocol protocol)
-    : dispatcher_(dispatcher), cluster_(std::move(cluster)), address_(address), protocol_(protocol) {
+                   const config::Host* host, http::Protocol protocol, ResourcePriority priority)
+    : dispatcher_(dispatcher), cluster_(std::move(cluster)), address_(address), protocol_(protocol), priority_(priority) {
   setHost(host);
   settings_.max_concurrent_streams = cluster_->http2_max_concurrent_streams;
   settings_.initial_stream_window_size = cluster_->http2_initial_stream_window;
@@ -407,13 +418,13 @@ Cancellable* HttpPool::newStream(http::ResponseDecoder& decoder, PoolCallbacks& 
   }
   // max_pending_requests holds across workers: the cluster's runtime counts every queued request.
   const auto& rt = cluster_->runtime;
-  if (rt && !rt->resources().pending_requests.tryAcquire()) {
+  if (rt && !rt->resources(priority_).pending_requests.tryAcquire()) {
     stats::inc(cluster_->stats.upstream_rq_pending_overflow);
     callbacks.onPoolFailure(PoolFailureReason::Overflow);
     return nullptr;
   }
   stats::inc(cluster_->stats.upstream_rq_pending_total);
-  pending_.push_back(std::make_unique<Pending>(*this, decoder, callbacks, rt));
+  pending_.push_back(std::make_unique<Pending>(*this, decoder, callbacks, rt, priority_));
   Pending* p = pending_.back().get();
   if (connecting_capacity_ < pending_.size()) createClient();
   return p;
@@ -424,7 +435,7 @@ void HttpPool::createClient() {
   // pool has none at all: then its waiting requests would have nothing to wait for (Envoy does the same).
   upstream::ClusterRuntimeSharedPtr slot;
   if (const auto& rt = cluster_->runtime) {
-    if (rt->resources().connections.tryAcquire()) {
+    if (rt->resources(priority_).connections.tryAcquire()) {
       slot = rt;
     } else {
       stats::inc(cluster_->stats.upstream_cx_overflow);
@@ -433,6 +444,7 @@ void HttpPool::createClient() {
   }
   auto c = std::make_unique<ActiveClient>(*this);
   c->cx_slot_ = std::move(slot);
+  c->cx_priority_ = priority_;
   connecting_capacity_ += c->capacity();
   clients_.push_back(std::move(c));
 }
@@ -479,7 +491,7 @@ void HttpPool::onClientClosed(ActiveClient& client, bool connect_failed, bool ti
   // The connection is gone now, not when its object is deleted later: its max_connections slot goes
   // back first, so a replacement opened below takes a slot of its own.
   if (client.cx_slot_) {
-    client.cx_slot_->resources().connections.release();
+    client.cx_slot_->resources(client.cx_priority_).connections.release();
     client.cx_slot_.reset();
   }
   if (client.idle_listed_) {
@@ -558,7 +570,8 @@ void HttpPoolManager::release(HttpPool& pool) {
     draining_.erase(it);
     return;
   }
-  const Key key{pool.cluster_->index, transportHash(*pool.cluster_, pool.host_), pool.address_, pool.protocol_};
+  const Key key{pool.cluster_->index, transportHash(*pool.cluster_, pool.host_), pool.address_, pool.protocol_,
+                pool.priority_};
   auto it = pools_.find(key);
   if (it == pools_.end() || it->second.get() != &pool) return;
   dispatcher_.deferredDelete(std::move(it->second));
@@ -576,7 +589,7 @@ void HttpPoolManager::onConfig(const std::vector<config::ClusterConstSharedPtr>&
       keep = transportHash(*c, nullptr) == it->first.transport;
     } else if (keep) {
       keep = false;
-      for (const auto& h : c->hosts) {
+      for (const auto& h : *config::hostsInForce(*c)) {  // a DNS cluster: its newest resolution
         if (h->address == it->first.address && transportHash(*c, h.get()) == it->first.transport) {
           keep = true;
           break;
@@ -599,19 +612,20 @@ bool HttpPoolManager::Key::operator<(const Key& o) const {
   if (cluster != o.cluster) return cluster < o.cluster;
   if (transport != o.transport) return transport < o.transport;
   if (protocol != o.protocol) return protocol < o.protocol;
+  if (priority != o.priority) return priority < o.priority;
   if (address.family() != o.address.family()) return address.family() < o.address.family();
   return std::memcmp(address.sockAddr(), o.address.sockAddr(), address.sockLen()) < 0;
 }
 
 HttpPool& HttpPoolManager::pool(const config::ClusterConstSharedPtr& cluster, const config::HostChoice& host,
-                                http::Protocol protocol) {
-  Key key{cluster->index, transportHash(*cluster, host.host), host.address, protocol};
+                                http::Protocol protocol, ResourcePriority priority) {
+  Key key{cluster->index, transportHash(*cluster, host.host), host.address, protocol, priority};
   auto it = pools_.find(key);
   if (it != pools_.end()) {
     if (it->second->cluster() != cluster.get()) it->second->updateCluster(cluster, host.host);
     return *it->second;
   }
-  auto p = std::make_unique<HttpPool>(dispatcher_, cluster, host.address, host.host, protocol);
+  auto p = std::make_unique<HttpPool>(dispatcher_, cluster, host.address, host.host, protocol, priority);
   p->manager_ = this;
   HttpPool& ref = *p;
   pools_.emplace(key, std::move(p));

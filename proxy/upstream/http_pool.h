@@ -40,13 +40,15 @@ inline uint64_t transportHash(const config::Cluster& c, const config::Host* host
   return ts ? ts->hashKey() : 0;
 }
 
-// The connections of one worker to one upstream address with one protocol. HTTP/1: one request per
-// connection at a time, idle connections kept for reuse. HTTP/2: streams multiplexed up to the peer's
-// limit, more connections opened as needed.
+// The connections of one worker to one upstream address with one protocol and routing priority (as in
+// Envoy, each priority has its own pools: its connections and waiting requests count against that
+// priority's circuit breakers). HTTP/1: one request per connection at a time, idle connections kept for
+// reuse. HTTP/2: streams multiplexed up to the peer's limit, more connections opened as needed.
 class HttpPool : public event::DeferredDeletable {
  public:
   HttpPool(event::Dispatcher& dispatcher, config::ClusterConstSharedPtr cluster, network::Address address,
-           const config::Host* host, http::Protocol protocol);
+           const config::Host* host, http::Protocol protocol,
+           ResourcePriority priority = ResourcePriority::Default);
   ~HttpPool() override;
 
   // Either calls onPoolReady/onPoolFailure before returning (and returns nullptr), or queues the
@@ -90,6 +92,7 @@ class HttpPool : public event::DeferredDeletable {
   upstream::HostConstSharedPtr host_ref_;
   const config::Host* host_ = nullptr;
   http::Protocol protocol_;
+  ResourcePriority priority_;
   http::CodecSettings settings_;
   std::list<std::unique_ptr<ActiveClient>> clients_;
   std::list<std::unique_ptr<Pending>> pending_;
@@ -100,14 +103,15 @@ class HttpPool : public event::DeferredDeletable {
   bool released_ = false;
 };
 
-// A worker's pools, keyed by (cluster, address, protocol). A pool goes when its last connection does
+// A worker's pools, keyed by (cluster, transport, address, protocol, priority). A pool goes when its last connection does
 // (an idle timeout, the upstream closing) with no request waiting; a pool whose cluster or host left the
 // config drains first. So pools, and the config objects they hold, do not pile up as endpoints come and go.
 class HttpPoolManager {
  public:
   explicit HttpPoolManager(event::Dispatcher& dispatcher) : dispatcher_(dispatcher) {}
   ~HttpPoolManager();
-  HttpPool& pool(const config::ClusterConstSharedPtr& cluster, const config::HostChoice& host, http::Protocol protocol);
+  HttpPool& pool(const config::ClusterConstSharedPtr& cluster, const config::HostChoice& host, http::Protocol protocol,
+                 ResourcePriority priority = ResourcePriority::Default);
   // A new config: drains the pools of clusters it no longer has, and of hosts an endpoint-listed cluster
   // (STATIC, EDS) no longer lists. `clusters_by_index` is the worker's table (null where none).
   void onConfig(const std::vector<config::ClusterConstSharedPtr>& clusters_by_index);
@@ -120,6 +124,7 @@ class HttpPoolManager {
     uint64_t transport;  // the transport socket's hash (SNI, SANs, ALPN...): 0 for plaintext
     network::Address address;
     http::Protocol protocol;
+    ResourcePriority priority;
     bool operator<(const Key& o) const;
   };
   void release(HttpPool& pool);

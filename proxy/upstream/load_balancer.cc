@@ -13,6 +13,8 @@
 //     panic                  too few available hosts: choose among `all`
 //     *_localities           per-locality lists and a locality scheduler (locality-weighted only)
 //     *_table                ring or Maglev table (hash policies only)
+//   zone_*                   zone-aware routing's plan for priority 0 (with a LocalCluster): per-locality
+//                            healthy lists (the local one first) and the share of requests kept local
 //
 // Choosing allocates nothing: every list, heap and table is sized when the view is built.
 #include "proxy/upstream/load_balancer.h"
@@ -159,6 +161,48 @@ void recordLatency(Host& host, uint64_t latency_ns, bool error, uint64_t now_ns,
   // stamp (or two workers may interleave), which only shifts the decay a little.
   host.ewma_latency_ns.store(next, std::memory_order_relaxed);
   host.ewma_stamp_ns.store(now_ns, std::memory_order_relaxed);
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The local cluster, as zone-aware routing sees it.
+
+void LocalCluster::refresh(uint64_t version_id, const std::vector<HostSharedPtr>* hosts,
+                           const std::atomic<uint64_t>* generation, double panic_threshold_percent) {
+  if (hosts == nullptr) version_id = 0;
+  const uint64_t gen = generation != nullptr ? generation->load(std::memory_order_acquire) : 0;
+  if (version_id == version_id_ && gen == generation_) return;
+  version_id_ = version_id;
+  generation_ = gen;
+  ++stamp_;
+  healthy_.clear();
+  healthy_total_ = 0;
+  uint64_t total = 0;
+  if (hosts != nullptr) {
+    for (const HostSharedPtr& h : *hosts) {
+      if (h->draining()) continue;
+      ++total;
+      if (!h->healthy()) continue;
+      ++healthy_total_;
+      static const Locality kNone;
+      const Locality& l = h->locality ? *h->locality : kNone;
+      auto it = std::find_if(healthy_.begin(), healthy_.end(), [&](const auto& e) { return e.first == l; });
+      if (it == healthy_.end()) {
+        healthy_.emplace_back(l, 1);
+      } else {
+        ++it->second;
+      }
+    }
+  }
+  const bool panic = total == 0 || 100.0 * static_cast<double>(healthy_total_) / static_cast<double>(total) <
+                                       std::clamp(panic_threshold_percent, 0.0, 100.0);
+  ok_ = !panic && healthyIn(locality_) > 0;
+}
+
+uint64_t LocalCluster::healthyIn(const Locality& l) const {
+  for (const auto& [locality, n] : healthy_) {
+    if (locality == l) return n;
+  }
+  return 0;
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -651,9 +695,12 @@ constexpr uint32_t kMaxChoices = 64;  // least request's choice_count is capped 
 class Balancer final : public LoadBalancer {
  public:
   Balancer(const LbConfig& config, std::vector<HostSharedPtr> hosts, const std::atomic<uint64_t>* generation,
-           uint64_t seed, uint32_t rotation_offset)
+           uint64_t seed, uint32_t rotation_offset, const LocalCluster* local, const ZoneStats* zone_stats)
       : config_(config), hosts_(std::move(hosts)), generation_(generation), rng_(seed), rotation_offset_(rotation_offset) {
     hashing_ = config_.policy == LbConfig::Policy::RingHash || config_.policy == LbConfig::Policy::Maglev;
+    // Zone-aware routing: not with hash policies or locality weights (Envoy does one or the other).
+    if (!hashing_ && !config_.locality_weighted) local_ = local;
+    if (zone_stats != nullptr) zone_stats_ = *zone_stats;
     if (config_.policy == LbConfig::Policy::Maglev) {
       // The permutation walk only covers every slot when the size is prime.
       maglev_size_ = std::max<uint64_t>(config_.maglev_table_size, 2);
@@ -678,7 +725,10 @@ class Balancer final : public LoadBalancer {
   }
 
   const Host* chooseHost(const LbContext& context) override {
-    if (generation_ != nullptr && generation_->load(std::memory_order_acquire) != built_generation_) rebuild();
+    if ((generation_ != nullptr && generation_->load(std::memory_order_acquire) != built_generation_) ||
+        (local_ != nullptr && local_->stamp() != built_local_stamp_)) {
+      rebuild();
+    }
     // retry_host_predicate previous_hosts: re-pick while the pick is one to avoid, then take the last.
     const uint32_t attempts = context.avoid_count > 0 ? 1 + context.host_selection_retry_max_attempts : 1;
     const Host* host = nullptr;
@@ -697,6 +747,11 @@ class Balancer final : public LoadBalancer {
   void buildTable(HashTable& table, const HostList& list, const std::vector<LocalityBucket>& buckets,
                   HostList LocalityBucket::*member);
   void initPolicyState(HostList& list);
+  void planZones(std::vector<LocalityBucket>* p0_buckets);
+  HostList* zoneList();
+  void countZone(stats::Counter ZoneStats::*c) {
+    if (zone_stats_) stats::inc((*zone_stats_).*c);
+  }
   const Host* chooseOnce(const LbContext& context, uint32_t attempt);
   const Host* pick(HostList& list, const LbContext& context);
   template <class Score>
@@ -717,6 +772,15 @@ class Balancer final : public LoadBalancer {
   std::vector<Level> levels_;
   std::vector<std::pair<uint32_t, uint32_t>> order_;  // rebuild's scratch: (priority, host index)
   TableScratch scratch_;                              // hash table builds' scratch
+  // Zone-aware routing (null: off for this balancer).
+  const LocalCluster* local_ = nullptr;
+  std::optional<ZoneStats> zone_stats_;
+  uint64_t built_local_stamp_ = 0;
+  enum class ZoneMode { Off, AllDirect, Residual };
+  ZoneMode zone_mode_ = ZoneMode::Off;
+  std::vector<HostList> zone_lists_;      // priority 0's healthy hosts per locality, the local one first
+  uint32_t zone_local_share_ = 0;         // Residual: basis points of choices kept in the local locality
+  std::vector<uint64_t> zone_residual_;   // Residual: cumulative residual capacity, per zone_lists_ entry
 };
 
 // Files one host of the level being built under its lists (and its locality's, when locality-weighted).
@@ -735,7 +799,7 @@ void Balancer::addHost(Level& level, std::vector<LocalityBucket>& buckets,
   level.all.add(&h, w);
   if (healthy) level.healthy.add(&h, w);
   if (degraded) level.degraded.add(&h, w);
-  if (!config_.locality_weighted) return;
+  if (!config_.locality_weighted && local_ == nullptr) return;
   // Hosts of one locality normally share one Locality object; equal ones that do not are merged.
   const Locality* loc = h.locality ? h.locality.get() : &kNoLocality;
   auto [it, inserted] = bucket_of.try_emplace(loc, 0);
@@ -787,6 +851,7 @@ void Balancer::rebuild() {
   levels_.resize(used);
 
   computeLoads(levels_, config_);
+  planZones(buckets_per_level.empty() ? nullptr : &buckets_per_level[0]);
 
   for (size_t i = 0; i < levels_.size(); ++i) {
     Level& level = levels_[i];
@@ -882,6 +947,80 @@ void Balancer::buildTable(HashTable& table, const HostList& list, const std::vec
   }
 }
 
+// Zone-aware routing's plan for priority 0, from this cluster's healthy hosts per locality and the local
+// cluster's (shares in basis points). Left off (ZoneMode::Off) whenever a condition for it fails.
+void Balancer::planZones(std::vector<LocalityBucket>* p0_buckets) {
+  zone_mode_ = ZoneMode::Off;
+  zone_lists_.clear();
+  zone_residual_.clear();
+  if (local_ == nullptr) return;
+  built_local_stamp_ = local_->stamp();
+  if (p0_buckets == nullptr || levels_.empty() || levels_[0].priority != 0) return;
+  const Level& p0 = levels_[0];
+  std::vector<LocalityBucket>& buckets = *p0_buckets;
+  // One locality (or none of this cluster's hosts in ours): there is nothing to prefer.
+  size_t local_bucket = buckets.size();
+  for (size_t i = 0; i < buckets.size(); ++i) {
+    if (*buckets[i].locality == local_->locality()) local_bucket = i;
+  }
+  if (buckets.size() < 2 || local_bucket == buckets.size() || buckets[local_bucket].healthy.hosts.empty()) return;
+  if (!local_->ok()) {
+    countZone(&ZoneStats::local_cluster_not_ok);
+    return;
+  }
+  if (p0.healthy.size() < config_.zone_min_cluster_size) {
+    countZone(&ZoneStats::cluster_too_small);
+    return;
+  }
+  if (p0.panic) return;
+  // Shares of the healthy hosts, this cluster's (upstream) and the local cluster's, per locality.
+  const uint64_t upstream_total = p0.healthy.size();
+  const uint64_t local_total = local_->healthyTotal();
+  auto upstreamShare = [&](const LocalityBucket& b) { return 10000 * b.healthy.size() / upstream_total; };
+  auto localShare = [&](const LocalityBucket& b) { return 10000 * local_->healthyIn(*b.locality) / local_total; };
+  const uint64_t upstream_local = upstreamShare(buckets[local_bucket]);
+  const uint64_t local_local = localShare(buckets[local_bucket]);
+  zone_lists_.push_back(std::move(buckets[local_bucket].healthy));
+  zone_residual_.push_back(0);
+  uint64_t residual = 0;
+  for (size_t i = 0; i < buckets.size(); ++i) {
+    if (i == local_bucket || buckets[i].healthy.hosts.empty()) continue;
+    // Residual capacity: how much more of this cluster than of the local cluster the locality holds.
+    const uint64_t up = upstreamShare(buckets[i]), lo = localShare(buckets[i]);
+    residual += up > lo ? up - lo : 0;
+    zone_lists_.push_back(std::move(buckets[i].healthy));
+    zone_residual_.push_back(residual);
+  }
+  for (HostList& l : zone_lists_) initPolicyState(l);
+  if (upstream_local >= local_local || residual == 0) {
+    zone_mode_ = ZoneMode::AllDirect;
+  } else {
+    zone_mode_ = ZoneMode::Residual;
+    zone_local_share_ = static_cast<uint32_t>(10000 * upstream_local / local_local);
+  }
+}
+
+// The locality list a priority-0 healthy choice uses under zone-aware routing, or null (no preference).
+HostList* Balancer::zoneList() {
+  if (config_.zone_routing_enabled_percent < 100.0 &&
+      static_cast<double>(rng_.below(10000)) >= config_.zone_routing_enabled_percent * 100.0) {
+    return nullptr;
+  }
+  if (zone_mode_ == ZoneMode::AllDirect) {
+    countZone(&ZoneStats::routing_all_directly);
+    return &zone_lists_[0];
+  }
+  if (rng_.below(10000) < zone_local_share_) {
+    countZone(&ZoneStats::routing_sampled);
+    return &zone_lists_[0];
+  }
+  countZone(&ZoneStats::routing_cross_zone);
+  const uint64_t r = rng_.below(static_cast<uint32_t>(zone_residual_.back()));
+  size_t i = 1;
+  while (zone_residual_[i] <= r) ++i;  // ends: the last entry is the total, above r
+  return &zone_lists_[i];
+}
+
 void Balancer::initPolicyState(HostList& list) {
   if (list.hosts.empty()) return;
   const uint32_t n = list.size();
@@ -940,6 +1079,8 @@ const Host* Balancer::chooseOnce(const LbContext& context, uint32_t attempt) {
     }
   }
   if (level == nullptr) return nullptr;  // unreachable: the loads sum to 100
+  // zone_aware_lb_config.fail_traffic_on_panic: a level in panic takes no request at all.
+  if (level->panic && config_.zone_fail_traffic_on_panic) return nullptr;
 
   if (hashing_) {
     const HashTable& table = level->panic                ? level->all_table
@@ -949,9 +1090,12 @@ const Host* Balancer::chooseOnce(const LbContext& context, uint32_t attempt) {
     return table.lookup(attempt == 0 ? hash : mix64(hash + attempt * kGolden));
   }
 
-  HostList* list;
+  HostList* list = nullptr;
   if (level->panic) {
     list = &level->all;
+  } else if (zone_mode_ != ZoneMode::Off && level == &levels_[0] && source == Source::Healthy &&
+             (list = zoneList()) != nullptr) {
+    // Zone-aware routing chose the locality.
   } else {
     list = source == Source::Healthy ? &level->healthy : &level->degraded;
     LocalityGroup& group = source == Source::Healthy ? level->healthy_localities : level->degraded_localities;
@@ -1058,8 +1202,9 @@ const Host* Balancer::pick(HostList& list, const LbContext& context) {
 
 LoadBalancerPtr createLoadBalancer(const LbConfig& config, std::vector<HostSharedPtr> hosts,
                                    const std::atomic<uint64_t>* health_generation, uint64_t seed,
-                                   uint32_t rotation_offset) {
-  return std::make_unique<Balancer>(config, std::move(hosts), health_generation, seed, rotation_offset);
+                                   uint32_t rotation_offset, const LocalCluster* local, const ZoneStats* zone_stats) {
+  return std::make_unique<Balancer>(config, std::move(hosts), health_generation, seed, rotation_offset, local,
+                                    zone_stats);
 }
 
 }  // namespace strait::upstream

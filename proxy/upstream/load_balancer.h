@@ -5,6 +5,7 @@
 #include <memory>
 #include <optional>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "proxy/upstream/host.h"
@@ -33,6 +34,12 @@ struct LbConfig {
   double panic_threshold_percent = 50.0;
   // common_lb_config.locality_weighted_lb_config: pick a locality by its weight x its healthy share first.
   bool locality_weighted = false;
+  // common_lb_config.zone_aware_lb_config, for zone-aware routing (which needs a LocalCluster, see
+  // createLoadBalancer): the percent of requests it applies to, the fewest healthy priority-0 hosts the
+  // cluster must have for it, and whether a cluster in panic fails requests instead of using all hosts.
+  double zone_routing_enabled_percent = 100.0;
+  uint64_t zone_min_cluster_size = 6;
+  bool zone_fail_traffic_on_panic = false;
   // PeakEwma (our extension): decay time of the latency average, and the penalty (in ns) a failed
   // response counts as.
   uint64_t ewma_decay_ns = 10ull * 1000 * 1000 * 1000;
@@ -60,6 +67,46 @@ struct LbContext {
   }
 };
 
+// The local cluster (bootstrap cluster_manager.local_cluster_name: the cluster this proxy's own workload
+// belongs to) as zone-aware routing sees it: how its healthy hosts spread over localities, and this
+// proxy's locality (node.locality). Each worker keeps its own copy and refreshes it on its own thread
+// before choosing, so balancers read it without a lock; `stamp()` changes whenever the counts may have,
+// and a balancer re-plans its zone routing when it sees a new stamp.
+class LocalCluster {
+ public:
+  explicit LocalCluster(Locality locality) : locality_(std::move(locality)) {}
+  const Locality& locality() const { return locality_; }
+  // Recounts when the local cluster's version or health generation moved (else two loads). `hosts`
+  // null: the local cluster is not in the config (yet). `panic_threshold_percent`: the local cluster's.
+  void refresh(uint64_t version_id, const std::vector<HostSharedPtr>* hosts, const std::atomic<uint64_t>* generation,
+               double panic_threshold_percent);
+  uint64_t stamp() const { return stamp_; }
+  // The local cluster is known, has healthy hosts in this proxy's locality and is not in panic.
+  bool ok() const { return ok_; }
+  uint64_t healthyTotal() const { return healthy_total_; }
+  uint64_t healthyIn(const Locality& l) const;
+
+ private:
+  Locality locality_;
+  uint64_t stamp_ = 1;
+  uint64_t version_id_ = 0;
+  uint64_t generation_ = UINT64_MAX;
+  bool ok_ = false;
+  uint64_t healthy_total_ = 0;
+  std::vector<std::pair<Locality, uint64_t>> healthy_;  // per locality
+};
+
+// Zone-aware routing's counters (cluster.<name>.lb_zone_* and lb_local_cluster_not_ok). The "all
+// directly", "sampled" and "cross zone" ones count choices; "too small" and "not ok" count the plans a
+// worker's balancer made (at each rebuild) that had to leave zone routing off for that reason.
+struct ZoneStats {
+  stats::Counter routing_all_directly;  // lb_zone_routing_all_directly
+  stats::Counter routing_sampled;       // lb_zone_routing_sampled
+  stats::Counter routing_cross_zone;    // lb_zone_routing_cross_zone
+  stats::Counter cluster_too_small;     // lb_zone_cluster_too_small
+  stats::Counter local_cluster_not_ok;  // lb_local_cluster_not_ok
+};
+
 // One worker's balancer for one version of a cluster's host list. Workers each build their own (no
 // shared mutable state but the hosts' atomics), so choosing takes no lock. Health changes at run time
 // (outlier ejection, active health checks) bump `health_generation`; the balancer compares it on each
@@ -76,10 +123,20 @@ using LoadBalancerPtr = std::unique_ptr<LoadBalancer>;
 // choices its own; tests pass a fixed one.
 // `rotation_offset`: where equal-weight round robin starts (a worker passes its index, so workers
 // start one host apart); kRandomRotation: from a random start.
+// `local` (may be null; must outlive the balancer): zone-aware routing for round robin, least request,
+// random and peak EWMA, unless locality-weighted (Envoy does one or the other). Only priority 0 takes
+// part. The plan compares the share of the local cluster's healthy hosts in this proxy's locality with
+// the share of this cluster's: when this cluster's is at least as large, every request stays in the
+// locality; else that ratio of requests stays, and the rest goes to the other localities in proportion
+// to their residual capacity (how much more of this cluster than of the local cluster they hold). Off
+// when this cluster has one locality, no healthy host in the local one, fewer than zone_min_cluster_size
+// healthy hosts, or is in panic; or when the local cluster is not ok. `zone_stats` (may be null): where
+// it counts.
 inline constexpr uint32_t kRandomRotation = UINT32_MAX;
 LoadBalancerPtr createLoadBalancer(const LbConfig& config, std::vector<HostSharedPtr> hosts,
                                    const std::atomic<uint64_t>* health_generation, uint64_t seed,
-                                   uint32_t rotation_offset = kRandomRotation);
+                                   uint32_t rotation_offset = kRandomRotation, const LocalCluster* local = nullptr,
+                                   const ZoneStats* zone_stats = nullptr);
 
 // Envoy-compatible hashing of a hash_policy value (xxHash64, seed 0), so the same keys map the same way.
 uint64_t hashKey(std::string_view value);

@@ -422,3 +422,144 @@ def test_always_eject_one_host_lets_a_small_cluster_eject(fleet):
         for i in range(15):
             h1.get(port, f"/small/{i}")
         assert _health_flags(proc, "backend")[f"127.0.0.1:{bad.port}"] == expect, always
+
+
+# ---------------------------------------------------------------------------------------------------
+# retriable-headers, retriable_request_headers, route priority
+
+
+def test_retriable_headers_retry_a_matching_response_and_count_it(fleet):
+    # Two hosts; every response names its origin (x-origin). A response from "stale" matches the
+    # policy's retriable_headers and is retried on the other host (previous_hosts), so the client only
+    # ever sees "fresh", and each request stale answered is one counted retry.
+    stale = env.origin(fleet, "stale")
+    fresh = env.origin(fleet, "fresh")
+    policy = {"retry_on": "retriable-headers", "num_retries": 1, "retry_back_off": {"base_interval": "0.01s"},
+              "retriable_headers": [{"name": "x-origin", "string_match": {"exact": "stale"}}],
+              "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts"}],
+              "host_selection_retry_max_attempts": 5}
+    proc = fleet.start(_config(_cluster("backend", [stale.port, fresh.port]), retry_policy=policy))
+    port = proc.listener_port("http")
+    resps = [h1.get(port, f"/rh/{i}") for i in range(20)]
+    assert [r.status for r in resps] == [200] * 20
+    assert {_origin_of(r) for r in resps} == {"fresh"}
+    retried = stale.request_count()
+    assert retried >= 1, "round robin never reached the stale host"
+    assert fresh.request_count() == 20
+    s = proc.wait_stats(lambda s: s.get("cluster.backend.upstream_rq_retry", 0) >= retried)
+    assert harness.stat(s, "cluster.backend.upstream_rq_retry") == retried
+    assert harness.stat(s, "cluster.backend.upstream_rq_retry_success") == retried
+
+
+def test_retriable_request_headers_restrict_which_requests_are_retried(fleet):
+    o = env.origin(fleet)
+    policy = {"retry_on": "5xx", "num_retries": 2, "retry_back_off": {"base_interval": "0.01s"},
+              "retriable_request_headers": [{"name": "x-idempotent", "string_match": {"exact": "true"}}]}
+    proc = fleet.start(_config(_cluster("backend", [o.port]), retry_policy=policy))
+    port = proc.listener_port("http")
+    # Not marked: the first 503 is the answer.
+    assert h1.get(port, "/_/fail?key=plain&times=1&status=503").status == 503
+    assert len(o.find("/_/fail?key=plain")) == 1
+    # Marked: retried past the failure.
+    r = h1.get(port, "/_/fail?key=marked&times=1&status=503", headers=[("x-idempotent", "true")])
+    assert r.status == 200, r
+    assert len(o.find("/_/fail?key=marked")) == 2
+    s = proc.wait_stats(lambda s: s.get("cluster.backend.upstream_rq_retry", 0) >= 1)
+    assert harness.stat(s, "cluster.backend.upstream_rq_retry") == 1
+    assert harness.stat(s, "cluster.backend.upstream_rq_retry_limit_exceeded") == 0
+
+
+def test_high_priority_route_uses_the_high_thresholds(fleet):
+    # DEFAULT allows one request at a time, HIGH three. Three requests on each route at once: the HIGH
+    # route takes all three while the DEFAULT one is refused past its first.
+    o = env.origin(fleet, "slow", delay=HOLD)
+    cluster = _cluster("backend", [o.port], circuit_breakers={"thresholds": [
+        {"max_requests": 1}, {"priority": "HIGH", "max_requests": 3, "max_connections": 10}]})
+    vh = harness.virtual_host("all", ["*"], [harness.route_to("backend", prefix="/high", priority="HIGH"),
+                                             harness.route_to("backend")])
+    proc = fleet.start(harness.bootstrap([harness.http_listener("http", "ingress_http", [vh])], [cluster]),
+                       concurrency=2)
+    port = proc.listener_port("http")
+    with concurrent.futures.ThreadPoolExecutor(6) as pool:
+        high = [pool.submit(h1.get, port, f"/high/{i}") for i in range(3)]
+        default = [pool.submit(h1.get, port, f"/default/{i}") for i in range(3)]
+        high_statuses = collections.Counter(f.result().status for f in high)
+        default_statuses = collections.Counter(f.result().status for f in default)
+    assert high_statuses == {200: 3}, high_statuses
+    assert default_statuses == {200: 1, 503: 2}, default_statuses
+    s = proc.wait_stats(lambda s: s.get("cluster.backend.upstream_rq_pending_overflow", 0) >= 2)
+    assert harness.stat(s, "cluster.backend.upstream_rq_pending_overflow") == 2
+    # Both priorities' gauges exist (closed again now).
+    for prio in ("default", "high"):
+        for gauge in ("rq_open", "rq_pending_open", "cx_open", "rq_retry_open"):
+            assert f"cluster.backend.circuit_breakers.{prio}.{gauge}" in s, (prio, gauge)
+            assert s[f"cluster.backend.circuit_breakers.{prio}.{gauge}"] == 0
+    clusters = proc.get("/clusters").body.decode()
+    assert "backend::high_priority::max_requests::3\n" in clusters, clusters
+    assert "backend::high_priority::max_connections::10\n" in clusters
+    assert "backend::default_priority::max_requests::1\n" in clusters
+
+
+def _zoned_cluster(name: str, zones: dict, **extra) -> dict:
+    """A STATIC cluster with one LocalityLbEndpoints per zone: {"a": [port, ...], ...}."""
+    c = {"name": name, "type": "STATIC", "connect_timeout": "1s",
+         "load_assignment": {"cluster_name": name, "endpoints": [
+             {"locality": {"zone": z}, "lb_endpoints": [{"endpoint": {"address": harness.socket_address(p)}}
+                                                         for p in ports]}
+             for z, ports in zones.items()]}}
+    c.update(extra)
+    return c
+
+
+def test_zone_aware_routing_with_a_local_cluster(fleet):
+    # This proxy runs in zone a; its local cluster has 3 hosts in a and 1 in b (75% in a). Never
+    # contacted: only their spread matters, so closed ports do.
+    local = _zoned_cluster("local", {"a": [harness.closed_port() for _ in range(3)], "b": [harness.closed_port()]})
+    a1, a2, a3, b1 = (env.origin(fleet, n) for n in ("a1", "a2", "a3", "b1"))
+    small_cfg = {"common_lb_config": {"zone_aware_lb_config": {"min_cluster_size": 2}}}
+    clusters = [
+        local,
+        # 75% of its hosts in a, like the local cluster: every request stays in a.
+        _zoned_cluster("direct", {"a": [a1.port, a2.port, a3.port], "b": [b1.port]}, **small_cfg),
+        # 50% in a: a keeps 50/75 = 2/3 of the requests, the rest crosses to b.
+        _zoned_cluster("sampled", {"a": [a1.port], "b": [b1.port]}, **small_cfg),
+        # Two hosts, under the default min_cluster_size of 6: no zone routing, round robin over both.
+        _zoned_cluster("small", {"a": [a1.port], "b": [b1.port]}),
+    ]
+    vh = harness.virtual_host("all", ["*"], [harness.route_to("direct", prefix="/direct"),
+                                             harness.route_to("sampled", prefix="/sampled"),
+                                             harness.route_to("small", prefix="/small")])
+    config = harness.bootstrap([harness.http_listener("http", "ingress_http", [vh])], clusters)
+    config["node"]["locality"] = {"zone": "a"}
+    config["cluster_manager"] = {"local_cluster_name": "local"}
+    proc = fleet.start(config, concurrency=2)
+    port = proc.listener_port("http")
+
+    direct = collections.Counter(_origin_of(h1.get(port, f"/direct/{i}")) for i in range(60))
+    assert direct["b1"] == 0 and sum(direct.values()) == 60, direct
+    n = 600
+    sampled = collections.Counter(_origin_of(h1.get(port, f"/sampled/{i}")) for i in range(n))
+    # Expected a1 share 2/3 (without zone routing: 1/2); binomial sd at n = 600 is 0.019, so +-0.08 is
+    # four of them.
+    assert abs(sampled["a1"] / n - 2 / 3) < 0.08, sampled
+    assert sampled["a1"] + sampled["b1"] == n, sampled
+    small = collections.Counter(_origin_of(h1.get(port, f"/small/{i}")) for i in range(40))
+    assert small["a1"] >= 10 and small["b1"] >= 10, small  # both hosts take traffic
+
+    s = proc.wait_stats(lambda s: s.get("cluster.direct.lb_zone_routing_all_directly", 0) >= 60)
+    assert harness.stat(s, "cluster.direct.lb_zone_routing_all_directly") == 60
+    assert harness.stat(s, "cluster.sampled.lb_zone_routing_sampled") == sampled["a1"]
+    assert harness.stat(s, "cluster.sampled.lb_zone_routing_cross_zone") == sampled["b1"]
+    assert harness.stat(s, "cluster.sampled.lb_zone_routing_all_directly") == 0
+    assert harness.stat(s, "cluster.small.lb_zone_cluster_too_small") >= 1
+    assert harness.stat(s, "cluster.small.lb_zone_routing_all_directly") == 0
+    assert harness.stat(s, "cluster.small.lb_zone_routing_sampled") == 0
+
+
+def test_local_cluster_name_must_name_a_static_cluster(fleet, tmp_path):
+    config = harness.simple_http_config(harness.closed_port())
+    config["cluster_manager"] = {"local_cluster_name": "nowhere"}
+    path = harness.write_bootstrap(tmp_path, config)
+    out = harness.run_strait(["--mode", "validate", "-c", str(path)])
+    assert out.returncode == 1
+    assert "cluster_manager.local_cluster_name" in (out.stdout + out.stderr), out

@@ -1,4 +1,4 @@
-"""Retries that are safe: what a retried request carries upstream.
+"""Retries that are safe: what a retried request carries upstream (HTTP/1 bodies, gRPC client streams).
 
 A retry resends the request from a kept copy of its body. The copy is bounded by the listener's
 per_connection_buffer_limit_bytes; past that the request can no longer be retried, and a retry that is
@@ -11,7 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import socket
+import threading
 import time
+from concurrent import futures
+
+import grpc
+import pytest
 
 import harness
 from peers import env, h1
@@ -89,3 +94,96 @@ def test_body_within_the_retry_buffer_is_resent_whole(fleet):
     assert echo["body_len"] == len(first + rest)
     assert echo["body_sha256"] == hashlib.sha256(first + rest).hexdigest()
     assert len(o.find("/_/fail-early?key=whole")) == 3
+
+
+# ---------------------------------------------------------------------------------------------------
+# gRPC client streaming across retries
+
+
+class _FlakyStreamServer:
+    """A gRPC server with one client-streaming method (raw bytes). Its first call fails UNAVAILABLE
+    without a message or initial metadata (a trailers-only response): at once after the first message
+    (`fail="early"`, strait retries while the stream is still coming) or after reading the whole stream
+    (`fail="late"`). Every call records the messages it read and whether its stream ended normally;
+    the answer is "<count> <sha256 of the concatenation>"."""
+
+    def __init__(self, fail: str):
+        self.fail = fail
+        self.calls: list[dict] = []
+        self.lock = threading.Lock()
+        handler = grpc.method_handlers_generic_handler(
+            "strait.test.Upload", {"Stream": grpc.stream_unary_rpc_method_handler(self._stream)})
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
+                                  options=[("grpc.so_reuseport", 0),
+                                           ("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+        self.server.add_generic_rpc_handlers((handler,))
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        assert self.port, "grpc server could not bind"
+        self.server.start()
+
+    def close(self) -> None:
+        self.server.stop(grace=0).wait(5)
+
+    def _stream(self, request_iterator, context):
+        call = {"messages": [], "complete": False}
+        with self.lock:
+            self.calls.append(call)
+            first = len(self.calls) == 1
+        if first and self.fail == "early":
+            call["messages"].append(next(request_iterator))
+            context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
+        for msg in request_iterator:
+            call["messages"].append(msg)
+        call["complete"] = True
+        if first:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "try again")
+        data = b"".join(call["messages"])
+        return f"{len(call['messages'])} {hashlib.sha256(data).hexdigest()}".encode()
+
+
+def _grpc_retry_env(fleet, fail: str, limit: int):
+    server = harness.track(fleet, _FlakyStreamServer(fail))
+    policy = {"retry_on": "unavailable", "num_retries": 1,
+              "retry_back_off": {"base_interval": "0.01s", "max_interval": "0.02s"}}
+    config = harness.simple_http_config(server.port, h2_upstream=True, cluster="grpc_up", stat_prefix="grpc_in",
+                                        route_action={"retry_policy": policy},
+                                        listener_extra={"per_connection_buffer_limit_bytes": limit})
+    proc = fleet.start(config)
+    channel = grpc.insecure_channel(f"127.0.0.1:{proc.listener_port('http')}",
+                                    options=[("grpc.enable_retries", 0), ("grpc.enable_http_proxy", 0),
+                                             ("grpc.max_send_message_length", 64 * 1024 * 1024)])
+    harness.track(fleet, channel)
+    return proc, server, channel.stream_unary("/strait.test.Upload/Stream")
+
+
+def _messages(count: int, size: int) -> list[bytes]:
+    return [bytes([i % 251]) * 7 + hashlib.sha256(b"%d" % i).digest() * (size // 32) for i in range(count)]
+
+
+@pytest.mark.parametrize("fail", ["early", "late"])
+def test_grpc_client_stream_is_resent_whole_on_retry(fleet, fail):
+    proc, server, upload = _grpc_retry_env(fleet, fail, limit=LIMIT)
+    msgs = _messages(40, 1000)  # about 41 KiB in all: within the 64 KiB retry buffer
+    resp = upload(iter(msgs), timeout=20)
+    assert resp == f"{len(msgs)} {hashlib.sha256(b''.join(msgs)).hexdigest()}".encode()
+    assert len(server.calls) == 2, [len(c["messages"]) for c in server.calls]
+    answered = server.calls[1]
+    assert answered["complete"] and answered["messages"] == msgs  # every message, byte for byte, in order
+    s = proc.wait_stats(lambda s: s.get("cluster.grpc_up.upstream_rq_retry", 0) >= 1)
+    assert harness.stat(s, "cluster.grpc_up.upstream_rq_retry") == 1
+    assert harness.stat(s, "cluster.grpc_up.upstream_rq_retry_success") == 1
+
+
+def test_grpc_client_stream_larger_than_the_retry_buffer_is_not_retried_nor_truncated(fleet):
+    proc, server, upload = _grpc_retry_env(fleet, "late", limit=LIMIT)
+    msgs = _messages(100, 4000)  # about 400 KiB: far past the 64 KiB retry buffer
+    with pytest.raises(grpc.RpcError) as info:
+        upload(iter(msgs), timeout=20)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value
+    # One attempt only, and it read the whole stream: nothing was retried, nothing cut short.
+    assert len(server.calls) == 1, [len(c["messages"]) for c in server.calls]
+    assert server.calls[0]["complete"] and server.calls[0]["messages"] == msgs
+    s = proc.wait_stats(lambda s: s.get("cluster.grpc_up.retry_or_shadow_abandoned", 0) >= 1)
+    assert harness.stat(s, "cluster.grpc_up.retry_or_shadow_abandoned") == 1
+    assert harness.stat(s, "cluster.grpc_up.upstream_rq_retry") == 0
+    harness.assert_ready(proc)

@@ -371,6 +371,7 @@ struct RouteOptions {
   bool attempt_count = false;     // include_request_attempt_count / include_attempt_count_in_response
   std::string route_extra;        // more fields of the route action (YAML lines, 18-space indented)
   std::string cluster_extra;      // more fields of the cluster (YAML lines, 4-space indented)
+  std::string routes_before;      // routes before the catch-all one (14-space indented; $CLUSTER: the cluster)
   std::vector<network::Address> endpoints;  // default: the origin
 
   RouteOptions& retry(std::string v) { retry_policy = std::move(v); return *this; }
@@ -380,6 +381,7 @@ struct RouteOptions {
   RouteOptions& attemptCount() { attempt_count = true; return *this; }
   RouteOptions& routeExtra(std::string v) { route_extra = std::move(v); return *this; }
   RouteOptions& clusterExtra(std::string v) { cluster_extra = std::move(v); return *this; }
+  RouteOptions& routesBefore(std::string v) { routes_before = std::move(v); return *this; }
   RouteOptions& hosts(std::vector<network::Address> v) { endpoints = std::move(v); return *this; }
 };
 
@@ -411,8 +413,13 @@ std::string bootstrapYaml(const std::string& cluster, const RouteOptions& o) {
     y += "              include_request_attempt_count: true\n"
          "              include_attempt_count_in_response: true\n";
   }
-  y += "              routes:\n"
-       "              - match: {prefix: \"/\"}\n"
+  y += "              routes:\n";
+  std::string before = o.routes_before;
+  for (size_t at = before.find("$CLUSTER"); at != std::string::npos; at = before.find("$CLUSTER", at)) {
+    before.replace(at, 8, cluster);
+  }
+  y += before;
+  y += "              - match: {prefix: \"/\"}\n"
        "                route:\n"
        "                  cluster: " + cluster + "\n"
        "                  timeout: " + o.timeout + "\n";
@@ -476,7 +483,7 @@ struct Env {
     REQUIRE(snap->listeners.size() == 1);
     cluster = snap->clusters[0];
     // What the server does when a snapshot is accepted: the circuit-breaker limits come into force.
-    cluster->runtime->activate(cluster->hosts, cluster->host_params, cluster->limits, nullptr);
+    cluster->runtime->activate(cluster->hosts, cluster->host_params, cluster->limits, nullptr, cluster->high_limits);
     const auto& l = snap->listeners[0];
     REQUIRE(l->filter_chains.size() == 1);
     int fd = listenSocket(address);
@@ -881,4 +888,176 @@ TEST_CASE("Router: a connect failure is retried with retry_on connect-failure, e
     CHECK(e.value(e.st().upstream_rq_retry) == 0);
     CHECK(e.value(e.st().upstream_cx_connect_fail) == 1);
   }
+}
+
+// ---- retriable-headers, retriable_request_headers, route priority ----
+
+TEST_CASE("Router: retriable-headers retries a response whose headers match retriable_headers", "[router]") {
+  Env e;
+  e.origin.on_request = [](size_t i, const OriginRequest&) {
+    return i == 0 ? Origin::response(200, "stale", "x-upstream-state: stale\r\n") : Origin::response(200, "fresh");
+  };
+  e.start(RouteOptions().retry(
+      "{retry_on: retriable-headers, num_retries: 2, retriable_headers: "
+      "[{name: x-upstream-state, string_match: {exact: stale}}, {name: \":status\", range_match: {start: 420, end: 421}}]}"));
+  Response r = e.await(e.send(getRequest("/rh")));
+  REQUIRE(r.complete);
+  CHECK(r.status == 200);
+  CHECK(r.body == "fresh");
+  CHECK_FALSE(r.header("x-upstream-state"));
+  runFor(e.d, 30);
+  CHECK(e.origin.requests.size() == 2);
+  CHECK(e.value(e.st().upstream_rq_retry) == 1);
+  CHECK(e.value(e.st().upstream_rq_retry_success) == 1);
+  CHECK(e.value(e.st().upstream_rq_2xx) == 2);
+}
+
+TEST_CASE("Router: a :status range in retriable_headers retries that status; a non-matching one is the answer",
+          "[router]") {
+  Env e;
+  e.origin.on_request = [](size_t i, const OriginRequest&) {
+    return i == 0 ? Origin::response(420, "calm") : Origin::response(429, "slow down");
+  };
+  e.start(RouteOptions().retry(
+      "{retry_on: retriable-headers, num_retries: 3, retriable_headers: "
+      "[{name: \":status\", range_match: {start: 420, end: 421}}]}"));
+  Response r = e.await(e.send(getRequest("/status")));
+  REQUIRE(r.complete);
+  CHECK(r.status == 429);  // 429 is outside [420, 421): forwarded, not retried
+  CHECK(r.body == "slow down");
+  runFor(e.d, 30);
+  CHECK(e.origin.requests.size() == 2);
+  CHECK(e.value(e.st().upstream_rq_retry) == 1);
+}
+
+TEST_CASE("Router: retriable_headers do nothing unless retry_on has retriable-headers", "[router]") {
+  Env e;
+  e.origin.on_request = [](size_t i, const OriginRequest&) {
+    return Origin::response(200, busy(i), "x-upstream-state: stale\r\n");
+  };
+  e.start(RouteOptions().retry(
+      "{retry_on: 5xx, num_retries: 2, retriable_headers: [{name: x-upstream-state, present_match: true}]}"));
+  Response r = e.await(e.send(getRequest("/rh-off")));
+  REQUIRE(r.complete);
+  CHECK(r.status == 200);
+  CHECK(r.body == "busy0");
+  runFor(e.d, 30);
+  CHECK(e.origin.requests.size() == 1);
+  CHECK(e.value(e.st().upstream_rq_retry) == 0);
+}
+
+TEST_CASE("Router: x-envoy-retriable-header-names from a trusted client adds retriable response headers",
+          "[router]") {
+  Env e;
+  e.origin.on_request = [](size_t i, const OriginRequest&) {
+    return i == 0 ? Origin::response(200, "first", "x-try-again: 1\r\n") : Origin::response(200, "second");
+  };
+  e.start(RouteOptions());
+  // An internal client (x-forwarded-for from an RFC 1918 address, no use_remote_address): its x-envoy-*
+  // controls are honoured.
+  Response r = e.await(e.send(getRequest("/names", "x-forwarded-for: 10.1.2.3\r\nx-envoy-retry-on: retriable-headers\r\n"
+                                                   "x-envoy-retriable-header-names: x-other, X-Try-Again\r\n")));
+  REQUIRE(r.complete);
+  CHECK(r.status == 200);
+  CHECK(r.body == "second");
+  runFor(e.d, 30);
+  CHECK(e.origin.requests.size() == 2);
+  CHECK(e.value(e.st().upstream_rq_retry) == 1);
+}
+
+TEST_CASE("Router: x-envoy-retriable-header-names alone (no retriable-headers in retry_on) retries nothing",
+          "[router]") {
+  Env e;
+  e.origin.on_request = [](size_t i, const OriginRequest&) {
+    return Origin::response(200, busy(i), "x-try-again: 1\r\n");
+  };
+  e.start(RouteOptions().retry("{retry_on: 5xx, num_retries: 2}"));
+  Response r = e.await(
+      e.send(getRequest("/names-only", "x-forwarded-for: 10.1.2.3\r\nx-envoy-retriable-header-names: x-try-again\r\n")));
+  REQUIRE(r.complete);
+  CHECK(r.body == "busy0");
+  runFor(e.d, 30);
+  CHECK(e.origin.requests.size() == 1);
+  CHECK(e.value(e.st().upstream_rq_retry) == 0);
+}
+
+TEST_CASE("Router: retriable_request_headers: only a matching request is retried", "[router]") {
+  Env e;
+  e.origin.on_request = [](size_t i, const OriginRequest& rq) {
+    // Every first attempt of a request fails; a retry (x-envoy-attempt-count 2) succeeds.
+    return rq.header("x-envoy-attempt-count") == "2" ? Origin::response(200, "retried") : Origin::response(503, busy(i));
+  };
+  e.start(RouteOptions()
+              .retry("{retry_on: 5xx, num_retries: 2, retriable_request_headers: "
+                     "[{name: x-idempotent, string_match: {exact: \"yes\"}}, {name: \":method\", string_match: {exact: PUT}}]}")
+              .attemptCount());
+  Response no = e.await(e.send(getRequest("/not-marked")));
+  REQUIRE(no.complete);
+  CHECK(no.status == 503);
+  CHECK(no.body == "busy0");
+  runFor(e.d, 30);
+  CHECK(e.origin.requests.size() == 1);
+  CHECK(e.value(e.st().upstream_rq_retry) == 0);
+  CHECK(e.value(e.st().upstream_rq_retry_limit_exceeded) == 0);  // not retriable at all, not a limit
+  Response yes = e.await(e.send(getRequest("/marked", "x-idempotent: yes\r\n")));
+  REQUIRE(yes.complete);
+  CHECK(yes.status == 200);
+  CHECK(yes.body == "retried");
+  runFor(e.d, 30);
+  CHECK(e.origin.requests.size() == 3);
+  CHECK(e.value(e.st().upstream_rq_retry) == 1);
+  // A trusted x-envoy-retry-on does not get around the route's retriable_request_headers...
+  Response hdr = e.await(e.send(getRequest("/hdr", "x-forwarded-for: 10.1.2.3\r\nx-envoy-retry-on: 5xx\r\n")));
+  REQUIRE(hdr.complete);
+  CHECK(hdr.status == 503);
+  runFor(e.d, 30);
+  CHECK(e.origin.requests.size() == 4);
+  CHECK(e.value(e.st().upstream_rq_retry) == 1);
+  // ... and a trusted x-envoy-max-retries on a matching request is honoured (proof the controls were read).
+  Response max = e.await(e.send(getRequest("/max", "x-forwarded-for: 10.1.2.3\r\nx-idempotent: yes\r\n"
+                                                   "x-envoy-max-retries: 0\r\n")));
+  REQUIRE(max.complete);
+  CHECK(max.status == 503);
+  runFor(e.d, 30);
+  CHECK(e.origin.requests.size() == 5);
+  CHECK(e.value(e.st().upstream_rq_retry_limit_exceeded) == 1);
+}
+
+TEST_CASE("Router: a HIGH priority route counts against the HIGH thresholds, a DEFAULT one against DEFAULT",
+          "[router]") {
+  Env e;
+  e.origin.on_request = [](size_t, const OriginRequest&) { return std::string(); };  // hold every request
+  e.start(RouteOptions()
+              .breakers("{max_requests: 1}, {priority: HIGH, max_requests: 2}")
+              .routesBefore("              - match: {prefix: \"/high\"}\n"
+                            "                route: {cluster: $CLUSTER, timeout: 2s, priority: HIGH}\n"));
+  auto& def = e.cluster->runtime->resources(upstream::ResourcePriority::Default);
+  auto& high = e.cluster->runtime->resources(upstream::ResourcePriority::High);
+  REQUIRE(def.requests.max() == 1);
+  REQUIRE(high.requests.max() == 2);
+  const std::string cb = "cluster." + e.cluster->name + ".circuit_breakers.";
+  e.send(getRequest("/default-1"));
+  REQUIRE(e.until([&] { return e.origin.requests.size() == 1; }));
+  CHECK(def.requests.count() == 1);
+  CHECK(testStore().value(cb + "default.rq_open") == 1);
+  CHECK(testStore().value(cb + "high.rq_open") == 0);
+  // DEFAULT is full while HIGH still has room.
+  Response refused = e.await(e.send(getRequest("/default-2")));
+  REQUIRE(refused.complete);
+  CHECK(refused.status == 503);
+  CHECK(e.details() == "upstream_overflow");
+  e.send(getRequest("/high-1"));
+  e.send(getRequest("/high-2"));
+  REQUIRE(e.until([&] { return e.origin.requests.size() == 3; }));
+  CHECK(high.requests.count() == 2);
+  CHECK(def.requests.count() == 1);
+  CHECK(testStore().value(cb + "high.rq_open") == 1);
+  Response high_refused = e.await(e.send(getRequest("/high-3")));
+  REQUIRE(high_refused.complete);
+  CHECK(high_refused.status == 503);
+  CHECK(e.value(e.st().upstream_rq_pending_overflow) == 2);
+  CHECK(e.origin.requests.size() == 3);
+  // HIGH requests went through pools of their own: their connections count against HIGH's max_connections.
+  CHECK(high.connections.count() == 2);
+  CHECK(def.connections.count() == 1);
 }

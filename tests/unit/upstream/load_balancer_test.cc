@@ -4,6 +4,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "tests/unit/support/loop.h"
+
 #include <cmath>
 #include <map>
 #include <string>
@@ -572,6 +574,192 @@ TEST_CASE("Peak EWMA", "[lb]") {
     auto lb = createLoadBalancer(config, hosts, nullptr, 1);
     auto counts = countPicks(*lb, 1000);
     CHECK(counts.count(nullptr) == 0);
+  }
+}
+
+
+// ---- zone-aware routing ----
+
+namespace {
+
+// Upstream and local clusters for zone-aware routing: `upstream[z]` hosts in zone z of the upstream
+// cluster, `local[z]` in the local one; this proxy runs in zone "a".
+struct Zones {
+  std::map<std::string, std::shared_ptr<const Locality>> localities;
+  std::map<std::string, std::vector<HostSharedPtr>> upstream_by_zone;
+  std::vector<HostSharedPtr> upstream, local;
+  std::atomic<uint64_t> local_generation{1};
+  LocalCluster view{*zone("a")};
+  ZoneStats stats;
+
+  Zones(const std::map<std::string, int>& up, const std::map<std::string, int>& lo) {
+    static int n = 0;
+    const std::string p = "lbtest.zones" + std::to_string(n++) + ".";
+    auto& st = testing::testStore();
+    stats = {st.counter(p + "all_directly"), st.counter(p + "sampled"), st.counter(p + "cross_zone"),
+             st.counter(p + "too_small"), st.counter(p + "not_ok")};
+    uint32_t i = 0;
+    for (const auto& [z, count] : up) {
+      for (int k = 0; k < count; ++k) {
+        auto h = makeHost(i++, 0, 1, loc(z));
+        upstream_by_zone[z].push_back(h);
+        upstream.push_back(h);
+      }
+    }
+    for (const auto& [z, count] : lo) {
+      for (int k = 0; k < count; ++k) local.push_back(makeHost(500 + i++, 0, 1, loc(z)));
+    }
+    refresh();
+  }
+  std::shared_ptr<const Locality> loc(const std::string& z) {
+    auto& l = localities[z];
+    if (!l) l = zone(z);
+    return l;
+  }
+  void refresh(uint64_t version = 1, bool known = true) {
+    view.refresh(version, known ? &local : nullptr, &local_generation, 50.0);
+  }
+  LoadBalancerPtr balancer(LbConfig config = policy(LbConfig::Policy::RoundRobin), uint64_t seed = 7) {
+    return createLoadBalancer(config, upstream, nullptr, seed, kRandomRotation, &view, &stats);
+  }
+  // The share of `n` picks that went to zone `z`.
+  double share(const std::map<const Host*, int>& counts, const std::string& z, int n) {
+    int sum = 0;
+    for (const auto& h : upstream_by_zone[z]) sum += picksOf(counts, h);
+    return sum / double(n);
+  }
+  int64_t value(stats::Counter c) const { return testing::testStore().value(c); }
+};
+
+}  // namespace
+
+TEST_CASE("Zone-aware: upstream's local share >= the local cluster's keeps every request in the zone", "[lb]") {
+  testing::ShardGuard shard;
+  // Upstream a:b = 50:50, local 50:50: all directly.
+  Zones z({{"a", 4}, {"b", 4}}, {{"a", 1}, {"b", 1}});
+  for (auto p : {LbConfig::Policy::RoundRobin, LbConfig::Policy::LeastRequest, LbConfig::Policy::Random,
+                 LbConfig::Policy::PeakEwma}) {
+    auto lb = z.balancer(policy(p));
+    auto counts = countPicks(*lb, 1000);
+    CHECK(z.share(counts, "a", 1000) == 1.0);
+    for (const auto& h : z.upstream_by_zone["a"]) CHECK(picksOf(counts, h) > 0);  // the policy spreads within it
+  }
+  CHECK(z.value(z.stats.routing_all_directly) == 4000);
+  CHECK(z.value(z.stats.routing_sampled) == 0);
+  CHECK(z.value(z.stats.routing_cross_zone) == 0);
+}
+
+TEST_CASE("Zone-aware: a smaller local share is sampled, the rest goes by residual capacity", "[lb]") {
+  testing::ShardGuard shard;
+  // Upstream a:b:c = 20:60:20 (10 hosts), local 80:20:0. Kept local: 20/80 = 25%. Residual capacity:
+  // b 60-20 = 40, c 20-0 = 20, so the other 75% splits 2:1: b 50%, c 25%.
+  Zones z({{"a", 2}, {"b", 6}, {"c", 2}}, {{"a", 4}, {"b", 1}});
+  auto lb = z.balancer(policy(LbConfig::Policy::Random), 11);
+  const int n = 40000;
+  auto counts = countPicks(*lb, n);
+  // Binomial standard deviation at n = 40000 is at most 0.0025: 0.015 is six of them.
+  CHECK(std::abs(z.share(counts, "a", n) - 0.25) < 0.015);
+  CHECK(std::abs(z.share(counts, "b", n) - 0.50) < 0.015);
+  CHECK(std::abs(z.share(counts, "c", n) - 0.25) < 0.015);
+  CHECK(z.value(z.stats.routing_sampled) + z.value(z.stats.routing_cross_zone) == n);
+  CHECK(std::abs(z.value(z.stats.routing_sampled) / double(n) - 0.25) < 0.015);
+  CHECK(z.value(z.stats.routing_all_directly) == 0);
+
+  SECTION("routing_enabled 0 turns it off: the cluster's own split (20:60:20)") {
+    LbConfig config = policy(LbConfig::Policy::Random);
+    config.zone_routing_enabled_percent = 0;
+    auto off = z.balancer(config, 12);
+    auto c2 = countPicks(*off, n);
+    CHECK(std::abs(z.share(c2, "a", n) - 0.20) < 0.015);
+    CHECK(std::abs(z.share(c2, "b", n) - 0.60) < 0.015);
+    CHECK(z.value(z.stats.routing_sampled) + z.value(z.stats.routing_cross_zone) == n);  // unchanged
+  }
+
+  SECTION("a change in the local cluster's health re-plans on the next choice") {
+    // The local host in b fails: local is 100% in a, so only 20/100 = 20% stays local now.
+    z.local.back()->health_flags = kFailedActiveHc;
+    z.local_generation.fetch_add(1);
+    z.refresh();
+    auto c2 = countPicks(*lb, n);
+    CHECK(std::abs(z.share(c2, "a", n) - 0.20) < 0.015);
+    // And when the local cluster is 50:50 in a and b... a's 20% upstream share is below 50%: 40% local.
+    z.local.back()->health_flags = 0;
+    z.local.push_back(makeHost(900, 0, 1, z.loc("b")));
+    z.local.push_back(makeHost(901, 0, 1, z.loc("b")));
+    z.local.push_back(makeHost(902, 0, 1, z.loc("b")));
+    z.refresh(2);  // a new version of the local cluster
+    auto c3 = countPicks(*lb, n);
+    CHECK(std::abs(z.share(c3, "a", n) - 0.40) < 0.015);
+  }
+}
+
+TEST_CASE("Zone-aware: off for small clusters, an unknown local cluster, panic, locality weights, hashing",
+          "[lb]") {
+  testing::ShardGuard shard;
+  const int n = 6000;
+  SECTION("fewer than min_cluster_size (6) healthy hosts: counted, plain round robin") {
+    Zones z({{"a", 1}, {"b", 4}}, {{"a", 1}, {"b", 4}});
+    auto lb = z.balancer();
+    auto counts = countPicks(*lb, 5 * 1000);
+    for (const auto& h : z.upstream) CHECK(picksOf(counts, h) == 1000);  // exact rotation over all 5
+    CHECK(z.value(z.stats.cluster_too_small) == 1);  // once per plan, not per choice
+    CHECK(z.value(z.stats.routing_all_directly) == 0);
+    LbConfig config = policy(LbConfig::Policy::RoundRobin);
+    config.zone_min_cluster_size = 5;
+    auto small_ok = z.balancer(config);
+    CHECK(z.share(countPicks(*small_ok, n), "a", n) == 1.0);  // 20:80 against 20:80: all directly
+    CHECK(z.value(z.stats.routing_all_directly) == n);
+  }
+  SECTION("the local cluster unknown, or without a healthy host in our zone: counted as not ok") {
+    Zones z({{"a", 3}, {"b", 3}}, {{"a", 1}, {"b", 1}});
+    z.refresh(1, false);
+    auto lb = z.balancer();
+    CHECK(std::abs(z.share(countPicks(*lb, n), "a", n) - 0.5) < 0.01);
+    CHECK(z.value(z.stats.local_cluster_not_ok) == 1);
+    z.local.front()->health_flags = kFailedOutlierCheck;  // the one local host in a
+    z.refresh(2);
+    CHECK(std::abs(z.share(countPicks(*lb, n), "a", n) - 0.5) < 0.01);
+    CHECK(z.value(z.stats.local_cluster_not_ok) == 2);
+    z.local.front()->health_flags = 0;
+    z.refresh(3);
+    CHECK(z.share(countPicks(*lb, n), "a", n) == 1.0);  // ok again: 50:50 against 50:50, all direct
+  }
+  SECTION("in panic: every host, no zone routing; fail_traffic_on_panic: no host at all") {
+    Zones z({{"a", 5}, {"b", 5}}, {{"a", 1}, {"b", 1}});
+    for (int i = 0; i < 6; ++i) z.upstream[i]->health_flags = kFailedActiveHc;  // 40% healthy < 50%
+    auto lb = z.balancer();
+    auto counts = countPicks(*lb, n);
+    for (const auto& h : z.upstream) CHECK(picksOf(counts, h) > 0);
+    CHECK(z.value(z.stats.routing_all_directly) + z.value(z.stats.routing_sampled) +
+              z.value(z.stats.routing_cross_zone) == 0);
+    LbConfig config = policy(LbConfig::Policy::RoundRobin);
+    config.zone_fail_traffic_on_panic = true;
+    CHECK(z.balancer(config)->chooseHost({}) == nullptr);
+  }
+  SECTION("locality-weighted or hashing balancers do not route by zone") {
+    // Upstream a:b:c = 1/3 each, local a:b = 50:50. Zone routing would keep 2/3 in a and send the rest to
+    // c (b has no residual capacity); without it each zone gets a third.
+    Zones z({{"a", 3}, {"b", 3}, {"c", 3}}, {{"a", 1}, {"b", 1}});
+    for (const auto& h : z.upstream) h->locality_weight = 1;
+    LbConfig weighted = policy(LbConfig::Policy::RoundRobin);
+    weighted.locality_weighted = true;
+    CHECK(std::abs(z.share(countPicks(*z.balancer(weighted), n), "a", n) - 1 / 3.0) < 0.02);
+    CHECK(std::abs(z.share(countPicks(*z.balancer(policy(LbConfig::Policy::RingHash)), n), "a", n) - 1 / 3.0) < 0.05);
+    CHECK(z.value(z.stats.routing_sampled) + z.value(z.stats.routing_cross_zone) == 0);
+    // The same hosts with plain round robin: zone routing.
+    const int m = 30000;
+    auto plain = countPicks(*z.balancer(), m);
+    CHECK(std::abs(z.share(plain, "a", m) - 2 / 3.0) < 0.02);  // sd at most 0.003
+    CHECK(z.share(plain, "b", m) == 0);
+    CHECK(std::abs(z.share(plain, "c", m) - 1 / 3.0) < 0.02);
+    CHECK(z.value(z.stats.routing_sampled) + z.value(z.stats.routing_cross_zone) == m);
+  }
+  SECTION("only priority 0 takes part") {
+    Zones z({{"a", 3}, {"b", 3}}, {{"a", 1}, {"b", 1}});  // at priority 0: all directly
+    for (const auto& h : z.upstream) h->priority = 1;
+    auto lb = z.balancer();
+    CHECK(std::abs(z.share(countPicks(*lb, n), "a", n) - 0.5) < 0.01);
+    CHECK(z.value(z.stats.routing_all_directly) + z.value(z.stats.routing_sampled) == 0);
   }
 }
 
