@@ -15,6 +15,8 @@
 #include "envoy/config/listener/v3/listener.pb.h"
 #include "envoy/config/route/v3/route.pb.h"
 #include "envoy/extensions/transport_sockets/tls/v3/secret.pb.h"
+#include "google/protobuf/descriptor.h"
+#include "google/protobuf/dynamic_message.h"
 #include "certs/secret_manager.h"
 #include "certs/tls_config.h"
 #include "proxy/common/log.h"
@@ -57,12 +59,49 @@ absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> decode(const st
   return std::shared_ptr<const google::protobuf::Message>(m);
 }
 
-// Paths of fields the message carries that our .proto subset does not know (istiod sends many).
-void unknownFields(const google::protobuf::Message& m, const std::string& path, std::vector<std::string>& out) {
+// Unknown fields that would change what the proxy does if they were ignored: a resource carrying one
+// is refused until the field is implemented (Envoy's numbers; the message's full name).
+struct BehaviourField {
+  const char* message;
+  int number;
+  const char* name;
+};
+constexpr BehaviourField kBehaviourFields[] = {
+    {"envoy.config.cluster.v3.Cluster", 40, "filters"},
+    {"envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy", 12, "tunneling_config"},
+};
+
+// Paths of fields the message carries that our .proto subset does not know (istiod sends many), also
+// inside typed_config payloads of a type we know ("filter_chains[0].filters[0].typed_config<HttpConnectionManager>.#7").
+// `behaviour` gets those of kBehaviourFields.
+void unknownFields(const google::protobuf::Message& m, const std::string& path, std::vector<std::string>& out,
+                   std::vector<std::string>& behaviour, int depth = 0) {
+  if (depth > 32) return;
   const auto* refl = m.GetReflection();
   const auto& unknown = refl->GetUnknownFields(m);
   for (int i = 0; i < unknown.field_count() && out.size() < 32; ++i) {
-    out.push_back(absl::StrCat(path.empty() ? "" : path + ".", "#", unknown.field(i).number()));
+    const int number = unknown.field(i).number();
+    const std::string fp = absl::StrCat(path.empty() ? "" : path + ".", "#", number);
+    out.push_back(fp);
+    for (const auto& b : kBehaviourFields) {
+      if (b.number == number && m.GetDescriptor()->full_name() == b.message) {
+        behaviour.push_back(absl::StrCat(fp, " (", b.name, ")"));
+      }
+    }
+  }
+  if (m.GetDescriptor()->full_name() == "google.protobuf.Any") {
+    // A typed_config: its payload is a message of its own, with unknown fields of its own.
+    const auto* d = m.GetDescriptor();
+    const std::string type_url = refl->GetString(m, d->FindFieldByName("type_url"));
+    const auto* inner = google::protobuf::DescriptorPool::generated_pool()->FindMessageTypeByName(
+        type_url.substr(type_url.rfind('/') + 1));
+    if (inner == nullptr) return;
+    const auto* proto = google::protobuf::MessageFactory::generated_factory()->GetPrototype(inner);
+    if (proto == nullptr) return;
+    std::unique_ptr<google::protobuf::Message> payload(proto->New());
+    if (!payload->ParseFromString(refl->GetString(m, d->FindFieldByName("value")))) return;
+    unknownFields(*payload, absl::StrCat(path, "<", inner->name(), ">"), out, behaviour, depth + 1);
+    return;
   }
   std::vector<const google::protobuf::FieldDescriptor*> fields;
   refl->ListFields(m, &fields);
@@ -71,10 +110,10 @@ void unknownFields(const google::protobuf::Message& m, const std::string& path, 
     const std::string fp = path.empty() ? f->name() : path + "." + f->name();
     if (f->is_repeated()) {
       for (int j = 0; j < refl->FieldSize(m, f); ++j) {
-        unknownFields(refl->GetRepeatedMessage(m, f, j), absl::StrCat(fp, "[", j, "]"), out);
+        unknownFields(refl->GetRepeatedMessage(m, f, j), absl::StrCat(fp, "[", j, "]"), out, behaviour, depth + 1);
       }
     } else {
-      unknownFields(refl->GetMessage(m, f), fp, out);
+      unknownFields(refl->GetMessage(m, f), fp, out, behaviour, depth + 1);
     }
   }
 }
@@ -220,9 +259,29 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
                          : type_url == xds::kRouteType ? &sources_->routes
                          : type_url == xds::kSecretType ? &sources_->secrets : &sources_->endpoints;
   std::map<std::string, std::string> unknown_received;  // name -> unknown field paths ("" for none)
+  // Partial acceptance, as Envoy does it: a resource that is refused (here, or when the snapshot is
+  // built) is left at the version held before, or left out if it is new; the others are applied; the
+  // response is NACKed naming every refused resource. name -> error, in the order found.
+  std::vector<std::pair<std::string, std::string>> refused;
+  std::set<std::string> refused_names;
+  auto refuse = [&](const std::string& name, std::string error) {
+    if (!refused_names.insert(name).second) return;
+    refused.emplace_back(name, std::move(error));
+    auto old = prev_map->find(name);
+    if (old != prev_map->end()) {
+      (*target)[name] = old->second;
+    } else {
+      target->erase(name);
+    }
+  };
+  std::set<std::string> received;
+  for (const auto& r : resources) received.insert(r.name);
   for (const auto& r : resources) {
     auto m = decode(type_url, r);
-    if (!m.ok()) return m.status();
+    if (!m.ok()) {
+      refuse(r.name, std::string(m.status().message()));
+      continue;
+    }
     std::string inner;
     const char* field = "name";
     if (type_url == xds::kClusterType) inner = static_cast<const envoy::config::cluster::v3::Cluster&>(**m).name();
@@ -236,24 +295,35 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
       inner = static_cast<const envoy::extensions::transport_sockets::tls::v3::Secret&>(**m).name();
     }
     if (inner.empty()) {
-      return absl::InvalidArgumentError(absl::StrCat(shortName(type_url), " '", r.name, "': ", field, ": is required"));
+      refuse(r.name, absl::StrCat(shortName(type_url), " '", r.name, "': ", field, ": is required"));
+      continue;
     }
     // The name inside must be the name the resource was sent under (as Envoy requires of RDS, EDS and
     // SDS resources, and our SDS streams of secrets): held under one name and named by the config under
     // another, it could be neither found nor removed.
     if (inner != r.name) {
-      return absl::InvalidArgumentError(absl::StrCat(shortName(type_url), " '", r.name, "': ", field, ": '", inner,
-                                                     "' differs from the name the resource was sent under ('",
-                                                     r.name, "')"));
+      refuse(r.name, absl::StrCat(shortName(type_url), " '", r.name, "': ", field, ": '", inner,
+                                  "' differs from the name the resource was sent under ('", r.name, "')"));
+      continue;
     }
     // Fields we do not implement are kept (protobuf holds them as unknown), counted and shown in
     // /config_dump; with --reject-unknown-dynamic-fields they are a NACK.
     std::vector<std::string> unknown;
-    unknownFields(**m, "", unknown);
+    std::vector<std::string> behaviour;
+    unknownFields(**m, "", unknown, behaviour);
+    if (!behaviour.empty()) {
+      // Ignoring these would change what the resource does: refused until implemented.
+      refuse(r.name, absl::StrCat(shortName(type_url), " '", r.name, "': not implemented, and ignoring it would change ",
+                                  "behaviour: ", absl::StrJoin(behaviour, ", ")));
+      continue;
+    }
     if (!unknown.empty()) {
       stats::inc(unknown_fields_, static_cast<int64_t>(unknown.size()));
       const std::string where = absl::StrCat(shortName(type_url), " '", r.name, "': unknown fields ", absl::StrJoin(unknown, ", "));
-      if (reject_unknown_) return absl::InvalidArgumentError(where);
+      if (reject_unknown_) {
+        refuse(r.name, where);
+        continue;
+      }
     }
     unknown_received[r.name] = absl::StrJoin(unknown, ", ");
     config::DynamicResource res;
@@ -278,19 +348,48 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
     }
     for (const auto& [name, proto] : changed) {
       auto st = certs::checkSdsSecret(*proto, absl::StrCat("Secret '", name, "'"));
-      if (!st.ok()) return st;
+      if (!st.ok()) refuse(name, std::string(st.message()));
     }
     for (const auto& [name, proto] : changed) {
+      if (refused_names.count(name) != 0) continue;
       auto st = certs::applySdsSecret(*proto, absl::StrCat("Secret '", name, "'"));
-      if (!st.ok()) return st;
+      if (!st.ok()) refuse(name, std::string(st.message()));
     }
+    for (const auto& name : refused_names) unknown_received.erase(name);
     std::lock_guard<std::mutex> lock(mu_);
     sources_ = next;
     commitUnknownFields(type_url, unknown_received, *next);
-    return absl::OkStatus();
+    return refusal(type_url, resources.size(), refused);
   }
-  auto built = config::buildSnapshot(next, snapshot_.get(), store_, config::clusterIds());
-  if (!built.ok()) return built.status();
+  // A resource of this response that does not translate is refused and the snapshot built again
+  // without it (at most a few rounds: each round refuses at least one more). A resource held from
+  // before that no longer translates is not this response's fault: it keeps its previous version
+  // (buildSnapshot does that) and is reported in the log.
+  absl::StatusOr<config::BuildResult> built;
+  for (int round = 0; round < 4; ++round) {
+    built = config::buildSnapshot(next, snapshot_.get(), store_, config::clusterIds());
+    if (!built.ok()) return built.status();  // the bootstrap's own resources: nothing to keep apart
+    bool again = false;
+    for (const auto& rj : built->rejected) {
+      // A cluster of this CDS response whose held endpoints no longer fit it is the cluster's fault.
+      const bool cluster_eds = type_url == xds::kClusterType && rj.type == "ClusterLoadAssignment";
+      const std::string& name = cluster_eds ? rj.cluster : rj.name;
+      if ((rj.type != shortName(type_url) && !cluster_eds) || received.count(name) == 0 ||
+          refused_names.count(name) != 0) {
+        continue;
+      }
+      refuse(name, rj.error);
+      again = true;
+    }
+    if (!again) break;
+  }
+  for (const auto& rj : built->rejected) {
+    if (refused_names.count(rj.name) != 0 && rj.type == shortName(type_url)) continue;
+    if (refused_names.count(rj.cluster) != 0 && type_url == xds::kClusterType) continue;
+    LOG_WARN("xds: %s '%s' (held from an earlier update) keeps its previous version: %s", rj.type.c_str(),
+             rj.name.c_str(), rj.error.c_str());
+  }
+  for (const auto& name : refused_names) unknown_received.erase(name);
   for (const auto& w : built->warming) LOG_DEBUG("xds: warming: %s", w.c_str());
   auto st = server_.applySnapshot(built->snapshot);
   if (!st.ok()) return st;
@@ -318,7 +417,21 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
   client_->setResourceNames(xds::kEndpointType, {built->eds_names.begin(), built->eds_names.end()});
   client_->setResourceNames(xds::kSecretType, certs::SecretManager::get().sdsNames());
   if (type_url == xds::kClusterType || type_url == xds::kListenerType) onInitialFetchDone(type_url, false);
-  return absl::OkStatus();
+  return refusal(type_url, resources.size(), refused);
+}
+
+absl::Status XdsApplier::refusal(const std::string& type_url, size_t received,
+                                 const std::vector<std::pair<std::string, std::string>>& refused) {
+  if (refused.empty()) return absl::OkStatus();
+  std::vector<std::string> names;
+  std::string message = absl::StrCat(refused.size(), " of ", received, " ", shortName(type_url),
+                                     " resources refused (the others were applied): ");
+  for (size_t i = 0; i < refused.size(); ++i) {
+    names.push_back(refused[i].first);
+    if (i > 0) message += "; ";
+    message += refused[i].second;
+  }
+  return xds::partiallyAccepted(absl::InvalidArgumentError(message), names);
 }
 
 // With mu_ held, once an update is applied: the resources it carried replace their records (none when

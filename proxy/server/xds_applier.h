@@ -55,6 +55,9 @@ class XdsApplier : public xds::XdsSubscriber {
     stats::Counter update_rejected;
   };
   TypeStats& statsFor(const std::string& type_url);
+  // The NACK for the resources of a response that were refused (OK when none was).
+  static absl::Status refusal(const std::string& type_url, size_t received,
+                              const std::vector<std::pair<std::string, std::string>>& refused);
   absl::Status apply(const std::string& type_url, const std::vector<xds::Resource>& resources,
                      const std::vector<std::string>& removed, const std::string& version, bool sotw);
 

@@ -13,6 +13,9 @@ Covered (state of the world and delta where it matters):
   4. NACKs (invalid RE2 regex, unknown non-optional HTTP filter, a name twice in one response): the
      message names the resource and field, the version stays the last accepted one, traffic goes on;
      an unknown *optional* filter is accepted.
+  4b. Partial acceptance: a response with one bad listener (or assignment) applies the others and is
+     NACKed naming only the bad one; a listener's own fault is NACKed in LDS even while it waits for its
+     RouteConfiguration, never blamed on that RouteConfiguration.
   5. Listener added (accepts) and removed (refuses new connections, an in-flight request completes).
   6. Control plane killed and restarted on the same port: no failed request, the stream comes back
      with `node`, a later change takes effect.
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -966,6 +970,103 @@ def test_nack_same_resource_twice_in_one_response(env, mode):
     _, reply = wait_reply(xds, RDS, seq)
     assert reply["kind"] == "ack", reply
     wait_origin(env.port, "/b", "a")
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4b. Partial acceptance (Envoy's): one bad resource is refused by name, the others are applied
+
+
+def wait_listening(port: int, timeout: float = SWITCH_LIMIT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listens on {port} within {timeout} s")
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_partial_lds_applies_good_listeners_and_nacks_the_bad_one_by_name(env, mode):
+    proc = env.standard()
+    xds = env.xds
+    sid = env.stream()["id"]
+    good = last_acked_version(xds, LDS, sid)
+    rejected0 = stat_value(proc.stats(), "listener_manager.lds.update_rejected")
+    good_port, bad_port = harness.free_port(), harness.free_port()
+    seq = last_response_seq(xds)
+    xds.set_resources([
+        http_listener("listener-new-good", good_port, stat_prefix="ingress_new_good", routes=[route("/", CLUSTER_B)]),
+        http_listener("listener-new-bad", bad_port, stat_prefix="ingress_new_bad", rds_name=ROUTES,
+                      http_filters=[nope_filter(optional=False), harness.router_filter()]),
+    ])
+    msg = check_nack(env, LDS, seq, ["listener-new-bad"], [NOPE_TYPE, "http_filters"], good)
+    print("NACK message:", msg)
+    assert "listener-new-good" not in msg, f"the NACK blames the good listener too: {msg!r}"
+    assert re.search(r"\b1 of [23] Listener", msg), f"the NACK does not say how many listeners were refused: {msg!r}"
+    # The good new listener serves; the one held before is untouched; the bad one never bound.
+    wait_listening(good_port)
+    r = fetch(good_port, "/a")
+    assert r.status == 200 and r.origin == "b", f"the valid listener of the partly refused update: {r!r}"
+    traffic_still_flows(env)
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", bad_port), timeout=0.5).close()
+    rejected = wait_stat(proc, ("listener_manager.lds.update_rejected",), lambda v: v > rejected0)
+    assert rejected == rejected0 + 1, f"lds update_rejected {rejected0} -> {rejected}"
+    dump, _ = config_dump(proc)
+    held = {l.get("name") for l in dump_section(dump, "ListenersConfigDump").get("dynamic_listeners", [])}
+    assert "listener-new-good" in held and "listener-new-bad" not in held, f"/config_dump listeners: {held}"
+    # Fixing the bad listener in a later response applies it and is ACKed.
+    seq = last_response_seq(xds)
+    xds.set_resources([http_listener("listener-new-bad", bad_port, stat_prefix="ingress_new_bad",
+                                     routes=[route("/", CLUSTER_A)])])
+    _, reply = wait_reply(xds, LDS, seq)
+    assert reply["kind"] == "ack", reply
+    wait_listening(bad_port)
+    r = fetch(bad_port, "/x")
+    assert r.status == 200 and r.origin == "a", r
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_partial_eds_applies_good_assignment_and_nacks_the_bad_one(env, mode):
+    env.standard()
+    xds = env.xds
+    sid = env.stream()["id"]
+    good = last_acked_version(xds, EDS, sid)
+    b = env.origins["b"]
+    seq = last_response_seq(xds)
+    bad = cla(CLUSTER_B, [b.port])
+    bad["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]["address"] = "not-an-ip"
+    xds.set_resources([cla(SERVICE_A, [b.port]), bad])  # a's endpoints move to origin b; b's are bad
+    msg = check_nack(env, EDS, seq, [CLUSTER_B], ["not-an-ip", "address"], good)
+    print("NACK message:", msg)
+    assert f"'{SERVICE_A}'" not in msg, f"the NACK blames the good assignment too: {msg!r}"
+    wait_origin(env.port, "/a", "b")                         # the good one applied
+    r = fetch(env.port, "/b")
+    assert r.status == 200 and r.origin == "b", f"cluster-b keeps its last good endpoints: {r!r}"
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_listener_fault_is_nacked_with_the_listener_not_with_its_routes(env, mode):
+    """A listener waiting for its RouteConfiguration is checked whole when it arrives: its own fault is
+    NACKed in LDS at once, not found later and blamed on the RouteConfiguration that completes it."""
+    env.standard()
+    xds = env.xds
+    sid = env.stream()["id"]
+    good_lds = last_acked_version(xds, LDS, sid)
+    port = harness.free_port()
+    seq = last_response_seq(xds)
+    xds.set_resources([http_listener("listener-late", port, stat_prefix="ingress_late", rds_name="routes-late",
+                                     http_filters=[nope_filter(optional=False), harness.router_filter()])])
+    msg = check_nack(env, LDS, seq, ["listener-late"], [NOPE_TYPE], good_lds)
+    print("NACK message:", msg)
+    # Its RouteConfiguration, sent anyway, is not NACKed for the listener's fault.
+    seq = last_response_seq(xds)
+    xds.set_resources([route_config("routes-late", [route("/", CLUSTER_A)]), main_routes(a=CLUSTER_B)])
+    _, reply = wait_reply(xds, RDS, seq)
+    assert reply["kind"] == "ack", f"an RDS update after a listener's fault: {reply}"
+    wait_origin(env.port, "/a", "b")
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -475,6 +475,43 @@ def test_unknown_field_records_end_with_their_resource(env, mode, fleet):
     assert unknown_fields(proc) == {}, unknown_fields(proc)
 
 
+@pytest.mark.parametrize("mode", MODES)
+def test_unknown_fields_inside_typed_configs_are_listed_and_behaviour_changing_ones_refused(env, mode, fleet):
+    """A typed_config's payload is searched too (an HCM's `tracing`, #7, is listed); fields whose absence
+    would change what a resource does (a cluster's `filters`, #40; tcp_proxy's `tunneling_config`, #12)
+    get the resource refused, by name, while the rest of the response is applied."""
+    xds = env.xds
+    echo = fleet.echo()
+    a = env.origin("a")
+    p_http, p_tcp, p_tunnel = harness.free_port(), harness.free_port(), harness.free_port()
+    web = static_cluster("c-web", a.port)
+    traced = http_listener("l-traced", p_http, cluster="c-web")
+    traced["filter_chains"][0]["filters"][0]["typed_config"]["tracing"] = {"random_sampling": {"value": 10}}
+    xds.set_resources([web, static_cluster("c-echo", echo.port), traced, tcp_listener("l-tcp", p_tcp, "c-echo")])
+    proc = env.start()
+    wait_get(p_http, (200, "a"))
+    seen = wait_for(lambda: unknown_fields(proc).get("Listener 'l-traced'"), "the HCM's unknown field is not listed")
+    assert "typed_config<HttpConnectionManager>.#7" in seen, seen
+
+    # A cluster with upstream network filters, and a tcp_proxy that tunnels: refused, named; the good
+    # cluster of the same response is applied.
+    seq = last_response_seq(xds)
+    filtered = static_cluster("c-filtered", echo.port, filters=[{"name": "envoy.filters.network.upstream.nope"}])
+    xds.set_resources([filtered, static_cluster("c-new", echo.port)])
+    msg = expect_nack(xds, CDS, ["c-filtered", "filters"], since=seq)
+    assert "c-new" not in msg, msg
+    wait_for(lambda: "c-new" in dumped_names(proc)[CDS], "the valid cluster of the response was not applied")
+    assert "c-filtered" not in dumped_names(proc)[CDS]
+
+    seq = last_response_seq(xds)
+    tunnel = tcp_listener("l-tunnel", p_tunnel, "c-echo")
+    tunnel["filter_chains"][0]["filters"][0]["typed_config"]["tunneling_config"] = {"hostname": "host.example:443"}
+    xds.set_resources([tunnel])
+    expect_nack(xds, LDS, ["l-tunnel", "tunneling_config"], since=seq)
+    assert not harness.is_listening(p_tunnel)
+    assert tcp_echoes(p_tcp), "the listener held before stops echoing"
+
+
 # ---------------------------------------------------------------------------------------------------
 # 3. A cluster still named by listeners and routes goes, then comes back
 

@@ -21,6 +21,8 @@
 #include <thread>
 #include <unordered_set>
 
+#include "absl/strings/cord.h"
+#include "absl/strings/str_split.h"
 #include "envoy/service/discovery/v3/ads.grpc.pb.h"
 #include "envoy/service/secret/v3/sds.grpc.pb.h"
 #include "envoy/service/discovery/v3/discovery.pb.h"
@@ -381,9 +383,18 @@ class AdsClient::Impl {
         }
       }
       status = subscriber_.onResources(sub->type_url, resources, removed, resp.version_info(), true);
-      if (status.ok()) {
-        if (sub->wildcard) sub->held.clear();
+      const auto refused = refusedNames(status);
+      if (status.ok() || refused) {
+        if (sub->wildcard) {
+          // The set held is the response's, except that a refused resource keeps the version held before.
+          std::map<std::string, std::string> kept;
+          for (const auto& [name, version] : sub->held) {
+            if (refused && refused->count(name) != 0) kept.emplace(name, version);
+          }
+          sub->held = std::move(kept);
+        }
         for (const auto& r : resources) {
+          if (refused && refused->count(r.name) != 0) continue;
           if (sub->wildcard || sub->interest.count(r.name) != 0) sub->held[r.name] = r.version;
         }
       }
@@ -407,8 +418,10 @@ class AdsClient::Impl {
       for (const auto& name : resp.removed_resources()) sub->dne_deadlines.erase(name);
       std::vector<std::string> removed(resp.removed_resources().begin(), resp.removed_resources().end());
       status = subscriber_.onResources(sub->type_url, resources, removed, resp.system_version_info(), false);
-      if (status.ok()) {
+      const auto refused = refusedNames(status);
+      if (status.ok() || refused) {
         for (const auto& r : resources) {
+          if (refused && refused->count(r.name) != 0) continue;
           if (sub->wildcard || sub->interest.count(r.name) != 0) sub->held[r.name] = r.version;
         }
         // A removal ends the resource, not the subscription.
@@ -880,5 +893,25 @@ void AdsClient::setResourceNames(const std::string& type_url, std::vector<std::s
 std::map<std::string, AdsClient::TypeState> AdsClient::state() const { return impl_->state(); }
 AdsClient::Stats AdsClient::stats() const { return impl_->stats(); }
 bool AdsClient::connected() const { return impl_->connected(); }
+
+constexpr char kRefusedPayload[] = "type.strait.dev/xds.RefusedResources";
+
+absl::Status partiallyAccepted(absl::Status error, const std::vector<std::string>& refused) {
+  std::string names;
+  for (const auto& n : refused) {
+    names += n;
+    names += '\n';
+  }
+  error.SetPayload(kRefusedPayload, absl::Cord(names));
+  return error;
+}
+
+std::optional<std::set<std::string>> refusedNames(const absl::Status& status) {
+  auto payload = status.GetPayload(kRefusedPayload);
+  if (!payload) return std::nullopt;
+  std::set<std::string> out;
+  for (absl::string_view n : absl::StrSplit(std::string(*payload), '\n', absl::SkipEmpty())) out.emplace(n);
+  return out;
+}
 
 }  // namespace strait::xds

@@ -14,6 +14,8 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -56,6 +58,9 @@ class XdsSubscriber {
   // names the resource and field to NACK; its code goes into error_detail (use InvalidArgument).
   // A rejected response must leave the previous config in force: the client keeps reporting the last
   // accepted version, and (SotW) computes the next `removed` against the last accepted set.
+  // Partial acceptance (Envoy's): a subscriber that applied some resources and refused others returns
+  // partiallyAccepted(error, refused names). The response is NACKed with that error, but the client
+  // holds the resources that were applied (their versions, and their absence for SotW removals).
   virtual absl::Status onResources(const std::string& type_url, const std::vector<Resource>& resources,
                                    const std::vector<std::string>& removed, const std::string& version,
                                    bool sotw) = 0;
@@ -81,6 +86,12 @@ class XdsSubscriber {
   // (timed_out=true). Startup ordering (/ready) hangs on this for CDS and LDS.
   virtual void onInitialFetchDone(const std::string& type_url, bool timed_out) {}
 };
+
+// An error (InvalidArgument, naming each refused resource) marked with the resources it refused; the
+// rest of the response was applied.
+absl::Status partiallyAccepted(absl::Status error, const std::vector<std::string>& refused);
+// The refused names of a partiallyAccepted() error; nullopt for any other status (all refused or none).
+std::optional<std::set<std::string>> refusedNames(const absl::Status& status);
 
 // Log sink: level uses strait::common::LogLevel's numbers (0 trace, 1 debug, 2 info, 3 warning,
 // 4 error). Called from the client's threads; must be thread-safe. Empty: no logging.

@@ -973,6 +973,49 @@ TEST_CASE("AdsClient: delta wildcard, ACKs, removals and initial_resource_versio
   CHECK(sub.updatesOf(kClusterType).size() == 3);  // nothing reported for the reconnect
 }
 
+TEST_CASE("AdsClient: a partly accepted response is NACKed, yet the client holds what was applied") {
+  Server server;
+  FakeSubscriber sub;
+  AdsClient client(config(server, true), sub);
+  client.start();
+  auto& hub = server.ads.delta;
+  hub.waitRequest(0);
+  hub.waitRequest(1);
+  REQUIRE(hub.send(deltaResponse(kClusterType, "d1", {{"a", "va1"}, {"b", "vb1"}})));
+  REQUIRE(hub.waitRequest(2).response_nonce() == "d1");
+  // "b" is refused, "a" and the new "c" are applied.
+  sub.decide([](const FakeSubscriber::Update& u) {
+    return u.version == "sys-d2"
+               ? strait::xds::partiallyAccepted(absl::InvalidArgumentError("1 of 3 refused: cluster 'b': bad"), {"b"})
+               : absl::OkStatus();
+  });
+  REQUIRE(hub.send(deltaResponse(kClusterType, "d2", {{"a", "va2"}, {"b", "vb2"}, {"c", "vc2"}})));
+  const DeltaDiscoveryRequest nack = hub.waitRequest(3);
+  CHECK(nack.response_nonce() == "d2");
+  REQUIRE(nack.has_error_detail());
+  CHECK(nack.error_detail().message() == "1 of 3 refused: cluster 'b': bad");
+  // Reconnect: the versions held are the applied ones, and the refused resource's earlier one.
+  hub.drop();
+  REQUIRE(eventually([&] { return hub.streams() == 2 && hub.count() >= 6; }));
+  const auto reqs = hub.requests();
+  const DeltaDiscoveryRequest cds2 = reqs[4].req;
+  REQUIRE(cds2.type_url() == kClusterType);
+  REQUIRE(cds2.initial_resource_versions().size() == 3);
+  CHECK(cds2.initial_resource_versions().at("a") == "va2");
+  CHECK(cds2.initial_resource_versions().at("b") == "vb1");
+  CHECK(cds2.initial_resource_versions().at("c") == "vc2");
+}
+
+TEST_CASE("AdsClient: partiallyAccepted marks its names; other errors carry none") {
+  const auto st = strait::xds::partiallyAccepted(absl::InvalidArgumentError("x"), {"l1", "l2"});
+  CHECK(st.code() == absl::StatusCode::kInvalidArgument);
+  CHECK(st.message() == "x");
+  REQUIRE(strait::xds::refusedNames(st).has_value());
+  CHECK(*strait::xds::refusedNames(st) == std::set<std::string>{"l1", "l2"});
+  CHECK_FALSE(strait::xds::refusedNames(absl::InvalidArgumentError("x")).has_value());
+  CHECK_FALSE(strait::xds::refusedNames(absl::OkStatus()).has_value());
+}
+
 TEST_CASE("AdsClient: delta duplicate names are NACKed by the client") {
   Server server;
   FakeSubscriber sub;
