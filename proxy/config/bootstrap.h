@@ -76,11 +76,21 @@ struct BuildResult {
   std::set<std::string> rds_names;  // route configurations the listeners want (RDS subscription)
   std::set<std::string> eds_names;  // cluster load assignments the EDS clusters want
   std::vector<std::string> warming;  // resources held back, waiting for their dependencies
+  // xDS resources that did not translate: each was left out, and the version it replaces (if any) kept.
+  // Bootstrap (static) resources are never here: a fault there fails the whole build.
+  struct Rejection {
+    std::string type;  // "Listener", "Cluster", "RouteConfiguration", "ClusterLoadAssignment"
+    std::string name;  // the name it was sent under
+    std::string error;
+    std::string cluster;  // a ClusterLoadAssignment's: the cluster being translated when it failed
+  };
+  std::vector<Rejection> rejected;
 };
 
 // Builds a snapshot from `sources`. Resources still waiting for a dependency (an EDS cluster without
 // its ClusterLoadAssignment, a listener without its RouteConfiguration) keep their version from
-// `previous` if it had one, and are left out otherwise. Errors name the resource and field.
+// `previous` if it had one, and are left out otherwise; so do xDS resources that fail to translate,
+// which are listed in `rejected`. Errors (of the bootstrap) name the resource and field.
 using RouteTableFactory = std::function<absl::StatusOr<std::shared_ptr<const void>>(
     const google::protobuf::Message& route_configuration, const std::string& path,
     const std::map<std::string, ClusterConstSharedPtr>& clusters)>;
@@ -114,6 +124,10 @@ void registerNetworkReadFilter(const std::string& type_url, NetworkReadFilterFac
 
 // Reads and parses a bootstrap file (or the embedded default) into an envoy Bootstrap proto.
 absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> parseBootstrap(const LoadOptions& options);
+
+// The bootstrap fields present that Strait accepts but does not act on, each with the reason
+// ("tracing (no spans are sent; ...)"). loadBootstrap() logs them as warnings.
+std::vector<std::string> inertBootstrapFields(const google::protobuf::Message& bootstrap);
 
 // Reads, parses, validates and translates a bootstrap. Errors name the field at fault:
 // "static_resources.listeners[0].address.socket_address.port_value: 70000 is not a valid port".

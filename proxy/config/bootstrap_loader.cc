@@ -178,9 +178,39 @@ absl::StatusOr<std::string> yamlToJson(const std::string& yaml, const std::strin
   return out.str();
 }
 
+std::vector<std::string> inertBootstrapFields(const google::protobuf::Message& message) {
+  const auto& b = static_cast<const bootstrap_v3::Bootstrap&>(message);
+  std::vector<std::string> out;
+  auto add = [&](bool present, const char* field, const char* why) {
+    if (present) out.push_back(absl::StrCat(field, " (", why, ")"));
+  };
+  add(b.stats_sinks_size() > 0, "stats_sinks", "stats are pulled from the admin endpoint, never pushed");
+  add(b.has_stats_flush_interval(), "stats_flush_interval", "no stats sinks");
+  add(b.has_tracing(), "tracing", "no spans are sent; trace headers pass through untouched");
+  add(b.bootstrap_extensions_size() > 0, "bootstrap_extensions", "none is implemented");
+  add(b.has_deferred_stat_options(), "deferred_stat_options", "stats are made at config time");
+  add(b.stats_config().stats_tags_size() > 0, "stats_config.stats_tags",
+      "Prometheus output uses the built-in tags for cluster, listener, http and tcp prefixes and response codes");
+  add(b.stats_config().has_use_all_default_tags(), "stats_config.use_all_default_tags", "the built-in tags always apply");
+  add(b.stats_config().histogram_bucket_settings_size() > 0, "stats_config.histogram_bucket_settings",
+      "histograms have fixed buckets");
+  const auto* log_path = b.admin().GetDescriptor()->FindFieldByName("access_log_path");  // deprecated in Envoy
+  add(b.admin().access_log_size() > 0 || b.admin().GetReflection()->HasField(b.admin(), log_path), "admin.access_log",
+      "admin requests are not logged");
+  add(!b.admin().profile_path().empty(), "admin.profile_path", "no CPU profiler");
+  add(b.cluster_manager().has_outlier_detection(), "cluster_manager.outlier_detection.event_log_path",
+      "ejections are counted in stats and shown in /clusters, not written to a file");
+  add(b.cluster_manager().has_load_stats_config(), "cluster_manager.load_stats_config", "no load reports");
+  add(b.cluster_manager().enable_deferred_cluster_creation(), "cluster_manager.enable_deferred_cluster_creation",
+      "clusters are made when their config arrives");
+  return out;
+}
+
 absl::StatusOr<SnapshotConstSharedPtr> loadBootstrap(const LoadOptions& options, stats::Store& store) {
   auto b = parseBootstrap(options);
   if (!b.ok()) return b.status();
+  // Accepted, changes nothing here: said once, by name, so nobody believes it works.
+  for (const auto& f : inertBootstrapFields(**b)) LOG_WARN("bootstrap: accepted but inert: %s", f.c_str());
   auto sources = std::make_shared<ConfigSources>();
   sources->bootstrap = *b;
   auto r = buildSnapshot(sources, nullptr, store, clusterIds());
@@ -204,6 +234,8 @@ absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> parseBootstrap(
 
   auto bootstrap = std::make_shared<bootstrap_v3::Bootstrap>();
   google::protobuf::util::JsonParseOptions parse_options;
+  // Envoy takes enum names in any case ("least_request", "strict_dns", Istio's "default"/"high").
+  parse_options.case_insensitive_enum_parsing = true;
   parse_options.ignore_unknown_fields = false;
   auto st = google::protobuf::util::JsonStringToMessage(*json, bootstrap.get(), parse_options);
   if (!st.ok()) {

@@ -29,6 +29,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "proxy/common/log.h"
 #include "proxy/config/default_bootstrap.h"
+#include "proxy/config/dns_cluster_translation.h"
 #include "proxy/http/matchers.h"
 #include "proxy/upstream/health_checker.h"
 #include "strait/lb/v1/peak_ewma.pb.h"
@@ -409,6 +410,17 @@ absl::Status translateLoadBalancing(const cluster_v3::Cluster& c, const std::str
       lb.panic_threshold_percent = v;
     }
     lb.locality_weighted = cl.has_locality_weighted_lb_config();
+    if (cl.has_zone_aware_lb_config()) {
+      const auto& z = cl.zone_aware_lb_config();
+      const std::string zp = path + ".common_lb_config.zone_aware_lb_config";
+      if (z.has_routing_enabled()) {
+        const double v = z.routing_enabled().value();
+        if (v < 0 || v > 100) return fieldError(zp + ".routing_enabled", "must be 0..100");
+        lb.zone_routing_enabled_percent = v;
+      }
+      if (z.has_min_cluster_size()) lb.zone_min_cluster_size = z.min_cluster_size().value();
+      lb.zone_fail_traffic_on_panic = z.fail_traffic_on_panic();
+    }
   }
   return absl::OkStatus();
 }
@@ -492,9 +504,21 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
         return fieldError(path + ".load_assignment", "an ORIGINAL_DST cluster has no static endpoints");
       }
       break;
+    case cluster_v3::Cluster::STRICT_DNS:
+    case cluster_v3::Cluster::LOGICAL_DNS: {
+      out->type = c.type() == cluster_v3::Cluster::STRICT_DNS ? Cluster::Type::StrictDns : Cluster::Type::LogicalDns;
+      auto dns = translateDnsCluster(c, path, [&](const envoy::config::core::v3::Metadata* md) { return sockets.choose(md); });
+      if (!dns.ok()) return dns.status();
+      out->dns = *dns;
+      // Hosts come from the resolver (server/dns_clusters.cc), published through the runtime: this
+      // version starts with the newest set, or none before the first resolution (requests get 503
+      // meanwhile; the rest of the config does not wait).
+      if (auto set = out->runtime->dns_hosts.current().first) out->hosts = *set;
+      break;
+    }
     default:
       return fieldError(path + ".type", absl::StrCat("discovery type ", cluster_v3::Cluster::DiscoveryType_Name(c.type()),
-                                                      " is not supported yet (STATIC, EDS, ORIGINAL_DST)"));
+                                                      " is not supported"));
   }
   if (c.has_connect_timeout()) {
     if (c.connect_timeout().seconds() < 0 || c.connect_timeout().nanos() < 0) {
@@ -503,6 +527,7 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
     out->connect_timeout_ms = durationMs(c.connect_timeout());
   }
   if (c.has_per_connection_buffer_limit_bytes()) out->buffer_limit = c.per_connection_buffer_limit_bytes().value();
+  if (c.has_max_requests_per_connection()) out->max_requests_per_connection = c.max_requests_per_connection().value();
   for (const auto& [key, any] : c.typed_extension_protocol_options()) {
     const std::string op = absl::StrCat(path, ".typed_extension_protocol_options[\"", key, "\"]");
     if (any.type_url() != "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions") {
@@ -545,6 +570,9 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
         out->http2_initial_connection_window = v;
       }
     }
+    if (hpo.common_http_protocol_options().has_max_requests_per_connection()) {
+      out->max_requests_per_connection = hpo.common_http_protocol_options().max_requests_per_connection().value();
+    }
     if (hpo.has_common_http_protocol_options() && hpo.common_http_protocol_options().has_idle_timeout()) {
       out->idle_timeout_ms = durationMs(hpo.common_http_protocol_options().idle_timeout());
     }
@@ -568,9 +596,8 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
   if (c.has_circuit_breakers()) {
     for (int i = 0; i < c.circuit_breakers().thresholds_size(); ++i) {
       const auto& t = c.circuit_breakers().thresholds(i);
-      // Requests are all DEFAULT priority (route priority is not read yet): HIGH limits are accepted and inert.
-      if (t.priority() != envoy::config::core::v3::DEFAULT) continue;
-      auto& l = out->limits;
+      // One threshold set per routing priority; routes choose theirs (RouteAction.priority).
+      auto& l = t.priority() == envoy::config::core::v3::HIGH ? out->high_limits : out->limits;
       if (t.has_max_connections()) l.max_connections = t.max_connections().value();
       if (t.has_max_pending_requests()) l.max_pending_requests = t.max_pending_requests().value();
       if (t.has_max_requests()) l.max_requests = t.max_requests().value();
@@ -591,7 +618,7 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
       }
     }
   }
-  if (c.has_load_assignment() && out->type != Cluster::Type::Eds) {
+  if (c.has_load_assignment() && out->type != Cluster::Type::Eds && !out->isDns()) {
     std::string pipe;
     auto st = translateEndpoints(c.load_assignment(), path + ".load_assignment", c.name(), store, allow_pipe, *out,
                                  &pipe, sockets);
@@ -633,9 +660,15 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
   out->stats.upstream_rq_retry_overflow = scope.counter(p + "upstream_rq_retry_overflow");
   out->stats.upstream_cx_pool_overflow = scope.counter(p + "upstream_cx_pool_overflow");
   out->stats.upstream_rq_retry_limit_exceeded = scope.counter(p + "upstream_rq_retry_limit_exceeded");
+  out->stats.lb_zone = {scope.counter(p + "lb_zone_routing_all_directly"), scope.counter(p + "lb_zone_routing_sampled"),
+                        scope.counter(p + "lb_zone_routing_cross_zone"), scope.counter(p + "lb_zone_cluster_too_small"),
+                        scope.counter(p + "lb_local_cluster_not_ok")};
   out->stats.upstream_rq_time = scope.histogram(p + "upstream_rq_time");
   bool tls = out->transport_socket != nullptr;
   for (const auto& h : out->hosts) tls = tls || h->transport_socket != nullptr;
+  if (out->dns) {
+    for (const auto& t : out->dns->targets) tls = tls || t.socket != nullptr;  // hosts resolved later
+  }
   if (tls) out->stats.ssl = network::makeSslStats(scope, p);
   if (out->grpc_target.empty() && !out->hosts.empty()) {
     const auto& a = out->hosts.front()->address;

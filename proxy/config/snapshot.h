@@ -1,18 +1,22 @@
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 #include <list>
 #include <map>
 #include <memory>
 #include <optional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "proxy/event/dispatcher.h"
+#include "proxy/http/matchers.h"
 #include "proxy/network/address.h"
 #include "proxy/network/transport_socket.h"
 #include "proxy/stats/stats.h"
 #include "proxy/upstream/cluster_runtime.h"
+#include "proxy/upstream/dns_cluster.h"
 #include "proxy/upstream/health_checker.h"
 #include "proxy/upstream/host.h"
 #include "proxy/upstream/load_balancer.h"
@@ -69,6 +73,7 @@ struct ClusterStats {
   stats::Counter upstream_rq_retry_overflow;  // max_retries / retry budget reached: not retried
   stats::Counter upstream_cx_pool_overflow;  // max_connection_pools reached
   stats::Counter upstream_rq_retry_limit_exceeded;  // num_retries used up
+  upstream::ZoneStats lb_zone;  // zone-aware routing (lb_zone_*, lb_local_cluster_not_ok)
   stats::Histogram upstream_rq_time;
   network::SslStats ssl;  // cluster.<name>.ssl.*
 };
@@ -88,7 +93,7 @@ struct HostChoice {
 inline const network::TransportSocketFactorySharedPtr& transportFor(const struct Cluster& cluster, const Host* host);
 
 struct Cluster {
-  enum class Type { Static, OriginalDst, Eds };
+  enum class Type { Static, OriginalDst, Eds, StrictDns, LogicalDns };
   std::string name;
   uint32_t index = 0;  // stable per name for the life of the process: per-worker state (balancers, pools)
   uint64_t version_id = 0;  // unique per translated version, process-wide (workers rebuild balancers on change)
@@ -97,6 +102,10 @@ struct Cluster {
   std::string eds_service_name;  // EDS: the ClusterLoadAssignment it takes its hosts from
   std::string eds_version;
   Type type = Type::Static;
+  // STRICT_DNS / LOGICAL_DNS: what to resolve and how often (null otherwise). Their hosts come from the
+  // resolver (runtime->dns_hosts, see hostsInForce()); `hosts` holds the set in force at translation.
+  upstream::DnsClusterConfigConstSharedPtr dns;
+  bool isDns() const { return type == Type::StrictDns || type == Type::LogicalDns; }
   uint64_t connect_timeout_ms = 5000;
   uint32_t buffer_limit = 1024 * 1024;
   // The hosts of this version, in config order, and what each should be while it is in force (weight,
@@ -123,7 +132,11 @@ struct Cluster {
   uint32_t http2_initial_stream_window = 1024 * 1024;
   uint32_t http2_initial_connection_window = 16 * 1024 * 1024;
   uint64_t idle_timeout_ms = 3600 * 1000;
-  upstream::ResourceLimits limits;  // circuit_breakers (DEFAULT priority), enforced by runtime->resources()
+  // Requests one upstream connection carries before it is closed (0: no limit). Cluster field 9, or
+  // common_http_protocol_options.max_requests_per_connection (which wins).
+  uint32_t max_requests_per_connection = 0;
+  upstream::ResourceLimits limits;       // circuit_breakers, DEFAULT priority: runtime->resources(Default)
+  upstream::ResourceLimits high_limits;  // ... and HIGH priority: runtime->resources(High)
   std::optional<upstream::OutlierConfig> outlier;  // outlier_detection, run by runtime->outlierDetector()
   // health_checks[0], run on the main thread by the server (server/active_health_checks.cc).
   std::optional<upstream::HealthCheckConfig> health_check;
@@ -139,6 +152,16 @@ using ClusterConstSharedPtr = std::shared_ptr<const Cluster>;
 
 inline const network::TransportSocketFactorySharedPtr& transportFor(const Cluster& cluster, const Host* host) {
   return host != nullptr ? host->transport_socket : cluster.transport_socket;
+}
+
+// The hosts in force for `cluster`: a DNS cluster's newest resolution (published through its runtime
+// between config versions), else the version's own `hosts`. The caller keeps `cluster` alive meanwhile.
+inline upstream::ResolvedHosts::SetConstSharedPtr hostsInForce(const Cluster& cluster) {
+  if (cluster.isDns() && cluster.runtime) {
+    auto set = cluster.runtime->dns_hosts.current().first;
+    if (set) return set;
+  }
+  return upstream::ResolvedHosts::SetConstSharedPtr(std::shared_ptr<const void>(), &cluster.hosts);
 }
 
 struct Listener;
@@ -222,11 +245,17 @@ struct CidrRange {
 
 struct FilterChain {
   std::string name;
+  // FilterChainMatch, in Envoy's order of precedence (see Listener::match).
   std::optional<uint32_t> destination_port;
-  std::vector<CidrRange> prefix_ranges;
+  std::vector<CidrRange> prefix_ranges;            // destination IP
+  std::vector<std::string> server_names;           // SNI (tls_inspector); "*.example.com" wildcards
   std::string transport_protocol;                 // "raw_buffer" / "tls" (tls_inspector)
   std::vector<std::string> application_protocols;  // "http/1.1", "h2c", ... (http_inspector / ALPN)
-  std::vector<std::string> server_names;           // SNI (tls_inspector); "*.example.com" wildcards
+  std::vector<CidrRange> direct_source_prefix_ranges;  // the peer (no PROXY protocol: the source)
+  enum class SourceType { Any, SameIpOrLoopback, External };
+  SourceType source_type = SourceType::Any;
+  std::vector<CidrRange> source_prefix_ranges;
+  std::vector<uint32_t> source_ports;
   // TLS (DownstreamTlsContext) or none (plaintext); set on the connection once the chain is chosen.
   network::TransportSocketFactorySharedPtr transport_socket;
   uint64_t transport_socket_connect_timeout_ms = 10000;  // the handshake must finish in this time
@@ -276,7 +305,14 @@ struct Listener {
   std::string version_info;   // of the LDS resource
   std::string proto_hash;     // serialized proto: equal means the listener did not change
   network::Address address;
-  bool restore_original_dst = false;
+  // bind_to_port: false opens no socket: the listener only gets connections handed off to it by a
+  // use_original_dst listener (Istio's per-service outbound listeners behind virtualOutbound).
+  bool bind_to_port = true;
+  bool restore_original_dst = false;  // use_original_dst or the original_dst listener filter
+  // use_original_dst: a connection whose original destination differs from this listener's address
+  // goes to the listener of the same snapshot on exactly that address, else on the wildcard address
+  // of its family and port (ListenerAddressMap), before this listener does anything with it.
+  bool use_original_dst = false;
   bool inbound = false;  // traffic_direction INBOUND (/drain_listeners?inboundonly)
   Inspector tls_inspector;
   Inspector http_inspector;
@@ -294,14 +330,69 @@ struct Listener {
   ListenerStats stats;
   bool stats_ready = false;
   std::shared_ptr<const google::protobuf::Message> proto;
-  // The chain for a connection to `dst` with the detected transport / application protocol (empty when
-  // not detected), or nullptr when none matches.
-  // `alpn`: the protocols a TLS client offered (tls_inspector), matched against application_protocols.
-  const FilterChain* match(const network::Address& dst, std::string_view transport = {},
+  // The chain for a connection from `src` to `dst` (its original destination when recovered) with the
+  // detected transport / application protocol (empty when not detected), or the default chain, or
+  // nullptr. `alpn`: the protocols a TLS client offered (tls_inspector), in its order.
+  // Envoy's rules: the criteria narrow the chains one after the other (destination port, destination
+  // IP, server name, transport protocol, application protocols, direct source IP, source type, source
+  // IP, source port); at each step only the chains with the most specific value that fits stay (a
+  // chain that does not name the criterion fits everything, least specifically). There is no going
+  // back: when a step leaves nothing, the default chain is used.
+  const FilterChain* match(const network::Address& dst, const network::Address& src, std::string_view transport = {},
                            std::string_view application = {}, std::string_view server_name = {},
                            const std::vector<std::string>* alpn = nullptr) const;
 };
 using ListenerConstSharedPtr = std::shared_ptr<const Listener>;
+
+// Listeners by address for the use_original_dst hand-off: a destination finds the entry on exactly its
+// IP and port, else the one on its family's wildcard address (0.0.0.0 / [::]) and its port. Built when
+// the configuration changes; find() is a hash lookup per connection. The first entry for an address
+// stays (the snapshot builder refuses two listeners on one address anyway).
+template <class T>
+class ListenerAddressMap {
+ public:
+  void add(const network::Address& a, T value) { map_.try_emplace(key(a), std::move(value)); }
+  const T* find(const network::Address& dst) const {
+    auto it = map_.find(key(dst));
+    if (it != map_.end()) return &it->second;
+    Key any{};
+    any.family = static_cast<uint8_t>(dst.family());
+    any.port = static_cast<uint16_t>(dst.port());
+    it = map_.find(any);
+    return it != map_.end() ? &it->second : nullptr;
+  }
+  void clear() { map_.clear(); }
+  size_t size() const { return map_.size(); }
+
+ private:
+  struct Key {
+    uint8_t family = 0;
+    uint16_t port = 0;
+    uint8_t ip[16] = {};
+    bool operator==(const Key& o) const {
+      return family == o.family && port == o.port && std::memcmp(ip, o.ip, sizeof(ip)) == 0;
+    }
+  };
+  struct KeyHash {
+    size_t operator()(const Key& k) const {
+      uint64_t h = 1469598103934665603ull ^ (uint64_t(k.family) << 16 | k.port);
+      for (uint8_t b : k.ip) h = (h ^ b) * 1099511628211ull;
+      return static_cast<size_t>(h);
+    }
+  };
+  static Key key(const network::Address& a) {
+    Key k;
+    k.family = static_cast<uint8_t>(a.family());
+    k.port = static_cast<uint16_t>(a.port());
+    if (a.isV6()) {
+      std::memcpy(k.ip, &reinterpret_cast<const sockaddr_in6*>(a.sockAddr())->sin6_addr, 16);
+    } else {
+      std::memcpy(k.ip, &reinterpret_cast<const sockaddr_in*>(a.sockAddr())->sin_addr, 4);
+    }
+    return k;
+  }
+  std::unordered_map<Key, T, KeyHash> map_;
+};
 
 // Where the xDS client connects (from the bootstrap's dynamic_resources.ads_config).
 struct AdsSettings {
@@ -321,9 +412,32 @@ struct AdsSettings {
   uint64_t initial_fetch_timeout_ms = 15000;
 };
 
+// Envoy's stats_config.stats_matcher, for the admin's output: every stat (no matcher), none
+// (reject_all), only those an inclusion pattern matches, or all but those an exclusion pattern matches.
+struct StatsMatcher {
+  enum class Mode { RejectAll, Include, Exclude };
+  Mode mode = Mode::Exclude;
+  std::vector<http::StringMatch> patterns;
+  bool shows(std::string_view stat_name) const {
+    if (mode == Mode::RejectAll) return false;
+    bool any = false;
+    for (const auto& p : patterns) {
+      if (p.match(stat_name)) {
+        any = true;
+        break;
+      }
+    }
+    return mode == Mode::Include ? any : !any;
+  }
+};
+
 struct Snapshot {
   std::string node_id;
   std::string node_cluster;
+  // Zone-aware routing is on when both are set: the bootstrap's cluster_manager.local_cluster_name (a
+  // static cluster) and node.locality (its zone at least).
+  std::string local_cluster_name;
+  upstream::Locality node_locality;
   std::optional<network::Address> admin_address;
   std::optional<AdsSettings> ads;
   // xDS route tables by name (RDS) and the raw dynamic resources with their versions, for /config_dump.
@@ -335,6 +449,9 @@ struct Snapshot {
   std::map<std::string, ClusterConstSharedPtr> clusters_by_name;
   std::shared_ptr<const google::protobuf::Message> bootstrap;  // as loaded, for /config_dump
   std::string loaded_at;  // RFC 3339, for /config_dump's last_updated
+  // The bootstrap's stats_config.stats_matcher: which stats the admin's /stats and /stats/prometheus
+  // show. Null: all of them.
+  std::shared_ptr<const StatsMatcher> stats_matcher;
 };
 using SnapshotConstSharedPtr = std::shared_ptr<const Snapshot>;
 

@@ -13,10 +13,12 @@
 #include <sstream>
 
 #include "absl/strings/ascii.h"
+#include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "certs/client_hello.h"
 #include "envoy/config/bootstrap/v3/bootstrap.pb.h"
+#include "envoy/config/metrics/v3/stats.pb.h"
 #include "envoy/config/cluster/v3/cluster.pb.h"
 #include "envoy/config/endpoint/v3/endpoint.pb.h"
 #include "envoy/config/listener/v3/listener.pb.h"
@@ -283,6 +285,39 @@ uint32_t ClusterIds::get(const std::string& name) {
 
 void setRouteTableFactory(RouteTableFactory f) { routeTableFactory() = std::move(f); }
 
+static absl::StatusOr<std::shared_ptr<const StatsMatcher>> translateStatsMatcher(
+    const envoy::config::metrics::v3::StatsMatcher& m, const std::string& path) {
+  auto out = std::make_shared<StatsMatcher>();
+  const envoy::type::matcher::v3::ListStringMatcher* list = nullptr;
+  std::string lp;
+  switch (m.stats_matcher_case()) {
+    case envoy::config::metrics::v3::StatsMatcher::kRejectAll:
+      if (!m.reject_all()) return std::shared_ptr<const StatsMatcher>();  // false: every stat
+      out->mode = StatsMatcher::Mode::RejectAll;
+      return std::shared_ptr<const StatsMatcher>(out);
+    case envoy::config::metrics::v3::StatsMatcher::kInclusionList:
+      out->mode = StatsMatcher::Mode::Include;
+      list = &m.inclusion_list();
+      lp = path + ".inclusion_list";
+      break;
+    case envoy::config::metrics::v3::StatsMatcher::kExclusionList:
+      out->mode = StatsMatcher::Mode::Exclude;
+      list = &m.exclusion_list();
+      lp = path + ".exclusion_list";
+      break;
+    default:
+      return fieldError(path, "one of reject_all, inclusion_list or exclusion_list is required");
+  }
+  if (list->patterns_size() == 0) return fieldError(lp + ".patterns", "needs at least one pattern");
+  for (int i = 0; i < list->patterns_size(); ++i) {
+    http::StringMatch sm;
+    auto st = http::buildStringMatch(list->patterns(i), absl::StrCat(lp, ".patterns[", i, "]"), sm);
+    if (!st.ok()) return st;
+    out->patterns.push_back(std::move(sm));
+  }
+  return std::shared_ptr<const StatsMatcher>(out);
+}
+
 absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> sources, const Snapshot* previous,
                                           stats::Store& store, ClusterIds& ids) {
   const auto& bootstrap = static_cast<const bootstrap_v3::Bootstrap&>(*sources->bootstrap);
@@ -290,6 +325,9 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
   auto snap = std::make_shared<Snapshot>();
   snap->node_id = bootstrap.node().id();
   snap->node_cluster = bootstrap.node().cluster();
+  snap->local_cluster_name = bootstrap.cluster_manager().local_cluster_name();
+  snap->node_locality = {bootstrap.node().locality().region(), bootstrap.node().locality().zone(),
+                         bootstrap.node().locality().sub_zone()};
   if (bootstrap.has_admin() && bootstrap.admin().has_address()) {
     auto a = translateAddress(bootstrap.admin().address(), "admin.address");
     if (!a.ok()) return a.status();
@@ -345,16 +383,44 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     auto st = addCluster(*c, path);
     if (!st.ok()) return st;
   }
+  // Zone-aware routing's local cluster must be a static one (as in Envoy).
+  bool local_found = snap->local_cluster_name.empty();
+  for (const auto& c : sr.clusters()) local_found = local_found || c.name() == snap->local_cluster_name;
+  if (!local_found) {
+    return fieldError("cluster_manager.local_cluster_name",
+                      absl::StrCat("no static cluster named '", snap->local_cluster_name, "'"));
+  }
   if (!xds_cluster.empty() && snap->ads && snap->ads->target.empty()) {
     return fieldError("dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
                       absl::StrCat("no static cluster named '", xds_cluster, "'"));
   }
+  // The version a dynamic cluster had in `previous`, kept while the new one warms or was rejected.
+  auto keepPrevious = [&](const std::string& name, const std::string& path) {
+    if (previous == nullptr) return;
+    auto it = previous->clusters_by_name.find(name);
+    if (it == previous->clusters_by_name.end() || !it->second->dynamic) return;
+    if (it->second->type == Cluster::Type::Eds) result.eds_names.insert(it->second->eds_service_name);
+    (void)addCluster(it->second, path);  // a static cluster of the same name wins, as on first arrival
+  };
   for (const auto& [name, res] : sources->clusters) {
     const auto& cp = static_cast<const cluster_v3::Cluster&>(*res.proto);
     const std::string path = absl::StrCat("Cluster '", name, "'");
     bool warming = false;
     auto c = translateCluster(cp, path, ids.get(name), store, &sources->endpoints, false, nullptr, &warming);
-    if (!c.ok()) return c.status();
+    if (!c.ok()) {
+      // One bad xDS resource does not sink the others (Envoy's partial acceptance): it is reported, and
+      // the version it replaces (if any) keeps serving. A fault in its endpoints is the EDS resource's.
+      const std::string msg(c.status().message());
+      const std::string eds = cp.eds_cluster_config().service_name().empty() ? name : cp.eds_cluster_config().service_name();
+      if (cp.type() == cluster_v3::Cluster::EDS && absl::StartsWith(msg, absl::StrCat("ClusterLoadAssignment '", eds, "'"))) {
+        result.rejected.push_back({"ClusterLoadAssignment", eds, msg, name});
+        result.eds_names.insert(eds);
+      } else {
+        result.rejected.push_back({"Cluster", name, msg, ""});
+      }
+      keepPrevious(name, path);
+      continue;
+    }
     auto* mc = const_cast<Cluster*>(c->get());
     mc->dynamic = true;
     mc->version_info = res.version;
@@ -362,13 +428,7 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     if (warming) {
       // Keeps serving the version it had, if any, until its endpoints arrive.
       result.warming.push_back(path);
-      if (previous) {
-        auto it = previous->clusters_by_name.find(name);
-        if (it != previous->clusters_by_name.end()) {
-          auto st = addCluster(it->second, path);
-          if (!st.ok()) return st;
-        }
-      }
+      keepPrevious(name, path);
       continue;
     }
     auto st = addCluster(*c, path);
@@ -380,7 +440,17 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
   for (const auto& [name, res] : sources->routes) {
     if (!routeTableFactory()) return absl::InternalError("no route table factory registered");
     auto t = routeTableFactory()(*res.proto, absl::StrCat("RouteConfiguration '", name, "'"), snap->clusters_by_name);
-    if (!t.ok()) return t.status();
+    if (!t.ok()) {
+      result.rejected.push_back({"RouteConfiguration", name, std::string(t.status().message()), ""});
+      if (previous) {
+        auto old = previous->route_tables.find(name);
+        if (old != previous->route_tables.end()) {
+          tables[name] = old->second;
+          snap->route_tables_by_id[routeIds().get(name)] = old->second;
+        }
+      }
+      continue;
+    }
     tables[name] = *t;
     snap->route_tables_by_id[routeIds().get(name)] = *t;
   }
@@ -406,7 +476,18 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
   };
   for (int i = 0; i < sr.listeners_size(); ++i) {
     const std::string path = absl::StrCat("static_resources.listeners[", i, "]");
-    auto l = translateListener(sr.listeners(i), path, ctx);
+    // A bootstrap listener may have no name (Istio's 15090 and 15021 have none); Envoy then makes one
+    // up. Ours is stable: the address ("0.0.0.0_15090"), or the position for a listener without one.
+    const listener_v3::Listener* lp = &sr.listeners(i);
+    listener_v3::Listener named;
+    if (lp->name().empty()) {
+      named = *lp;
+      const auto& sa = lp->address().socket_address();
+      named.set_name(lp->address().has_socket_address() ? absl::StrCat(sa.address(), "_", sa.port_value())
+                                                        : absl::StrCat("listener_", i));
+      lp = &named;
+    }
+    auto l = translateListener(*lp, path, ctx);
     if (!l.ok()) {
       if (absl::IsUnavailable(l.status())) {
         result.warming.push_back(path);
@@ -418,31 +499,57 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     if (!st.ok()) return st;
   }
   ctx.dynamic = true;  // LDS listeners may name clusters CDS has removed (see TranslationContext)
-  for (const auto& [name, res] : sources->listeners) {
+  auto keepPreviousListener = [&](const std::string& name, const std::string& path) {
+    if (previous == nullptr) return;
+    for (const auto& old : previous->listeners) {
+      if (old->name == name && old->dynamic) (void)addListener(old, path);
+    }
+  };
+  // Listeners held before go first: a new listener that wants the address of one already serving is
+  // the one refused, whatever the names' order.
+  std::set<std::string_view> held_before;
+  if (previous) {
+    for (const auto& old : previous->listeners) {
+      if (old->dynamic) held_before.insert(old->name);
+    }
+  }
+  std::vector<const std::pair<const std::string, DynamicResource>*> lds_order;
+  for (int pass = 0; pass < 2; ++pass) {
+    for (const auto& kv : sources->listeners) {
+      if ((held_before.count(kv.first) != 0) == (pass == 0)) lds_order.push_back(&kv);
+    }
+  }
+  for (const auto* entry : lds_order) {
+    const auto& [name, res] = *entry;
     const auto& lp = static_cast<const listener_v3::Listener&>(*res.proto);
     const std::string path = absl::StrCat("Listener '", name, "'");
     auto l = translateListener(lp, path, ctx);
     if (!l.ok()) {
-      if (!absl::IsUnavailable(l.status())) return l.status();
-      // Waiting for its RouteConfiguration: the previous version keeps serving.
-      result.warming.push_back(path + ": " + std::string(l.status().message()));
-      if (previous) {
-        for (const auto& old : previous->listeners) {
-          if (old->name == name) {
-            auto st = addListener(old, path);
-            if (!st.ok()) return st;
-          }
-        }
+      if (absl::IsUnavailable(l.status())) {
+        // Waiting for its RouteConfiguration: the previous version keeps serving.
+        result.warming.push_back(path + ": " + std::string(l.status().message()));
+      } else {
+        result.rejected.push_back({"Listener", name, std::string(l.status().message()), ""});
       }
+      keepPreviousListener(name, path);
       continue;
     }
     auto* ml = const_cast<Listener*>(l->get());
     ml->dynamic = true;
     ml->version_info = res.version;
     auto st = addListener(*l, path);
-    if (!st.ok()) return st;
+    if (!st.ok()) {
+      // Two listeners on one address: the later one (by name) is refused, the other keeps it.
+      result.rejected.push_back({"Listener", name, std::string(st.message()), ""});
+      keepPreviousListener(name, path);
+    }
   }
   result.rds_names = rds_names;
+  if (bootstrap.stats_config().has_stats_matcher()) {
+    auto m = translateStatsMatcher(bootstrap.stats_config().stats_matcher(), "stats_config.stats_matcher");
+    if (!m.ok()) return m.status();
+    snap->stats_matcher = *m;
+  }
   snap->sources = sources;
   snap->bootstrap = sources->bootstrap;
   snap->loaded_at = formatNowRfc3339();

@@ -11,6 +11,8 @@
 #include "envoy/extensions/filters/network/http_connection_manager/v3/http_connection_manager.pb.h"
 #include "envoy/config/route/v3/route.pb.h"
 #include "google/protobuf/any.pb.h"
+#include "google/protobuf/struct.pb.h"
+#include "google/protobuf/util/json_util.h"
 #include "proxy/common/log.h"
 #include "proxy/common/overload_state.h"
 #include "proxy/common/owned_list.h"
@@ -19,6 +21,7 @@
 #include "proxy/http/http2/codec.h"
 #include "proxy/http/route_table.h"
 #include "proxy/network/connection.h"
+#include "udpa/type/v1/typed_struct.pb.h"
 
 namespace strait::http {
 
@@ -390,6 +393,7 @@ class ActiveStream : public event::DeferredDeletable,
   common::Buffer stopped_data_;    // request body held while a filter has stopped the chain
   size_t headers_next_ = 0;        // first filter that has not seen the headers
   size_t data_resume_at_ = 0;      // where held body data goes on continueDecoding()
+  size_t trailers_next_ = 0;       // first filter that has not seen the request trailers
   bool headers_stopped_ = false;
   bool data_stopped_ = false;
   bool stopped_end_stream_ = false;
@@ -873,7 +877,8 @@ void ActiveStream::decodeTrailers(TrailerMapPtr trailers) {
 
 void ActiveStream::runDecodeTrailers(size_t from) {
   for (size_t i = from; i < decoder_filters_.size() && i < headers_next_; ++i) {
-    if (finished_) return;
+    if (finished_ || local_replied_) return;
+    trailers_next_ = i + 1;
     if (decoder_filters_[i]->decodeTrailers(*request_trailers_) == FilterTrailersStatus::StopIteration) return;
   }
 }
@@ -881,12 +886,16 @@ void ActiveStream::runDecodeTrailers(size_t from) {
 void ActiveStream::continueDecoding() {
   if (finished_) return;
   if (headers_stopped_) runDecodeHeaders(headers_next_);
-  if (finished_ || local_replied_ || !data_stopped_) return;
-  data_stopped_ = false;
-  common::Buffer data;
-  data.move(stopped_data_);
-  runDecodeData(data_resume_at_, data, stopped_end_stream_);
-  if (!data_stopped_ && request_trailers_ && !finished_) runDecodeTrailers(data_resume_at_);
+  if (finished_ || local_replied_) return;
+  if (data_stopped_) {
+    data_stopped_ = false;
+    common::Buffer data;
+    data.move(stopped_data_);
+    runDecodeData(data_resume_at_, data, stopped_end_stream_);
+  }
+  // Trailers that came while the chain was stopped go on from the first filter that has not seen them
+  // (a request of headers and trailers only has no body to carry them).
+  if (!data_stopped_ && !headers_stopped_ && request_trailers_ && !finished_) runDecodeTrailers(trailers_next_);
 }
 
 void ActiveStream::sendLocalReply(uint32_t status, std::string_view body, std::string_view details) {
@@ -1070,6 +1079,29 @@ absl::Status fieldError(const std::string& path, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
 }
 
+constexpr std::string_view kUdpaTypedStruct = "type.googleapis.com/udpa.type.v1.TypedStruct";
+constexpr std::string_view kXdsTypedStruct = "type.googleapis.com/xds.type.v3.TypedStruct";
+
+// A TypedStruct's value as the message `type_url` names (through JSON, so field names are checked),
+// packed as an Any. Errors name `path` (the wrapper's value).
+absl::Status structToAny(const google::protobuf::Struct& value, const std::string& type_url, const std::string& path,
+                         google::protobuf::Any& out) {
+  const std::string name = type_url.substr(type_url.rfind('/') + 1);
+  const auto* desc = google::protobuf::DescriptorPool::generated_pool()->FindMessageTypeByName(name);
+  if (desc == nullptr) return fieldError(path, absl::StrCat("unknown message type '", name, "'"));
+  std::unique_ptr<google::protobuf::Message> msg(
+      google::protobuf::MessageFactory::generated_factory()->GetPrototype(desc)->New());
+  std::string json;
+  if (auto st = google::protobuf::util::MessageToJsonString(value, &json); !st.ok()) {
+    return fieldError(path, std::string(st.message()));
+  }
+  if (auto st = google::protobuf::util::JsonStringToMessage(json, msg.get()); !st.ok()) {
+    return fieldError(path, absl::StrCat("not a valid ", name, ": ", std::string(st.message())));
+  }
+  out.PackFrom(*msg);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(const google::protobuf::Any& any,
                                                                              const std::string& path,
                                                                              config::TranslationContext& ctx) {
@@ -1091,6 +1123,7 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
   for (const auto& u : proto.upgrade_configs()) {
     if (u.upgrade_type() == "websocket" && (!u.has_enabled() || u.enabled().value())) ro.hcm_websocket_upgrade = true;
   }
+  std::string waiting_for_rds;
   if (proto.has_rds()) {
     const auto& rds = proto.rds();
     if (rds.route_config_name().empty()) return fieldError(path + ".rds.route_config_name", "is required");
@@ -1100,10 +1133,13 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
     if (ctx.rds_names) ctx.rds_names->insert(rds.route_config_name());
     auto it = ctx.route_tables ? ctx.route_tables->find(rds.route_config_name()) : decltype(ctx.route_tables->end()){};
     if (ctx.route_tables == nullptr || it == ctx.route_tables->end()) {
-      // Warming: the listener waits for its RouteConfiguration.
-      return absl::UnavailableError(absl::StrCat("waiting for RouteConfiguration '", rds.route_config_name(), "'"));
+      // Warming: the listener waits for its RouteConfiguration. The rest of the HCM is still checked
+      // first, so that a fault of the listener's is NACKed with the listener, not found later and
+      // blamed on the RouteConfiguration whose arrival completes it.
+      waiting_for_rds = rds.route_config_name();
+    } else {
+      cfg->routes = std::static_pointer_cast<const RouteTable>(it->second);
     }
-    cfg->routes = std::static_pointer_cast<const RouteTable>(it->second);
     cfg->rds_id = config::routeIds().get(rds.route_config_name());
     // WebSocket upgrades allowed on the HCM apply to RDS routes that do not say otherwise.
     cfg->hcm_websocket_upgrade = ro.hcm_websocket_upgrade;
@@ -1200,25 +1236,57 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
     const std::string fp = absl::StrCat(path, ".http_filters[", i, "]");
     if (f.disabled()) continue;
     if (have_terminal) return fieldError(fp, "no HTTP filter may follow the router");
-    if (!f.has_typed_config()) {
+    // The router may be named without a config, as Envoy allows for it (and older bootstraps do).
+    google::protobuf::Any router_by_name;
+    const bool named_router = !f.has_typed_config() && (f.name() == "envoy.filters.http.router" || f.name() == "envoy.router");
+    if (named_router) router_by_name.set_type_url("type.googleapis.com/envoy.extensions.filters.http.router.v3.Router");
+    if (!f.has_typed_config() && !named_router) {
       if (f.is_optional()) continue;
-      return fieldError(fp + ".typed_config", "is required (filters are chosen by type URL)");
+      return fieldError(fp + ".typed_config", "is required (filters are chosen by type URL; only the router may be named alone)");
     }
-    auto it = httpFilterRegistry().find(f.typed_config().type_url());
+    // A TypedStruct wrapper is resolved by the type it wraps: that filter, given the wrapped value.
+    const google::protobuf::Any* typed = named_router ? &router_by_name : &f.typed_config();
+    std::string type_url = typed->type_url();
+    std::string config_path = fp + ".typed_config";
+    std::string wrapper;  // the wrapper's type name, when there is one
+    google::protobuf::Any unwrapped;
+    std::optional<google::protobuf::Struct> wrapped_value;
+    if (type_url == kUdpaTypedStruct || type_url == kXdsTypedStruct) {
+      udpa::type::v1::TypedStruct ts;  // both wrappers have the same fields
+      if (!ts.ParseFromString(typed->value())) return fieldError(config_path, "cannot decode TypedStruct");
+      wrapper = type_url.substr(type_url.rfind('/') + 1);
+      type_url = "type.googleapis.com/" + ts.type_url().substr(ts.type_url().rfind('/') + 1);
+      config_path += ".value";
+      wrapped_value = ts.value();
+    }
+    auto it = httpFilterRegistry().find(type_url);
     if (it == httpFilterRegistry().end()) {
+      const std::string what = wrapper.empty() ? absl::StrCat("'", type_url, "'")
+                                               : absl::StrCat("'", type_url, "' (in a ", wrapper, ")");
       if (f.is_optional()) {
-        LOG_INFO("%s: skipping optional unsupported HTTP filter '%s'", fp.c_str(), f.typed_config().type_url().c_str());
+        LOG_INFO("%s: skipping optional unsupported HTTP filter %s", fp.c_str(), what.c_str());
         continue;
       }
-      return fieldError(fp + ".typed_config", absl::StrCat("unsupported HTTP filter type '", f.typed_config().type_url(), "'"));
+      return fieldError(fp + ".typed_config", absl::StrCat("unsupported HTTP filter type ", what));
+    }
+    if (wrapped_value) {
+      if (auto st = structToAny(*wrapped_value, type_url, config_path, unwrapped); !st.ok()) return st;
+      typed = &unwrapped;
     }
     fctx.filter_name = f.name();
-    auto factory = it->second.fn(f.typed_config(), fp + ".typed_config", fctx);
+    auto factory = it->second.fn(*typed, config_path, fctx);
+    if (!factory.ok() && factory.status().code() == absl::StatusCode::kUnimplemented && f.is_optional()) {
+      LOG_INFO("%s: skipping optional HTTP filter: %s", fp.c_str(), std::string(factory.status().message()).c_str());
+      continue;
+    }
     if (!factory.ok()) return factory.status();
     cfg->filters.push_back(*factory);
     have_terminal = it->second.terminal;
   }
   if (!have_terminal) return fieldError(path + ".http_filters", "the last HTTP filter must be the router");
+  if (!waiting_for_rds.empty()) {
+    return absl::UnavailableError(absl::StrCat("waiting for RouteConfiguration '", waiting_for_rds, "'"));
+  }
 
   const std::string p = "http." + cfg->stat_prefix + ".";
   auto& s = ctx.store;

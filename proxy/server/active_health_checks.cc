@@ -51,7 +51,7 @@ void ActiveHealthChecks::update(const config::Snapshot& snapshot) {
       e.checker->updateConfig(*c->health_check);
       e.config_hash = c->health_check_hash;
     }
-    e.checker->setHosts(c->hosts);
+    e.checker->setHosts(*config::hostsInForce(*c));  // a DNS cluster: its newest resolution
     if (!e.checker->started()) e.checker->start();
   }
   for (auto it = checks_.begin(); it != checks_.end();) {

@@ -26,6 +26,12 @@ namespace strait::server {
 
 namespace {
 
+// The stats the bootstrap's stats_config.stats_matcher lets the admin show (all without one).
+std::vector<stats::Store::Value> visibleStats(std::vector<stats::Store::Value> values, const config::StatsMatcher* m) {
+  if (m != nullptr) std::erase_if(values, [m](const stats::Store::Value& v) { return !m->shows(v.name); });
+  return values;
+}
+
 constexpr size_t kMaxRequestBytes = 64 * 1024;
 
 std::string jsonEscape(const std::string& s) { return common::jsonString(s); }
@@ -327,7 +333,7 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
         return r;
       }
     }
-    auto values = server_.store().snapshot();
+    auto values = visibleStats(server_.store().snapshot(), snap->stats_matcher.get());
     if (json) {
       r.content_type = "application/json";
       r.body = "{\"stats\":[";
@@ -353,7 +359,7 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
   if (path == "/stats/prometheus") {
     server_.uptimeSeconds();
     r.content_type = "text/plain; version=0.0.4";
-    r.body = stats::renderPrometheus(server_.store().snapshot());
+    r.body = stats::renderPrometheus(visibleStats(server_.store().snapshot(), snap->stats_matcher.get()));
     return r;
   }
   if (path == "/config_dump") {
@@ -459,7 +465,7 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
         absl::StrAppend(&r.body, first_c ? "" : ",", "{\"name\":", jsonEscape(c->name), ",\"host_statuses\":[");
         first_c = false;
         bool first_h = true;
-        for (const auto& hp : c->hosts) {
+        for (const auto& hp : *config::hostsInForce(*c)) {  // a DNS cluster's newest resolution
           const upstream::Host& h = *hp;
           const uint32_t f = h.healthFlags();
           absl::StrAppend(&r.body, first_h ? "" : ",", "{\"address\":", addressJson(h.address),
@@ -485,12 +491,14 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
     }
     for (const auto& c : snap->clusters) {
       absl::StrAppend(&r.body, c->name, "::observability_name::", c->name, "\n");
-      const auto& l = c->limits;
-      absl::StrAppend(&r.body, c->name, "::default_priority::max_connections::", l.max_connections, "\n", c->name,
-                      "::default_priority::max_pending_requests::", l.max_pending_requests, "\n", c->name,
-                      "::default_priority::max_requests::", l.max_requests, "\n", c->name,
-                      "::default_priority::max_retries::", l.max_retries, "\n");
-      for (const auto& hp : c->hosts) {
+      for (const auto& [prio, l] : {std::pair<const char*, const upstream::ResourceLimits&>{"default", c->limits},
+                                    std::pair<const char*, const upstream::ResourceLimits&>{"high", c->high_limits}}) {
+        absl::StrAppend(&r.body, c->name, "::", prio, "_priority::max_connections::", l.max_connections, "\n", c->name,
+                        "::", prio, "_priority::max_pending_requests::", l.max_pending_requests, "\n", c->name,
+                        "::", prio, "_priority::max_requests::", l.max_requests, "\n", c->name,
+                        "::", prio, "_priority::max_retries::", l.max_retries, "\n");
+      }
+      for (const auto& hp : *config::hostsInForce(*c)) {
         const upstream::Host& h = *hp;
         const std::string p = absl::StrCat(c->name, "::", h.address.asString(), "::");
         absl::StrAppend(&r.body, p, "cx_active::", store.value(h.cx_active), "\n", p, "cx_connect_fail::",

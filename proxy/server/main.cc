@@ -6,9 +6,13 @@
 
 #include "certs/secret_manager.h"
 #include "certs/tls_config.h"
+#include "filters/http/cors.h"
+#include "filters/http/fault.h"
+#include "filters/http/inert.h"
 #include "filters/http/rbac.h"
 #include "filters/http/router.h"
 #include "filters/network/rbac.h"
+#include "filters/network/istio_noop.h"
 #include "filters/network/tcp_proxy.h"
 #include "proxy/http/conn_manager.h"
 #include "proxy/config/bootstrap.h"
@@ -50,9 +54,13 @@ int main(int argc, char** argv) {
   common::setLogLevel(options->log_level);
   filters::network::registerTcpProxy();
   filters::network::registerNetworkRbac();
+  filters::network::registerIstioNoopFilters();
   http::registerHttpConnectionManager();
   filters::http::registerRouter();
   filters::http::registerHttpRbac();
+  filters::http::registerHttpFault();
+  filters::http::registerHttpCors();
+  filters::http::registerInertHttpFilters();
   certs::registerTransportSockets();
 
   // Shards: main thread, one per worker, and the xDS thread.

@@ -9,6 +9,7 @@
 #include "proxy/common/log.h"
 #include "proxy/config/bootstrap.h"
 #include "proxy/server/admin.h"
+#include "proxy/server/dns_clusters.h"
 #include "proxy/server/overload.h"
 #include "proxy/server/sds_streams.h"
 #include "proxy/server/xds_applier.h"
@@ -34,6 +35,7 @@ Server::Server(Options options, config::SnapshotConstSharedPtr snapshot, std::un
 }
 
 Server::~Server() {
+  dns_.reset();  // the resolver thread first: it posts to the main dispatcher
   for (auto* s : signals_) {
     uv_close(reinterpret_cast<uv_handle_t*>(s), [](uv_handle_t* h) { delete reinterpret_cast<uv_signal_t*>(h); });
   }
@@ -87,9 +89,22 @@ absl::Status Server::bindListener(const config::ListenerConstSharedPtr& l,
   return absl::OkStatus();
 }
 
+// bind_to_port: false: no socket (workers keep the listener for hand-offs); listed with its configured
+// address.
+void Server::addUnboundListener(const config::ListenerConstSharedPtr& l, std::vector<BoundListener>& out) {
+  if (!l->stats_ready) config::createListenerStats(const_cast<config::Listener&>(*l), l->address, *store_);
+  out.push_back(BoundListener{l, l->address});
+  LOG_DEBUG("listener '%s' on %s (not bound: takes connections handed off by original destination)",
+            l->name.c_str(), l->address.asString().c_str());
+}
+
 bool Server::bindListeners(std::vector<std::vector<WorkerSocket>>& per_worker) {
   per_worker.assign(options_.concurrency, {});
   for (const auto& l : snapshot_->listeners) {
+    if (!l->bind_to_port) {
+      addUnboundListener(l, bound_);
+      continue;
+    }
     network::Address bound;
     auto st = bindListener(l, per_worker, &bound);
     if (!st.ok()) {
@@ -106,8 +121,12 @@ bool Server::bindListeners(std::vector<std::vector<WorkerSocket>>& per_worker) {
 // hosts and clusters kept from earlier versions (see ClusterRuntime::activate).
 void Server::activateClusters(const config::SnapshotConstSharedPtr& snapshot) {
   for (const auto& c : snapshot->clusters) {
-    if (c->runtime) c->runtime->activate(c->hosts, c->host_params, c->limits, c->outlier ? &*c->outlier : nullptr);
+    if (c->runtime && !c->isDns()) {
+      c->runtime->activate(c->hosts, c->host_params, c->limits, c->outlier ? &*c->outlier : nullptr, c->high_limits);
+    }
   }
+  // DNS clusters: activated against their newest resolution; new ones start resolving, gone ones stop.
+  if (dns_) dns_->apply(*snapshot);
   // Active health checkers live on the main thread.
   if (health_checks_) {
     dispatcher_->post([this, snapshot] {
@@ -122,12 +141,16 @@ absl::Status Server::applySnapshot(config::SnapshotConstSharedPtr snapshot) {
   std::vector<BoundListener> current = boundListeners();
   std::vector<int> opened;
   for (const auto& l : snapshot->listeners) {
+    if (!l->bind_to_port) {
+      addUnboundListener(l, bound);
+      continue;
+    }
     const BoundListener* have = nullptr;
     for (const auto& b : current) {
       if (b.listener->name == l->name) have = &b;
     }
     // Same configured address: the socket stays (a port-0 listener keeps the port it got).
-    if (have != nullptr && have->listener->address == l->address) {
+    if (have != nullptr && have->listener->bind_to_port && have->listener->address == l->address) {
       if (!l->stats_ready) config::createListenerStats(const_cast<config::Listener&>(*l), have->address, *store_);
       bound.push_back(BoundListener{l, have->address});
       continue;
@@ -203,6 +226,15 @@ int Server::run() {
     return 1;
   }
   health_checks_ = std::make_unique<ActiveHealthChecks>(*dispatcher_, *store_);
+  // STRICT_DNS / LOGICAL_DNS resolution runs on its own thread; a changed host set refreshes the
+  // active health checks here, on the main thread.
+  dns_ = std::make_unique<DnsClusters>(*store_);
+  dns_->setOnHostsChanged([this](const std::string&) {
+    dispatcher_->post([this] {
+      if (health_checks_) health_checks_->update(*snapshot());
+    });
+  });
+  dns_->start();
   activateClusters(snapshot_);
   for (uint32_t w = 0; w < options_.concurrency; ++w) {
     workers_.push_back(std::make_unique<Worker>(w, store_->shard(w + 1), snapshot_));
@@ -255,6 +287,7 @@ int Server::run() {
   dispatcher_->run();
   if (xds_) xds_->stop();
   if (sds_) sds_->stop();
+  if (dns_) dns_->stop();
   for (auto& w : workers_) w->join();
   LOG_INFO("strait exiting");
   return 0;

@@ -70,6 +70,7 @@ class Server {
 
  private:
   bool bindListeners(std::vector<std::vector<WorkerSocket>>& per_worker);
+  void addUnboundListener(const config::ListenerConstSharedPtr& l, std::vector<BoundListener>& out);
   absl::Status bindListener(const config::ListenerConstSharedPtr& l, std::vector<std::vector<WorkerSocket>>& per_worker,
                             network::Address* bound);
   void onDrainTick();
@@ -94,6 +95,7 @@ class Server {
   std::optional<std::chrono::steady_clock::time_point> quiet_since_;  // drain: no session open since
   event::TimerPtr health_tick_;  // outlier detection intervals and their stats (main thread)
   std::unique_ptr<ActiveHealthChecks> health_checks_;  // main thread
+  std::unique_ptr<class DnsClusters> dns_;  // STRICT_DNS / LOGICAL_DNS resolution (its own thread)
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point drain_deadline_;
   std::atomic<State> state_{State::PreInitializing};

@@ -239,6 +239,14 @@ void Worker::indexSnapshot() {
   for (size_t i = 0; i < lbs_.size(); ++i) {
     if (i >= clusters_by_index_.size() || !clusters_by_index_[i]) lbs_[i] = ClusterLb{};
   }
+  // Zone-aware routing's local cluster view; balancers built on an older view go first.
+  const bool zone_aware = !snapshot_->local_cluster_name.empty() && !snapshot_->node_locality.zone.empty();
+  if (!zone_aware || !local_cluster_ || !(local_cluster_->locality() == snapshot_->node_locality)) {
+    if (local_cluster_) lbs_.clear();
+    local_cluster_ = zone_aware ? std::make_unique<upstream::LocalCluster>(snapshot_->node_locality) : nullptr;
+  }
+  auto local = snapshot_->clusters_by_name.find(snapshot_->local_cluster_name);
+  local_cluster_index_ = local != snapshot_->clusters_by_name.end() ? local->second->index : UINT32_MAX;
   // Pools of clusters and hosts this config no longer has drain and go.
   if (pools_) pools_->onConfig(clusters_by_index_);
   routes_by_id_.clear();
@@ -255,9 +263,12 @@ void Worker::start(std::vector<WorkerSocket> sockets) {
   thread_ = std::thread([this, sockets = std::move(sockets)]() mutable {
     stats::setThreadShard(&shard_);
     for (auto& s : sockets) openListener(s);
+    addUnboundListeners(*snapshot_);
+    indexListeners();
     LOG_DEBUG("worker %u started with %zu listeners", index_, listeners_.size());
     listening_.set_value();
     dispatcher_->run();
+    by_address_.clear();
     listeners_.clear();
     // Whatever is still open after the drain is closed now.
     std::vector<config::ActiveSession*> left(sessions_.begin(), sessions_.end());
@@ -292,8 +303,26 @@ void Worker::openListener(const WorkerSocket& s) {
   listeners_[s.listener->name] = std::move(active);
 }
 
+void Worker::addUnboundListeners(const config::Snapshot& snapshot) {
+  for (const auto& l : snapshot.listeners) {
+    if (l->bind_to_port || listeners_.count(l->name)) continue;
+    auto active = std::make_unique<ActiveListener>();
+    active->config = l;
+    listeners_[l->name] = std::move(active);
+  }
+}
+
+void Worker::indexListeners() {
+  by_address_.clear();
+  for (auto& [name, active] : listeners_) {
+    // A port-0 listener's real port is only known to its socket; it cannot be an original destination.
+    if (active->config->address.port() != 0) by_address_.add(active->config->address, active.get());
+  }
+}
+
 void Worker::stopListening() {
   dispatcher_->post([this] {
+    by_address_.clear();
     listeners_.clear();
     std::vector<config::ActiveSession*> all(sessions_.begin(), sessions_.end());
     drainSessions(all);
@@ -361,6 +390,7 @@ void Worker::drainListeners(bool inbound_only, bool graceful) {
     drainSessions(affected);
     if (!graceful) {
       for (const auto& n : names) listeners_.erase(n);
+      indexListeners();
       return;
     }
     // Graceful: the listeners keep accepting (new connections are told at once) until the drain time
@@ -369,6 +399,7 @@ void Worker::drainListeners(bool inbound_only, bool graceful) {
     listener_drain_timer_ = dispatcher_->createTimer([this] {
       for (const auto& n : draining_listeners_) listeners_.erase(n);
       draining_listeners_.clear();
+      indexListeners();
     });
     listener_drain_timer_->enable(drain_ms_);
   });
@@ -392,11 +423,27 @@ void Worker::applySnapshot(config::SnapshotConstSharedPtr snapshot, std::vector<
         ++it;
       }
     }
-    // Listeners that need a new socket (new, or moved to another address).
+    // Listeners that need a new socket (new, or moved to another address, or bound now). The
+    // connections of the version they replace drain like those of a changed listener.
     for (auto& s : sockets) {
+      if (listeners_.count(s.listener->name)) {
+        stale_listeners_.insert(s.listener->name);
+        drain = true;
+      }
       listeners_.erase(s.listener->name);
       openListener(s);
     }
+    // Listeners that do not bind: a socket they had closes; their connections drain like others.
+    for (const auto& [name, l] : wanted) {
+      if (l->bind_to_port) continue;
+      auto it = listeners_.find(name);
+      if (it != listeners_.end() && it->second->tcp) {
+        stale_listeners_.insert(name);
+        drain = true;
+        listeners_.erase(it);
+      }
+    }
+    addUnboundListeners(*snapshot);
     // The rest keep their socket and take the new config for new connections. A changed listener's
     // connections drain, except those of filter chains the new version still has (Envoy's per filter
     // chain update); an unchanged listener's keep going.
@@ -411,6 +458,7 @@ void Worker::applySnapshot(config::SnapshotConstSharedPtr snapshot, std::vector<
     }
     snapshot_ = std::move(snapshot);
     indexSnapshot();
+    indexListeners();
     if (drain) {
       std::vector<config::ActiveSession*> told;
       for (auto* s : sessions_) {
@@ -472,7 +520,20 @@ void Worker::sniffDone(ProtocolSniffer& s, network::ConnectionPtr conn, std::str
   dispatcher_->deferredDelete(std::move(h));
 }
 
-void Worker::onAccept(const config::ListenerConstSharedPtr& listener, network::ConnectionPtr conn) {
+void Worker::onAccept(const config::ListenerConstSharedPtr& accepting, network::ConnectionPtr conn) {
+  const config::ListenerConstSharedPtr* receiver = &accepting;
+  if (accepting->restore_original_dst && conn->restoreOriginalDestination() && accepting->use_original_dst) {
+    // Envoy's use_original_dst hand-off: the listener on the original destination (exact address, else
+    // the wildcard one on its port) takes the connection as if it had accepted it, with the original
+    // destination as its local address: its own stats, limits, listener filters and chains. It is not
+    // handed on again. Without one, this listener keeps it (Istio: PassthroughCluster / BlackHole).
+    if (ActiveListener* const* to = by_address_.find(conn->localAddress()); to != nullptr && (*to)->config != accepting) {
+      LOG_TRACE("[C%lu] %s hands %s to listener %s", conn->id(), accepting->name.c_str(),
+                conn->localAddress().asString().c_str(), (*to)->config->name.c_str());
+      receiver = &(*to)->config;
+    }
+  }
+  const config::ListenerConstSharedPtr& listener = *receiver;
   stats::inc(listener->stats.downstream_cx_total);
   if (common::overloadState().stop_connections.load(std::memory_order_relaxed)) {
     // The overload manager's stop_accepting_connections.
@@ -496,7 +557,6 @@ void Worker::onAccept(const config::ListenerConstSharedPtr& listener, network::C
     }
     conn->countIn(listener->open_connections);
   }
-  if (listener->restore_original_dst) conn->restoreOriginalDestination();
   const uint32_t port = conn->localAddress().port();
   const bool tls = listener->tls_inspector.activeFor(port);
   const bool http = listener->http_inspector.activeFor(port);
@@ -514,7 +574,8 @@ void Worker::onAccept(const config::ListenerConstSharedPtr& listener, network::C
 void Worker::dispatchToChain(const config::ListenerConstSharedPtr& listener, network::ConnectionPtr conn,
                              std::string_view transport, std::string_view application, std::string_view server_name,
                              const std::vector<std::string>* alpn) {
-  const config::FilterChain* chain = listener->match(conn->localAddress(), transport, application, server_name, alpn);
+  const config::FilterChain* chain =
+      listener->match(conn->localAddress(), conn->remoteAddress(), transport, application, server_name, alpn);
   if (chain == nullptr || !chain->terminal) {
     stats::inc(listener->stats.no_filter_chain_match);
     stats::inc(listener->stats.downstream_cx_destroy);
@@ -592,14 +653,32 @@ std::optional<config::HostChoice> Worker::chooseHost(const config::Cluster& clus
   const config::Cluster& current =
       cluster.index < clusters_by_index_.size() && clusters_by_index_[cluster.index] ? *clusters_by_index_[cluster.index]
                                                                                       : cluster;
-  if (current.hosts.empty()) return std::nullopt;
+  // A DNS cluster's resolver publishes new host sets between versions (runtime->dns_hosts): a moved
+  // generation rebuilds the balancer as a new version does.
+  const uint64_t dns_generation = current.isDns() && current.runtime ? current.runtime->dns_hosts.generation() : 0;
+  if (current.hosts.empty() && dns_generation == 0) return std::nullopt;
+  if (local_cluster_) {
+    // The local cluster's current version and health (two loads unless they changed).
+    const config::Cluster* lc =
+        local_cluster_index_ < clusters_by_index_.size() ? clusters_by_index_[local_cluster_index_].get() : nullptr;
+    local_cluster_->refresh(lc ? lc->version_id : 0, lc ? &lc->hosts : nullptr,
+                            lc && lc->runtime ? &lc->runtime->healthGeneration() : nullptr,
+                            lc ? lc->lb.panic_threshold_percent : 0);
+  }
   if (current.index >= lbs_.size()) lbs_.resize(current.index + 1);
   ClusterLb& slot = lbs_[current.index];
-  if (slot.version_id != current.version_id || !slot.lb) {
+  if (slot.version_id != current.version_id || slot.dns_generation != dns_generation || !slot.lb) {
+    upstream::ResolvedHosts::SetConstSharedPtr resolved;
+    if (dns_generation != 0) resolved = current.runtime->dns_hosts.current().first;
+    const std::vector<upstream::HostSharedPtr>& hosts = resolved ? *resolved : current.hosts;
+    if (hosts.empty()) return std::nullopt;
+    // DNS moved hosts within a version: pools of addresses that went drain (requests on them finish).
+    if (slot.lb && slot.version_id == current.version_id) dispatcher_->post([this] { pools_->onConfig(clusters_by_index_); });
+    slot.dns_generation = dns_generation;
     // Once per cluster version per worker: the balancer copies the host list and keeps its own state.
-    slot.lb = upstream::createLoadBalancer(current.lb, current.hosts,
+    slot.lb = upstream::createLoadBalancer(current.lb, hosts,
                                            current.runtime ? &current.runtime->healthGeneration() : nullptr, rng_(),
-                                           index_);
+                                           index_, local_cluster_.get(), &current.stats.lb_zone);
     slot.version_id = current.version_id;
   }
   static const upstream::LbContext kNoContext;

@@ -70,6 +70,8 @@ class Worker : public config::WorkerContext {
  private:
   friend class ProtocolSniffer;
   friend class HandshakeWaiter;
+  // `listener`: the one whose socket accepted the connection. A use_original_dst listener hands it
+  // on to the listener on its original destination (by_address_) before doing anything with it.
   void onAccept(const config::ListenerConstSharedPtr& listener, network::ConnectionPtr conn);
   // Hands a connection to the filter chain that fits what detection found.
   void dispatchToChain(const config::ListenerConstSharedPtr& listener, network::ConnectionPtr conn,
@@ -87,10 +89,16 @@ class Worker : public config::WorkerContext {
   std::unique_ptr<event::Dispatcher> dispatcher_;
   std::unique_ptr<upstream::HttpPoolManager> pools_;
   struct ActiveListener {
-    std::unique_ptr<network::TcpListener> tcp;
+    std::unique_ptr<network::TcpListener> tcp;  // null: bind_to_port false (reached by hand-off only)
     config::ListenerConstSharedPtr config;  // current; replaced by xDS updates
   };
   void openListener(const WorkerSocket& s);
+  // Listeners of `snapshot` with bind_to_port false that this worker does not have yet (no socket).
+  void addUnboundListeners(const config::Snapshot& snapshot);
+  // Rebuilds by_address_ from listeners_; called after every change of listeners_.
+  void indexListeners();
+  // use_original_dst hand-off: this worker's listeners, bound or not, by configured address.
+  config::ListenerAddressMap<ActiveListener*> by_address_;
   void closeStaleSessions();
   bool keptByCurrentConfig(const config::ActiveSession& s) const;
   void drainSessions(const std::vector<config::ActiveSession*>& sessions);
@@ -107,10 +115,15 @@ class Worker : public config::WorkerContext {
   std::list<config::ActiveSession*> sessions_;
   std::list<std::unique_ptr<ProtocolSniffer>> sniffers_;
   std::list<std::unique_ptr<HandshakeWaiter>> handshakes_;
+  // Zone-aware routing: this worker's view of the local cluster (null: off), refreshed before each
+  // choice; declared before lbs_, whose balancers point at it.
+  std::unique_ptr<upstream::LocalCluster> local_cluster_;
+  uint32_t local_cluster_index_ = UINT32_MAX;
   // This worker's load balancer per cluster index, for the cluster version it was built from (by
   // version id: a freed version's address may be reused by a new one). Rebuilt when the version changes.
   struct ClusterLb {
     uint64_t version_id = 0;
+    uint64_t dns_generation = 0;  // DNS clusters: runtime->dns_hosts generation the balancer was built from
     upstream::LoadBalancerPtr lb;
   };
   std::vector<ClusterLb> lbs_;

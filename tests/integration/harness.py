@@ -645,13 +645,19 @@ class TcpServer:
     """A loopback TCP server; each accepted connection is handled in its own thread by handle().
     Lives at most `lifetime` seconds; close() stops it and shuts every connection down."""
 
-    def __init__(self, lifetime: float = 300.0, rcvbuf: int | None = None, backlog: int = 128):
+    def __init__(self, lifetime: float = 300.0, rcvbuf: int | None = None, backlog: int = 128,
+                 host: str = LOOPBACK, port: int = 0):
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if rcvbuf is not None:
             # Set before listen() so that accepted sockets inherit it (and skip autotuning).
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
-        self.sock.bind((LOOPBACK, 0))
+        try:
+            self.sock.bind((host, port))  # host: any 127.0.0.0/8 address (DNS tests use several)
+        except OSError:
+            self.sock.close()
+            raise
+        self.host = host
         self.sock.listen(backlog)
         self.sock.settimeout(0.1)
         self.port = self.sock.getsockname()[1]

@@ -89,9 +89,9 @@ function realPathOf(rel) {
 const ourRoot = makeRoot(ourIncludes);
 const realRoot = makeRoot(realIncludes);
 const realToLoad = [];
-// Our own extensions (strait/...) have no counterpart in Envoy's tree: loaded so references resolve,
-// never compared.
-const isOwnExtension = (rel) => rel.startsWith('strait/');
+// Our own extensions (strait/...) and Istio's (istio/...) have no counterpart in Envoy's tree: loaded so
+// references resolve, never compared.
+const isOwnExtension = (rel) => rel.startsWith('strait/') || rel.startsWith('istio/');
 for (const rel of ourFiles) {
   if (isOwnExtension(rel)) continue;
   const rp = realPathOf(rel);
