@@ -381,17 +381,29 @@ HttpPool::HttpPool(event::Dispatcher& dispatcher, config::ClusterConstSharedPtr 
   settings_.initial_stream_window_size = cluster_->http2_initial_stream_window;
   settings_.initial_connection_window_size = cluster_->http2_initial_connection_window;
   settings_.stream_buffer_limit = cluster_->buffer_limit;
+  if (cluster_->runtime && cluster_->runtime->resources(priority_).connection_pools.tryAcquire()) {
+    pool_slot_ = cluster_->runtime;
+  }
 }
 
 HttpPool::~HttpPool() {
   for (auto& p : pending_) p->callbacks.onPoolFailure(PoolFailureReason::ConnectionFailure);
   pending_.clear();
   clients_.clear();
+  if (pool_slot_) pool_slot_->resources(priority_).connection_pools.release();
 }
 
 bool HttpPool::idle() const { return clients_.empty() && pending_.empty(); }
 
 Cancellable* HttpPool::newStream(http::ResponseDecoder& decoder, PoolCallbacks& callbacks) {
+  if (!pool_slot_ && cluster_->runtime) {
+    // max_connection_pools reached (Envoy: upstream_cx_pool_overflow): this pool may not exist. It
+    // goes at once, so the next request tries for a slot again.
+    stats::inc(cluster_->stats.upstream_cx_pool_overflow);
+    callbacks.onPoolFailure(PoolFailureReason::Overflow);
+    maybeRelease();
+    return nullptr;
+  }
   if (protocol_ != http::Protocol::Http2) {
     // HTTP/1: the most recently freed connection, from the idle stack (no scan per request).
     while (!idle_.empty()) {

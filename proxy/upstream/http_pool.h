@@ -99,6 +99,9 @@ class HttpPool : public event::DeferredDeletable {
   std::vector<ActiveClient*> idle_;  // HTTP/1 connections free for a request, most recent last
   uint32_t connecting_capacity_ = 0;  // streams the connecting clients will be able to take
   HttpPoolManager* manager_ = nullptr;
+  // Its slot under the cluster's max_connection_pools (all workers, this priority); null: over the
+  // limit, and every request it is asked for overflows until a later pool gets a slot.
+  upstream::ClusterRuntimeSharedPtr pool_slot_;
   bool draining_ = false;
   bool released_ = false;
 };

@@ -576,3 +576,41 @@ TEST_CASE("Pool: a draining pool closes a connection that comes up with no reque
   CHECK(mgr.poolCount() == 0);
   CHECK_FALSE(b.ready);
 }
+
+TEST_CASE("Pool: max_connection_pools 1: a second pool overflows until the first is gone", "[pool]") {
+  Fixture f;
+  Origin o1(f.d), o2(f.d);
+  auto snap = loadCluster(uniqueClusterName(), {o1.address, o2.address}, "{max_connection_pools: 1}");
+  const auto& c = snap->clusters[0];
+  auto& pools = c->runtime->resources().connection_pools;
+  HttpPoolManager mgr(f.d);
+  TestStream a, b;
+  HttpPool& p1 = mgr.pool(c, choice(*c, 0), http::Protocol::Http11);
+  CHECK(pools.count() == 1);
+  REQUIRE(p1.newStream(a, a) != nullptr);
+  // The second host's pool gets no slot: its request overflows at once, nothing is connected, and
+  // the slotless pool is let go.
+  HttpPool& p2 = mgr.pool(c, choice(*c, 1), http::Protocol::Http11);
+  CHECK(p2.newStream(b, b) == nullptr);
+  CHECK(b.failed);
+  CHECK(b.reason == PoolFailureReason::Overflow);
+  CHECK(f.value(c->stats.upstream_cx_pool_overflow) == 1);
+  CHECK(pools.count() == 1);
+  REQUIRE(f.until([&] { return o1.requests.size() == 1; }));
+  runFor(f.d, 20);
+  CHECK(o2.conns.empty());
+  o1.respond(0, 200, "a");
+  REQUIRE(f.until([&] { return a.complete; }));
+  // The first pool goes with its last connection: its slot comes back and a new pool gets it.
+  o1.conns[0]->conn->close(network::CloseType::NoFlush);
+  REQUIRE(f.until([&] { return mgr.poolCount() == 0; }));
+  runFor(f.d, 10);
+  CHECK(pools.count() == 0);
+  TestStream d;
+  HttpPool& p3 = mgr.pool(c, choice(*c, 1), http::Protocol::Http11);
+  REQUIRE(p3.newStream(d, d) != nullptr);
+  CHECK(pools.count() == 1);
+  REQUIRE(f.until([&] { return o2.requests.size() == 1; }));
+  o2.respond(0, 200, "d");
+  REQUIRE(f.until([&] { return d.complete; }));
+}
