@@ -244,6 +244,16 @@ absl::StatusOr<ListenerConstSharedPtr> translateListener(const listener_v3::List
       }
       out->max_connections = v;
     }
+    auto global = ctx.runtime->find("overload.global_downstream_max_connections");
+    if (global != ctx.runtime->end() && !l.ignore_global_conn_limit()) {
+      uint64_t v = 0;
+      if (!absl::SimpleAtoi(global->second, &v)) {
+        return fieldError("layered_runtime.overload.global_downstream_max_connections",
+                          absl::StrCat("'", global->second, "' is not a connection count"));
+      }
+      out->global_max_connections = v;
+      out->global_connections = listenerConnectionCount(std::string("\0global", 7));  // no listener has that name
+    }
   }
   out->open_connections = listenerConnectionCount(l.name());
   out->inbound = l.traffic_direction() == core_v3::INBOUND;
@@ -310,6 +320,7 @@ void createListenerStats(Listener& l, const network::Address& bound, stats::Stor
   l.stats.downstream_pre_cx_timeout = store.counter(p + "downstream_pre_cx_timeout");
   l.stats.downstream_cx_overload_reject = store.counter(p + "downstream_cx_overload_reject");
   l.stats.downstream_cx_overflow = store.counter(p + "downstream_cx_overflow");
+  l.stats.downstream_global_cx_overflow = store.counter(p + "downstream_global_cx_overflow");
   if (l.http_inspector.enabled) {
     l.stats.http1_found = store.counter(p + "http_inspector.http1_found");
     l.stats.http2_found = store.counter(p + "http_inspector.http2_found");

@@ -280,6 +280,7 @@ struct ListenerStats {
   stats::Counter downstream_cx_no_certificate;  // a TLS chain had no certificate yet: refused
   stats::Counter downstream_cx_overload_reject;  // refused by the overload manager
   stats::Counter downstream_cx_overflow;         // refused: the listener's connection limit
+  stats::Counter downstream_global_cx_overflow;  // refused: the process-wide connection limit
   network::SslStats ssl;  // listener.<addr>.ssl.*
 };
 
@@ -324,6 +325,11 @@ struct Listener {
   // accepted before an LDS change still count against the new version.
   uint64_t max_connections = 0;
   std::shared_ptr<std::atomic<int64_t>> open_connections;
+  // Envoy's runtime key overload.global_downstream_max_connections (Istio sets it): all listeners'
+  // connections together, one process-wide count (0: no limit; a listener with ignore_global_conn_limit
+  // is not counted).
+  uint64_t global_max_connections = 0;
+  std::shared_ptr<std::atomic<int64_t>> global_connections;
   std::vector<FilterChain> filter_chains;
   std::optional<FilterChain> default_filter_chain;
   std::string stat_prefix;

@@ -112,6 +112,7 @@ Connection::~Connection() {
   if (state_ != State::Closed) closeNow(ConnectionEvent::LocalClose, false);
   // closeNow() hands the handle to libuv; it is freed in its close callback.
   if (open_counter_) open_counter_->fetch_sub(1, std::memory_order_relaxed);
+  if (open_counter_global_) open_counter_global_->fetch_sub(1, std::memory_order_relaxed);
 }
 
 // Allocates the handle for an accepted socket; used by the listener before constructing a Connection.

@@ -106,9 +106,11 @@ class Connection : public event::DeferredDeletable, public event::DeferredFlush,
   std::string_view transportProtocol() const { return transport_ ? transport_->protocol() : "raw_buffer"; }
   // DeferredFlush: what write() gathered during this loop iteration goes out in one writev.
   void runDeferredFlush() override;
-  // A count of open connections (a listener's, for its connection limit) that this connection is part
-  // of: decremented when it is destroyed, whichever stage it ends in.
-  void countIn(std::shared_ptr<std::atomic<int64_t>> counter) { open_counter_ = std::move(counter); }
+  // Counts of open connections (a listener's, and the process-wide one, for their connection limits)
+  // that this connection is part of: decremented when it is destroyed, whichever stage it ends in.
+  void countIn(std::shared_ptr<std::atomic<int64_t>> counter) {
+    (open_counter_ ? open_counter_global_ : open_counter_) = std::move(counter);
+  }
 
  private:
   friend struct ConnectionHandle;
@@ -159,6 +161,7 @@ class Connection : public event::DeferredDeletable, public event::DeferredFlush,
   bool transport_ready_ = false;  // the transport's handshake finished (meaningless without one)
   bool client_ = false;           // we connected out (Connected is raised after the handshake)
   std::shared_ptr<std::atomic<int64_t>> open_counter_;
+  std::shared_ptr<std::atomic<int64_t>> open_counter_global_;
 };
 using ConnectionPtr = std::unique_ptr<Connection>;
 

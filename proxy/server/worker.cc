@@ -557,6 +557,19 @@ void Worker::onAccept(const config::ListenerConstSharedPtr& accepting, network::
     }
     conn->countIn(listener->open_connections);
   }
+  if (listener->global_max_connections != 0) {
+    // Every listener's connections together (overload.global_downstream_max_connections).
+    if (listener->global_connections->fetch_add(1, std::memory_order_relaxed) >=
+        static_cast<int64_t>(listener->global_max_connections)) {
+      listener->global_connections->fetch_sub(1, std::memory_order_relaxed);
+      stats::inc(listener->stats.downstream_global_cx_overflow);
+      stats::inc(listener->stats.downstream_cx_destroy);
+      conn->close(network::CloseType::NoFlush);  // its listener slot goes back with the object
+      dispatcher_->deferredDelete(std::move(conn));
+      return;
+    }
+    conn->countIn(listener->global_connections);
+  }
   const uint32_t port = conn->localAddress().port();
   const bool tls = listener->tls_inspector.activeFor(port);
   const bool http = listener->http_inspector.activeFor(port);

@@ -1,6 +1,6 @@
 """A listener's connection limit (Envoy's runtime key envoy.resource_limits.listener.<name>.connection_limit):
 holds across workers, counts overflows, frees a slot when a connection closes, and a bad value is
-rejected naming the key."""
+rejected naming the key. Also the process-wide limit Istio sets (overload.global_downstream_max_connections)."""
 
 from __future__ import annotations
 
@@ -64,3 +64,39 @@ def test_listener_connection_limit_rejects_a_value_that_is_not_a_count(fleet, tm
     r = harness.run_strait(["--mode", "validate", "-c", str(path)])
     assert r.returncode != 0
     assert "envoy.resource_limits.listener.tcp.connection_limit" in r.stdout + r.stderr, r
+
+
+def test_global_downstream_max_connections_holds_across_listeners(fleet):
+    """Istio's runtime key overload.global_downstream_max_connections: every listener's connections
+    together, except a listener with ignore_global_conn_limit."""
+    echo = fleet.echo()
+    a = tcp_proxy_listener("a", "echo", "ga")
+    b = tcp_proxy_listener("b", "echo", "gb")
+    free = tcp_proxy_listener("free", "echo", "gfree")
+    free["ignore_global_conn_limit"] = True
+    config = bootstrap([a, b, free], [static_cluster("echo", [echo.port])])
+    config["layered_runtime"] = {"layers": [{"name": "global config", "static_layer": {
+        "overload.global_downstream_max_connections": "3"}}]}
+    proc = fleet.start(config, concurrency=2)
+    pa, pb, pf = (proc.listener_port(n) for n in ("a", "b", "free"))
+    held = []
+    for port, word in ((pa, b"a1"), (pa, b"a2"), (pb, b"b1")):
+        s = harness.connect(port, timeout=5)
+        s.sendall(word)
+        assert harness.recv_exact(s, 2) == word
+        held.append(s)
+    assert not _served(pb, b"b2"), "a fourth connection (on another listener) was served"
+    assert not _served(pa, b"a3"), "a fourth connection was served"
+    assert _served(pf, b"ff"), "the listener with ignore_global_conn_limit was limited"
+    s = proc.wait_stats(lambda s: s.get("listener.127.0.0.1_%d.downstream_global_cx_overflow" % pb, 0) >= 1)
+    assert harness.stat(s, "listener.127.0.0.1_%d.downstream_global_cx_overflow" % pa) == 1
+    held.pop(0).close()  # one of a's: the slot is everyone's
+    deadline = time.monotonic() + 5
+    ok = False
+    while time.monotonic() < deadline and not ok:
+        ok = _served(pb, b"b3")
+        if not ok:
+            time.sleep(0.1)
+    assert ok, "a slot freed on one listener was not usable on another"
+    for h in held:
+        h.close()
