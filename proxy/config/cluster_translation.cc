@@ -136,14 +136,7 @@ absl::Status translateEndpoints(const endpoint_v3::ClusterLoadAssignment& la, co
         h->transport_socket = socket;
         h->priority = locality.priority();
         h->locality = shared_locality;
-        h->stat_scope = std::make_shared<stats::StatScope>(store);
-        const std::string hp = absl::StrCat("cluster.", cluster_name, ".host.", addr->asString(), ".");
-        h->cx_total = h->stat_scope->counter(hp + "cx_total", true);
-        h->cx_active = h->stat_scope->gauge(hp + "cx_active", true);
-        h->cx_connect_fail = h->stat_scope->counter(hp + "cx_connect_fail", true);
-        h->rq_total = h->stat_scope->counter(hp + "rq_total", true);
-        h->rq_error = h->stat_scope->counter(hp + "rq_error", true);
-        h->rq_active = h->stat_scope->gauge(hp + "rq_active", true);
+        h->makeStats(store, cluster_name);
         // Not visible to any worker yet: its first values can be set now.
         h->weight.store(params.weight, std::memory_order_relaxed);
         h->locality_weight.store(params.locality_weight, std::memory_order_relaxed);

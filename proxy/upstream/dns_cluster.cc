@@ -109,14 +109,7 @@ HostSharedPtr makeDnsHost(stats::Store& store, const std::string& cluster_name, 
   h->transport_socket = target.socket;
   h->priority = target.priority;
   h->locality = target.locality ? target.locality : std::make_shared<const Locality>();
-  h->stat_scope = std::make_shared<stats::StatScope>(store);
-  const std::string hp = absl::StrCat("cluster.", cluster_name, ".host.", address.asString(), ".");
-  h->cx_total = h->stat_scope->counter(hp + "cx_total", true);
-  h->cx_active = h->stat_scope->gauge(hp + "cx_active", true);
-  h->cx_connect_fail = h->stat_scope->counter(hp + "cx_connect_fail", true);
-  h->rq_total = h->stat_scope->counter(hp + "rq_total", true);
-  h->rq_error = h->stat_scope->counter(hp + "rq_error", true);
-  h->rq_active = h->stat_scope->gauge(hp + "rq_active", true);
+  h->makeStats(store, cluster_name);
   // Not visible to any worker yet: its first values can be set now.
   h->weight.store(std::max<uint32_t>(target.weight, 1), std::memory_order_relaxed);
   h->locality_weight.store(target.locality_weight, std::memory_order_relaxed);

@@ -51,6 +51,18 @@ class Host : public std::enable_shared_from_this<Host> {
   stats::Counter rq_total;
   stats::Counter rq_error;
   stats::Gauge rq_active;
+  // Makes stat_scope and the per-host stats above: cluster.<cluster>.host.<address>.* (every host is
+  // built this way, from EDS, a static load_assignment or DNS).
+  void makeStats(stats::Store& store, const std::string& cluster_name) {
+    stat_scope = std::make_shared<stats::StatScope>(store);
+    const std::string hp = "cluster." + cluster_name + ".host." + address.asString() + ".";
+    cx_total = stat_scope->counter(hp + "cx_total", true);
+    cx_active = stat_scope->gauge(hp + "cx_active", true);
+    cx_connect_fail = stat_scope->counter(hp + "cx_connect_fail", true);
+    rq_total = stat_scope->counter(hp + "rq_total", true);
+    rq_error = stat_scope->counter(hp + "rq_error", true);
+    rq_active = stat_scope->gauge(hp + "rq_active", true);
+  }
 
   // ---- shared, mutable (atomics: `mutable`, since hosts are handed around as const) ----
   mutable std::atomic<uint32_t> weight{1};            // load_balancing_weight (>= 1)
