@@ -8,6 +8,7 @@
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/unknown_field_set.h"
 #include "proxy/common/log.h"
+#include "proxy/config/typed_struct.h"
 #include "proxy/network/connection.h"
 
 namespace strait::filters::network {
@@ -18,8 +19,6 @@ constexpr std::string_view kPrefix = "type.googleapis.com/";
 constexpr const char* kMetadataExchange = "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange";
 constexpr const char* kStats = "type.googleapis.com/stats.PluginConfig";
 constexpr const char* kAuthn = "type.googleapis.com/io.istio.network.authn.Config";
-constexpr const char* kUdpaTypedStruct = "type.googleapis.com/udpa.type.v1.TypedStruct";
-constexpr const char* kXdsTypedStruct = "type.googleapis.com/xds.type.v3.TypedStruct";
 constexpr const char* kWasm = "type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm";
 
 // Admits every connection and counts it; never reads or writes a byte.
@@ -94,14 +93,11 @@ absl::StatusOr<config::NetworkReadFilterConstSharedPtr> createIstioNoopFilter(co
   std::string_view kind = kindOfType(type_url);
   std::string plugin_root_id, plugin_name;
   bool wasm = false;
-  if (kind.empty() && (type_url == kUdpaTypedStruct || type_url == kXdsTypedStruct)) {
-    // TypedStruct: type_url = 1, value = 2 (a google.protobuf.Struct, the inner config as JSON data).
-    std::string inner_url, value_bytes;
-    google::protobuf::Struct value;
-    lengthDelimited(any.value(), 1, &inner_url);
-    if (lengthDelimited(any.value(), 2, &value_bytes) && !value.ParseFromString(value_bytes)) {
-      return absl::InvalidArgumentError(path + ".value: cannot decode the TypedStruct's value");
-    }
+  if (kind.empty() && config::isTypedStruct(any)) {
+    auto ts = config::readTypedStruct(any);
+    if (!ts) return absl::InvalidArgumentError(path + ".value: cannot decode the TypedStruct");
+    const std::string& inner_url = ts->type_url;
+    const google::protobuf::Struct& value = ts->value;
     kind = kindOfType(inner_url);
     if (kind.empty() && inner_url == kWasm) {
       wasm = true;
@@ -141,8 +137,9 @@ absl::StatusOr<config::NetworkReadFilterConstSharedPtr> createIstioNoopFilter(co
 }
 
 void registerIstioNoopFilters() {
-  for (const char* t : {kMetadataExchange, kStats, kAuthn, kUdpaTypedStruct, kXdsTypedStruct, kWasm}) {
-    config::registerNetworkReadFilter(t, createIstioNoopFilter);
+  for (std::string_view t : {std::string_view(kMetadataExchange), std::string_view(kStats), std::string_view(kAuthn),
+                             config::kUdpaTypedStructType, config::kXdsTypedStructType, std::string_view(kWasm)}) {
+    config::registerNetworkReadFilter(std::string(t), createIstioNoopFilter);
   }
 }
 

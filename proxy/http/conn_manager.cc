@@ -21,7 +21,7 @@
 #include "proxy/http/http2/codec.h"
 #include "proxy/http/route_table.h"
 #include "proxy/network/connection.h"
-#include "udpa/type/v1/typed_struct.pb.h"
+#include "proxy/config/typed_struct.h"
 
 namespace strait::http {
 
@@ -1079,9 +1079,6 @@ absl::Status fieldError(const std::string& path, const std::string& what) {
   return absl::InvalidArgumentError(absl::StrCat(path, ": ", what));
 }
 
-constexpr std::string_view kUdpaTypedStruct = "type.googleapis.com/udpa.type.v1.TypedStruct";
-constexpr std::string_view kXdsTypedStruct = "type.googleapis.com/xds.type.v3.TypedStruct";
-
 // A TypedStruct's value as the message `type_url` names (through JSON, so field names are checked),
 // packed as an Any. Errors name `path` (the wrapper's value).
 absl::Status structToAny(const google::protobuf::Struct& value, const std::string& type_url, const std::string& path,
@@ -1251,13 +1248,13 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
     std::string wrapper;  // the wrapper's type name, when there is one
     google::protobuf::Any unwrapped;
     std::optional<google::protobuf::Struct> wrapped_value;
-    if (type_url == kUdpaTypedStruct || type_url == kXdsTypedStruct) {
-      udpa::type::v1::TypedStruct ts;  // both wrappers have the same fields
-      if (!ts.ParseFromString(typed->value())) return fieldError(config_path, "cannot decode TypedStruct");
-      wrapper = type_url.substr(type_url.rfind('/') + 1);
-      type_url = "type.googleapis.com/" + ts.type_url().substr(ts.type_url().rfind('/') + 1);
+    if (config::isTypedStruct(*typed)) {
+      auto ts = config::readTypedStruct(*typed);
+      if (!ts) return fieldError(config_path, "cannot decode TypedStruct");
+      wrapper = ts->wrapper;
+      type_url = ts->type_url;
       config_path += ".value";
-      wrapped_value = ts.value();
+      wrapped_value = std::move(ts->value);
     }
     auto it = httpFilterRegistry().find(type_url);
     if (it == httpFilterRegistry().end()) {
