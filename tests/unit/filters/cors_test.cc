@@ -4,6 +4,8 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <catch2/catch.hpp>
+
+#include "tests/unit/support/yaml.h"
 #include <string>
 #include <vector>
 
@@ -18,16 +20,7 @@ using filters::http::CorsVerdict;
 
 namespace {
 
-template <typename T>
-T parseYaml(const std::string& yaml) {
-  auto json = config::yamlToJson(yaml, "", "test");
-  REQUIRE(json.ok());
-  T msg;
-  auto st = google::protobuf::util::JsonStringToMessage(*json, &msg);
-  INFO(st.ToString());
-  REQUIRE(st.ok());
-  return msg;
-}
+using strait::testing::parseYaml;
 
 const char* kRoutes = R"(
 name: local

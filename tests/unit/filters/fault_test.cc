@@ -5,6 +5,8 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <catch2/catch.hpp>
+
+#include "tests/unit/support/yaml.h"
 #include <memory>
 #include <string>
 #include <vector>
@@ -27,16 +29,7 @@ namespace {
 namespace fault_v3 = envoy::extensions::filters::http::fault::v3;
 using filters::http::FaultSettings;
 
-template <typename T>
-T parseYaml(const std::string& yaml) {
-  auto json = config::yamlToJson(yaml, "", "test");
-  REQUIRE(json.ok());
-  T msg;
-  auto st = google::protobuf::util::JsonStringToMessage(*json, &msg);
-  INFO(st.ToString());
-  REQUIRE(st.ok());
-  return msg;
-}
+using strait::testing::parseYaml;
 
 absl::StatusOr<std::shared_ptr<const FaultSettings>> translate(const std::string& yaml) {
   return filters::http::translateFault(parseYaml<fault_v3::HTTPFault>(yaml), "fault");

@@ -3,6 +3,8 @@
 #include <google/protobuf/util/json_util.h>
 
 #include <catch2/catch.hpp>
+
+#include "tests/unit/support/yaml.h"
 #include <cstdlib>
 #include <memory>
 #include <string>
@@ -35,17 +37,7 @@ stats::Store& testStore() {
   return *store;
 }
 
-// YAML (the bootstrap's YAML -> JSON conversion) into any message, through protobuf's JSON parser.
-template <typename T>
-T parseYaml(const std::string& yaml) {
-  auto json = config::yamlToJson(yaml, "", "test");
-  REQUIRE(json.ok());
-  T msg;
-  auto st = google::protobuf::util::JsonStringToMessage(*json, &msg);
-  INFO(st.ToString());
-  REQUIRE(st.ok());
-  return msg;
-}
+using strait::testing::parseYaml;
 
 absl::StatusOr<rbac::EngineConstSharedPtr> translate(const std::string& yaml, bool http = true) {
   rbac::TranslateOptions o;
