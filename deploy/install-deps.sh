@@ -8,11 +8,14 @@
 set -euo pipefail
 what=${1:-test}
 
+# The -dev packages also carry the .a archives the static build (cmake -DSTRAIT_STATIC=ON) links:
+# libgrpc-dev has libgrpc.a, libgpr.a, libupb.a and libaddress_sorting.a, libuv1-dev libuv_a.a,
+# zlib1g-dev libz.a (gRPC and protobuf need it; named here because the static link takes it directly).
 build_pkgs=(
   build-essential cmake ninja-build ccache pkg-config
   libuv1-dev node-llhttp libnghttp2-dev libssl-dev libc-ares-dev
   libprotobuf-dev protobuf-compiler libgrpc++-dev protobuf-compiler-grpc
-  libabsl-dev libre2-dev libyaml-cpp-dev catch2
+  libabsl-dev libre2-dev libyaml-cpp-dev catch2 zlib1g-dev
 )
 test_pkgs=(
   curl nghttp2-client iptables iproute2 python3 python3-grpcio python3-h2
