@@ -89,6 +89,16 @@ absl::StatusOr<HttpFilterFactorySharedPtr> createWasm(const google::protobuf::An
       return makeInert(kind, absl::StrCat("Wasm plugin '", *id, "'"), ctx);
     }
   }
+  // Istio's HTTP metadata exchange (and older stats) plugins name neither root_id nor name: the null VM's
+  // built-in plugin is then known by its code.
+  if (plugin.root_id().empty() && plugin.name().empty() && plugin.has_vm_config() &&
+      plugin.vm_config().runtime() == "envoy.wasm.runtime.null") {
+    const std::string& code = plugin.vm_config().code().local().inline_string();
+    if (code == "envoy.wasm.metadata_exchange") {
+      return makeInert("wasm_istio_metadata_exchange", "Wasm plugin 'envoy.wasm.metadata_exchange'", ctx);
+    }
+    if (code == "envoy.wasm.stats") return makeInert("wasm_istio_stats", "Wasm plugin 'envoy.wasm.stats'", ctx);
+  }
   return absl::UnimplementedError(absl::StrCat(path, ".config: unsupported Wasm plugin (root_id '", plugin.root_id(),
                                                  "', name '", plugin.name(), "'): Strait runs no Wasm"));
 }

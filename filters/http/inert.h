@@ -13,8 +13,11 @@ namespace strait::filters::http {
 //   peer_metadata              io.istio.http.peer_metadata.Config
 //   wasm_<plugin>              envoy.extensions.filters.http.wasm.v3.Wasm whose plugin Strait knows by its
 //                              root_id (else its name): stats_inbound, stats_outbound, istio.stats,
-//                              istio.metadata_exchange ('.' becomes '_'). No Wasm is ever run; another
-//                              plugin is an unsupported filter (skipped only when is_optional).
+//                              istio.metadata_exchange ('.' becomes '_'); a plugin with neither (Istio's
+//                              HTTP metadata exchange) by the null VM's code: envoy.wasm.metadata_exchange
+//                              (wasm_istio_metadata_exchange), envoy.wasm.stats (wasm_istio_stats). No Wasm
+//                              is ever run; another plugin is an unsupported filter (skipped only when
+//                              is_optional).
 void registerInertHttpFilters();
 
 }  // namespace strait::filters::http

@@ -43,10 +43,16 @@ std::string_view kindOfType(std::string_view type_url) {
 }
 
 // Istio's Wasm plugins, by PluginConfig.root_id or name.
-std::string_view kindOfWasmPlugin(std::string_view root_id, std::string_view name) {
+// A plugin naming neither (Istio's metadata exchange) is known by the null VM's built-in code instead.
+std::string_view kindOfWasmPlugin(std::string_view root_id, std::string_view name, std::string_view runtime,
+                                  std::string_view code) {
   for (std::string_view id : {root_id, name}) {
     if (id == "stats_inbound" || id == "stats_outbound" || id == "istio.stats") return "stats";
     if (id == "envoy.wasm.metadata_exchange" || id == "istio.metadata_exchange") return "metadata_exchange";
+  }
+  if (root_id.empty() && name.empty() && runtime == "envoy.wasm.runtime.null") {
+    if (code == "envoy.wasm.stats") return "stats";
+    if (code == "envoy.wasm.metadata_exchange") return "metadata_exchange";
   }
   return {};
 }
@@ -74,6 +80,14 @@ std::string structString(const google::protobuf::Struct& s, const std::string& k
              : std::string();
 }
 
+// The Struct at s.<key>, or null.
+const google::protobuf::Struct* structAt(const google::protobuf::Struct& s, const std::string& key) {
+  auto it = s.fields().find(key);
+  return it != s.fields().end() && it->second.kind_case() == google::protobuf::Value::kStructValue
+             ? &it->second.struct_value()
+             : nullptr;
+}
+
 void logInertOnce(std::string_view kind, const std::string& type_url) {
   static std::mutex mu;
   static std::set<std::string, std::less<>> logged;
@@ -91,7 +105,7 @@ absl::StatusOr<config::NetworkReadFilterConstSharedPtr> createIstioNoopFilter(co
                                                                               config::TranslationContext& ctx) {
   std::string type_url = any.type_url();
   std::string_view kind = kindOfType(type_url);
-  std::string plugin_root_id, plugin_name;
+  std::string plugin_root_id, plugin_name, plugin_runtime, plugin_code;
   bool wasm = false;
   if (kind.empty() && config::isTypedStruct(any)) {
     auto ts = config::readTypedStruct(any);
@@ -103,8 +117,15 @@ absl::StatusOr<config::NetworkReadFilterConstSharedPtr> createIstioNoopFilter(co
       wasm = true;
       auto it = value.fields().find("config");
       if (it != value.fields().end() && it->second.kind_case() == google::protobuf::Value::kStructValue) {
-        plugin_root_id = structString(it->second.struct_value(), "root_id");
-        plugin_name = structString(it->second.struct_value(), "name");
+        const google::protobuf::Struct& plugin = it->second.struct_value();
+        plugin_root_id = structString(plugin, "root_id");
+        plugin_name = structString(plugin, "name");
+        if (const auto* vm = structAt(plugin, "vm_config")) {
+          plugin_runtime = structString(*vm, "runtime");
+          const auto* code = structAt(*vm, "code");
+          const auto* local = code ? structAt(*code, "local") : nullptr;
+          if (local) plugin_code = structString(*local, "inline_string");
+        }
       }
     } else if (kind.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(path, ".type_url: unsupported network filter type '", inner_url,
@@ -112,16 +133,23 @@ absl::StatusOr<config::NetworkReadFilterConstSharedPtr> createIstioNoopFilter(co
     }
     type_url = inner_url;
   } else if (kind.empty() && type_url == kWasm) {
-    // Wasm: config = 1 (PluginConfig: name = 1, root_id = 2).
+    // Wasm: config = 1 (PluginConfig: name = 1, root_id = 2, vm_config = 3 (VmConfig: runtime = 2,
+    // code = 3 (AsyncDataSource: local = 1 (DataSource: inline_string = 3)))).
     wasm = true;
-    std::string plugin;
+    std::string plugin, vm, code, local;
     if (lengthDelimited(any.value(), 1, &plugin)) {
       lengthDelimited(plugin, 1, &plugin_name);
       lengthDelimited(plugin, 2, &plugin_root_id);
+      if (lengthDelimited(plugin, 3, &vm)) {
+        lengthDelimited(vm, 2, &plugin_runtime);
+        if (lengthDelimited(vm, 3, &code) && lengthDelimited(code, 1, &local)) {
+          lengthDelimited(local, 3, &plugin_code);
+        }
+      }
     }
   }
   if (wasm) {
-    kind = kindOfWasmPlugin(plugin_root_id, plugin_name);
+    kind = kindOfWasmPlugin(plugin_root_id, plugin_name, plugin_runtime, plugin_code);
     if (kind.empty()) {
       return absl::InvalidArgumentError(absl::StrCat(
           path, ".config: Wasm plugin (root_id '", plugin_root_id, "', name '", plugin_name,
@@ -131,7 +159,8 @@ absl::StatusOr<config::NetworkReadFilterConstSharedPtr> createIstioNoopFilter(co
   if (kind.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": unsupported network filter type '", type_url, "'"));
   }
-  logInertOnce(kind, wasm ? absl::StrCat(type_url, " (root_id '", plugin_root_id, "')") : type_url);
+  logInertOnce(kind, wasm ? absl::StrCat(type_url, " (root_id '", plugin_root_id.empty() ? plugin_code : plugin_root_id, "')")
+                          : type_url);
   return config::NetworkReadFilterConstSharedPtr(
       std::make_shared<InertFilter>(ctx.store.counter("istio_inert." + std::string(kind) + ".cx_total")));
 }

@@ -22,7 +22,9 @@ namespace strait::filters::network {
 //       these, or the Wasm type below (its Struct value's config.root_id / config.name then decides)
 //   type.googleapis.com/envoy.extensions.filters.network.wasm.v3.Wasm        whose config.root_id or
 //       config.name names Istio's stats plugin ("stats_inbound", "stats_outbound", "istio.stats") or its
-//       metadata exchange ("envoy.wasm.metadata_exchange", "istio.metadata_exchange"); no Wasm is run
+//       metadata exchange ("envoy.wasm.metadata_exchange", "istio.metadata_exchange"), or, naming neither,
+//       whose null-VM code (vm_config.code.local.inline_string) is envoy.wasm.stats or
+//       envoy.wasm.metadata_exchange; no Wasm is run
 // Anything else (another TypedStruct type, another Wasm plugin) is refused, naming it.
 // Stats: istio_inert.<kind>.cx_total, kind metadata_exchange | stats | authn: connections that passed
 // through such a filter (all listeners together). Each kind logs once, when first configured, that it

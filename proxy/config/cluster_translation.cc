@@ -30,6 +30,7 @@
 #include "proxy/common/log.h"
 #include "proxy/config/default_bootstrap.h"
 #include "proxy/config/dns_cluster_translation.h"
+#include "proxy/config/typed_struct.h"
 #include "proxy/http/matchers.h"
 #include "proxy/upstream/health_checker.h"
 #include "strait/lb/v1/peak_ewma.pb.h"
@@ -437,6 +438,19 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
   {
     auto st = translateLoadBalancing(c, path, out->lb);
     if (!st.ok()) return st;
+  }
+  // Upstream network filters: Istio puts its metadata exchange on every mesh cluster (directly typed or
+  // in a TypedStruct). Strait exchanges no peer metadata, so that one is inert; any other would change
+  // what the cluster does and is refused.
+  for (int i = 0; i < c.filters_size(); ++i) {
+    const auto& f = c.filters(i);
+    std::string type = f.typed_config().type_url();
+    if (auto ts = readTypedStruct(f.typed_config())) type = ts->type_url;
+    if (type != "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange") {
+      return fieldError(absl::StrCat(path, ".filters[", i, "]"),
+                        absl::StrCat("upstream network filter '", f.name(), "' (", type.empty() ? "no typed_config" : type,
+                                     ") is not supported; only Istio's metadata exchange is accepted (inert)"));
+    }
   }
   // Transport sockets first: hosts pick theirs by metadata as they are translated.
   SocketChooser sockets;

@@ -313,3 +313,87 @@ def test_max_requests_per_connection_closes_upstream_connections(fleet):
         assert stats["cluster.once.upstream_cx_total"] == 3, stats
     finally:
         agent.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Istio's stats and metadata exchange plugins as HTTP Wasm filters in a static bootstrap, with the full
+# vm_config Istio renders (EnvoyFilter-era sidecars): the YAML/JSON loader is strict, so every field of
+# envoy.extensions.wasm.v3.VmConfig/PluginConfig that Istio writes must be in our proto subset.
+
+STRING_VALUE = "type.googleapis.com/google.protobuf.StringValue"
+HTTP_WASM = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
+STATS_CONFIGURATION = json.dumps({"debug": "false", "stat_prefix": "istio", "disable_host_header_fallback": True,
+                                  "metrics": [{"dimensions": {"source_cluster": "node.metadata['CLUSTER_ID']"}}]},
+                                 indent=2)
+
+
+def wasm_stats_filter() -> dict:
+    return {"name": "istio.stats", "typed_config": {"@type": HTTP_WASM, "config": {
+        "name": "stats_outbound", "root_id": "stats_outbound", "fail_open": True,
+        "vm_config": {
+            "vm_id": "stats_outbound", "runtime": "envoy.wasm.runtime.null", "allow_precompiled": True,
+            "code": {"local": {"inline_string": "envoy.wasm.stats"}},
+            "configuration": {"@type": STRING_VALUE, "value": "{}"},
+            "environment_variables": {"host_env_keys": ["POD_NAME", "POD_NAMESPACE"],
+                                      "key_values": {"ISTIO_META_CLUSTER_ID": "Kubernetes"}}},
+        "capability_restriction_config": {"allowed_capabilities": {"proxy_log": {}, "get_property": {}}},
+        "configuration": {"@type": STRING_VALUE, "value": STATS_CONFIGURATION}}}}
+
+
+def wasm_mx_filter() -> dict:
+    # Istio's HTTP metadata exchange plugin names neither root_id nor name: known by its null-VM code.
+    return {"name": "istio.metadata_exchange", "typed_config": {"@type": HTTP_WASM, "config": {
+        "vm_config": {"runtime": "envoy.wasm.runtime.null", "allow_precompiled": True,
+                      "code": {"local": {"inline_string": "envoy.wasm.metadata_exchange"}},
+                      "environment_variables": {"key_values": {"A": "b"}}},
+        "configuration": {"@type": "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange"}}}}
+
+
+@pytest.mark.parametrize("file_name", ["wasm.yaml", "wasm.json"])
+def test_istio_wasm_http_filters_with_full_vm_config_load_and_serve(fleet, tmp_path, file_name):
+    agent = Agent()
+    try:
+        port = harness.free_port()
+        listener = route_listener(port, "outbound_wasm", "/", "upstream")
+        listener["name"] = "wasm"
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["http_filters"] = [wasm_mx_filter(), wasm_stats_filter(), ROUTER]
+        boot = harness.bootstrap([listener], [static_cluster("upstream", tcp_address(agent.port))])
+        path = harness.write_bootstrap(tmp_path, boot, file_name)
+        r = harness.run_strait(["-c", str(path), "--mode", "validate"])
+        assert r.returncode == 0, r.stdout + r.stderr
+        proc = fleet.start(path)
+        for _ in range(2):
+            status, body = get(port, "/healthz/ready")
+            assert (status, body) == (200, b"agent ready\n")
+        stats = proc.wait_stats(lambda s: s.get("http.outbound_wasm.inert.wasm_stats_outbound.requests_total", 0) >= 2)
+        assert stats["http.outbound_wasm.inert.wasm_istio_metadata_exchange.requests_total"] == 2, stats
+        # /config_dump shows both filters as configured, every VmConfig field kept.
+        dump = proc.get("/config_dump").json()
+        static = next(c for c in dump["configs"] if c["@type"].endswith("ListenersConfigDump"))["static_listeners"]
+        lis = next(l["listener"] for l in static if l["listener"]["name"] == "wasm")
+        filters = lis["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
+        assert [f["name"] for f in filters] == ["istio.metadata_exchange", "istio.stats", "envoy.filters.http.router"]
+        plugin = filters[1]["typed_config"]["config"]
+        assert filters[1]["typed_config"]["@type"] == HTTP_WASM
+        assert plugin["root_id"] == "stats_outbound" and plugin["fail_open"] is True, plugin
+        vm = plugin["vm_config"]
+        assert vm["allow_precompiled"] is True and vm["runtime"] == "envoy.wasm.runtime.null", vm
+        assert vm["environment_variables"]["host_env_keys"] == ["POD_NAME", "POD_NAMESPACE"], vm
+        assert vm["environment_variables"]["key_values"] == {"ISTIO_META_CLUSTER_ID": "Kubernetes"}, vm
+        assert vm["configuration"] == {"@type": STRING_VALUE, "value": "{}"}, vm
+        assert plugin["configuration"]["value"] == STATS_CONFIGURATION, plugin
+        assert "inert in Strait" in proc.logs()
+    finally:
+        agent.close()
+
+
+def test_unknown_wasm_plugin_with_full_vm_config_is_still_refused(tmp_path):
+    listener = route_listener(harness.free_port(), "custom", "/", "upstream")
+    f = wasm_stats_filter()
+    f["typed_config"]["config"].update(name="my_plugin", root_id="my_plugin")
+    listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"] = [f, ROUTER]
+    boot = harness.bootstrap([listener], [static_cluster("upstream", tcp_address(harness.free_port()))])
+    path = harness.write_bootstrap(tmp_path, boot, "custom.yaml")
+    r = harness.run_strait(["-c", str(path), "--mode", "validate"])
+    assert r.returncode != 0 and "my_plugin" in r.stdout + r.stderr, r.stdout + r.stderr

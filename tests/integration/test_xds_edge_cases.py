@@ -478,8 +478,9 @@ def test_unknown_field_records_end_with_their_resource(env, mode, fleet):
 @pytest.mark.parametrize("mode", MODES)
 def test_unknown_fields_inside_typed_configs_are_listed_and_behaviour_changing_ones_refused(env, mode, fleet):
     """A typed_config's payload is searched too (an HCM's `tracing`, #7, is listed); fields whose absence
-    would change what a resource does (a cluster's `filters`, #40; tcp_proxy's `tunneling_config`, #12)
-    get the resource refused, by name, while the rest of the response is applied."""
+    would change what a resource does (tcp_proxy's `tunneling_config`, #12), and upstream network
+    filters other than Istio's inert metadata exchange (a cluster's `filters`), get the resource refused,
+    by name, while the rest of the response is applied."""
     xds = env.xds
     echo = fleet.echo()
     a = env.origin("a")
