@@ -32,6 +32,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import subprocess
@@ -63,6 +64,7 @@ class Run:
         self.admin: str | None = None
         self.rows: list[dict] = []
         self.notes: list[str] = []
+        self.increments: list[dict] = []
 
     # --- processes ---------------------------------------------------------------------------------
 
@@ -79,7 +81,8 @@ class Run:
         boot_path = self.workdir / "bootstrap.json"
         boot_path.write_text(json.dumps(boot, indent=1))
         admin_path = self.workdir / "admin-address"
-        cmd = [self.args.strait, "-c", str(boot_path), "--concurrency", "2", "--admin-address-path",
+        prefix = shlex.split(self.args.wrapper) if self.args.wrapper else []
+        cmd = prefix + [self.args.strait, "-c", str(boot_path), "--concurrency", "2", "--admin-address-path",
                str(admin_path), "-l", self.args.log_level, "--drain-time-s", "1"]
         self.log_path = self.workdir / "strait.log"
         with open(self.log_path, "wb") as log:
@@ -254,6 +257,64 @@ class Run:
                         if k.startswith(("cluster_manager.", "control_plane.", "xds.")) and not k.endswith("_time")}
         return row
 
+    def wait_reply(self, since: int, type_url: str, pred) -> tuple[dict | None, dict | None]:
+        """The first response (after seq `since`) of this type for which pred holds, and strait's reply."""
+        end = time.monotonic() + self.left(self.args.round_timeout)
+        resp = None
+        while time.monotonic() < end:
+            if resp is None:
+                for r in self.xds.responses(since=since, type_url=type_url):
+                    if pred(r):
+                        resp = r
+                        break
+            if resp is not None:
+                reply = self.reply_to(resp)
+                if reply is not None:
+                    return resp, reply
+            time.sleep(0.02)
+        return resp, None
+
+    def incremental(self, tag: str, n: int) -> dict:
+        """With the last round's n clusters in place: one endpoint changed, then one cluster added, each
+        `--changes` times; the ACK times of each (server-side, as above)."""
+        eps = self.args.endpoints
+        out = {"clusters": n, "endpoint_changed_ms": [], "cluster_added_cds_ms": [], "cluster_added_eds_ms": [],
+               "errors": []}
+        for k in range(self.args.changes):
+            i = (k * 7919) % n
+            name = f"{tag}-c{i}"
+            lb = [{"endpoint": {"address": {"socket_address": {"address": f"127.0.0.{1 + i % 250}",
+                                                               "port_value": 20000 + (i * eps + j) % 40000 + (k + 1 if j == 0 else 0)}}}}
+                  for j in range(eps)]
+            since = self.xds.call("GET", "/responses?since=999999999")["last_seq"]
+            self.xds.set_resources([{"@type": EDS, "cluster_name": name, "endpoints": [{"lb_endpoints": lb}]}])
+            resp, reply = self.wait_reply(since, EDS, lambda r: name in r["resource_names"])
+            if reply is None:
+                out["errors"].append(f"endpoint change {k}: no ACK")
+            else:
+                out["endpoint_changed_ms"].append(reply["time_ms"] - resp["time_ms"])
+                if reply["kind"] != "ack":
+                    out["errors"].append(f"endpoint change {k}: {reply['kind']}")
+        for k in range(self.args.changes):
+            name = f"{tag}-added{k}"
+            since = self.xds.call("GET", "/responses?since=999999999")["last_seq"]
+            lb = [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.251", "port_value": 30000 + j}}}}
+                  for j in range(eps)]
+            self.xds.set_resources([
+                {"@type": CDS, "name": name, "type": "EDS", "connect_timeout": "1s",
+                 "eds_cluster_config": {"eds_config": {"ads": {}, "resource_api_version": "V3"}}},
+                {"@type": EDS, "cluster_name": name, "endpoints": [{"lb_endpoints": lb}]}])
+            for label, type_url in (("cluster_added_cds_ms", CDS), ("cluster_added_eds_ms", EDS)):
+                resp, reply = self.wait_reply(since, type_url, lambda r: name in r["resource_names"])
+                if reply is None:
+                    out["errors"].append(f"cluster add {k} ({type_url.rsplit('.', 1)[-1]}): no ACK")
+                else:
+                    out[label].append(reply["time_ms"] - resp["time_ms"])
+                    if reply["kind"] != "ack":
+                        out["errors"].append(f"cluster add {k}: {reply['kind']}")
+        out["loop"] = {k: v for k, v in self.stats().items() if "loop_max_iteration" in k}
+        return out
+
     def run(self) -> None:
         self.start()
         self.rows.append({"clusters": 0, "mem_after": self.mem(), "note": "ready, no resources"})
@@ -262,6 +323,11 @@ class Run:
             row = self.round(n)
             print("xds_scale: " + json.dumps({k: v for k, v in row.items() if k != "stats"}), flush=True)
             self.rows.append(row)
+            if self.args.changes > 0:
+                print(f"xds_scale: {self.args.changes} single changes at {n} clusters ...", flush=True)
+                inc = self.incremental(f"r{len(self.rows) - 1}-{n}", n)
+                print("xds_scale: " + json.dumps(inc), flush=True)
+                self.increments.append(inc)
         print("xds_scale: removing every cluster ...", flush=True)
         row = self.remove_all()
         print("xds_scale: " + json.dumps({k: v for k, v in row.items() if k != "stats"}), flush=True)
@@ -293,7 +359,8 @@ class Run:
             f"- date: {datetime.datetime.now().isoformat(timespec='seconds')}; host: {platform.node()}, "
             f"{os.cpu_count()} CPUs, {platform.platform()}",
             f"- strait: `{self.args.strait}` ({version}); commit {commit}{' + uncommitted changes' if dirty else ''}",
-            f"- strait flags: `--concurrency 2 -l {self.args.log_level}`; ADS over a static cluster to the Node "
+            f"- strait flags: `--concurrency 2 -l {self.args.log_level}`"
+            f"{f' under `{self.args.wrapper}`' if self.args.wrapper else ''}; ADS over a static cluster to the Node "
             f"test server (tests/xds_server/server.js), `{'DELTA_GRPC' if self.args.delta else 'GRPC'}`",
             f"- each round replaces CDS+EDS at once (`POST /replace`) with N EDS clusters of "
             f"{self.args.endpoints} endpoints (127.0.0.x:port, never connected to); the previous round's "
@@ -343,6 +410,21 @@ class Run:
                          f"{mib(after.get('VmRSS'))} | {mib(after.get('VmHWM'))} | {per} | "
                          f"{mib(after.get('HeapAllocated'))} |")
         lines.append("")
+        if self.increments:
+            def dist(v):
+                if not v:
+                    return "-"
+                v = sorted(v)
+                return f"{v[len(v) // 2]} / {v[-1]}"
+            lines += ["Single changes with every cluster in place (`--changes` each; ACK time in ms, median / max):", "",
+                      "| clusters | one endpoint changed -> EDS ACK | one cluster added -> CDS ACK | its endpoints -> EDS ACK | "
+                      "longest worker loop iteration (us) | errors |",
+                      "|---|---|---|---|---|---|"]
+            for inc in self.increments:
+                loop = max(inc["loop"].values()) if inc.get("loop") else "-"
+                lines.append(f"| {inc['clusters']} | {dist(inc['endpoint_changed_ms'])} | {dist(inc['cluster_added_cds_ms'])} | "
+                             f"{dist(inc['cluster_added_eds_ms'])} | {loop} | {'; '.join(inc['errors']) or '-'} |")
+            lines.append("")
         for row in self.rows:
             if row.get("stats"):
                 what = "removing every cluster" if row.get("removed") else f"{row['clusters']} clusters"
@@ -367,7 +449,13 @@ def main() -> int:
     p.add_argument("--round-timeout", type=float, default=120.0, help="per round, seconds (default 120)")
     p.add_argument("--deadline", type=float, default=300.0, help="whole run, seconds (default 300)")
     p.add_argument("--keep", action="store_true", help="keep the run directory (configs, logs)")
+    p.add_argument("--changes", type=int, default=5,
+                   help="after each size, this many single endpoint changes and single cluster additions (default 5; 0: none)")
     p.add_argument("--tag", default="", help="added to the report's file name (e.g. churn)")
+    p.add_argument("--wrapper", default="",
+                   help="command put before strait, for heap profiles: e.g. \"valgrind --tool=massif "
+                        "--massif-out-file=/tmp/massif.%%p --depth=30\" (then raise --round-timeout); "
+                        "see perf/results/2026-12-06-cluster-memory.md")
     args = p.parse_args()
     args.sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     if not node_available():

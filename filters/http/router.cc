@@ -44,16 +44,17 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
       sendRedirect(headers);
       return FilterHeadersStatus::StopIteration;
     }
+    // The route names its cluster by index; the worker holds the version in force.
     const config::ClusterConstSharedPtr* c = nullptr;
     const HeaderMutation* request_mutation = &route_->request_headers;
     if (route_->kind == RouteEntry::Kind::WeightedClusters) {
       const WeightedTarget* t = route_->pickWeighted(cb_->worker().random());
       if (t != nullptr) {
-        c = &t->cluster;
+        c = &cb_->worker().cluster(t->cluster_index);
         request_mutation = &t->request_headers;
       }
     } else if (route_->kind == RouteEntry::Kind::Cluster) {
-      c = &route_->cluster;
+      c = &cb_->worker().cluster(route_->cluster_index);
     }
     if (c == nullptr || !*c) {
       cb_->sendLocalReply(route_->cluster_not_found_status, "", "cluster_not_found");

@@ -29,9 +29,10 @@ struct TcpStats {
 };
 
 struct WeightedTarget {
-  // Null when an xDS listener names a cluster CDS does not hold (removed, or not there yet): connections
-  // sent to it are closed (Envoy: "cluster not found"); the next snapshot with the cluster resolves it.
-  config::ClusterConstSharedPtr cluster;
+  // The cluster's clusterIds() index, resolved by the worker per connection to the version in force.
+  // An xDS listener may name a cluster CDS does not hold (removed, or not there yet): connections sent
+  // to it are closed (Envoy: "cluster not found") until a config brings the cluster.
+  uint32_t cluster_index;
   uint32_t weight;
   std::string name;
 };
@@ -65,7 +66,7 @@ class Session : public config::ActiveSession, public strait::network::Connection
   Session(const TcpProxyConfig& cfg, config::WorkerContext& worker, ConnectionPtr downstream,
           std::shared_ptr<const config::Listener> listener)
       : ActiveSession(std::move(listener)), cfg_(cfg), worker_(worker), downstream_(std::move(downstream)),
-        target_(cfg.pickTarget(worker)), cluster_(target_.cluster.get()) {
+        target_(cfg.pickTarget(worker)), cluster_(worker.cluster(target_.cluster_index)) {
     downstream_->setCallbacks(this);
     stats::inc(cfg_.stats.downstream_cx_total);
   }
@@ -251,7 +252,7 @@ class Session : public config::ActiveSession, public strait::network::Connection
   ConnectionPtr downstream_;
   ConnectionPtr upstream_;
   const WeightedTarget& target_;
-  const config::Cluster* cluster_;  // null: the cluster is not known (see WeightedTarget)
+  const config::ClusterConstSharedPtr cluster_;  // null: the cluster is not known (see WeightedTarget)
   upstream::HostConstSharedPtr host_ref_;
   bool cx_slot_ = false;  // holds one of the cluster's max_connections
   const config::Host* host_ = nullptr;
@@ -277,13 +278,11 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createTcpPro
   if (!any.UnpackTo(&proto)) return absl::InvalidArgumentError(path + ": cannot decode TcpProxy");
   auto cfg = std::make_shared<TcpProxyConfig>();
   if (proto.stat_prefix().empty()) return absl::InvalidArgumentError(path + ".stat_prefix: is required");
-  auto findCluster = [&](const std::string& name, const std::string& field) -> absl::StatusOr<config::ClusterConstSharedPtr> {
-    auto it = ctx.clusters.find(name);
-    if (it == ctx.clusters.end()) {
-      if (ctx.dynamic && !name.empty()) return config::ClusterConstSharedPtr();  // resolved when it arrives
+  auto findCluster = [&](const std::string& name, const std::string& field) -> absl::StatusOr<uint32_t> {
+    if (ctx.clusters.find(name) == ctx.clusters.end() && !(ctx.dynamic && !name.empty())) {
       return absl::InvalidArgumentError(absl::StrCat(field, ": unknown cluster '", name, "'"));
     }
-    return it->second;
+    return config::clusterIds().get(name);  // an xDS listener's unknown cluster resolves when it arrives
   };
   if (proto.has_weighted_clusters()) {
     const auto& wc = proto.weighted_clusters();

@@ -2,6 +2,7 @@
 
 #include <functional>
 #include <map>
+#include <mutex>
 #include <set>
 #include <vector>
 #include <string>
@@ -50,6 +51,11 @@ struct DynamicResource {
   std::shared_ptr<const google::protobuf::Message> proto;
   std::string version;
   std::string last_updated;
+  // The bytes it arrived as (two hashes and the size): a later update that resends the same bytes keeps
+  // this very message, so nothing built from it is built again (see buildSnapshot).
+  uint64_t wire_hash = 0;
+  uint64_t wire_hash2 = 0;
+  size_t wire_size = 0;
 };
 
 // Everything a Snapshot is built from: the bootstrap and the dynamic resources by type and name.
@@ -63,11 +69,13 @@ struct ConfigSources {
 };
 
 // Stable cluster indices by name, for the life of the process.
+// Config-time only (translation asks; the request path holds the indices).
 class ClusterIds {
  public:
   uint32_t get(const std::string& name);
 
  private:
+  std::mutex mu_;
   std::map<std::string, uint32_t> ids_;
 };
 

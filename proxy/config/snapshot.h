@@ -101,6 +101,10 @@ struct Cluster {
   std::string version_info;  // of the CDS resource
   std::string eds_service_name;  // EDS: the ClusterLoadAssignment it takes its hosts from
   std::string eds_version;
+  // EDS: the ClusterLoadAssignment message this version was built from. With `proto` (the Cluster
+  // message itself, shared with the ConfigSources it came from) it is what buildSnapshot compares to
+  // reuse this version when neither changed.
+  std::shared_ptr<const void> from_endpoints;
   Type type = Type::Static;
   // STRICT_DNS / LOGICAL_DNS: what to resolve and how often (null otherwise). Their hosts come from the
   // resolver (runtime->dns_hosts, see hostsInForce()); `hosts` holds the set in force at translation.
@@ -211,6 +215,11 @@ class WorkerContext {
   // The current RDS route table with this routeIds() index (null if none): streams on connections
   // accepted before an RDS update still route with the newest table, as in Envoy.
   virtual std::shared_ptr<const void> routeTable(uint32_t id) = 0;
+  // The current version of the cluster with this clusterIds() index (a null pointer when the config has
+  // no such cluster). Routes and tcp_proxy hold a cluster's index, not a version of it, and resolve it
+  // here for each request or connection (one vector load): a cluster or endpoint update therefore
+  // leaves the route tables and listeners that name the cluster untouched.
+  virtual const ClusterConstSharedPtr& cluster(uint32_t index) = 0;
 };
 
 struct FilterChain;
@@ -305,6 +314,7 @@ struct Listener {
   bool dynamic = false;       // from LDS
   std::string version_info;   // of the LDS resource
   std::string proto_hash;     // serialized proto: equal means the listener did not change
+  std::vector<std::string> rds_names;  // the RouteConfigurations its HCMs take over RDS
   network::Address address;
   // bind_to_port: false opens no socket: the listener only gets connections handed off to it by a
   // use_original_dst listener (Istio's per-service outbound listeners behind virtualOutbound).
@@ -449,6 +459,12 @@ struct Snapshot {
   // xDS route tables by name (RDS) and the raw dynamic resources with their versions, for /config_dump.
   std::map<std::string, std::shared_ptr<const void>> route_tables;
   std::map<uint32_t, std::shared_ptr<const void>> route_tables_by_id;  // by routeIds() index
+  // The RouteConfiguration message each table was built from (buildSnapshot reuses a table while it
+  // and the set of cluster names are unchanged).
+  std::map<std::string, std::shared_ptr<const void>> route_table_sources;
+  // True when this snapshot has the same cluster names as the one it was built after (what decides
+  // whether route tables and listeners, which check names, may be reused).
+  bool same_cluster_names = false;
   std::shared_ptr<const struct ConfigSources> sources;
   std::vector<ListenerConstSharedPtr> listeners;
   std::vector<ClusterConstSharedPtr> clusters;

@@ -276,6 +276,7 @@ absl::StatusOr<std::optional<AdsSettings>> translateAds(const bootstrap_v3::Boot
 }  // namespace
 
 uint32_t ClusterIds::get(const std::string& name) {
+  std::lock_guard<std::mutex> lock(mu_);
   auto it = ids_.find(name);
   if (it != ids_.end()) return it->second;
   uint32_t id = static_cast<uint32_t>(ids_.size());
@@ -354,20 +355,53 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     snap->clusters.push_back(c);
     return absl::OkStatus();
   };
+  // Cost follows change: a cluster whose Cluster message (and, for EDS, ClusterLoadAssignment
+  // message) is the very one its version in `previous` was built from is that version again: not
+  // translated, not re-activated, and workers keep its balancer. Messages are shared between
+  // successive ConfigSources while unchanged, so pointer equality is the test.
+  auto endpointsOf = [&](const Cluster& c) -> std::shared_ptr<const void> {
+    if (c.type != Cluster::Type::Eds) return nullptr;
+    auto it = sources->endpoints.find(c.eds_service_name);
+    return it == sources->endpoints.end() ? nullptr : std::shared_ptr<const void>(it->second.proto);
+  };
+  auto reusableCluster = [&](const std::string& name, const google::protobuf::Message* proto,
+                             bool dynamic) -> ClusterConstSharedPtr {
+    if (previous == nullptr) return nullptr;
+    auto it = previous->clusters_by_name.find(name);
+    if (it == previous->clusters_by_name.end()) return nullptr;
+    const Cluster& old = *it->second;
+    if (old.dynamic != dynamic || old.proto.get() != proto) return nullptr;
+    if (old.type == Cluster::Type::Eds && (old.from_endpoints == nullptr || old.from_endpoints != endpointsOf(old))) {
+      return nullptr;
+    }
+    return it->second;
+  };
+  const bool same_bootstrap = previous != nullptr && previous->bootstrap == sources->bootstrap;
   for (int i = 0; i < sr.clusters_size(); ++i) {
     const std::string path = absl::StrCat("static_resources.clusters[", i, "]");
     const auto& cp = sr.clusters(i);
     std::string pipe;
     bool warming = false;
     // Static clusters may name a unix socket: a gRPC service there (Istio's xds-grpc and sds-grpc).
-    auto c = translateCluster(cp, path, ids.get(cp.name()), store, &sources->endpoints, true, &pipe, &warming);
-    if (!c.ok()) return c.status();
-    if (cp.name() == xds_cluster && snap->ads && cp.has_transport_socket()) {
+    absl::StatusOr<ClusterConstSharedPtr> c;
+    if (auto old = same_bootstrap ? reusableCluster(cp.name(), &cp, false) : nullptr) {
+      c = old;
+      // The same bootstrap made the same ADS settings (its target may be the cluster's unix socket).
+      if (cp.name() == xds_cluster && snap->ads && previous->ads) snap->ads = previous->ads;
+    } else {
+      c = translateCluster(cp, path, ids.get(cp.name()), store, &sources->endpoints, true, &pipe, &warming);
+      if (!c.ok()) return c.status();
+      // The bootstrap's own message (it lives as long as the bootstrap): /config_dump's and reuse's.
+      auto* mc = const_cast<Cluster*>(c->get());
+      mc->proto = std::shared_ptr<const google::protobuf::Message>(sources->bootstrap, &cp);
+      mc->from_endpoints = endpointsOf(*mc);
+    }
+    if (cp.name() == xds_cluster && snap->ads && cp.has_transport_socket() && snap->ads->target.empty()) {
       auto tls = adsTlsFromCluster(cp.transport_socket(), path + ".transport_socket");
       if (!tls.ok()) return tls.status();
       snap->ads->tls = *tls;
     }
-    if (cp.name() == xds_cluster && snap->ads) {
+    if (cp.name() == xds_cluster && snap->ads && snap->ads->target.empty()) {
       if (!pipe.empty()) {
         snap->ads->target = pipe;
       } else if (!(*c)->hosts.empty()) {
@@ -406,6 +440,12 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     const auto& cp = static_cast<const cluster_v3::Cluster&>(*res.proto);
     const std::string path = absl::StrCat("Cluster '", name, "'");
     bool warming = false;
+    if (auto old = reusableCluster(name, res.proto.get(), true)) {
+      if (old->type == Cluster::Type::Eds) result.eds_names.insert(old->eds_service_name);
+      auto st = addCluster(old, path);
+      if (!st.ok()) return st;
+      continue;
+    }
     auto c = translateCluster(cp, path, ids.get(name), store, &sources->endpoints, false, nullptr, &warming);
     if (!c.ok()) {
       // One bad xDS resource does not sink the others (Envoy's partial acceptance): it is reported, and
@@ -424,6 +464,8 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     auto* mc = const_cast<Cluster*>(c->get());
     mc->dynamic = true;
     mc->version_info = res.version;
+    mc->proto = res.proto;  // shared with the sources: no second copy, and the key for reuse
+    mc->from_endpoints = endpointsOf(*mc);
     if (mc->type == Cluster::Type::Eds) result.eds_names.insert(mc->eds_service_name);
     if (warming) {
       // Keeps serving the version it had, if any, until its endpoints arrive.
@@ -435,10 +477,26 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     if (!st.ok()) return st;
   }
 
+  // Route tables and listeners name clusters by index (resolved per request), so a new version of a
+  // cluster leaves them as they are; they check cluster names, so they are reused only while the set
+  // of names is the same.
+  snap->same_cluster_names = previous != nullptr && previous->clusters_by_name.size() == snap->clusters_by_name.size() &&
+                             std::equal(previous->clusters_by_name.begin(), previous->clusters_by_name.end(),
+                                        snap->clusters_by_name.begin(),
+                                        [](const auto& a, const auto& b) { return a.first == b.first; });
   // RDS route tables, against the clusters just built (unknown clusters answer 503 at run time).
   std::map<std::string, std::shared_ptr<const void>> tables;
   for (const auto& [name, res] : sources->routes) {
     if (!routeTableFactory()) return absl::InternalError("no route table factory registered");
+    if (snap->same_cluster_names) {
+      auto src = previous->route_table_sources.find(name);
+      if (src != previous->route_table_sources.end() && src->second == res.proto) {
+        tables[name] = previous->route_tables.at(name);
+        snap->route_tables_by_id[routeIds().get(name)] = tables[name];
+        snap->route_table_sources[name] = res.proto;
+        continue;
+      }
+    }
     auto t = routeTableFactory()(*res.proto, absl::StrCat("RouteConfiguration '", name, "'"), snap->clusters_by_name);
     if (!t.ok()) {
       result.rejected.push_back({"RouteConfiguration", name, std::string(t.status().message()), ""});
@@ -447,12 +505,15 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
         if (old != previous->route_tables.end()) {
           tables[name] = old->second;
           snap->route_tables_by_id[routeIds().get(name)] = old->second;
+          auto src = previous->route_table_sources.find(name);
+          if (src != previous->route_table_sources.end()) snap->route_table_sources[name] = src->second;
         }
       }
       continue;
     }
     tables[name] = *t;
     snap->route_tables_by_id[routeIds().get(name)] = *t;
+    snap->route_table_sources[name] = res.proto;
   }
   snap->route_tables = tables;
 
@@ -474,8 +535,38 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     snap->listeners.push_back(std::move(l));
     return absl::OkStatus();
   };
+  // A listener is reused like a route table, and also only while the same route tables exist (a
+  // listener waiting for its RouteConfiguration is not built at all).
+  const bool same_tables = snap->same_cluster_names && previous->route_tables.size() == snap->route_tables.size() &&
+                           std::equal(previous->route_tables.begin(), previous->route_tables.end(),
+                                      snap->route_tables.begin(),
+                                      [](const auto& a, const auto& b) { return a.first == b.first; });
+  auto reusableListener = [&](const std::string& name, const google::protobuf::Message* proto,
+                              bool dynamic) -> ListenerConstSharedPtr {
+    if (!same_tables) return nullptr;
+    for (const auto& old : previous->listeners) {
+      if (old->name == name && old->dynamic == dynamic && old->proto.get() == proto) return old;
+    }
+    return nullptr;
+  };
+  // Translates one listener; the RouteConfigurations it names are subscribed even while it waits for them.
+  auto translate = [&](const listener_v3::Listener& lp, const std::string& path) {
+    std::set<std::string> wants;
+    ctx.rds_names = &wants;
+    auto l = translateListener(lp, path, ctx);
+    rds_names.insert(wants.begin(), wants.end());
+    if (l.ok()) const_cast<Listener*>(l->get())->rds_names.assign(wants.begin(), wants.end());
+    return l;
+  };
+  auto addListenerRds = [&](const ListenerConstSharedPtr& l) { rds_names.insert(l->rds_names.begin(), l->rds_names.end()); };
   for (int i = 0; i < sr.listeners_size(); ++i) {
     const std::string path = absl::StrCat("static_resources.listeners[", i, "]");
+    if (auto old = same_bootstrap ? reusableListener(sr.listeners(i).name(), &sr.listeners(i), false) : nullptr) {
+      addListenerRds(old);
+      auto st = addListener(old, path);
+      if (!st.ok()) return st;
+      continue;
+    }
     // A bootstrap listener may have no name (Istio's 15090 and 15021 have none); Envoy then makes one
     // up. Ours is stable: the address ("0.0.0.0_15090"), or the position for a listener without one.
     const listener_v3::Listener* lp = &sr.listeners(i);
@@ -487,13 +578,16 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
                                                         : absl::StrCat("listener_", i));
       lp = &named;
     }
-    auto l = translateListener(*lp, path, ctx);
+    auto l = translate(*lp, path);
     if (!l.ok()) {
       if (absl::IsUnavailable(l.status())) {
         result.warming.push_back(path);
         continue;
       }
       return l.status();
+    }
+    if (lp == &sr.listeners(i)) {
+      const_cast<Listener*>(l->get())->proto = std::shared_ptr<const google::protobuf::Message>(sources->bootstrap, lp);
     }
     auto st = addListener(*l, path);
     if (!st.ok()) return st;
@@ -502,7 +596,8 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
   auto keepPreviousListener = [&](const std::string& name, const std::string& path) {
     if (previous == nullptr) return;
     for (const auto& old : previous->listeners) {
-      if (old->name == name && old->dynamic) (void)addListener(old, path);
+      // It keeps the route tables it uses subscribed.
+      if (old->name == name && old->dynamic && addListener(old, path).ok()) addListenerRds(old);
     }
   };
   // Listeners held before go first: a new listener that wants the address of one already serving is
@@ -523,7 +618,16 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     const auto& [name, res] = *entry;
     const auto& lp = static_cast<const listener_v3::Listener&>(*res.proto);
     const std::string path = absl::StrCat("Listener '", name, "'");
-    auto l = translateListener(lp, path, ctx);
+    if (auto old = reusableListener(name, res.proto.get(), true)) {
+      addListenerRds(old);
+      auto st = addListener(old, path);
+      if (!st.ok()) {
+        result.rejected.push_back({"Listener", name, std::string(st.message()), ""});
+        keepPreviousListener(name, path);
+      }
+      continue;
+    }
+    auto l = translate(lp, path);
     if (!l.ok()) {
       if (absl::IsUnavailable(l.status())) {
         // Waiting for its RouteConfiguration: the previous version keeps serving.
@@ -537,6 +641,7 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     auto* ml = const_cast<Listener*>(l->get());
     ml->dynamic = true;
     ml->version_info = res.version;
+    ml->proto = res.proto;  // shared with the sources, and the key for reuse
     auto st = addListener(*l, path);
     if (!st.ok()) {
       // Two listeners on one address: the later one (by name) is refused, the other keeps it.

@@ -85,6 +85,8 @@ Dispatcher::Dispatcher(std::string name)
       check_(reinterpret_cast<uv_check_t*>(new uv_any_handle)),
       prepare_(reinterpret_cast<uv_prepare_t*>(new uv_any_handle)) {
   RELEASE_ASSERT(uv_loop_init(loop_) == 0, "uv_loop_init");
+  // The loop counts the time it blocks in poll (what setLoopObserver() subtracts).
+  uv_loop_configure(loop_, UV_METRICS_IDLE_TIME);
   uv_async_init(loop_, async_, &Dispatcher::onAsync);
   async_->data = this;
   uv_check_init(loop_, check_);
@@ -155,7 +157,22 @@ void Dispatcher::onCheck(uv_check_t* handle) {
   self->clearDeferredDeleteList();
 }
 
-void Dispatcher::onPrepare(uv_prepare_t* handle) { static_cast<Dispatcher*>(handle->data)->runFlushes(); }
+void Dispatcher::onPrepare(uv_prepare_t* handle) {
+  auto* self = static_cast<Dispatcher*>(handle->data);
+  self->runFlushes();
+  if (self->loop_observer_) {
+    // From the previous prepare to this one is one whole iteration; the part spent in poll was idle.
+    const uint64_t now = uv_hrtime();
+    const uint64_t idle = uv_metrics_idle_time(self->loop_);
+    if (self->last_prepare_ns_ != 0) {
+      const uint64_t wall = now - self->last_prepare_ns_;
+      const uint64_t waited = idle - self->last_idle_ns_;
+      self->loop_observer_(wall > waited ? (wall - waited) / 1000 : 0);
+    }
+    self->last_prepare_ns_ = now;
+    self->last_idle_ns_ = idle;
+  }
+}
 
 void Dispatcher::queueFlush(DeferredFlush* f) { flush_queue_.push_back(f); }
 

@@ -90,6 +90,10 @@ class Dispatcher {
   // allocation, an init and a close (a trip through the loop's closing list) every time.
   uv_timer_t* acquireTimerHandle();
   void releaseTimerHandle(uv_timer_t* handle);
+  // Called at the end of every loop iteration (before the loop waits again) with the time it spent
+  // working in that iteration (its wall time minus the time blocked in poll), in microseconds: what
+  // one long callback costs everything else on this loop. Set before run().
+  void setLoopObserver(std::function<void(uint64_t busy_us)> observer) { loop_observer_ = std::move(observer); }
   // Runs the loop until exit() is called.
   void run();
   // Stops run(); safe from the loop's own thread (use post() to stop from elsewhere).
@@ -122,6 +126,9 @@ class Dispatcher {
   std::vector<uv_timer_t*> free_timers_;
   std::thread::id run_thread_;
   bool exited_ = false;
+  std::function<void(uint64_t)> loop_observer_;
+  uint64_t last_prepare_ns_ = 0;
+  uint64_t last_idle_ns_ = 0;
 };
 
 }  // namespace strait::event

@@ -16,6 +16,7 @@
 #include "absl/strings/str_cat.h"
 #include "envoy/config/route/v3/route.pb.h"
 #include "envoy/type/matcher/v3/string.pb.h"
+#include "proxy/config/bootstrap.h"
 #include "proxy/http/matchers.h"
 #include "proxy/http/route_table_internal.h"
 
@@ -298,15 +299,14 @@ absl::Status parseEmbeddedPolicy(const google::protobuf::Message& m, std::string
   return absl::OkStatus();
 }
 
-absl::Status resolveCluster(const Context& ctx, const std::string& name, const std::string& path,
-                            config::ClusterConstSharedPtr& out) {
+// A route names its cluster by index (config::clusterIds()), so the table outlives the cluster's
+// versions; with validate_clusters the name must be known now.
+absl::Status resolveCluster(const Context& ctx, const std::string& name, const std::string& path, uint32_t& out) {
   if (name.empty()) return fieldError(path, "cluster name must not be empty");
-  auto it = ctx.clusters.find(name);
-  if (it != ctx.clusters.end()) {
-    out = it->second;
-  } else if (ctx.validate_clusters) {
+  if (ctx.validate_clusters && ctx.clusters.find(name) == ctx.clusters.end()) {
     return fieldError(path, absl::StrCat("unknown cluster '", name, "'"));
   }
+  out = config::clusterIds().get(name);
   return absl::OkStatus();
 }
 
@@ -386,7 +386,7 @@ absl::Status buildRouteAction(const route_v3::RouteAction& a, const std::string&
     case route_v3::RouteAction::kCluster:
       e.kind = RouteEntry::Kind::Cluster;
       e.cluster_name = a.cluster();
-      if (auto st = resolveCluster(ctx, a.cluster(), path + ".cluster", e.cluster); !st.ok()) return st;
+      if (auto st = resolveCluster(ctx, a.cluster(), path + ".cluster", e.cluster_index); !st.ok()) return st;
       break;
     case route_v3::RouteAction::kClusterHeader: {
       const std::string p = path + ".cluster_header";
@@ -407,7 +407,7 @@ absl::Status buildRouteAction(const route_v3::RouteAction& a, const std::string&
         const std::string cp = absl::StrCat(wp, ".clusters[", i, "]");
         WeightedTarget t;
         t.name = cw.name();
-        if (auto st = resolveCluster(ctx, cw.name(), cp + ".name", t.cluster); !st.ok()) return st;
+        if (auto st = resolveCluster(ctx, cw.name(), cp + ".name", t.cluster_index); !st.ok()) return st;
         t.weight = cw.has_weight() ? cw.weight().value() : 0;
         e.total_weight += t.weight;
         // The target's own level; the route's chain is appended once the route's is known.

@@ -147,7 +147,9 @@ struct RedirectAction {
 
 struct WeightedTarget {
   std::string name;
-  config::ClusterConstSharedPtr cluster;  // null when the cluster is not known (validate_clusters off)
+  // The cluster's clusterIds() index: the worker resolves it to the current version per request (null
+  // when the config has no such cluster: 503 cluster_not_found).
+  uint32_t cluster_index = UINT32_MAX;
   uint32_t weight = 0;
   // The complete chains for requests sent to this target: the cluster weight's own mutations first,
   // then the route's, virtual host's and route configuration's (RouteEntry::request_headers). Use these
@@ -165,10 +167,10 @@ struct RouteEntry {
   std::string virtual_host_name;  // the virtual host it belongs to
   Kind kind = Kind::Cluster;
 
-  // Kind::Cluster. `cluster` is resolved at config time; null when the name is not known (only possible
-  // with validate_clusters off): the router then answers cluster_not_found_status.
+  // Kind::Cluster. The name is checked at config time (with validate_clusters); the version in force is
+  // looked up by index per request, and a cluster the config lacks gets cluster_not_found_status.
   std::string cluster_name;
-  config::ClusterConstSharedPtr cluster;
+  uint32_t cluster_index = UINT32_MAX;  // see WeightedTarget::cluster_index
   // Kind::WeightedClusters.
   std::vector<WeightedTarget> weighted;
   uint64_t total_weight = 0;

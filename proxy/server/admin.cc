@@ -372,11 +372,21 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
       }
       return snap->loaded_at;
     };
+    // A version reused by an update that resent the same bytes under a new version_info shows the new
+    // one, as the resource held says.
+    auto versionOf = [&](const std::map<std::string, config::DynamicResource>* m, const std::string& name,
+                         const std::string& own, const void* proto) -> const std::string& {
+      if (m) {
+        auto it = m->find(name);
+        if (it != m->end() && it->second.proto.get() == proto) return it->second.version;
+      }
+      return own;
+    };
     std::string static_listeners, dynamic_listeners, static_clusters, dynamic_clusters;
     for (const auto& l : snap->listeners) {
       if (l->dynamic) {
         absl::StrAppend(&dynamic_listeners, dynamic_listeners.empty() ? "" : ",", "{\"name\":", jsonEscape(l->name),
-                        ",\"active_state\":{\"version_info\":", jsonEscape(l->version_info), ",\"listener\":",
+                        ",\"active_state\":{\"version_info\":", jsonEscape(versionOf(src ? &src->listeners : nullptr, l->name, l->version_info, l->proto.get())), ",\"listener\":",
                         protoJson(*l->proto), ",\"last_updated\":\"", lastUpdated(src ? &src->listeners : nullptr, l->name),
                         "\"}}");
       } else {
@@ -386,7 +396,7 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
     }
     for (const auto& c : snap->clusters) {
       std::string& out = c->dynamic ? dynamic_clusters : static_clusters;
-      absl::StrAppend(&out, out.empty() ? "" : ",", "{", c->dynamic ? absl::StrCat("\"version_info\":", jsonEscape(c->version_info), ",") : "",
+      absl::StrAppend(&out, out.empty() ? "" : ",", "{", c->dynamic ? absl::StrCat("\"version_info\":", jsonEscape(versionOf(src ? &src->clusters : nullptr, c->name, c->version_info, c->proto.get())), ",") : "",
                       "\"cluster\":", protoJson(*c->proto), ",\"last_updated\":\"",
                       lastUpdated(c->dynamic && src ? &src->clusters : nullptr, c->name), "\"}");
     }

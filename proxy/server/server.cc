@@ -119,8 +119,13 @@ bool Server::bindListeners(std::vector<std::vector<WorkerSocket>>& per_worker) {
 
 // An accepted snapshot's clusters come into force: weights, EDS health and circuit-breaker limits of
 // hosts and clusters kept from earlier versions (see ClusterRuntime::activate).
-void Server::activateClusters(const config::SnapshotConstSharedPtr& snapshot) {
+void Server::activateClusters(const config::SnapshotConstSharedPtr& snapshot, const config::Snapshot* previous) {
   for (const auto& c : snapshot->clusters) {
+    if (previous != nullptr) {
+      // The very version that is in force already (buildSnapshot reused it): nothing to do.
+      auto it = previous->clusters_by_name.find(c->name);
+      if (it != previous->clusters_by_name.end() && it->second == c) continue;
+    }
     if (c->runtime && !c->isDns()) {
       c->runtime->activate(c->hosts, c->host_params, c->limits, c->outlier ? &*c->outlier : nullptr, c->high_limits);
     }
@@ -165,7 +170,7 @@ absl::Status Server::applySnapshot(config::SnapshotConstSharedPtr snapshot) {
     LOG_INFO("listener '%s' on %s", l->name.c_str(), addr.asString().c_str());
     bound.push_back(BoundListener{l, addr});
   }
-  activateClusters(snapshot);
+  activateClusters(snapshot, this->snapshot().get());
   // Every worker takes the snapshot; the caller's ACK waits for the last one.
   std::mutex m;
   std::condition_variable cv;
@@ -235,12 +240,14 @@ int Server::run() {
     });
   });
   dns_->start();
-  activateClusters(snapshot_);
+  activateClusters(snapshot_, nullptr);
   for (uint32_t w = 0; w < options_.concurrency; ++w) {
     workers_.push_back(std::make_unique<Worker>(w, store_->shard(w + 1), snapshot_));
   }
   for (uint32_t w = 0; w < options_.concurrency; ++w) {
     workers_[w]->setDrainPolicy(uint64_t(options_.drain_time_s) * 1000, options_.drain_gradual);
+    const std::string p = absl::StrCat("server.worker_", w, ".");
+    workers_[w]->setLoopStats(store_->gauge(p + "loop_max_iteration_us"), store_->counter(p + "loop_iterations_over_1ms"));
     workers_[w]->start(std::move(per_worker[w]));
   }
   for (auto& w : workers_) w->waitListening();

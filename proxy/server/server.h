@@ -54,7 +54,8 @@ class Server {
   // From the xDS thread: binds what new listeners need, hands `snapshot` to every worker and returns
   // once all of them have it (so the ACK that follows is true). An error (a port that cannot be bound)
   // leaves everything as it was.
-  void activateClusters(const config::SnapshotConstSharedPtr& snapshot);
+  // `previous`: the snapshot in force (its cluster versions are active already), or null.
+  void activateClusters(const config::SnapshotConstSharedPtr& snapshot, const config::Snapshot* previous);
   absl::Status applySnapshot(config::SnapshotConstSharedPtr snapshot);
   // From the xDS thread: the first CDS and LDS are applied (or their initial fetch timed out).
   void onXdsInitialized();

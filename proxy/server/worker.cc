@@ -258,6 +258,18 @@ void Worker::indexSnapshot() {
 
 Worker::~Worker() { join(); }
 
+void Worker::setLoopStats(stats::Gauge max_us, stats::Counter over_1ms) {
+  loop_max_us_ = max_us;
+  loop_over_1ms_ = over_1ms;
+  dispatcher_->setLoopObserver([this](uint64_t busy_us) {
+    if (busy_us > loop_max_seen_) {
+      stats::add(loop_max_us_, static_cast<int64_t>(busy_us - loop_max_seen_));  // only this worker writes it
+      loop_max_seen_ = busy_us;
+    }
+    if (busy_us > 1000) stats::inc(loop_over_1ms_);
+  });
+}
+
 void Worker::start(std::vector<WorkerSocket> sockets) {
   // The loop was made on this thread but is only ever run and touched by the worker thread from here on.
   thread_ = std::thread([this, sockets = std::move(sockets)]() mutable {

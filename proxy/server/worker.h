@@ -36,6 +36,10 @@ class Worker : public config::WorkerContext {
 
   // Starts the thread; it listens on `sockets` (taking ownership of the fds).
   void start(std::vector<WorkerSocket> sockets);
+  // server.worker_<i>.loop_max_iteration_us (the longest loop iteration's working time so far) and
+  // server.worker_<i>.loop_iterations_over_1ms: what config updates and everything else cost the
+  // requests on this worker. Before start().
+  void setLoopStats(stats::Gauge max_us, stats::Counter over_1ms);
   // Thread-safe: stop accepting (drain begins); every connection is told (GOAWAY / Connection: close).
   void stopListening();
   // Thread-safe: /drain_listeners. Tells the connections of every listener (or only the INBOUND ones);
@@ -65,6 +69,10 @@ class Worker : public config::WorkerContext {
   upstream::HttpPoolManager& httpPools() override { return *pools_; }
   std::shared_ptr<const void> routeTable(uint32_t id) override {
     return id < routes_by_id_.size() ? routes_by_id_[id] : nullptr;
+  }
+  const config::ClusterConstSharedPtr& cluster(uint32_t index) override {
+    static const config::ClusterConstSharedPtr kNone;
+    return index < clusters_by_index_.size() ? clusters_by_index_[index] : kNone;
   }
 
  private:
@@ -130,6 +138,9 @@ class Worker : public config::WorkerContext {
   // The newest config's clusters and RDS tables by stable index: connections accepted earlier pin
   // their listener's config, but hosts (EDS) and routes (RDS) are looked up here, per request.
   std::vector<config::ClusterConstSharedPtr> clusters_by_index_;
+  stats::Gauge loop_max_us_;
+  stats::Counter loop_over_1ms_;
+  uint64_t loop_max_seen_ = 0;
   std::vector<std::shared_ptr<const void>> routes_by_id_;
   void indexSnapshot();
   std::atomic<size_t> active_sessions_{0};

@@ -155,7 +155,7 @@ TEST_CASE("Fault: only matching requests are faulted", "[fault]") {
   CHECK_FALSE(s->applies(h, &route));
   CHECK_FALSE(s->applies(h, nullptr));
   route.kind = http::RouteEntry::Kind::WeightedClusters;
-  route.weighted.push_back(http::WeightedTarget{"backend", nullptr, 1, {}, {}});
+  route.weighted.push_back(http::WeightedTarget{"backend", UINT32_MAX, 1, {}, {}});
   CHECK(s->applies(h, &route));
 
   auto open = settings("{abort: {http_status: 503, percentage: {numerator: 100}}}");
@@ -194,6 +194,10 @@ class Worker : public config::WorkerContext {
   uint64_t random() override { return 0; }
   upstream::HttpPoolManager& httpPools() override { return pools_; }
   std::shared_ptr<const void> routeTable(uint32_t) override { return nullptr; }
+  const config::ClusterConstSharedPtr& cluster(uint32_t) override {
+    static const config::ClusterConstSharedPtr kNone;
+    return kNone;
+  }
 
  private:
   event::Dispatcher& d_;

@@ -298,6 +298,19 @@ class TestWorker : public config::WorkerContext {
   uint64_t random() override { return rnd; }
   upstream::HttpPoolManager& httpPools() override { return pools_; }
   std::shared_ptr<const void> routeTable(uint32_t) override { return nullptr; }
+  const config::ClusterConstSharedPtr& cluster(uint32_t index) override {
+    static const config::ClusterConstSharedPtr kNone;
+    return index < clusters.size() ? clusters[index] : kNone;
+  }
+  // What the worker resolves routes' cluster indices to (the config in force).
+  void useClusters(const config::Snapshot& snap) {
+    clusters.clear();
+    for (const auto& c : snap.clusters) {
+      if (c->index >= clusters.size()) clusters.resize(c->index + 1);
+      clusters[c->index] = c;
+    }
+  }
+  std::vector<config::ClusterConstSharedPtr> clusters;
   void closeSessions() {
     std::vector<config::ActiveSession*> all(sessions_.begin(), sessions_.end());
     for (auto* s : all) {
@@ -482,6 +495,7 @@ struct Env {
     REQUIRE(snap->clusters.size() == 1);
     REQUIRE(snap->listeners.size() == 1);
     cluster = snap->clusters[0];
+    worker.useClusters(*snap);
     // What the server does when a snapshot is accepted: the circuit-breaker limits come into force.
     cluster->runtime->activate(cluster->hosts, cluster->host_params, cluster->limits, nullptr, cluster->high_limits);
     const auto& l = snap->listeners[0];

@@ -134,7 +134,7 @@ TEST_CASE("RouteTable: the http-routes.yaml example") {
   REQUIRE(e != nullptr);
   CHECK(e->kind == RouteEntry::Kind::Cluster);
   CHECK(e->cluster_name == "greeter");
-  CHECK(e->cluster == clusters.at("greeter"));
+  CHECK(e->cluster_index == config::clusterIds().get("greeter"));
   CHECK(e->timeout_ms == 2000);
   CHECK_FALSE(e->retry.enabled);
 
@@ -160,7 +160,7 @@ TEST_CASE("RouteTable: the http-routes.yaml example") {
   CHECK(e->pickWeighted(89)->name == "api_v1");
   CHECK(e->pickWeighted(90)->name == "api_v2");
   CHECK(e->pickWeighted(199)->name == "api_v2");
-  CHECK(e->pickWeighted(90)->cluster == clusters.at("api_v2"));
+  CHECK(e->pickWeighted(90)->cluster_index == config::clusterIds().get("api_v2"));
   int v2 = 0;
   for (uint64_t r = 0; r < 1000; ++r) v2 += e->pickWeighted(r * 7919)->name == "api_v2" ? 1 : 0;
   CHECK(v2 == 100);
@@ -430,7 +430,7 @@ virtual_hosts:
   CHECK(e->pickWeighted(1)->name == "b");
   CHECK(e->pickWeighted(3)->name == "api_v1");
   CHECK(e->pickWeighted(UINT64_MAX)->name == "api_v1");  // UINT64_MAX % 6 == 3
-  CHECK(e->pickWeighted(5)->cluster == defaultClusters().at("api_v1"));
+  CHECK(e->pickWeighted(5)->cluster_index == config::clusterIds().get("api_v1"));
 
   auto plain_table = table(R"(
 virtual_hosts: [{name: v, domains: ["*"], routes: [{match: {prefix: "/"}, route: {cluster: a}}]}]
@@ -455,11 +455,11 @@ virtual_hosts:
   const RouteEntry* e = t->route(req("h", "/m"));
   REQUIRE(e != nullptr);
   CHECK(e->cluster_name == "nope");
-  CHECK(e->cluster == nullptr);
+  CHECK(e->cluster_index == config::clusterIds().get("nope"));  // resolves to no cluster at run time
   CHECK(e->cluster_not_found_status == 404);
   e = t->route(req("h", "/w"));
-  CHECK(e->pickWeighted(0)->cluster == defaultClusters().at("a"));
-  CHECK(e->pickWeighted(1)->cluster == nullptr);
+  CHECK(e->pickWeighted(0)->cluster_index == config::clusterIds().get("a"));
+  CHECK(e->pickWeighted(1)->cluster_index == config::clusterIds().get("nope"));
   CHECK(e->cluster_not_found_status == 503);
   e = t->route(req("h", "/h"));
   CHECK(e->kind == RouteEntry::Kind::ClusterHeader);
