@@ -145,7 +145,10 @@ class Run:
         code, text = self.get("/memory")
         if code == 200:
             try:
-                out["HeapAllocated"] = int(json.loads(text)["allocated"]) // 1024
+                mem = json.loads(text)
+                out["HeapAllocated"] = int(mem["allocated"]) // 1024
+                # Free heap glibc still holds (not yet trimmed back to the system).
+                out["HeapFree"] = int(mem.get("pageheap_free", 0)) // 1024
             except (ValueError, KeyError):
                 pass
         return out

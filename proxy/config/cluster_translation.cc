@@ -92,6 +92,10 @@ absl::Status translateEndpoints(const endpoint_v3::ClusterLoadAssignment& la, co
                                 std::string* pipe_target, const SocketChooser& sockets) {
   std::map<std::string, std::shared_ptr<const upstream::Locality>> localities;
   std::set<std::string> seen;
+  size_t listed = 0;
+  for (const auto& locality : la.endpoints()) listed += static_cast<size_t>(locality.lb_endpoints_size());
+  out.hosts.reserve(out.hosts.size() + listed);  // exact: these vectors live as long as the version
+  out.host_params.reserve(out.host_params.size() + listed);
   for (int i = 0; i < la.endpoints_size(); ++i) {
     const auto& locality = la.endpoints(i);
     const std::string lp = absl::StrCat(path, ".endpoints[", i, "]");
@@ -137,7 +141,6 @@ absl::Status translateEndpoints(const endpoint_v3::ClusterLoadAssignment& la, co
         h->transport_socket = socket;
         h->priority = locality.priority();
         h->locality = shared_locality;
-        h->makeStats(store, cluster_name);
         // Not visible to any worker yet: its first values can be set now.
         h->weight.store(params.weight, std::memory_order_relaxed);
         h->locality_weight.store(params.locality_weight, std::memory_order_relaxed);

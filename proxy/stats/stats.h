@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace strait::stats {
@@ -30,41 +31,88 @@ struct Histogram {
   uint32_t index = 0;
 };
 
-class Shard {
- public:
-  static constexpr uint32_t kChunk = 1024;
-  static constexpr uint32_t kMaxChunks = 4096;
-  Shard();
-  ~Shard();
-  std::atomic<int64_t>& slot(uint32_t index) {
-    return chunks_[index / kChunk].load(std::memory_order_acquire)[index % kChunk];
-  }
-  int64_t read(uint32_t index) const;
-  void ensureChunk(uint32_t chunk);
-
- private:
-  std::unique_ptr<std::atomic<std::atomic<int64_t>*>[]> chunks_;
+// A per-object stat kept in the object itself, outside the store (Envoy's "primitive" stats): a shared
+// atomic with no name, no slot and no per-thread copy. For stats that only the admin reads off the
+// object (upstream::Host's, shown in /clusters), where a named, sharded stat per object would cost far
+// more than the object. Written with the same inc()/dec()/add() as store stats.
+struct PrimitiveCounter {
+  mutable std::atomic<uint64_t> v{0};
+  int64_t value() const { return static_cast<int64_t>(v.load(std::memory_order_relaxed)); }
+};
+struct PrimitiveGauge {
+  mutable std::atomic<int64_t> v{0};
+  int64_t value() const { return v.load(std::memory_order_relaxed); }
 };
 
-struct StatInfo {
-  const std::string* name;  // the key in Store::by_name_ (one copy of each name)
-  StatType type;
-  bool hidden;
-  uint32_t slots;
-  uint32_t refs;    // StatScopes holding it
-  bool permanent;   // also made outside any scope: never released
+// One thread's values: a flat array of plain integers over address space reserved once (kMaxSlots
+// slots, 32 MiB of virtual memory) and materialised by the kernel page by page on first write. A thread
+// that never writes a stat pays nothing for it (reads of untouched pages see zeros without making them
+// resident), so per-worker shards cost memory in proportion to the stats each worker actually moves,
+// and pages whose stats are all released are handed back (Store::release).
+class Shard {
+ public:
+  static constexpr uint32_t kMaxSlots = 1u << 22;
+  static constexpr uint32_t kSlotsPerPage = 4096 / sizeof(int64_t);
+  Shard();
+  ~Shard();
+  Shard(const Shard&) = delete;
+  Shard& operator=(const Shard&) = delete;
+  std::atomic<int64_t>& slot(uint32_t index) { return slots_[index]; }
+  int64_t read(uint32_t index) const { return slots_[index].load(std::memory_order_relaxed); }
+  // Store only: zero `n` slots without touching pages that already read zero; give pages back.
+  void clear(uint32_t index, uint32_t n);
+  void discardPages(uint32_t first_page, uint32_t pages);
+
+ private:
+  std::atomic<int64_t>* slots_ = nullptr;
+};
+
+// Interned strings with reference counts, by id (stat name prefixes and leaves). Not thread-safe: the
+// Store's lock guards it.
+class SymbolTable {
+ public:
+  static constexpr uint32_t kNone = UINT32_MAX;
+  uint32_t intern(std::string_view text);  // takes a reference
+  uint32_t find(std::string_view text) const;  // kNone if absent; takes no reference
+  void release(uint32_t id);
+  const std::string& text(uint32_t id) const { return syms_[id].text; }
+  size_t size() const { return live_; }
+  size_t bytes() const;  // heap it holds (for the memory figures)
+
+ private:
+  struct Sym {
+    std::string text;
+    uint32_t refs = 0;
+  };
+  std::vector<Sym> syms_;
+  std::vector<uint32_t> free_;  // ids of released symbols (may hold stale ids past the end; checked)
+  size_t live_ = 0;
+  // Open addressing over (hash, id), linear probing, backward-shift deletion.
+  struct Slot {
+    uint32_t hash;
+    uint32_t id;
+  };
+  std::vector<Slot> index_;
+  size_t index_size_ = 0;
+  void indexInsert(uint32_t hash, uint32_t id);
+  void indexErase(uint32_t hash, uint32_t id);
+  void indexResize(size_t capacity);
 };
 
 class StatScope;
 
-// All stats of the process. Stats are created at config time (main thread); on the data path a thread
-// only touches its own shard through the handles it was given.
+// All stats of the process. Stats are created at config time; on the data path a thread only touches
+// its own shard through the handles it was given.
+// Names are held compactly, as Envoy does with its symbol table: each stat is a 20-byte entry naming
+// an interned prefix (everything up to the last dot: "cluster.foo") and an interned leaf
+// ("upstream_rq_total"), so a cluster's ~60 stats share one copy of its prefix, and the leaves are
+// shared by every cluster. Full names are only spelled out when the admin asks.
 class Store {
  public:
   explicit Store(uint32_t shards);
-  // `hidden` stats are summed on request (value()) but not listed in snapshot(): per-host counters that
-  // /clusters shows, as Envoy keeps them out of /stats. Stats made here live as long as the process;
-  // those of resources that come and go (xDS clusters and their hosts) are made through a StatScope.
+  ~Store();
+  // `hidden` stats are summed on request (value()) but not listed in snapshot(). Stats made here live as
+  // long as the process; those of resources that come and go (xDS clusters) are made through a StatScope.
   Counter counter(const std::string& name, bool hidden = false);
   Gauge gauge(const std::string& name, bool hidden = false);
   Histogram histogram(const std::string& name);
@@ -83,30 +131,74 @@ class Store {
   int64_t value(const std::string& name) const;
   int64_t value(Counter c) const { return sum(c.index); }
   int64_t value(Gauge g) const { return sum(g.index); }
+  // Per-object stats kept outside the store (upstream::Host's): read directly.
+  static int64_t value(const PrimitiveCounter& c) { return c.value(); }
+  static int64_t value(const PrimitiveGauge& g) { return g.value(); }
   // Named stats, and slots in use (for tests and the memory figures).
   size_t statCount() const;
   uint32_t slotsInUse() const;
   uint32_t slotHighWater() const;  // slots ever handed out (the shards' size)
+  // Heap held for names and bookkeeping (not the shards), for the memory figures.
+  size_t metadataBytes() const;
 
  private:
   friend class StatScope;
-  uint32_t create(const std::string& name, StatType type, bool hidden, uint32_t slots, bool scoped);
-  // Drops a scope's reference; the last one removes the name and recycles the slots (zeroed).
-  void release(const std::vector<uint32_t>& indices);
+  struct Entry {
+    uint32_t prefix;  // SymbolTable ids
+    uint32_t leaf;
+    uint32_t slot;  // first slot
+    uint32_t refs;  // StatScopes holding it
+    StatType type;
+    uint8_t slots;
+    uint8_t flags;  // kHidden | kPermanent | kLive
+  };
+  static constexpr uint8_t kHidden = 1, kPermanent = 2, kLive = 4, kLeadingDot = 8;  // kLeadingDot: ".x"
+  // Returns the entry id; `slot_out` gets its first slot.
+  uint32_t create(const std::string& name, StatType type, bool hidden, uint32_t slots, bool scoped, uint32_t* slot_out);
+  // Drops a scope's references; the last one removes the name and recycles the slots (zeroed).
+  void release(const std::vector<uint32_t>& entry_ids);
+  uint32_t findEntry(uint32_t prefix, uint32_t leaf) const;
+  static uint32_t entryHash(uint32_t prefix, uint32_t leaf);
+  std::string nameOf(const Entry& e) const;
+  uint32_t allocSlots(uint32_t slots);
+  void freeSlots(uint32_t first, uint32_t slots);
   int64_t sum(uint32_t index) const;
-  mutable std::mutex lock_;  // guards registration and the name list (never the data path)
-  std::map<std::string, uint32_t> by_name_;
-  std::map<uint32_t, StatInfo> infos_;  // by first slot
-  uint32_t next_slot_ = 0;
+
+  mutable std::mutex lock_;  // guards registration and the names (never the data path)
+  SymbolTable symbols_;
+  std::vector<Entry> entries_;
+  std::vector<uint32_t> free_entries_;  // may hold stale ids (past the end, or live again): checked
+  size_t live_entries_ = 0;
+  // Entry ids by (prefix, leaf): open addressing over (hash, id).
+  struct IndexSlot {
+    uint32_t hash;
+    uint32_t id;
+  };
+  std::vector<IndexSlot> index_;
+  size_t index_size_ = 0;
+  void indexInsert(uint32_t hash, uint32_t id);
+  void indexErase(uint32_t hash, uint32_t id);
+  void indexResize(size_t capacity);
+
+  // Slots are handed out by shard page (4 KiB, 512 slots); a page holds stats of one size only (1 slot,
+  // or a histogram's run), with a bitmap of its units. A page whose stats are all released is given
+  // back by every shard and reused whole; the top of the slot space shrinks as its pages empty.
+  struct Page {
+    uint8_t slots = 0;  // stat size on this page; 0: unassigned
+    uint16_t used = 0;  // units taken
+    uint64_t bits[Shard::kSlotsPerPage / 64] = {};
+  };
+  std::vector<Page> pages_;
+  std::map<uint32_t, std::vector<uint32_t>> partial_;  // by stat size: pages with room (may be stale)
+  std::vector<uint32_t> free_pages_;                   // unassigned pages below the top (may be stale)
   uint32_t slots_in_use_ = 0;
-  std::map<uint32_t, std::vector<uint32_t>> free_slots_;  // recycled first slots, by slot count
   std::vector<std::unique_ptr<Shard>> shards_;
 };
 
-// The stats of one resource that config updates add and remove (a cluster with its hosts). Each stat it
-// makes is referenced until the scope is destroyed; a stat no scope (and no permanent maker) references
-// any more leaves /stats and its slots are reused. A resource updated under the same name gets the same
-// slots (the new scope takes its references before the old one lets go), so its counts carry on.
+// The stats of one resource that config updates add and remove (a cluster). Each stat it makes is
+// referenced until the scope is destroyed; a stat no scope (and no permanent maker) references any more
+// leaves /stats and its slots are reused. A resource updated under the same name gets the same slots
+// (the new scope takes its references before the old one lets go), so its counts carry on.
 // Everything holding the scope's handles must hold the scope's owner: after it goes, the slots may
 // belong to another stat.
 class StatScope {
@@ -116,21 +208,20 @@ class StatScope {
   StatScope(const StatScope&) = delete;
   StatScope& operator=(const StatScope&) = delete;
   Counter counter(const std::string& name, bool hidden = false) {
-    return Counter{hold(store_.create(name, StatType::Counter, hidden, 1, true))};
+    return Counter{make(name, StatType::Counter, hidden, 1)};
   }
-  Gauge gauge(const std::string& name, bool hidden = false) {
-    return Gauge{hold(store_.create(name, StatType::Gauge, hidden, 1, true))};
-  }
+  Gauge gauge(const std::string& name, bool hidden = false) { return Gauge{make(name, StatType::Gauge, hidden, 1)}; }
   Histogram histogram(const std::string& name);
   Store& store() { return store_; }
 
  private:
-  uint32_t hold(uint32_t index) {
-    held_.push_back(index);
-    return index;
+  uint32_t make(const std::string& name, StatType type, bool hidden, uint32_t slots) {
+    uint32_t slot = 0;
+    held_.push_back(store_.create(name, type, hidden, slots, true, &slot));
+    return slot;
   }
   Store& store_;
-  std::vector<uint32_t> held_;
+  std::vector<uint32_t> held_;  // entry ids
 };
 
 // The shard the current thread writes to; set once by each thread at start.
@@ -157,6 +248,12 @@ inline void record(Histogram h, uint64_t micros) {
   s.store(s.load(std::memory_order_relaxed) + static_cast<int64_t>(micros), std::memory_order_relaxed);
 }
 inline void dec(Gauge g) { add(g, -1); }
+inline void inc(const PrimitiveCounter& c, int64_t by = 1) {
+  c.v.fetch_add(static_cast<uint64_t>(by), std::memory_order_relaxed);
+}
+inline void add(const PrimitiveGauge& g, int64_t by) { g.v.fetch_add(by, std::memory_order_relaxed); }
+inline void inc(const PrimitiveGauge& g) { add(g, 1); }
+inline void dec(const PrimitiveGauge& g) { add(g, -1); }
 // A gauge set from one thread only (the main thread), e.g. uptime.
 void set(Store& store, Gauge g, int64_t value);
 

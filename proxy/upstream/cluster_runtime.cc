@@ -48,12 +48,26 @@ ClusterRuntime::ClusterRuntime(stats::Store& store, std::string name, const std:
   }
 }
 
-ClusterRuntime::~ClusterRuntime() = default;
+
+namespace {
+uint64_t keyHash(const std::string& key) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a
+  for (unsigned char c : key) h = (h ^ c) * 1099511628211ull;
+  return h;
+}
+std::string keyOf(const Host& h) {
+  return hostKey(h.address, h.transport_socket ? h.transport_socket->hashKey() : 0, h.priority,
+                 h.locality ? *h.locality : Locality(), h.hostname);
+}
+}  // namespace
 
 HostSharedPtr ClusterRuntime::findHost(const std::string& key) {
   std::lock_guard<std::mutex> lock(mu_);
-  auto it = hosts_.find(key);
-  return it == hosts_.end() ? nullptr : it->second.lock();
+  auto it = hosts_.find(keyHash(key));
+  if (it == hosts_.end()) return nullptr;
+  HostSharedPtr h = it->second.lock();
+  if (h && keyOf(*h) != key) return nullptr;  // another identity with the same hash
+  return h;
 }
 
 void ClusterRuntime::rememberHost(const std::string& key, const HostSharedPtr& host) {
@@ -62,7 +76,7 @@ void ClusterRuntime::rememberHost(const std::string& key, const HostSharedPtr& h
   if (hosts_.size() > 64 && hosts_.size() % 64 == 0) {
     std::erase_if(hosts_, [](const auto& kv) { return kv.second.expired(); });
   }
-  hosts_[key] = host;
+  hosts_[keyHash(key)] = host;
 }
 
 void ClusterRuntime::setLimit(ResourceLimit& l, uint64_t max, bool track) {
@@ -252,6 +266,15 @@ ClusterRuntimeSharedPtr clusterRuntime(stats::Store& store, const std::string& n
   auto rt = std::make_shared<ClusterRuntime>(store, name, stat_prefix);
   r.runtimes[{&store, name}] = rt;
   return rt;
+}
+
+ClusterRuntime::~ClusterRuntime() {
+  // Leave the registry now rather than at the next cluster's creation, so that a mesh that shrinks
+  // gives its names back (the entry may already be a newer runtime of the same name: keep that).
+  Registry& r = registry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  auto it = r.runtimes.find({&scope_.store(), name_});
+  if (it != r.runtimes.end() && it->second.expired()) r.runtimes.erase(it);
 }
 
 std::vector<ClusterRuntimeSharedPtr> liveClusterRuntimes() {

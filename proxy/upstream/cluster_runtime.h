@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "proxy/stats/stats.h"
@@ -162,7 +163,9 @@ class ClusterRuntime : public std::enable_shared_from_this<ClusterRuntime> {
   mutable ResourceManager resources_[kResourcePriorities];  // by ResourcePriority
   mutable std::atomic<uint64_t> health_generation_{0};
   std::mutex mu_;
-  std::map<std::string, std::weak_ptr<Host>> hosts_;
+  // Live hosts by the hash of their identity key (the key itself is not kept: findHost() checks a
+  // candidate by recomputing it from the host, so a hash collision only costs a host its state).
+  std::unordered_map<uint64_t, std::weak_ptr<Host>> hosts_;
 };
 using ClusterRuntimeSharedPtr = std::shared_ptr<ClusterRuntime>;
 

@@ -109,7 +109,8 @@ HostSharedPtr makeDnsHost(stats::Store& store, const std::string& cluster_name, 
   h->transport_socket = target.socket;
   h->priority = target.priority;
   h->locality = target.locality ? target.locality : std::make_shared<const Locality>();
-  h->makeStats(store, cluster_name);
+  (void)store;  // per-host stats live in the Host (host.h)
+  (void)cluster_name;
   // Not visible to any worker yet: its first values can be set now.
   h->weight.store(std::max<uint32_t>(target.weight, 1), std::memory_order_relaxed);
   h->locality_weight.store(target.locality_weight, std::memory_order_relaxed);

@@ -42,27 +42,16 @@ class Host : public std::enable_shared_from_this<Host> {
   network::TransportSocketFactorySharedPtr transport_socket;
   uint32_t priority = 0;
   std::shared_ptr<const Locality> locality;  // never null once built; shared by the hosts of one locality
-  // Per-host counters for /clusters (hidden from /stats, as in Envoy). The handles stay valid while
-  // any Host or Cluster holding their StatScope lives.
-  std::shared_ptr<stats::StatScope> stat_scope;
-  stats::Counter cx_total;
-  stats::Gauge cx_active;
-  stats::Counter cx_connect_fail;
-  stats::Counter rq_total;
-  stats::Counter rq_error;
-  stats::Gauge rq_active;
-  // Makes stat_scope and the per-host stats above: cluster.<cluster>.host.<address>.* (every host is
-  // built this way, from EDS, a static load_assignment or DNS).
-  void makeStats(stats::Store& store, const std::string& cluster_name) {
-    stat_scope = std::make_shared<stats::StatScope>(store);
-    const std::string hp = "cluster." + cluster_name + ".host." + address.asString() + ".";
-    cx_total = stat_scope->counter(hp + "cx_total", true);
-    cx_active = stat_scope->gauge(hp + "cx_active", true);
-    cx_connect_fail = stat_scope->counter(hp + "cx_connect_fail", true);
-    rq_total = stat_scope->counter(hp + "rq_total", true);
-    rq_error = stat_scope->counter(hp + "rq_error", true);
-    rq_active = stat_scope->gauge(hp + "rq_active", true);
-  }
+  // Per-host stats for /clusters (Envoy keeps them out of /stats too). They live in the Host itself,
+  // as Envoy's HostStats do: plain shared atomics, with no name, no store slot and no per-worker copy,
+  // since only the admin reads them off the host (a named, sharded stat set per host cost more than
+  // the host). Written with stats::inc()/dec() like any stat.
+  stats::PrimitiveCounter cx_total;
+  stats::PrimitiveGauge cx_active;
+  stats::PrimitiveCounter cx_connect_fail;
+  stats::PrimitiveCounter rq_total;
+  stats::PrimitiveCounter rq_error;
+  stats::PrimitiveGauge rq_active;
 
   // ---- shared, mutable (atomics: `mutable`, since hosts are handed around as const) ----
   mutable std::atomic<uint32_t> weight{1};            // load_balancing_weight (>= 1)

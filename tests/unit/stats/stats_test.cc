@@ -144,6 +144,7 @@ TEST_CASE("Stats: churning scopes with new names does not grow the slot space") 
   Store store(2);
   uint32_t peak = 0;
   uint32_t high_water_after_first_round = 0;
+  uint32_t high_water = 0;
   for (int round = 0; round < 50; ++round) {
     std::vector<std::unique_ptr<StatScope>> scopes;
     for (int c = 0; c < 100; ++c) {
@@ -155,11 +156,112 @@ TEST_CASE("Stats: churning scopes with new names does not grow the slot space") 
       scopes.push_back(std::move(s));
     }
     peak = std::max(peak, store.slotsInUse());
+    high_water = std::max(high_water, store.slotHighWater());
     if (round == 0) high_water_after_first_round = store.slotHighWater();
   }
-  // Each round's scopes go at the end of the round, so every later round fits in the slots the first took.
-  REQUIRE(store.slotHighWater() == high_water_after_first_round);
+  // Each round's scopes go at the end of the round, so every later round fits in the slots the first took,
+  // and once they are all gone the slot space shrinks back to nothing.
+  REQUIRE(high_water == high_water_after_first_round);
+  REQUIRE(store.slotHighWater() == 0);
   REQUIRE(store.slotsInUse() == 0);
   REQUIRE(store.statCount() == 0);
   REQUIRE(peak == 100 * (2 + kHistogramBuckets + 1));
+}
+
+// ---- compact names and sparse shards (perf/results/2026-12-06-cluster-memory.md) ----
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+namespace {
+// Whether the shard page holding `slot` is resident (mincore).
+bool resident(Shard& shard, uint32_t slot) {
+  const long page = sysconf(_SC_PAGESIZE);
+  auto addr = reinterpret_cast<uintptr_t>(&shard.slot(slot)) & ~static_cast<uintptr_t>(page - 1);
+  unsigned char vec = 0;
+  REQUIRE(mincore(reinterpret_cast<void*>(addr), static_cast<size_t>(page), &vec) == 0);
+  return (vec & 1) != 0;
+}
+}  // namespace
+
+TEST_CASE("Stats: names are spelled back exactly from their interned prefix and leaf") {
+  Store store(1);
+  setThreadShard(&store.shard(0));
+  const std::vector<std::string> names = {"server.live", "nodots", "cluster.a.b.c.upstream_rq_total",
+                                          "cluster.a.b.c.upstream_cx_total", "trailing.", "cluster..x"};
+  int64_t n = 1;
+  for (const auto& name : names) inc(store.counter(name), n++);
+  auto snap = store.snapshot();
+  std::vector<std::string> got;
+  for (const auto& v : snap) got.push_back(v.name);
+  std::vector<std::string> want = names;
+  std::sort(want.begin(), want.end());
+  REQUIRE(got == want);
+  n = 1;
+  for (const auto& name : names) REQUIRE(store.value(name) == n++);
+  REQUIRE(store.value("cluster.a.b.c.nothing") == 0);
+  REQUIRE(store.value("cluster.zz.upstream_rq_total") == 0);
+}
+
+TEST_CASE("Stats: a cluster's stats cost a few dozen bytes each, and give it all back when released") {
+  Store store(4);
+  setThreadShard(&store.shard(0));
+  const size_t base = store.metadataBytes();
+  const char* leaves[] = {"upstream_cx_total", "upstream_cx_active", "upstream_rq_total", "upstream_rq_2xx",
+                          "upstream_rq_5xx", "membership_total", "upstream_rq_retry", "upstream_cx_none_healthy"};
+  std::vector<std::unique_ptr<StatScope>> scopes;
+  for (int c = 0; c < 2000; ++c) {
+    auto s = std::make_unique<StatScope>(store);
+    const std::string p = "cluster.outbound|8080||svc-" + std::to_string(c) + ".ns.svc.cluster.local.";
+    for (const char* l : leaves) s->counter(p + l);
+    s->histogram(p + "upstream_rq_time");
+    scopes.push_back(std::move(s));
+  }
+  const size_t stats_made = 2000 * 9;
+  REQUIRE(store.statCount() == stats_made);
+  const size_t per_stat = (store.metadataBytes() - base) / stats_made;
+  INFO("bookkeeping bytes per stat: " << per_stat);
+  REQUIRE(per_stat < 80);  // was ~230 with two std::maps keyed by the full name
+  scopes.clear();
+  REQUIRE(store.statCount() == 0);
+  REQUIRE(store.slotsInUse() == 0);
+  REQUIRE(store.slotHighWater() == 0);
+  REQUIRE(store.metadataBytes() < base + 4096);
+}
+
+TEST_CASE("Stats: shard pages are materialised by writes only, and given back when their stats go") {
+  Store store(3);
+  setThreadShard(&store.shard(1));
+  auto scope = std::make_unique<StatScope>(store);
+  std::vector<Counter> counters;
+  for (int i = 0; i < 3 * 512; ++i) counters.push_back(scope->counter("cluster.c" + std::to_string(i) + ".rq"));
+  // Nothing written yet: no shard has the pages (reading does not make them resident).
+  REQUIRE(store.value(counters[0]) == 0);
+  REQUIRE_FALSE(resident(store.shard(0), counters[0].index));
+  REQUIRE_FALSE(resident(store.shard(1), counters[0].index));
+  inc(counters[0]);
+  REQUIRE(resident(store.shard(1), counters[0].index));
+  REQUIRE_FALSE(resident(store.shard(0), counters[0].index));
+  REQUIRE_FALSE(resident(store.shard(2), counters[0].index));
+  REQUIRE(store.value(counters[0]) == 1);
+  const uint32_t slot = counters[0].index;
+  scope.reset();
+  REQUIRE_FALSE(resident(store.shard(1), slot));
+  // The slot space is reused from the bottom, starting from zero.
+  StatScope next(store);
+  Counter again = next.counter("cluster.new.rq");
+  REQUIRE(again.index == 0);
+  REQUIRE(store.value(again) == 0);
+}
+
+TEST_CASE("Stats: primitive per-object stats are written like store stats and read directly") {
+  PrimitiveCounter c;
+  PrimitiveGauge g;
+  inc(c);
+  inc(c, 4);
+  inc(g);
+  inc(g);
+  dec(g);
+  REQUIRE(Store::value(c) == 5);
+  REQUIRE(Store::value(g) == 1);
 }
