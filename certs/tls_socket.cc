@@ -78,7 +78,10 @@ TlsSocket::TlsSocket(SslContextConstSharedPtr ctx, const network::TransportSocke
     SSL_set_connect_state(ssl_);
     const std::string& sni = ctx_->settings().sni;
     if (!sni.empty()) SSL_set_tlsext_host_name(ssl_, sni.c_str());
-    if (ctx_->alpnWire().empty() && !options.alpn_fallback.empty()) {
+    if (!options.alpn_override.empty()) {
+      SSL_set_alpn_protos(ssl_, reinterpret_cast<const unsigned char*>(options.alpn_override.data()),
+                          static_cast<unsigned>(options.alpn_override.size()));
+    } else if (ctx_->alpnWire().empty() && !options.alpn_fallback.empty()) {
       std::string wire;
       wire.push_back(static_cast<char>(options.alpn_fallback.size()));
       wire.append(options.alpn_fallback);

@@ -107,7 +107,6 @@ absl::StatusOr<HttpFilterFactorySharedPtr> createWasm(const google::protobuf::An
 
 void registerInertHttpFilters() {
   registerInert("envoy.extensions.filters.http.grpc_stats.v3.FilterConfig", "grpc_stats");
-  registerInert("istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig", "istio_alpn");
   registerInert("stats.PluginConfig", "istio_stats");
   registerInert("io.istio.http.peer_metadata.Config", "peer_metadata");
   registerHttpFilter("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", createWasm, false);

@@ -512,7 +512,9 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
       per_try_timer_.emplace(cb_->worker().dispatcher(), [this] { onPerTryTimeout(); });
       per_try_timer_->enable(retry_->per_try_timeout_ms);
     }
-    auto& pool = cb_->worker().httpPools().pool(cluster_, *host, protocol_, route_->priority);
+    const uint32_t* alpn = cb_->streamInfo().alpn_override;
+    auto& pool = cb_->worker().httpPools().pool(cluster_, *host, protocol_, route_->priority,
+                                                alpn != nullptr ? alpn[static_cast<int>(protocol_)] : 0);
     pending_ = pool.newStream(up_, *this);
   }
 

@@ -49,6 +49,9 @@ struct StreamInfo {
   const config::Cluster* cluster = nullptr;
   std::string details;  // why a local reply was sent ("route_not_found", "upstream_reset_before_response_started")
   bool envoy_controls = false;  // a trusted client sent x-envoy-retry-on / x-envoy-max-retries and the like
+  // Istio's istio.alpn: the ALPN override (network::internAlpnOverride ids, 0: none) for an upstream
+  // connection by its protocol, indexed by Protocol (HTTP/1.0, HTTP/1.1, HTTP/2). Null: no override.
+  const uint32_t* alpn_override = nullptr;
 };
 
 // The router's view of downstream back-pressure: when the client stops reading, the router stops

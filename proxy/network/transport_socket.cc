@@ -1,6 +1,9 @@
 // The SSL stat set, declared with the transport socket seam (proxy/network/transport_socket.h).
 #include "proxy/network/transport_socket.h"
 
+#include <deque>
+#include <mutex>
+
 namespace strait::network {
 
 namespace {
@@ -56,6 +59,41 @@ void PeerIdentityCounters::onHandshake(const std::string& identity) {
     }
   }
   stats::inc(c);
+}
+
+namespace {
+struct AlpnRegistry {
+  std::mutex mu;
+  std::deque<std::string> wires;  // id i+1 -> wires[i]
+};
+AlpnRegistry& alpnRegistry() {
+  static auto* r = new AlpnRegistry;
+  return *r;
+}
+}  // namespace
+
+uint32_t internAlpnOverride(const std::vector<std::string>& protocols) {
+  std::string wire;
+  for (const auto& p : protocols) {
+    if (p.empty() || p.size() > 255) continue;
+    wire.push_back(static_cast<char>(p.size()));
+    wire.append(p);
+  }
+  if (wire.empty()) return 0;
+  auto& r = alpnRegistry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  for (size_t i = 0; i < r.wires.size(); ++i) {
+    if (r.wires[i] == wire) return static_cast<uint32_t>(i + 1);
+  }
+  r.wires.push_back(std::move(wire));
+  return static_cast<uint32_t>(r.wires.size());
+}
+
+std::string alpnOverrideWire(uint32_t id) {
+  if (id == 0) return {};
+  auto& r = alpnRegistry();
+  std::lock_guard<std::mutex> lock(r.mu);
+  return id <= r.wires.size() ? r.wires[id - 1] : std::string();
 }
 
 }  // namespace strait::network

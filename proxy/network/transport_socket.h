@@ -78,7 +78,16 @@ struct TransportSocketOptions {
   // ALPN to offer when the context configures none (an HTTP/2 pool offers "h2", an HTTP/1 one
   // "http/1.1"), as Envoy does.
   std::string_view alpn_fallback;
+  // ALPN to offer instead of whatever the context configures (wire form, from alpnOverrideWire()):
+  // Istio's istio.alpn filter picks it per request by the upstream protocol.
+  std::string_view alpn_override;
 };
+
+// ALPN lists chosen per request (Istio's istio.alpn) are interned once, at config time, so a pool key
+// carries a small id rather than a list: 0 is "no override". Entries live for the process's life.
+uint32_t internAlpnOverride(const std::vector<std::string>& protocols);
+// The interned list in wire form (length-prefixed names); empty for 0 or an unknown id.
+std::string alpnOverrideWire(uint32_t id);
 
 // How a transport socket wants the connection to go on after it handled some I/O.
 enum class PostIoAction { KeepOpen, Close };

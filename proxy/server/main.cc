@@ -9,6 +9,7 @@
 #include "filters/http/cors.h"
 #include "filters/http/fault.h"
 #include "filters/http/inert.h"
+#include "filters/http/istio_alpn.h"
 #include "filters/http/rbac.h"
 #include "filters/http/router.h"
 #include "filters/network/rbac.h"
@@ -61,6 +62,7 @@ int main(int argc, char** argv) {
   filters::http::registerHttpFault();
   filters::http::registerHttpCors();
   filters::http::registerInertHttpFilters();
+  filters::http::registerIstioAlpn();
   certs::registerTransportSockets();
 
   // Shards: main thread, one per worker, and the xDS thread.

@@ -1,5 +1,6 @@
 #include "proxy/server/server.h"
 
+#include <malloc.h>
 #include <signal.h>
 #include <unistd.h>
 #include <uv.h>
@@ -140,6 +141,13 @@ void Server::activateClusters(const config::SnapshotConstSharedPtr& snapshot, co
   }
 }
 
+void Server::trimHeapSoon() {
+  dispatcher_->post([this] {
+    if (!trim_timer_) trim_timer_ = dispatcher_->createTimer([] { malloc_trim(0); });
+    trim_timer_->enable(1000);
+  });
+}
+
 absl::Status Server::applySnapshot(config::SnapshotConstSharedPtr snapshot) {
   std::vector<std::vector<WorkerSocket>> per_worker(options_.concurrency);
   std::vector<BoundListener> bound;
@@ -247,7 +255,7 @@ int Server::run() {
   for (uint32_t w = 0; w < options_.concurrency; ++w) {
     workers_[w]->setDrainPolicy(uint64_t(options_.drain_time_s) * 1000, options_.drain_gradual);
     const std::string p = absl::StrCat("server.worker_", w, ".");
-    workers_[w]->setLoopStats(store_->gauge(p + "loop_max_iteration_us"), store_->counter(p + "loop_iterations_over_1ms"));
+    workers_[w]->setLoopStats(store_->gauge(p + "loop_max_iteration_usec"), store_->counter(p + "loop_iterations_over_1ms"));
     workers_[w]->start(std::move(per_worker[w]));
   }
   for (auto& w : workers_) w->waitListening();

@@ -55,6 +55,10 @@ class Server {
   // once all of them have it (so the ACK that follows is true). An error (a port that cannot be bound)
   // leaves everything as it was.
   // `previous`: the snapshot in force (its cluster versions are active already), or null.
+  // Hands freed heap back to the kernel (malloc_trim) a second from now, on the main thread: by then
+  // the connections and admin requests that still held the previous config have usually let it go
+  // (trimming at once would keep what they free afterwards resident). Any thread.
+  void trimHeapSoon();
   void activateClusters(const config::SnapshotConstSharedPtr& snapshot, const config::Snapshot* previous);
   absl::Status applySnapshot(config::SnapshotConstSharedPtr snapshot);
   // From the xDS thread: the first CDS and LDS are applied (or their initial fetch timed out).
@@ -95,6 +99,7 @@ class Server {
   event::TimerPtr drain_timer_;
   std::optional<std::chrono::steady_clock::time_point> quiet_since_;  // drain: no session open since
   event::TimerPtr health_tick_;  // outlier detection intervals and their stats (main thread)
+  event::TimerPtr trim_timer_;   // trimHeapSoon() (main thread)
   std::unique_ptr<ActiveHealthChecks> health_checks_;  // main thread
   std::unique_ptr<class DnsClusters> dns_;  // STRICT_DNS / LOGICAL_DNS resolution (its own thread)
   std::chrono::steady_clock::time_point started_;

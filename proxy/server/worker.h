@@ -36,7 +36,7 @@ class Worker : public config::WorkerContext {
 
   // Starts the thread; it listens on `sockets` (taking ownership of the fds).
   void start(std::vector<WorkerSocket> sockets);
-  // server.worker_<i>.loop_max_iteration_us (the longest loop iteration's working time so far) and
+  // server.worker_<i>.loop_max_iteration_usec (the longest loop iteration's working time so far) and
   // server.worker_<i>.loop_iterations_over_1ms: what config updates and everything else cost the
   // requests on this worker. Before start().
   void setLoopStats(stats::Gauge max_us, stats::Counter over_1ms);

@@ -211,6 +211,7 @@ ActiveClient::ActiveClient(HttpPool& pool)
     network::TransportSocketOptions options;
     options.stats = &pool.cluster_->stats.ssl;
     options.alpn_fallback = pool.protocol_ == http::Protocol::Http2 ? "h2" : "http/1.1";
+    options.alpn_override = pool.alpn_override_;
     auto socket = ts->create(options);
     if (!socket) {
       // No client certificate yet: the attempt fails; it never goes out in plaintext.
@@ -374,8 +375,9 @@ void ActiveClient::onEvent(network::Connection&, network::ConnectionEvent event)
 }
 
 HttpPool::HttpPool(event::Dispatcher& dispatcher, config::ClusterConstSharedPtr cluster, network::Address address,
-                   const config::Host* host, http::Protocol protocol, ResourcePriority priority)
-    : dispatcher_(dispatcher), cluster_(std::move(cluster)), address_(address), protocol_(protocol), priority_(priority) {
+                   const config::Host* host, http::Protocol protocol, ResourcePriority priority, uint32_t alpn_override)
+    : dispatcher_(dispatcher), cluster_(std::move(cluster)), address_(address), protocol_(protocol), priority_(priority),
+      alpn_id_(alpn_override), alpn_override_(network::alpnOverrideWire(alpn_override)) {
   setHost(host);
   settings_.max_concurrent_streams = cluster_->http2_max_concurrent_streams;
   settings_.initial_stream_window_size = cluster_->http2_initial_stream_window;
@@ -583,7 +585,7 @@ void HttpPoolManager::release(HttpPool& pool) {
     return;
   }
   const Key key{pool.cluster_->index, transportHash(*pool.cluster_, pool.host_), pool.address_, pool.protocol_,
-                pool.priority_};
+                pool.priority_, pool.alpn_id_};
   auto it = pools_.find(key);
   if (it == pools_.end() || it->second.get() != &pool) return;
   dispatcher_.deferredDelete(std::move(it->second));
@@ -625,19 +627,20 @@ bool HttpPoolManager::Key::operator<(const Key& o) const {
   if (transport != o.transport) return transport < o.transport;
   if (protocol != o.protocol) return protocol < o.protocol;
   if (priority != o.priority) return priority < o.priority;
+  if (alpn_override != o.alpn_override) return alpn_override < o.alpn_override;
   if (address.family() != o.address.family()) return address.family() < o.address.family();
   return std::memcmp(address.sockAddr(), o.address.sockAddr(), address.sockLen()) < 0;
 }
 
 HttpPool& HttpPoolManager::pool(const config::ClusterConstSharedPtr& cluster, const config::HostChoice& host,
-                                http::Protocol protocol, ResourcePriority priority) {
-  Key key{cluster->index, transportHash(*cluster, host.host), host.address, protocol, priority};
+                                http::Protocol protocol, ResourcePriority priority, uint32_t alpn_override) {
+  Key key{cluster->index, transportHash(*cluster, host.host), host.address, protocol, priority, alpn_override};
   auto it = pools_.find(key);
   if (it != pools_.end()) {
     if (it->second->cluster() != cluster.get()) it->second->updateCluster(cluster, host.host);
     return *it->second;
   }
-  auto p = std::make_unique<HttpPool>(dispatcher_, cluster, host.address, host.host, protocol, priority);
+  auto p = std::make_unique<HttpPool>(dispatcher_, cluster, host.address, host.host, protocol, priority, alpn_override);
   p->manager_ = this;
   HttpPool& ref = *p;
   pools_.emplace(key, std::move(p));

@@ -48,7 +48,7 @@ class HttpPool : public event::DeferredDeletable {
  public:
   HttpPool(event::Dispatcher& dispatcher, config::ClusterConstSharedPtr cluster, network::Address address,
            const config::Host* host, http::Protocol protocol,
-           ResourcePriority priority = ResourcePriority::Default);
+           ResourcePriority priority = ResourcePriority::Default, uint32_t alpn_override = 0);
   ~HttpPool() override;
 
   // Either calls onPoolReady/onPoolFailure before returning (and returns nullptr), or queues the
@@ -93,6 +93,8 @@ class HttpPool : public event::DeferredDeletable {
   const config::Host* host_ = nullptr;
   http::Protocol protocol_;
   ResourcePriority priority_;
+  uint32_t alpn_id_ = 0;        // its key's network::internAlpnOverride id
+  std::string alpn_override_;  // that list in wire form; empty: the context's ALPN
   http::CodecSettings settings_;
   std::list<std::unique_ptr<ActiveClient>> clients_;
   std::list<std::unique_ptr<Pending>> pending_;
@@ -113,8 +115,10 @@ class HttpPoolManager {
  public:
   explicit HttpPoolManager(event::Dispatcher& dispatcher) : dispatcher_(dispatcher) {}
   ~HttpPoolManager();
+  // `alpn_override`: a network::internAlpnOverride id (Istio's istio.alpn), 0 for none; connections
+  // offering different ALPN lists never share a pool.
   HttpPool& pool(const config::ClusterConstSharedPtr& cluster, const config::HostChoice& host, http::Protocol protocol,
-                 ResourcePriority priority = ResourcePriority::Default);
+                 ResourcePriority priority = ResourcePriority::Default, uint32_t alpn_override = 0);
   // A new config: drains the pools of clusters it no longer has, and of hosts an endpoint-listed cluster
   // (STATIC, EDS) no longer lists. `clusters_by_index` is the worker's table (null where none).
   void onConfig(const std::vector<config::ClusterConstSharedPtr>& clusters_by_index);
@@ -128,6 +132,7 @@ class HttpPoolManager {
     network::Address address;
     http::Protocol protocol;
     ResourcePriority priority;
+    uint32_t alpn_override;
     bool operator<(const Key& o) const;
   };
   void release(HttpPool& pool);

@@ -361,7 +361,7 @@ INERT_FILTERS = [
     {"name": "istio.stats", "typed_config": {"@type": "type.googleapis.com/stats.PluginConfig"}},
     _wasm("istio.stats_wasm", "stats_inbound"),
 ]
-INERT_STATS = ["peer_metadata", "wasm_istio_metadata_exchange", "grpc_stats", "istio_alpn", "istio_stats",
+INERT_STATS = ["peer_metadata", "wasm_istio_metadata_exchange", "grpc_stats", "istio_stats",
                "wasm_stats_inbound"]
 
 

@@ -159,10 +159,9 @@ def test_outbound_refuses_a_server_whose_identity_is_not_the_services(pair):
     assert len(p.echo_connections(app)[0]) == conns_before
 
 
-@pytest.mark.xfail(strict=True, reason="istio.alpn is inert: Strait offers the cluster's ALPN (istio-peer-exchange, "
-                   "istio) for HTTP too, and Istio's inbound HTTP mTLS chains match only istio-http/1.0, istio-http/1.1, "
-                   "istio-h2, so the inbound finds no chain")
 def test_http_over_istio_mtls_reaches_the_app(pair):
+    """istio.alpn on the outbound HCM makes the upstream TLS connection offer istio-http/1.1 (not the
+    cluster's istio-peer-exchange, istio), which is what Istio's inbound HTTP mTLS chain matches."""
     p, a, b, app = pair
     r = p.run(p.a, ["curl", "-sS", "-m", "5", "-H", f"Host: {HTTP_SVC.fqdn}", f"http://{HTTP_SVC.ip}:{HTTP_PORT}/id"],
               check=False)

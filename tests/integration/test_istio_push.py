@@ -278,7 +278,7 @@ def test_http_to_a_service_by_name_fqdn_and_ip(mesh):
     assert delta(s, before, "cluster.PassthroughCluster.upstream_rq_total") == 0
     prefix = f"http.outbound_0.0.0.0_{HTTP_PORT}.inert."
     kinds = (["wasm_istio_metadata_exchange", "wasm_stats_outbound"] if mesh.flavor == "wasm"
-             else ["peer_metadata", "istio_stats"]) + ["grpc_stats", "istio_alpn"]
+             else ["peer_metadata", "istio_stats"]) + ["grpc_stats"]
     for kind in kinds:
         assert delta(s, before, prefix + kind + ".requests_total") == len(hosts), (kind, sorted(
             k for k in s if k.startswith(prefix)))
