@@ -483,3 +483,23 @@ def wait_stats(p, ns, check, what, timeout=10.0):
         time.sleep(0.1)
     shown = "\n".join(f"  {k}: {v}" for k, v in sorted(s.items()) if k.startswith(("listener.", "cluster.")))
     raise AssertionError(f"{ns}: {what} did not hold within {timeout}s; listener/cluster stats:\n{shown}")
+
+
+def http_server(p, ns, port, ident):
+    """A python http.server in ns on `port` serving /id -> `ident`; returns its process once it answers
+    on the pod's loopback (never captured: the rules return -o lo)."""
+    d = tempfile.mkdtemp(prefix="strait-pod-http-")
+    p.tmpdirs.append(d)
+    os.chmod(d, 0o755)
+    with open(os.path.join(d, "id"), "w") as f:
+        f.write(ident)
+    os.chmod(os.path.join(d, "id"), 0o644)
+    proc = p.spawn(ns, [sys.executable, "-m", "http.server", str(port), "--bind", "0.0.0.0", "--directory", d],
+                   f"http-{ns}-{port}")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        r = p.run(ns, ["curl", "-sS", "-m", "2", f"http://127.0.0.1:{port}/id"], check=False)
+        if r.returncode == 0 and r.stdout == ident:
+            return proc
+        time.sleep(0.1)
+    raise AssertionError(f"http server {ident} in {ns} not ready:\n{p.log_of(proc)}")

@@ -240,25 +240,6 @@ def _start_strait(p, ns, binary, config):
     raise AssertionError(f"strait in {ns} not ready within 20s (last /ready: {last}):\n{p.log_of(proc)}")
 
 
-def _http_server(p, ns, port, ident):
-    d = tempfile.mkdtemp(prefix="strait-istio-http-")
-    p.tmpdirs.append(d)
-    os.chmod(d, 0o755)
-    with open(os.path.join(d, "id"), "w") as f:
-        f.write(ident)
-    os.chmod(os.path.join(d, "id"), 0o644)
-    proc = p.spawn(ns, [sys.executable, "-m", "http.server", str(port), "--bind", "0.0.0.0", "--directory", d],
-                   f"http-{ns}-{port}")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        # Loopback inside the pod: never captured (the rules return -o lo).
-        r = p.run(ns, ["curl", "-sS", "-m", "2", f"http://127.0.0.1:{port}/id"], check=False)
-        if r.returncode == 0 and r.stdout == ident:
-            return proc
-        time.sleep(0.1)
-    raise AssertionError(f"http server {ident} in {ns} not ready:\n{p.log_of(proc)}")
-
-
 @pytest.fixture(scope="module")
 def pods():
     reason = _reason()
@@ -277,7 +258,7 @@ def pods():
         excluded = [15000, 15001, 15006, 15021, 15090, HTTP_DIRECT, HTTP_SVC, ECHO_EXACT_9000, ECHO_WILD_9000,
                     ECHO_PASS_OUT, ECHO_IN_MTLS, ECHO_IN_TCP]
         p.capture(p.b, "iptables", "-d", ",".join(map(str, excluded)))
-        env.http = [_http_server(p, p.b, HTTP_DIRECT, "direct-8080"), _http_server(p, p.b, HTTP_SVC, "svc-18080")]
+        env.http = [np_.http_server(p, p.b, HTTP_DIRECT, "direct-8080"), np_.http_server(p, p.b, HTTP_SVC, "svc-18080")]
         env.echo = {port: p.echo_server(p.b, port, log=True)
                     for port in (ECHO_EXACT_9000, ECHO_WILD_9000, ECHO_PASS_OUT, ECHO_IN_MTLS, ECHO_IN_TCP, ECHO_IN_PASS)}
         env.strait_a = _start_strait(p, p.a, binary, outbound_config())

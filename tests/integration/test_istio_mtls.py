@@ -33,7 +33,7 @@ import pytest
 import istio_shapes as ist
 import netns_pods as np_
 from netns_pods import A_ADDR4, B_ADDR4
-from test_istio_push import (CLIENT, SERVICE_CIDR, Sidecar, delta, echo_done, http_server, make_pki, reason,
+from test_istio_push import (CLIENT, SERVICE_CIDR, Sidecar, delta, echo_done, make_pki, reason,
                              require_binary)
 
 STRAIT_BIN = os.environ.get("STRAIT_BIN") or os.path.join(np_.REPO, "build", "proxy", "strait")
@@ -79,7 +79,7 @@ def pair(tmp_path_factory):
         p.capture(p.a, "iptables")
         p.capture(p.b, "iptables")  # inbound: everything but Strait's own ports goes to 15006
         app = p.echo_server(p.b, PORT, log=True)
-        http_server(p, p.b, HTTP_PORT, "echo-mtls-http")
+        np_.http_server(p, p.b, HTTP_PORT, "echo-mtls-http")
         work = tmp_path_factory.mktemp("istio-mtls")
         pki = make_pki(work / "pki", [("default", "sleep"), ("test", "echo")])
         mesh = ist.default_mesh([MTLS_SVC, IMPOSTOR_SVC, HTTP_SVC])

@@ -162,24 +162,6 @@ def dumped_names(dump: dict) -> dict:
     }
 
 
-def http_server(p, ns, port, ident):
-    d = tempfile.mkdtemp(prefix="strait-istio-http-")
-    p.tmpdirs.append(d)
-    os.chmod(d, 0o755)
-    with open(os.path.join(d, "id"), "w") as f:
-        f.write(ident)
-    os.chmod(os.path.join(d, "id"), 0o644)
-    proc = p.spawn(ns, [sys.executable, "-m", "http.server", str(port), "--bind", "0.0.0.0", "--directory", d],
-                   f"http-{ns}-{port}")
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        r = p.run(ns, ["curl", "-sS", "-m", "2", f"http://127.0.0.1:{port}/id"], check=False)
-        if r.returncode == 0 and r.stdout == ident:
-            return proc
-        time.sleep(0.1)
-    raise AssertionError(f"http server {ident} in {ns} not ready:\n{p.log_of(proc)}")
-
-
 def echo_done(p, proc, sha, timeout=10.0):
     deadline = time.monotonic() + timeout
     done = []
@@ -208,7 +190,7 @@ def mesh(request, tmp_path_factory):
             binary = np_.exposed_copy(binary, p.tmpdirs)
         p.sh(["ip", "-n", p.a, "route", "add", SERVICE_CIDR, "dev", "eth0"])
         p.capture(p.a, "iptables")
-        apps = {"http": http_server(p, p.b, HTTP_PORT, "echo-http"),
+        apps = {"http": np_.http_server(p, p.b, HTTP_PORT, "echo-http"),
                 "tcp": p.echo_server(p.b, TCP_PORT, log=True), "pass": p.echo_server(p.b, PASS_PORT, log=True)}
         work = tmp_path_factory.mktemp(f"istio-push-{flavor}")
         pki = make_pki(work / "pki", [("default", "sleep")])
