@@ -210,7 +210,7 @@ class Session : public config::ActiveSession, public strait::network::Connection
       }
       upstream_->setTransportSocket(std::move(socket));
     }
-    upstream_->connect(cluster_->connect_timeout_ms);
+    upstream_->connect(cluster_->connect_timeout_ms, cluster_->upstream_bind);
   }
 
   // A failed upstream connection is freed after the current callback returns.

@@ -536,6 +536,16 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
     }
     out->connect_timeout_ms = durationMs(c.connect_timeout());
   }
+  if (c.has_upstream_bind_config()) {
+    const auto& sa = c.upstream_bind_config().source_address();
+    const std::string bp = path + ".upstream_bind_config.source_address";
+    if (sa.port_specifier_case() == envoy::config::core::v3::SocketAddress::kNamedPort || sa.port_value() > 65535) {
+      return fieldError(bp + ".port_value", "must be a port number (0: any)");
+    }
+    auto a = network::Address::parse(sa.address(), sa.port_value());
+    if (!a) return fieldError(bp + ".address", absl::StrCat("'", sa.address(), "' is not a numeric IPv4 or IPv6 address"));
+    out->upstream_bind = *a;
+  }
   if (c.has_per_connection_buffer_limit_bytes()) out->buffer_limit = c.per_connection_buffer_limit_bytes().value();
   if (c.has_max_requests_per_connection()) out->max_requests_per_connection = c.max_requests_per_connection().value();
   for (const auto& [key, any] : c.typed_extension_protocol_options()) {

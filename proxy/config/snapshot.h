@@ -111,6 +111,9 @@ struct Cluster {
   upstream::DnsClusterConfigConstSharedPtr dns;
   bool isDns() const { return type == Type::StrictDns || type == Type::LogicalDns; }
   uint64_t connect_timeout_ms = 5000;
+  // upstream_bind_config.source_address: upstream connections of the same family bind to it before
+  // connecting (Istio's inbound clusters use 127.0.0.6, which its capture rules let through).
+  std::optional<network::Address> upstream_bind;
   uint32_t buffer_limit = 1024 * 1024;
   // The hosts of this version, in config order, and what each should be while it is in force (weight,
   // EDS health); ClusterRuntime::activate() applies host_params when the version is accepted.

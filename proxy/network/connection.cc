@@ -171,9 +171,14 @@ void Connection::setBufferLimits(uint32_t limit) {
   low_watermark_ = limit / 2;
 }
 
-void Connection::connect(uint64_t timeout_ms) {
+void Connection::connect(uint64_t timeout_ms, const std::optional<Address>& source) {
   uv_tcp_nodelay(&handle_->tcp, 1);
-  int rc = uv_tcp_connect(&handle_->connect_req, &handle_->tcp, remote_.sockAddr(), &ConnectionHandle::onConnect);
+  int rc = 0;
+  if (source && source->family() == remote_.family()) {
+    rc = uv_tcp_bind(&handle_->tcp, source->sockAddr(), 0);
+    if (rc != 0) LOG_DEBUG("[C%lu] bind to %s failed: %s", id_, source->asString().c_str(), uv_strerror(rc));
+  }
+  if (rc == 0) rc = uv_tcp_connect(&handle_->connect_req, &handle_->tcp, remote_.sockAddr(), &ConnectionHandle::onConnect);
   if (rc != 0) {
     // Errors found synchronously (e.g. no route) are reported on the next loop turn, like async ones.
     LOG_DEBUG("[C%lu] connect to %s failed at once: %s", id_, remote_.asString().c_str(), uv_strerror(rc));

@@ -72,7 +72,8 @@ class Connection : public event::DeferredDeletable, public event::DeferredFlush,
   std::string_view transportFailureReason() const { return transport_ ? transport_->failureReason() : ""; }
   // High watermark = limit, low = limit / 2. 0 disables watermarks.
   void setBufferLimits(uint32_t limit);
-  void connect(uint64_t timeout_ms);
+  // `source`: bind to this local address first (its port 0: any), when it is of the remote's family.
+  void connect(uint64_t timeout_ms, const std::optional<Address>& source = std::nullopt);
   // Reports ConnectFailed on the next loop turn without connecting (the transport could not be made).
   void failConnect();
   // Starts delivering data (accepted connections start paused so the owner can set itself up). Bytes

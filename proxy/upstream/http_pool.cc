@@ -218,10 +218,10 @@ ActiveClient::ActiveClient(HttpPool& pool)
       conn_->failConnect();
     } else {
       conn_->setTransportSocket(std::move(socket));
-      conn_->connect(pool.cluster_->connect_timeout_ms);
+      conn_->connect(pool.cluster_->connect_timeout_ms, pool.cluster_->upstream_bind);
     }
   } else {
-    conn_->connect(pool.cluster_->connect_timeout_ms);
+    conn_->connect(pool.cluster_->connect_timeout_ms, pool.cluster_->upstream_bind);
   }
   if (pool.protocol_ == http::Protocol::Http2) {
     codec_ = http::http2::createClientConnection(*this, *this, pool.settings_);

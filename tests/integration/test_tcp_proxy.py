@@ -262,3 +262,69 @@ def test_backpressure_bounds_memory(fleet):
             f"client stalled after {stalled_at / MIB:.1f} MiB")
     assert paused_peak - baseline < 24 * 1024, "proxy buffered the stalled stream in memory: " + info
     assert peak[0] < limit, f"proxy RSS over {limit // 1024} MiB: " + info
+
+
+def test_upstream_bind_config_sets_the_source_address(fleet):
+    """A cluster's upstream_bind_config.source_address (Istio's inbound clusters: 127.0.0.6, which its
+    capture rules let through to the app) is the source of upstream connections, for tcp_proxy and for
+    HTTP pools alike: the upstream sees the connection come from it."""
+    import http.server
+
+    seen: list = []
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0))
+    lsock.listen(8)
+    lsock.settimeout(10)
+
+    def tcp_upstream():
+        try:
+            conn, peer = lsock.accept()
+        except OSError:
+            return
+        with conn:
+            seen.append(peer[0])
+            conn.sendall(peer[0].encode())
+
+    threading.Thread(target=tcp_upstream, daemon=True).start()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            body = self.client_address[0].encode()
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    harness.track(fleet, type("Closer", (), {"close": lambda self: (httpd.shutdown(), httpd.server_close())})())
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+
+    bind = {"upstream_bind_config": {"source_address": {"address": "127.0.0.6", "port_value": 0}}}
+    tcp_cluster = {**static_cluster("bound_tcp", [lsock.getsockname()[1]]), **bind}
+    http_cluster = {**static_cluster("bound_http", [httpd.server_address[1]]), **bind}
+    vh = harness.virtual_host("all", ["*"], [harness.route_to("bound_http")])
+    config = bootstrap([tcp_proxy_listener("tcp_bound", "bound_tcp", "bound"),
+                        harness.http_listener("http_bound", "bound_http", [vh])], [tcp_cluster, http_cluster])
+    proc = fleet.start(config)
+    try:
+        with socket.create_connection(("127.0.0.1", proc.listener_port("tcp_bound")), timeout=5) as c:
+            c.settimeout(5)
+            assert c.recv(64) == b"127.0.0.6"
+        assert seen == ["127.0.0.6"]
+        resp = harness.http_request(f"http://127.0.0.1:{proc.listener_port('http_bound')}", "/")
+        assert resp.status == 200 and resp.body == b"127.0.0.6", resp
+    finally:
+        lsock.close()
+
+
+def test_upstream_bind_config_with_a_bad_address_is_refused(tmp_path):
+    config = bootstrap([tcp_proxy_listener("tcp_main", "backend")],
+                       [{**static_cluster("backend", [1]),
+                         "upstream_bind_config": {"source_address": {"address": "not-an-ip", "port_value": 0}}}])
+    path = harness.write_bootstrap(tmp_path, config)
+    done = harness.run_strait(["--mode", "validate", "-c", str(path)])
+    assert done.returncode != 0, done
+    assert "upstream_bind_config.source_address.address" in done.stdout + done.stderr, done
