@@ -283,6 +283,7 @@ class Run:
         eps = self.args.endpoints
         out = {"clusters": n, "endpoint_changed_ms": [], "cluster_added_cds_ms": [], "cluster_added_eds_ms": [],
                "errors": []}
+        over_before = sum(v for k, v in self.stats().items() if k.endswith("loop_iterations_over_1ms"))
         for k in range(self.args.changes):
             i = (k * 7919) % n
             name = f"{tag}-c{i}"
@@ -315,7 +316,10 @@ class Run:
                     out[label].append(reply["time_ms"] - resp["time_ms"])
                     if reply["kind"] != "ack":
                         out["errors"].append(f"cluster add {k}: {reply['kind']}")
-        out["loop"] = {k: v for k, v in self.stats().items() if "loop_max_iteration" in k}
+        stats = self.stats()
+        out["loop"] = {k: v for k, v in stats.items() if "loop_max_iteration" in k}
+        # Worker loop iterations that worked for more than 1 ms while these changes were applied.
+        out["loop_over_1ms"] = sum(v for k, v in stats.items() if k.endswith("loop_iterations_over_1ms")) - over_before
         return out
 
     def run(self) -> None:
@@ -421,12 +425,13 @@ class Run:
                 return f"{v[len(v) // 2]} / {v[-1]}"
             lines += ["Single changes with every cluster in place (`--changes` each; ACK time in ms, median / max):", "",
                       "| clusters | one endpoint changed -> EDS ACK | one cluster added -> CDS ACK | its endpoints -> EDS ACK | "
-                      "longest worker loop iteration (us) | errors |",
-                      "|---|---|---|---|---|---|"]
+                      "longest worker loop iteration since start (us) | worker iterations over 1 ms during the changes | errors |",
+                      "|---|---|---|---|---|---|---|"]
             for inc in self.increments:
                 loop = max(inc["loop"].values()) if inc.get("loop") else "-"
                 lines.append(f"| {inc['clusters']} | {dist(inc['endpoint_changed_ms'])} | {dist(inc['cluster_added_cds_ms'])} | "
-                             f"{dist(inc['cluster_added_eds_ms'])} | {loop} | {'; '.join(inc['errors']) or '-'} |")
+                             f"{dist(inc['cluster_added_eds_ms'])} | {loop} | {inc.get('loop_over_1ms', '-')} | "
+                             f"{'; '.join(inc['errors']) or '-'} |")
             lines.append("")
         for row in self.rows:
             if row.get("stats"):
