@@ -337,6 +337,7 @@ TEST_CASE("TLS connection: Connected is raised only after the handshake; bytes f
   common::Buffer hello;
   hello.add("hello through tls");
   client.write(hello, false);  // before Connected: held until the handshake is done
+  d.updateTime();  // the loop's clock dates from before the test PKI was made (seconds on a busy machine)
   client.connect(2000);
   REQUIRE(runUntil(d, [&] { return client_events.saw(network::ConnectionEvent::Connected) && server_events.data.size() >= 17; }));
   CHECK(server_events.data == "hello through tls");
@@ -367,6 +368,7 @@ TEST_CASE("TLS connection: a peer that leaves mid-handshake closes the client wi
   network::Connection client(d, addr);
   client.setCallbacks(&client_events);
   client.setTransportSocket(std::make_unique<certs::TlsSocket>(clientCtx(&pki().client), network::TransportSocketOptions{}));
+  d.updateTime();  // the loop's clock dates from before the test PKI was made (seconds on a busy machine)
   client.connect(2000);
   REQUIRE(runUntil(d, [&] { return accepted != nullptr && accepted->bytesRead() > 0; }));
   accepted->close(network::CloseType::NoFlush);
