@@ -77,6 +77,9 @@ class XdsApplier : public xds::XdsSubscriber {
   mutable std::mutex mu_;  // guards sources_ and status_ for the admin
   std::map<std::string, TypeStatus> status_;
   std::set<std::string> initialized_;
+  // The RDS and EDS names last given to the client (xDS thread only).
+  std::set<std::string> asked_rds_;
+  std::set<std::string> asked_eds_;
   bool ready_signalled_ = false;
   std::unique_ptr<xds::AdsClient> client_;
 };

@@ -84,11 +84,18 @@ std::string truncateError(std::string message) {
   return message;
 }
 
+// For the log: the first names, and how many more (a subscription may name 10,000 resources).
 std::string joinNames(const std::set<std::string>& names) {
   std::string out;
+  size_t shown = 0;
   for (const auto& n : names) {
+    if (shown == 16) {
+      out += ",... (" + std::to_string(names.size() - shown) + " more)";
+      break;
+    }
     if (!out.empty()) out += ",";
     out += n;
+    ++shown;
   }
   return out;
 }
@@ -165,6 +172,7 @@ class AdsClient::Impl {
     bool wildcard = false;
     bool active = false;                // subscribed at least once (wildcard: from start)
     std::set<std::string> interest;     // names of interest (named types)
+    uint64_t interest_gen = 0;          // bumped when `interest` changes (what publishLocked copies)
     // Persistent across streams.
     std::string version;                              // last accepted version
     std::map<std::string, std::string> held;          // accepted resources: name -> version
@@ -191,8 +199,10 @@ class AdsClient::Impl {
       dne_deadlines.clear();
     }
     // The names we want the server to have, in the form the protocol names them.
-    std::set<std::string> wanted(bool delta) const {
-      if (wildcard) return delta ? std::set<std::string>{kWildcard} : std::set<std::string>{};
+    const std::set<std::string>& wanted(bool delta) const {
+      static const std::set<std::string> kDeltaWildcard{kWildcard};
+      static const std::set<std::string> kNone;
+      if (wildcard) return delta ? kDeltaWildcard : kNone;
       return interest;
     }
   };
@@ -255,6 +265,7 @@ class AdsClient::Impl {
         }
       }
       sub.interest = std::move(names);
+      ++sub.interest_gen;
       if (!sub.interest.empty()) activate(sub, now);
       log(kDebug, "interest %s: [%s]", type_url.c_str(), joinNames(sub.interest).c_str());
       if (stream_ok_) enqueue(sub);
@@ -464,7 +475,7 @@ class AdsClient::Impl {
     DeltaDiscoveryRequest req;
     if (!node_sent_) *req.mutable_node() = config_.node;
     req.set_type_url(sub.type_url);
-    const std::set<std::string> wanted = sub.wanted(true);
+    const std::set<std::string>& wanted = sub.wanted(true);
     if (!sub.sent_on_stream) {
       // Reconnect: tell the server what we hold so it sends only what changed.
       for (const auto& [name, version] : sub.held) (*req.mutable_initial_resource_versions())[name] = version;
@@ -517,7 +528,7 @@ class AdsClient::Impl {
       sub.queued = false;
       send_queue_.pop_front();
 
-      const std::set<std::string> wanted = sub.wanted(config_.delta);
+      const std::set<std::string>& wanted = sub.wanted(config_.delta);
       bool ok;
       if (config_.delta) {
         DeltaDiscoveryRequest req = buildDelta(sub);
@@ -762,10 +773,12 @@ class AdsClient::Impl {
   // Copies the client thread's state for state()/stats(). Called by the client thread (or the
   // constructor) with mu_ held.
   void publishLocked() {
-    published_state_.clear();
     for (const auto& owned : subs_) {
       const Sub& sub = *owned;
-      if (!sub.active && !sub.wildcard) continue;
+      if (!sub.active && !sub.wildcard) {
+        published_state_.erase(sub.type_url);
+        continue;
+      }
       TypeState& ts = published_state_[sub.type_url];
       ts.version = sub.version;
       ts.nonce = sub.nonce;
@@ -775,7 +788,12 @@ class AdsClient::Impl {
       ts.update_rejected = sub.update_rejected;
       ts.resource_count = sub.held.size();
       ts.initial_fetch_done = sub.initial_fetch_done;
-      ts.names.assign(sub.interest.begin(), sub.interest.end());
+      // The names are copied only when they changed (this runs on every turn of the client's loop).
+      uint64_t& gen = published_names_gen_[sub.type_url];
+      if (gen != sub.interest_gen + 1) {
+        ts.names.assign(sub.interest.begin(), sub.interest.end());
+        gen = sub.interest_gen + 1;
+      }
       ts.wildcard = sub.wildcard;
     }
     published_stats_ = stats_;
@@ -879,6 +897,7 @@ class AdsClient::Impl {
   std::deque<DeltaDiscoveryResponse> delta_responses_;
   std::map<std::string, std::set<std::string>> pending_names_;
   std::map<std::string, TypeState> published_state_;
+  std::map<std::string, uint64_t> published_names_gen_;  // Sub::interest_gen + 1 of the names published
   Stats published_stats_;
 };
 
