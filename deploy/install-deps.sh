@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Installs every Debian 12 package Strait needs to build, run and test.
-# Usage: deploy/install-deps.sh [build|test|perf]   (default: test)
+# Usage: deploy/install-deps.sh [build|test|perf|fuzz]   (default: test)
 #   build  - compiler toolchain and libraries only
 #   test   - build + the real peers the integration tests drive
 #   perf   - test + the side-by-side benchmark peers (HAProxy, nginx, wrk, ...)
+#   fuzz   - build + clang 16 with libFuzzer and the sanitizer runtimes (tests/fuzz/README.md), and
+#            python3-h2 for tests/fuzz/make_seeds.py
 # Packages already present are skipped, so re-running is cheap.
 set -euo pipefail
 what=${1:-test}
@@ -20,15 +22,18 @@ build_pkgs=(
 test_pkgs=(
   curl nghttp2-client iptables iproute2 python3 python3-grpcio python3-h2
   python3-pytest python3-yaml prometheus procps netcat-openbsd nftables nginx wrk tcpdump openssl
+  buildah python3-jsonpatch
 )
 perf_pkgs=(wrk haproxy nginx gnuplot-nox iperf3 valgrind openssl)
+fuzz_pkgs=(clang-16 libclang-rt-16-dev python3-h2 python3-yaml)
 
 pkgs=("${build_pkgs[@]}")
 case "$what" in
   build) ;;
   test) pkgs+=("${test_pkgs[@]}") ;;
   perf) pkgs+=("${test_pkgs[@]}" "${perf_pkgs[@]}") ;;
-  *) echo "install-deps.sh: unknown set '$what' (build|test|perf)" >&2; exit 2 ;;
+  fuzz) pkgs+=("${fuzz_pkgs[@]}") ;;
+  *) echo "install-deps.sh: unknown set '$what' (build|test|perf|fuzz)" >&2; exit 2 ;;
 esac
 
 missing=()

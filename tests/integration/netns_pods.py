@@ -503,3 +503,17 @@ def http_server(p, ns, port, ident):
             return proc
         time.sleep(0.1)
     raise AssertionError(f"http server {ident} in {ns} not ready:\n{p.log_of(proc)}")
+
+
+def wait_admin_ready(p, ns, proc, timeout=20.0):
+    """Wait until the admin of the strait `proc` (started in ns) answers /ready 200; fail with its log
+    when it exits or stays unready."""
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"strait in {ns} exited {proc.returncode}:\n{p.log_of(proc)}")
+        last = admin(p, ns, "/ready", timeout=2)
+        if last[0] == 200:
+            return proc
+        time.sleep(0.1)
+    raise AssertionError(f"strait in {ns} not ready within {timeout}s (last /ready: {last}):\n{p.log_of(proc)}")
