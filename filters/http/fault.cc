@@ -76,6 +76,7 @@ class FaultFilter : public StreamDecoderFilter, public common::Pooled<FaultFilte
     if (auto delay = s->delayFor(headers, cb_->worker().random())) {
       if (!activate()) return FilterHeadersStatus::Continue;
       stats::inc(config_.delays_injected);
+      cb_->streamInfo().setFlag(common::kDelayInjected);
       delaying_ = true;
       timer_ = cb_->worker().dispatcher().createTimer([this] { onDelayDone(); });
       timer_->enable(*delay);
@@ -140,6 +141,7 @@ class FaultFilter : public StreamDecoderFilter, public common::Pooled<FaultFilte
   // May end the stream (and call onDestroy) before it returns.
   void sendAbort(const FaultSettings::Abort& abort) {
     stats::inc(config_.aborts_injected);
+    cb_->streamInfo().setFlag(common::kFaultInjected);
     aborted_ = true;
     if (abort.grpc_status) {
       // gRPC: a trailers-only response, whatever the request's content type.

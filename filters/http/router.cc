@@ -57,6 +57,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
       c = &cb_->worker().cluster(route_->cluster_index);
     }
     if (c == nullptr || !*c) {
+      flag(common::kNoClusterFound);
       cb_->sendLocalReply(route_->cluster_not_found_status, "", "cluster_not_found");
       return FilterHeadersStatus::StopIteration;
     }
@@ -222,10 +223,14 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     }
     endAttempt();
     if (reason == PoolFailureReason::Overflow) {
+      flag(common::kUpstreamOverflow);
       cb_->sendLocalReply(503, "upstream overflow\n", "upstream_overflow");
       return;
     }
     if (retryOn(retry_->on_connect_failure || retry_->on_reset)) return;
+    flag(common::kUpstreamConnectionFailure | (attempts_ > 1 ? uint32_t{common::kUpstreamRetryLimitExceeded} : 0u));
+    cb_->streamInfo().upstream_transport_failure_reason =
+        reason == PoolFailureReason::Timeout ? "connection_timeout" : "connection_failure";
     cb_->sendLocalReply(503, "upstream connect error or disconnect/reset before headers. reset reason: connection failure\n",
                         "upstream_reset_before_response_started{connection_failure}");
   }
@@ -253,6 +258,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
       return;
     }
     response_started_ = true;
+    if (cb_->streamInfo().details.empty()) cb_->streamInfo().details = "via_upstream";
     if (per_try_timer_) per_try_timer_->disable();
     // A retry succeeded only if what came back is not itself a retriable failure (Envoy's rule).
     if (attempts_ > 1 && !shouldRetryResponse(*headers)) stats::inc(cluster_->stats.upstream_rq_retry_success);
@@ -287,6 +293,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     LOG_DEBUG("upstream reset: %s (response started: %d)", resetReasonName(reason), response_started_ ? 1 : 0);
     if (response_started_) {
       // Part of the response is already with the client: it must see the failure, not a short body.
+      flag(resetFlag(reason));
       cb_->resetStream();
       return;
     }
@@ -304,6 +311,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
                      ((reason == StreamResetReason::RemoteReset || reason == StreamResetReason::ConnectionTermination ||
                        reason == StreamResetReason::ProtocolError) && (rp.on_reset || rp.on_5xx || rp.on_gateway_error));
     if (retryOn(retriable)) return;
+    flag(resetFlag(reason) | (attempts_ > 1 ? uint32_t{common::kUpstreamRetryLimitExceeded} : 0u));
     const bool refused = reason == StreamResetReason::ConnectionFailure || reason == StreamResetReason::Overflow ||
                          reason == StreamResetReason::RefusedStream;
     cb_->sendLocalReply(refused ? 503 : 502,
@@ -484,15 +492,18 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     auto host = cb_->worker().chooseHost(*cluster_, cb_->connection(), &lb_context_);
     if (!host) {
       stats::inc(cluster_->stats.upstream_cx_none_healthy);
+      flag(common::kNoHealthyUpstream);
       cb_->sendLocalReply(503, "no healthy upstream\n", "no_healthy_upstream");
       return;
     }
     // max_requests holds across all workers.
     if (cluster_->runtime && !cluster_->runtime->resources(route_->priority).requests.tryAcquire()) {
       stats::inc(cluster_->stats.upstream_rq_pending_overflow);
+      flag(common::kUpstreamOverflow);
       cb_->sendLocalReply(503, "upstream overflow\n", "upstream_overflow");
       return;
     }
+    cb_->streamInfo().upstream_host = host->address;
     rq_slot_ = cluster_->runtime != nullptr;
     if (host->host != nullptr) {
       // Held for the attempt: a config update may drop the host from the cluster meanwhile.
@@ -644,6 +655,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
 
   void onGlobalTimeout() {
     stats::inc(cluster_->stats.upstream_rq_timeout);
+    flag(common::kUpstreamRequestTimeout);
     endOnTimeout(504, "upstream request timeout\n", "upstream_response_timeout");
   }
 
@@ -655,6 +667,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     endAttempt();
     if (retry_timer_) retry_timer_->disable();
     if (response_started_) {
+      flag(common::kLocalReset);
       cb_->resetStream();
       return;
     }
@@ -712,6 +725,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
 
   void onMaxDuration() {
     stats::inc(cluster_->stats.upstream_rq_max_duration_reached);
+    flag(common::kDurationTimeout);
     // gRPC clients read DEADLINE_EXCEEDED (the HCM maps 504 to it); HTTP clients get Envoy's 408.
     endOnTimeout(grpc_request_ ? 504 : 408, "request timeout\n", "max_duration_timeout");
   }
@@ -728,12 +742,27 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     resetUpstream();
     endAttempt();
     if (response_started_) {
+      flag(common::kUpstreamRequestTimeout | common::kLocalReset);
       cb_->resetStream();
       return;
     }
     const auto& rp = *retry_;
     if (retryOn(rp.on_5xx || rp.on_gateway_error || rp.on_reset)) return;
+    flag(common::kUpstreamRequestTimeout | (attempts_ > 1 ? uint32_t{common::kUpstreamRetryLimitExceeded} : 0u));
     cb_->sendLocalReply(504, "upstream request timeout\n", details);
+  }
+
+  // Access log response flags (Envoy's), set where the thing happens.
+  void flag(uint32_t f) { cb_->streamInfo().setFlag(f); }
+  static uint32_t resetFlag(StreamResetReason reason) {
+    switch (reason) {
+      case StreamResetReason::ConnectionFailure: return common::kUpstreamConnectionFailure;
+      case StreamResetReason::ConnectionTermination: return common::kUpstreamConnectionTermination;
+      case StreamResetReason::Overflow: return common::kUpstreamOverflow;
+      case StreamResetReason::ProtocolError: return common::kUpstreamProtocolError;
+      case StreamResetReason::LocalReset: return common::kLocalReset;
+      default: return common::kUpstreamRemoteReset;
+    }
   }
 
   void resetUpstream() {

@@ -30,6 +30,7 @@
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/dynamic_message.h"
 #include "google/protobuf/util/json_util.h"
+#include "proxy/accesslog/access_log.h"
 #include "proxy/common/log.h"
 #include "proxy/config/default_bootstrap.h"
 #include "proxy/http/matchers.h"
@@ -304,6 +305,11 @@ absl::StatusOr<ListenerConstSharedPtr> translateListener(const listener_v3::List
     out->default_filter_chain = std::move(*fc);
   }
   out->stat_prefix = l.stat_prefix();
+  if (l.access_log_size() > 0) {
+    auto logs = accesslog::translateAccessLogs(l.access_log(), path + ".access_log", ctx.store);
+    if (!logs.ok()) return logs.status();
+    out->access_logs = std::move(*logs);
+  }
   // A listener on port 0 gets its stats once bound (named after the real port), see createListenerStats.
   if (out->address.port() != 0 || !out->stat_prefix.empty()) createListenerStats(*out, out->address, ctx.store);
   out->proto = std::make_shared<listener_v3::Listener>(l);

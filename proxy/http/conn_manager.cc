@@ -373,6 +373,8 @@ class ActiveStream : public event::DeferredDeletable,
 
  private:
   void touch();
+  void requestEnded() { info_.request_end = std::chrono::steady_clock::now(); }
+  void writeAccessLogs();
   void maybeFinish();
   void finish();
   bool prepareRequest(RequestHeaders& h, const RouteTable* table);
@@ -387,6 +389,8 @@ class ActiveStream : public event::DeferredDeletable,
   std::vector<StreamDecoderFilterPtr> decoder_filters_;
   std::vector<StreamEncoderFilterPtr> encoder_filters_;
   StreamInfo info_;
+  ResponseHeadersPtr response_headers_;  // kept for the access log (only when there is one)
+  TrailerMapPtr response_trailers_;
   DownstreamWatermarkCallbacks* watermark_cb_ = nullptr;
   event::TimerPtr request_timer_;
   uint64_t last_activity_ms_ = 0;
@@ -530,7 +534,10 @@ class HttpConnection : public config::ActiveSession,
     // Streams the codec did not reset go too (a stream finishing right now removes itself).
     std::vector<ActiveStream*> left;
     for (ActiveStream* st = streams_.front(); st != nullptr; st = streams_.next(*st)) left.push_back(st);
-    for (auto* st : left) st->resetStream();
+    for (auto* st : left) {
+      if (event == network::ConnectionEvent::RemoteClose) st->streamInfo().setFlag(common::kDownstreamConnectionTermination);
+      st->resetStream();
+    }
     headers_timer_.reset();
     idle_timer_.reset();
     stream_idle_timer_.reset();
@@ -581,6 +588,9 @@ class HttpConnection : public config::ActiveSession,
 
   void onCodecError(const CodecError& err) {
     stats::inc(config_->stats.downstream_cx_protocol_error);
+    for (ActiveStream* st = streams_.front(); st != nullptr; st = streams_.next(*st)) {
+      st->streamInfo().setFlag(common::kDownstreamProtocolError);
+    }
     LOG_DEBUG("[C%lu] downstream protocol error: %u %s", conn_->id(), err.status, err.detail.c_str());
     if (protocol_ != Protocol::Http2) {
       // The codec answers (unless a response already started) and closes after flushing.
@@ -666,6 +676,7 @@ class HttpConnection : public config::ActiveSession,
 ActiveStream::ActiveStream(HttpConnection& conn, ResponseEncoder& encoder) : conn_(conn), encoder_(encoder) {
   encoder_.stream().setCallbacks(this);
   info_.start = std::chrono::steady_clock::now();
+  if (!conn.config().access_logs.empty()) info_.start_time = std::chrono::system_clock::now();
   info_.protocol = conn.protocol();
   const auto& st = config().stats;
   stats::inc(st.downstream_rq_total);
@@ -763,9 +774,13 @@ void ActiveStream::decodeHeaders(RequestHeadersPtr headers, bool end_stream) {
   request_headers_ = std::move(headers);
   head_request_ = request_headers_->method == "HEAD";
   grpc_ = isGrpc(*request_headers_);
-  if (end_stream) decode_complete_ = true;
+  if (end_stream) {
+    decode_complete_ = true;
+    requestEnded();
+  }
   if (common::overloadState().stop_requests.load(std::memory_order_relaxed)) {
     // The overload manager's stop_accepting_requests: Envoy's answer.
+    info_.setFlag(common::kOverloadManager);
     sendLocalReply(503, "envoy overloaded", "overload");
     return;
   }
@@ -793,6 +808,7 @@ void ActiveStream::decodeHeaders(RequestHeadersPtr headers, bool end_stream) {
   info_.route = route_;
   if (route_ == nullptr) {
     stats::inc(config().stats.no_route);
+    info_.setFlag(common::kNoRouteFound);
     sendLocalReply(404, "", "route_not_found");
     return;
   }
@@ -818,7 +834,10 @@ void ActiveStream::runDecodeHeaders(size_t from) {
 void ActiveStream::decodeData(common::Buffer& data, bool end_stream) {
   touch();
   info_.bytes_received += data.length();
-  if (end_stream) decode_complete_ = true;
+  if (end_stream) {
+    decode_complete_ = true;
+    requestEnded();
+  }
   if (finished_ || local_replied_) {
     // A local reply answered the request: the rest of it goes nowhere.
     data.drain(data.length());
@@ -866,6 +885,7 @@ void ActiveStream::runDecodeData(size_t from, common::Buffer& data, bool end_str
 void ActiveStream::decodeTrailers(TrailerMapPtr trailers) {
   touch();
   decode_complete_ = true;
+  requestEnded();
   request_trailers_ = std::move(trailers);
   if (finished_ || local_replied_) {
     maybeFinish();
@@ -903,6 +923,7 @@ void ActiveStream::sendLocalReply(uint32_t status, std::string_view body, std::s
   info_.details = std::string(details);
   local_replied_ = true;
   if (response_started_) {
+    info_.setFlag(common::kLocalReset);
     resetStream();
     return;
   }
@@ -951,12 +972,14 @@ void ActiveStream::encodeHeaders(ResponseHeadersPtr headers, bool end_stream) {
   if (!config().server_name.empty()) headers->set("server", config().server_name);
   if (!request_id_.empty()) headers->set("x-request-id", request_id_);
   info_.response_code = headers->status;
+  info_.response_start = std::chrono::steady_clock::now();
   const auto& st = config().stats;
   uint32_t c = headers->status / 100;
   stats::inc(c == 1 ? st.downstream_rq_1xx : c == 2 ? st.downstream_rq_2xx : c == 3 ? st.downstream_rq_3xx
              : c == 4 ? st.downstream_rq_4xx : st.downstream_rq_5xx);
   if (end_stream) encode_complete_ = true;
   encoder_.encodeHeaders(*headers, end_stream);
+  if (!config().access_logs.empty()) response_headers_ = std::move(headers);
   if (end_stream) maybeFinish();
 }
 
@@ -987,6 +1010,7 @@ void ActiveStream::encodeTrailers(TrailerMapPtr trailers) {
   for (auto it = encoder_filters_.rbegin(); it != encoder_filters_.rend(); ++it) (*it)->encodeTrailers(*trailers);
   encode_complete_ = true;
   encoder_.encodeTrailers(*trailers);
+  if (!config().access_logs.empty()) response_trailers_ = std::move(trailers);
   maybeFinish();
 }
 
@@ -1009,7 +1033,34 @@ void ActiveStream::maybeFinish() {
   finish();
 }
 
+// One line per configured access log, from what the stream holds at its end (local replies, resets
+// and timeouts included: every path ends here).
+void ActiveStream::writeAccessLogs() {
+  accesslog::LogContext c;
+  c.start_time = info_.start_time;
+  c.start = info_.start;
+  c.end = std::chrono::steady_clock::now();
+  c.request_end = info_.request_end;
+  c.response_start = info_.response_start;
+  c.response_code = info_.response_code;
+  c.response_flags = info_.response_flags;
+  c.bytes_received = info_.bytes_received;
+  c.bytes_sent = info_.bytes_sent;
+  c.protocol = protocolName(info_.protocol);
+  c.request = request_headers_.get();
+  c.response = response_headers_.get();
+  c.response_trailers = response_trailers_.get();
+  c.downstream = &connection();
+  if (info_.upstream_host) c.upstream_host = &*info_.upstream_host;
+  if (info_.cluster != nullptr) c.upstream_cluster = info_.cluster->name;
+  if (route_ != nullptr) c.route_name = route_->name;
+  c.response_code_details = info_.details;
+  c.upstream_transport_failure = info_.upstream_transport_failure_reason;
+  accesslog::logAll(config().access_logs, c, conn_.worker().dispatcher());
+}
+
 void ActiveStream::finish() {
+  if (!config().access_logs.empty()) writeAccessLogs();
   const auto& st = config().stats;
   stats::dec(st.downstream_rq_active);
   stats::inc(st.downstream_rq_completed);
@@ -1037,6 +1088,8 @@ void ActiveStream::onResetStream(StreamResetReason reason) {
   finished_ = true;
   LOG_DEBUG("downstream stream reset: %s", resetReasonName(reason));
   if (reason == StreamResetReason::RemoteReset) stats::inc(config().stats.downstream_rq_rx_reset);
+  info_.setFlag(reason == StreamResetReason::RemoteReset ? common::kDownstreamRemoteReset
+                                                         : common::kDownstreamConnectionTermination);
   for (auto& f : decoder_filters_) f->onDestroy();
   for (auto& f : encoder_filters_) f->onDestroy();
   finish();
@@ -1048,6 +1101,7 @@ uint64_t ActiveStream::checkIdle(uint64_t now) {
   const uint64_t idle = now - last_activity_ms_;
   if (idle < timeout) return timeout - idle;
   stats::inc(config().stats.downstream_rq_idle_timeout);
+  info_.setFlag(common::kStreamIdleTimeout);
   sendLocalReply(408, "stream timeout\n", "stream_idle_timeout");
   return 0;
 }
@@ -1226,6 +1280,12 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
     default: cfg->path.escaped_slashes = PathEscapedSlashesAction::Keep; break;
   }
 
+  if (proto.access_log_size() > 0) {
+    auto logs = accesslog::translateAccessLogs(proto.access_log(), path + ".access_log", ctx.store);
+    if (!logs.ok()) return logs.status();
+    cfg->access_logs = std::move(*logs);
+  }
+
   HttpFilterContext fctx{ctx.store, ctx.clusters, cfg->stat_prefix};
   bool have_terminal = false;
   for (int i = 0; i < proto.http_filters_size(); ++i) {
@@ -1326,7 +1386,7 @@ void registerHttpFilter(const std::string& type_url, HttpFilterFactoryFn fn, boo
 void registerHttpConnectionManager() {
   // RDS tables are built by the config layer through this (it knows no HTTP types).
   config::setRouteTableFactory([](const google::protobuf::Message& m, const std::string& path,
-                                  const std::map<std::string, config::ClusterConstSharedPtr>& clusters)
+                                  const config::ClusterMap& clusters)
                                    -> absl::StatusOr<std::shared_ptr<const void>> {
     RouteTable::Options o;
     o.validate_clusters = false;  // xDS: an unknown cluster answers 503 at run time, as in Envoy

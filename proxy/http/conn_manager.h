@@ -10,6 +10,7 @@
 
 #include "absl/status/statusor.h"
 
+#include "proxy/accesslog/access_log.h"
 #include "proxy/config/snapshot.h"
 #include "proxy/http/codec.h"
 #include "proxy/http/filter.h"
@@ -90,6 +91,7 @@ struct HcmConfig {
   uint32_t buffer_limit = 1024 * 1024;
   bool hcm_websocket_upgrade = false;
   std::optional<uint32_t> rds_id;  // RDS: the table is looked up per stream (routeIds() index)
+  accesslog::AccessLogList access_logs;  // one line per stream at its end
   HcmStats stats;
 };
 using HcmConfigConstSharedPtr = std::shared_ptr<const HcmConfig>;
@@ -147,7 +149,7 @@ void registerHttpConnectionManager();
 // HTTP filters are chosen by typed_config type URL, like network filters.
 struct HttpFilterContext {
   stats::Store& store;
-  const std::map<std::string, config::ClusterConstSharedPtr>& clusters;
+  const config::ClusterMap& clusters;
   const std::string& stat_prefix;  // the HCM's (its stats are http.<stat_prefix>.*)
   // The HttpFilter's `name`: what routes' typed_per_filter_config calls this filter.
   std::string filter_name = {};

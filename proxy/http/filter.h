@@ -7,8 +7,10 @@
 #include <string_view>
 
 #include "proxy/common/buffer.h"
+#include "proxy/common/response_flags.h"
 #include "proxy/http/codec.h"
 #include "proxy/http/header_map.h"
+#include "proxy/network/address.h"
 
 namespace strait::config {
 class WorkerContext;
@@ -52,6 +54,14 @@ struct StreamInfo {
   // Istio's istio.alpn: the ALPN override (network::internAlpnOverride ids, 0: none) for an upstream
   // connection by its protocol, indexed by Protocol (HTTP/1.0, HTTP/1.1, HTTP/2). Null: no override.
   const uint32_t* alpn_override = nullptr;
+  // For access logs. response_flags: common::ResponseFlag bits, set where the thing happens.
+  uint32_t response_flags = 0;
+  std::chrono::system_clock::time_point start_time;             // wall clock at the start
+  std::chrono::steady_clock::time_point request_end{};           // last request byte (unset: epoch)
+  std::chrono::steady_clock::time_point response_start{};        // response headers sent (unset: epoch)
+  std::optional<network::Address> upstream_host;                 // the last attempt's host
+  std::string upstream_transport_failure_reason;                 // why the upstream connection failed
+  void setFlag(uint32_t flag) { response_flags |= flag; }
 };
 
 // The router's view of downstream back-pressure: when the client stops reading, the router stops

@@ -572,7 +572,7 @@ TEST_CASE("Router: with num_retries used up the last 503 goes to the client and 
   CHECK(e.value(e.st().upstream_rq_total) == 3);
   CHECK(e.value(e.st().upstream_rq_retry) == 2);
   CHECK(e.value(e.st().upstream_rq_retry_limit_exceeded) == 1);
-  CHECK(e.details().empty());
+  CHECK(e.details() == "via_upstream");  // Envoy's details for a response that came from upstream
 }
 
 // Was a bug (filters/http/router.cc, onUpstreamHeaders: `if (attempts_ > 1) stats::inc(...upstream_rq_retry_success)`):
