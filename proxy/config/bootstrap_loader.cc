@@ -29,6 +29,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "proxy/common/log.h"
 #include "proxy/config/default_bootstrap.h"
+#include "proxy/config/node_metadata.h"
 #include "proxy/http/matchers.h"
 #include "proxy/upstream/health_checker.h"
 #include "strait/lb/v1/peak_ewma.pb.h"
@@ -229,7 +230,22 @@ absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> parseBootstrap(
     ss << in.rdbuf();
     text = ss.str();
   }
-  auto json = yamlToJson(text, options.config_yaml, options.path.empty() ? "default" : options.path);
+  return parseBootstrapText(text, options.path.empty() ? "default" : options.path, options);
+}
+
+namespace {
+std::string& environmentNodeMetadata() {
+  static auto* json = new std::string;
+  return *json;
+}
+}  // namespace
+
+void setEnvironmentNodeMetadata(std::string json) { environmentNodeMetadata() = std::move(json); }
+
+absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> parseBootstrapText(const std::string& text,
+                                                                                   const std::string& source,
+                                                                                   const LoadOptions& options) {
+  auto json = yamlToJson(text, options.config_yaml, source);
   if (!json.ok()) return json.status();
 
   auto bootstrap = std::make_shared<bootstrap_v3::Bootstrap>();
@@ -248,6 +264,15 @@ absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> parseBootstrap(
   }
   if (!options.service_node.empty()) bootstrap->mutable_node()->set_id(options.service_node);
   if (!options.service_cluster.empty()) bootstrap->mutable_node()->set_cluster(options.service_cluster);
+  if (const std::string& env_md = environmentNodeMetadata(); !env_md.empty()) {
+    // The pod's STRAIT_META_* / ISTIO_META_* variables (server/pod_env.cc): what the control plane
+    // learns about this workload.
+    google::protobuf::Struct md;
+    auto mst = google::protobuf::util::JsonStringToMessage(env_md, &md);
+    if (!mst.ok()) return absl::InvalidArgumentError(absl::StrCat("node.metadata from the environment: ", std::string(mst.message())));
+    auto& fields = *bootstrap->mutable_node()->mutable_metadata()->mutable_fields();
+    for (auto& [key, value] : *md.mutable_fields()) fields[key] = std::move(value);
+  }
   if (auto neg = rejectNegativeDurations(*bootstrap, ""); !neg.ok()) return neg;
   return std::shared_ptr<const google::protobuf::Message>(bootstrap);
 }

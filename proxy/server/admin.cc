@@ -3,8 +3,6 @@
 #include <malloc.h>
 #include <unistd.h>
 
-#include <llhttp.h>
-
 #include <algorithm>
 #include <cstdio>
 #include <map>
@@ -15,6 +13,7 @@
 #include "google/protobuf/dynamic_message.h"
 #include "absl/strings/str_split.h"
 #include "google/protobuf/util/json_util.h"
+#include "proxy/accesslog/log_file.h"
 #include "proxy/common/json.h"
 #include "proxy/common/log.h"
 #include "proxy/config/bootstrap.h"
@@ -31,8 +30,6 @@ std::vector<stats::Store::Value> visibleStats(std::vector<stats::Store::Value> v
   if (m != nullptr) std::erase_if(values, [m](const stats::Store::Value& v) { return !m->shows(v.name); });
   return values;
 }
-
-constexpr size_t kMaxRequestBytes = 64 * 1024;
 
 std::string jsonEscape(const std::string& s) { return common::jsonString(s); }
 
@@ -126,6 +123,7 @@ const char* kPaths[][2] = {
     {"/logging", "POST ?level=LEVEL to change the log level"},
     {"/quitquitquit", "POST: drain and exit"},
     {"/drain_listeners", "POST: drain listeners (?graceful: keep accepting for the drain time; ?inboundonly)"},
+    {"/reopen_logs", "POST: reopen the access log files (after logrotate moved them)"},
 };
 
 std::string pathList() {
@@ -136,120 +134,19 @@ std::string pathList() {
 
 }  // namespace
 
-// One admin HTTP connection: reads one request with llhttp, answers, closes.
-class AdminConnection : public network::ConnectionCallbacks {
- public:
-  AdminConnection(AdminServer& admin, network::ConnectionPtr conn) : admin_(admin), conn_(std::move(conn)) {
-    llhttp_settings_init(&settings_);
-    settings_.on_url = [](llhttp_t* p, const char* at, size_t len) {
-      auto* self = static_cast<AdminConnection*>(p->data);
-      self->url_.append(at, len);
-      return 0;
-    };
-    settings_.on_message_complete = [](llhttp_t* p) {
-      static_cast<AdminConnection*>(p->data)->complete_ = true;
-      return static_cast<int>(HPE_PAUSED);
-    };
-    llhttp_init(&parser_, HTTP_REQUEST, &settings_);
-    parser_.data = this;
-    conn_->setCallbacks(this);
-    conn_->startReading();
-  }
+std::string prometheusStats(Server& server) {
+  server.uptimeSeconds();
+  return stats::renderPrometheus(visibleStats(server.store().snapshot(), server.snapshot()->stats_matcher.get()));
+}
 
-  void onData(network::Connection&, common::Buffer& data, bool end_stream) override {
-    if (responded_) {
-      data.drain(data.length());
-      return;
-    }
-    received_ += data.length();
-    std::string chunk = data.toString();
-    data.drain(data.length());
-    llhttp_errno_t err = llhttp_execute(&parser_, chunk.data(), chunk.size());
-    if (complete_) {
-      AdminServer::Response r = admin_.handle(llhttp_method_name(static_cast<llhttp_method_t>(parser_.method)), url_);
-      respond(r);
-    } else if (err != HPE_OK) {
-      respond(AdminServer::Response{400, "text/plain", absl::StrCat("bad request: ", llhttp_errno_name(err), "\n")});
-    } else if (received_ > kMaxRequestBytes) {
-      respond(AdminServer::Response{431, "text/plain", "request too large\n"});
-    } else if (end_stream) {
-      conn_->close(network::CloseType::NoFlush);
-    }
-  }
-
-  void onEvent(network::Connection&, network::ConnectionEvent e) override {
-    if (e == network::ConnectionEvent::RemoteClose || e == network::ConnectionEvent::LocalClose) admin_.remove(this);
-  }
-
-  void close() { conn_->close(network::CloseType::NoFlush); }
-  network::Connection& connection() { return *conn_; }
-
- private:
-  void respond(const AdminServer::Response& r) {
-    responded_ = true;
-    const char* reason = r.status == 200 ? "OK" : r.status == 400 ? "Bad Request" : r.status == 404 ? "Not Found"
-                       : r.status == 405 ? "Method Not Allowed" : r.status == 503 ? "Service Unavailable" : "Error";
-    common::Buffer out;
-    out.add(absl::StrCat("HTTP/1.1 ", r.status, " ", reason, "\r\ncontent-type: ", r.content_type,
-                         "\r\ncontent-length: ", r.body.size(),
-                         "\r\ncache-control: no-cache, max-age=0\r\nx-content-type-options: nosniff\r\n"
-                         "connection: close\r\n\r\n"));
-    out.add(r.body);
-    conn_->write(out, false);
-    conn_->close(network::CloseType::FlushWrite);
-  }
-
-  AdminServer& admin_;
-  network::ConnectionPtr conn_;
-  llhttp_t parser_;
-  llhttp_settings_t settings_;
-  std::string url_;
-  size_t received_ = 0;
-  bool complete_ = false;
-  bool responded_ = false;
-};
-
-AdminServer::AdminServer(Server& server) : server_(server) {}
+AdminServer::AdminServer(Server& server)
+    : server_(server),
+      http_(server.dispatcher(), [this](const std::string& method, const std::string& url, LocalHttpServer::Respond respond) {
+        respond(handle(method, url));
+      }) {}
 AdminServer::~AdminServer() { stop(); }
 
-bool AdminServer::bind(const network::Address& address, std::string* error) {
-  // Not SO_REUSEPORT: a second Strait on the same admin port must fail loudly, not share it.
-  int fd = network::bindReusePortSocket(address, error, false);
-  if (fd < 0) return false;
-  address_ = network::boundAddress(fd);
-  listener_ = std::make_unique<network::TcpListener>(server_.dispatcher(), fd, 128, [this](network::ConnectionPtr c) {
-    connections_.push_back(std::make_unique<AdminConnection>(*this, std::move(c)));
-  });
-  if (!listener_->ok()) {
-    *error = listener_->error();
-    return false;
-  }
-  return true;
-}
-
-void AdminServer::stop() {
-  listener_.reset();
-  // Closing raises events that remove entries; iterate over a copy of the pointers.
-  std::vector<AdminConnection*> open;
-  for (auto& c : connections_) open.push_back(c.get());
-  for (auto* c : open) c->close();
-}
-
-void AdminServer::remove(AdminConnection* c) {
-  for (auto it = connections_.begin(); it != connections_.end(); ++it) {
-    if (it->get() == c) {
-      // The AdminConnection owns the Connection whose callback we are in: free both later.
-      struct Holder : event::DeferredDeletable {
-        std::unique_ptr<AdminConnection> c;
-      };
-      auto h = std::make_unique<Holder>();
-      h->c = std::move(*it);
-      connections_.erase(it);
-      server_.dispatcher().deferredDelete(std::move(h));
-      return;
-    }
-  }
-}
+bool AdminServer::bind(const network::Address& address, std::string* error) { return http_.bind(address, error); }
 
 AdminServer::Response AdminServer::handle(const std::string& method, const std::string& url) {
   std::string path = url;
@@ -272,18 +169,7 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
   Response r;
 
   if (path == "/ready") {
-    r.status = server_.state() == Server::State::Live ? 200 : 503;
-    r.body = std::string(server_.stateName()) + "\n";
-    // A TLS context still waiting for its certificate (SDS warming) cannot serve mTLS yet.
-    if (r.status == 200) {
-      for (const auto& c : certs::SecretManager::get().liveContexts()) {
-        if (!c->ready()) {
-          r.status = 503;
-          r.body = "PRE_INITIALIZING (waiting for certificates)\n";
-          break;
-        }
-      }
-    }
+    r.status = server_.ready(&r.body) ? 200 : 503;
     return r;
   }
   if (path == "/certs") {
@@ -357,15 +243,14 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
     return r;
   }
   if (path == "/stats/prometheus") {
-    server_.uptimeSeconds();
     r.content_type = "text/plain; version=0.0.4";
-    r.body = stats::renderPrometheus(visibleStats(server_.store().snapshot(), snap->stats_matcher.get()));
+    r.body = prometheusStats(server_);
     return r;
   }
   if (path == "/config_dump") {
     r.content_type = "application/json";
     const config::ConfigSources* src = snap->sources.get();
-    auto lastUpdated = [&](const std::map<std::string, config::DynamicResource>* m, const std::string& name) {
+    auto lastUpdated = [&](const config::ResourceMap* m, const std::string& name) {
       if (m) {
         auto it = m->find(name);
         if (it != m->end()) return it->second.last_updated;
@@ -374,7 +259,7 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
     };
     // A version reused by an update that resent the same bytes under a new version_info shows the new
     // one, as the resource held says.
-    auto versionOf = [&](const std::map<std::string, config::DynamicResource>* m, const std::string& name,
+    auto versionOf = [&](const config::ResourceMap* m, const std::string& name,
                          const std::string& own, const void* proto) -> const std::string& {
       if (m) {
         auto it = m->find(name);
@@ -566,6 +451,12 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
     const bool inbound_only = query.count("inboundonly") > 0;
     const bool graceful = query.count("graceful") > 0;
     server_.dispatcher().post([this, inbound_only, graceful] { server_.drainListeners(inbound_only, graceful); });
+    r.body = "OK\n";
+    return r;
+  }
+  if (path == "/reopen_logs") {
+    if (method != "POST") return Response{405, "text/plain", "use POST\n"};
+    accesslog::LogFiles::get().reopenAll();  // returns once the writer thread has reopened them
     r.body = "OK\n";
     return r;
   }

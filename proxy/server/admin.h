@@ -4,13 +4,15 @@
 #include <memory>
 #include <string>
 
-#include "proxy/network/connection.h"
-#include "proxy/network/listener.h"
+#include "proxy/server/local_http.h"
 
 namespace strait::server {
 
 class Server;
-class AdminConnection;
+
+// Strait's stats in Prometheus text, as the admin's /stats/prometheus serves them (the bootstrap's
+// stats_matcher applied); the status port's /stats/prometheus starts with the same. Main thread.
+std::string prometheusStats(Server& server);
 
 // Envoy-compatible admin endpoint on the main thread. One request per connection (Connection: close):
 // the admin is for people and scrapers, not for throughput.
@@ -19,22 +21,15 @@ class AdminServer {
   explicit AdminServer(Server& server);
   ~AdminServer();
   bool bind(const network::Address& address, std::string* error);
-  const network::Address& address() const { return address_; }
-  void stop();
+  const network::Address& address() const { return http_.addresses().front(); }
+  void stop() { http_.stop(); }
 
-  struct Response {
-    int status = 200;
-    std::string content_type = "text/plain; charset=UTF-8";
-    std::string body;
-  };
+  using Response = LocalHttpResponse;
   Response handle(const std::string& method, const std::string& url);
-  void remove(AdminConnection* c);
 
  private:
   Server& server_;
-  network::Address address_;
-  std::unique_ptr<network::TcpListener> listener_;
-  std::list<std::unique_ptr<AdminConnection>> connections_;
+  LocalHttpServer http_;  // the connections (shared with the status ports)
 };
 
 }  // namespace strait::server

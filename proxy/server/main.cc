@@ -17,9 +17,13 @@
 #include "filters/network/tcp_proxy.h"
 #include "proxy/http/conn_manager.h"
 #include "proxy/config/bootstrap.h"
+#include "proxy/config/node_metadata.h"
 #include "proxy/server/options.h"
 #include "proxy/server/overload.h"
+#include "proxy/server/pod_env.h"
 #include "proxy/server/server.h"
+
+extern char** environ;
 
 namespace {
 
@@ -53,6 +57,18 @@ int main(int argc, char** argv) {
     return 0;
   }
   common::setLogLevel(options->log_level);
+  // The pod's environment (probes, metrics to merge, node metadata): malformed is refused here,
+  // naming the variable, before anything is bound.
+  std::vector<std::string_view> env;
+  for (char** e = environ; *e != nullptr; ++e) env.emplace_back(*e);
+  auto pod = server::readPodEnv(env);
+  if (!pod.ok()) {
+    std::fprintf(stderr, "strait: %s\n", std::string(pod.status().message()).c_str());
+    return 1;
+  }
+  if (!pod->probes.empty() && options->status_ports.empty() && options->mode == server::Mode::Serve) {
+    std::fprintf(stderr, "strait: warning: application probes are set but no --status-port serves them\n");
+  }
   filters::network::registerTcpProxy();
   filters::network::registerNetworkRbac();
   filters::network::registerIstioNoopFilters();
@@ -75,6 +91,7 @@ int main(int argc, char** argv) {
   load.allow_unknown_static_fields = options->allow_unknown_static_fields;
   load.service_node = options->service_node;
   load.service_cluster = options->service_cluster;
+  config::setEnvironmentNodeMetadata(pod->node_metadata_json);
   auto snapshot = config::loadBootstrap(load, *store);
   const std::string source = options->config_path.empty() ? "<embedded default>" : options->config_path;
   if (!snapshot.ok()) {
@@ -92,5 +109,6 @@ int main(int argc, char** argv) {
   }
   server::Server server(std::move(*options), std::move(*snapshot), std::move(store));
   server.setOverload(*overload);
+  server.setPodEnv(std::make_shared<const server::PodEnv>(std::move(*pod)));
   return server.run();
 }

@@ -15,12 +15,27 @@ namespace strait::server {
 const char* usage() {
   return "usage: strait [-c FILE] [--config-yaml YAML] [--mode serve|validate] [--concurrency N]\n"
          "              [-l|--log-level trace|debug|info|warning|error|critical|off] [--drain-time-s N]\n"
-         "              [--drain-strategy gradual|immediate]\n"
+         "              [--drain-strategy gradual|immediate] [--min-drain-time-s N]\n"
+         "              [--exit-on-zero-active-connections] [--status-port N]...\n"
          "              [--admin-address-path FILE] [--service-node ID] [--service-cluster NAME]\n"
          "              [--allow-unknown-static-fields] [--reject-unknown-dynamic-fields] [--version] [--help]\n"
          "With no -c, Strait runs its embedded sidecar default: capture listeners 15001 (outbound) and\n"
          "15006 (inbound) forwarding to original destinations, admin on 127.0.0.1:15000.\n"
-         "Environment: STRAIT_SERVICE_NODE and STRAIT_SERVICE_CLUSTER stand in for the flags.\n";
+         "On SIGTERM, INBOUND listeners drain (clients told: GOAWAY, Connection: close) and readiness goes\n"
+         "503; OUTBOUND listeners serve the application untold for --min-drain-time-s (default 0); Strait\n"
+         "exits after that once no connection is left (a quiet second), or when --drain-time-s ends. After\n"
+         "the minimum, outbound connections are told too, unless --exit-on-zero-active-connections: then\n"
+         "Strait only waits for the application to close them.\n"
+         "--status-port N (repeatable, 0: off): HTTP on 0.0.0.0:N and [::]:N: /healthz/ready (200 when\n"
+         "ready and not draining), /stats/prometheus (Strait's, plus the application's), /app-health/...\n"
+         "(the application's probes, run by Strait).\n"
+         "Environment: STRAIT_SERVICE_NODE and STRAIT_SERVICE_CLUSTER stand in for the flags.\n"
+         "  STRAIT_META_<KEY>=text and STRAIT_METAJSON_<KEY>={json object} are added to node.metadata\n"
+         "  (ISTIO_META_ / ISTIO_METAJSON_ too; STRAIT_ wins).\n"
+         "  STRAIT_KUBE_APP_PROBERS (or ISTIO_KUBE_APP_PROBERS): {\"/app-health/<c>/readyz\": {\"httpGet\":\n"
+         "  {...}} | {\"tcpSocket\": {...}} | {\"grpc\": {...}}, ...}, Kubernetes' probe handlers.\n"
+         "  STRAIT_PROMETHEUS_SCRAPE (or ISTIO_PROMETHEUS_ANNOTATIONS): {\"scrape\": \"true\", \"path\":\n"
+         "  \"/metrics\", \"port\": \"8080\"}: the application's metrics merged into /stats/prometheus.\n";
 }
 
 uint32_t defaultConcurrency() {
@@ -133,6 +148,20 @@ absl::StatusOr<Options> parseOptions(int argc, char** argv) {
       } else {
         return absl::InvalidArgumentError(absl::StrCat("--drain-strategy: '", std::string(*v), "' is not gradual or immediate"));
       }
+    } else if (a == "--min-drain-time-s") {
+      auto v = next();
+      if (!v.ok()) return v.status();
+      auto n = parseUint(a, *v, 86400);
+      if (!n.ok()) return n.status();
+      o.min_drain_time_s = *n;
+    } else if (a == "--exit-on-zero-active-connections") {
+      o.exit_on_zero_active_connections = true;
+    } else if (a == "--status-port") {
+      auto v = next();
+      if (!v.ok()) return v.status();
+      auto n = parseUint(a, *v, 65535);
+      if (!n.ok()) return n.status();
+      if (*n != 0) o.status_ports.push_back(static_cast<uint16_t>(*n));
     } else if (a == "--admin-address-path") {
       auto v = next();
       if (!v.ok()) return v.status();
@@ -150,6 +179,10 @@ absl::StatusOr<Options> parseOptions(int argc, char** argv) {
     }
   }
   if (o.concurrency == 0) o.concurrency = defaultConcurrency();
+  if (o.min_drain_time_s > o.drain_time_s) {
+    return absl::InvalidArgumentError(absl::StrCat("--min-drain-time-s (", o.min_drain_time_s,
+                                                   ") must not exceed --drain-time-s (", o.drain_time_s, ")"));
+  }
   return o;
 }
 

@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "proxy/common/log.h"
@@ -18,6 +19,16 @@ struct Options {
   common::LogLevel log_level = common::LogLevel::Info;
   uint32_t drain_time_s = 600;  // Envoy's default; set it below the pod's terminationGracePeriodSeconds
   bool drain_gradual = true;    // --drain-strategy gradual (Envoy's default) | immediate
+  // SIGTERM in a pod (Istio's MINIMUM_DRAIN_DURATION): Strait stays up at least this long, and its
+  // outbound (traffic_direction OUTBOUND) listeners serve the application's own calls untold until
+  // then. 0 (the default) keeps the old behaviour: exit once no connection is left.
+  uint32_t min_drain_time_s = 0;
+  // Istio's EXIT_ON_ZERO_ACTIVE_CONNECTIONS: after the minimum, outbound connections are never told to
+  // go; Strait waits until the application has closed them (bounded by --drain-time-s).
+  bool exit_on_zero_active_connections = false;
+  // --status-port (repeatable): /healthz/ready, /stats/prometheus (merged with the application's) and
+  // /app-health/... on 0.0.0.0 (and [::]) on the main thread's loop.
+  std::vector<uint16_t> status_ports;
   std::string admin_address_path;
   std::string service_node;
   std::string service_cluster;

@@ -7,14 +7,18 @@
 
 #include <cstdio>
 
+#include "proxy/accesslog/log_file.h"
 #include "proxy/common/log.h"
 #include "proxy/config/bootstrap.h"
 #include "proxy/server/admin.h"
 #include "proxy/server/dns_clusters.h"
 #include "proxy/server/overload.h"
 #include "proxy/server/sds_streams.h"
+#include "proxy/server/status_server.h"
 #include "proxy/server/xds_applier.h"
+#include "certs/secret_manager.h"
 #include "envoy/config/bootstrap/v3/bootstrap.pb.h"
+#include "envoy/config/listener/v3/listener.pb.h"
 
 #include <condition_variable>
 #include "absl/strings/str_cat.h"
@@ -41,6 +45,7 @@ Server::~Server() {
     uv_close(reinterpret_cast<uv_handle_t*>(s), [](uv_handle_t* h) { delete reinterpret_cast<uv_signal_t*>(h); });
   }
   xds_.reset();
+  status_.reset();
   admin_.reset();
   drain_timer_.reset();
   health_tick_.reset();
@@ -57,6 +62,22 @@ const char* Server::stateName() const {
     case State::Draining: return "DRAINING";
   }
   return "UNKNOWN";
+}
+
+bool Server::ready(std::string* body) const {
+  if (state_ != State::Live) {
+    *body = std::string(stateName()) + "\n";
+    return false;
+  }
+  // A TLS context still waiting for its certificate (SDS warming) cannot serve mTLS yet.
+  for (const auto& c : certs::SecretManager::get().liveContexts()) {
+    if (!c->ready()) {
+      *body = "PRE_INITIALIZING (waiting for certificates)\n";
+      return false;
+    }
+  }
+  *body = std::string(stateName()) + "\n";
+  return true;
 }
 
 uint64_t Server::uptimeSeconds() const {
@@ -121,12 +142,17 @@ bool Server::bindListeners(std::vector<std::vector<WorkerSocket>>& per_worker) {
 // An accepted snapshot's clusters come into force: weights, EDS health and circuit-breaker limits of
 // hosts and clusters kept from earlier versions (see ClusterRuntime::activate).
 void Server::activateClusters(const config::SnapshotConstSharedPtr& snapshot, const config::Snapshot* previous) {
-  for (const auto& c : snapshot->clusters) {
-    if (previous != nullptr) {
-      // The very version that is in force already (buildSnapshot reused it): nothing to do.
-      auto it = previous->clusters_by_name.find(c->name);
-      if (it != previous->clusters_by_name.end() && it->second == c) continue;
+  // The versions in force, by their stable index: a pointer comparison per cluster, not a lookup by name.
+  std::vector<const config::Cluster*> in_force;
+  if (previous != nullptr) {
+    for (const auto& c : previous->clusters) {
+      if (c->index >= in_force.size()) in_force.resize(c->index + 1, nullptr);
+      in_force[c->index] = c.get();
     }
+  }
+  for (const auto& c : snapshot->clusters) {
+    // The very version that is in force already (buildSnapshot reused it): nothing to do.
+    if (c->index < in_force.size() && in_force[c->index] == c.get()) continue;
     if (c->runtime && !c->isDns()) {
       c->runtime->activate(c->hosts, c->host_params, c->limits, c->outlier ? &*c->outlier : nullptr, c->high_limits);
     }
@@ -232,6 +258,15 @@ int Server::run() {
       }
     }
   }
+  // Status ports next, for the same reason: a pod whose probe port cannot be bound must not start.
+  if (!options_.status_ports.empty()) {
+    status_ = std::make_unique<StatusServer>(*this, pod_env_ ? pod_env_ : std::make_shared<const PodEnv>());
+    std::string err;
+    if (!status_->bind(options_.status_ports, &err)) {
+      LOG_CRITICAL("%s", err.c_str());
+      return 1;
+    }
+  }
   std::vector<std::vector<WorkerSocket>> per_worker;
   if (!bindListeners(per_worker)) {
     for (auto& v : per_worker)
@@ -272,6 +307,14 @@ int Server::run() {
         signum);
     signals_.push_back(s);
   }
+  {
+    // SIGUSR1: reopen the access log files (logrotate), as Envoy does.
+    auto* s = new uv_signal_t;
+    uv_signal_init(dispatcher_->loop(), s);
+    uv_signal_start(
+        s, [](uv_signal_t*, int) { accesslog::LogFiles::get().reopenAll(); }, SIGUSR1);
+    signals_.push_back(s);
+  }
   workers_started_ = true;
   // Passive health: outlier-detection intervals run here, on the main thread, every 200 ms at most.
   health_tick_ = dispatcher_->createTimer([this] {
@@ -304,6 +347,7 @@ int Server::run() {
   if (sds_) sds_->stop();
   if (dns_) dns_->stop();
   for (auto& w : workers_) w->join();
+  accesslog::LogFiles::get().shutdown();  // the workers handed their last lines over as they ended
   LOG_INFO("strait exiting");
   return 0;
 }
@@ -315,10 +359,21 @@ void Server::drainListeners(bool inbound_only, bool graceful) {
   for (auto& w : workers_) w->drainListeners(inbound_only, graceful);
 }
 
+namespace {
+// traffic_direction OUTBOUND: the application's own calls (Istio's virtualOutbound and its per-service
+// outbound listeners).
+bool isOutbound(const config::Listener& l) {
+  if (!l.proto || l.proto->GetDescriptor() != envoy::config::listener::v3::Listener::descriptor()) return false;
+  return static_cast<const envoy::config::listener::v3::Listener&>(*l.proto).traffic_direction() ==
+         envoy::config::core::v3::OUTBOUND;
+}
+}  // namespace
+
 void Server::startDrain(const char* why) {
   if (state_ == State::Draining) return;
   if (xds_) xds_->stop();
-  LOG_INFO("%s: draining for up to %u s", why, options_.drain_time_s);
+  LOG_INFO("%s: draining for up to %u s (at least %u s)", why, options_.drain_time_s, options_.min_drain_time_s);
+  // Readiness (admin /ready, status /healthz/ready) is 503 from here on.
   state_ = State::Draining;
   stats::set(*store_, live_, 0);
   stats::set(*store_, draining_, 1);
@@ -326,23 +381,42 @@ void Server::startDrain(const char* why) {
   // every connection, old and new, to go (GOAWAY, Connection: close). Kubernetes still sends traffic for
   // a few seconds after SIGTERM (endpoint removal propagates), and the application, told to stop at the
   // same moment, still makes outbound calls while it winds down: refusing them would fail requests that
-  // nothing forced to fail. The process exits as soon as no connection is left, or when the time is over.
-  for (auto& w : workers_) w->drainListeners(false, true);
-  drain_deadline_ = std::chrono::steady_clock::now() + std::chrono::seconds(options_.drain_time_s);
+  // nothing forced to fail. OUTBOUND listeners are the application's own calls: they are not told
+  // before --min-drain-time-s has passed (and never with --exit-on-zero-active-connections, where the
+  // application decides when its connections end). The process exits once the minimum has passed and
+  // no connection is left, or when the drain time is over.
+  // With no minimum (and Strait deciding when the application's connections go), every listener is
+  // told at once, as before these options existed.
+  outbound_told_ = options_.min_drain_time_s == 0 && !options_.exit_on_zero_active_connections;
+  for (auto& w : workers_) {
+    if (outbound_told_) {
+      w->drainListeners(false, true);
+    } else {
+      w->drainListenersWhere([](const config::Listener& l) { return !isOutbound(l); }, true);
+    }
+  }
+  const auto now = std::chrono::steady_clock::now();
+  drain_deadline_ = now + std::chrono::seconds(options_.drain_time_s);
+  drain_min_until_ = now + std::chrono::seconds(options_.min_drain_time_s);
   drain_timer_ = dispatcher_->createTimer([this] { onDrainTick(); });
   drain_timer_->enable(50);
 }
 
 void Server::onDrainTick() {
+  const auto now = std::chrono::steady_clock::now();
+  const bool min_passed = now >= drain_min_until_;
+  if (min_passed && !outbound_told_ && !options_.exit_on_zero_active_connections) {
+    outbound_told_ = true;
+    for (auto& w : workers_) w->drainListenersWhere([](const config::Listener& l) { return isOutbound(l); }, true);
+  }
   size_t active = 0;
   for (auto& w : workers_) active += w->activeSessions();
   // The listeners still accept during the drain, so "nothing open right now" may be the gap between a
   // client's old connection and its next one. Exit early only after a quiet second with none open.
-  const auto now = std::chrono::steady_clock::now();
   if (active != 0) quiet_since_.reset();
   else if (!quiet_since_) quiet_since_ = now;
   const bool quiet = quiet_since_ && now - *quiet_since_ >= std::chrono::seconds(1);
-  if (quiet || now >= drain_deadline_) {
+  if ((quiet && min_passed) || now >= drain_deadline_) {
     if (active) LOG_INFO("drain time over: closing %zu connections", active);
     finish();
     return;
@@ -353,6 +427,7 @@ void Server::onDrainTick() {
 void Server::finish() {
   for (auto& w : workers_) w->shutdown();
   if (admin_) admin_->stop();
+  if (status_) status_->stop();
   dispatcher_->exit();
 }
 

@@ -13,6 +13,7 @@
 #include "proxy/event/dispatcher.h"
 #include "proxy/server/active_health_checks.h"
 #include "proxy/server/options.h"
+#include "proxy/server/pod_env.h"
 #include "proxy/server/worker.h"
 #include "proxy/stats/stats.h"
 
@@ -21,6 +22,7 @@ typedef struct uv_signal_s uv_signal_t;
 namespace strait::server {
 
 class AdminServer;
+class StatusServer;
 
 struct BoundListener {
   config::ListenerConstSharedPtr listener;
@@ -46,6 +48,9 @@ class Server {
   stats::Store& store() { return *store_; }
   State state() const { return state_.load(); }
   const char* stateName() const;
+  // The admin's /ready and the status port's /healthz/ready: live (initial config applied, listeners
+  // accepting), not draining, and no TLS context waiting for its certificate. `body` says which.
+  bool ready(std::string* body) const;
   uint64_t uptimeSeconds() const;
   std::vector<BoundListener> boundListeners() const {
     std::lock_guard<std::mutex> lock(mu_);
@@ -70,6 +75,8 @@ class Server {
   void startDrain(const char* why);
   // The bootstrap's overload_manager (null: none), started with the workers.
   void setOverload(std::shared_ptr<const struct OverloadConfig> config) { overload_config_ = std::move(config); }
+  // What the pod's environment asks of the status ports (probes, metrics to merge). Before run().
+  void setPodEnv(std::shared_ptr<const PodEnv> env) { pod_env_ = std::move(env); }
   // /drain_listeners: see Worker::drainListeners. The process stays up.
   void drainListeners(bool inbound_only, bool graceful);
 
@@ -94,6 +101,8 @@ class Server {
   std::unique_ptr<event::Dispatcher> dispatcher_;
   std::vector<std::unique_ptr<Worker>> workers_;
   std::unique_ptr<AdminServer> admin_;
+  std::shared_ptr<const PodEnv> pod_env_;
+  std::unique_ptr<StatusServer> status_;  // --status-port
   std::vector<BoundListener> bound_;
   std::vector<uv_signal_t*> signals_;
   event::TimerPtr drain_timer_;
@@ -104,6 +113,8 @@ class Server {
   std::unique_ptr<class DnsClusters> dns_;  // STRICT_DNS / LOGICAL_DNS resolution (its own thread)
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point drain_deadline_;
+  std::chrono::steady_clock::time_point drain_min_until_;  // --min-drain-time-s after the drain began
+  bool outbound_told_ = false;  // OUTBOUND listeners' connections told to go (after the minimum)
   std::atomic<State> state_{State::PreInitializing};
   bool xds_ready_ = true;
   bool workers_started_ = false;

@@ -5,7 +5,9 @@
 #include <algorithm>
 
 #include "certs/client_hello.h"
+#include "proxy/accesslog/access_log.h"
 #include "proxy/common/log.h"
+#include "proxy/common/response_flags.h"
 #include "proxy/common/overload_state.h"
 #include "proxy/network/connection.h"
 
@@ -388,10 +390,14 @@ void Worker::onDrainTick() {
 }
 
 void Worker::drainListeners(bool inbound_only, bool graceful) {
-  dispatcher_->post([this, inbound_only, graceful] {
+  drainListenersWhere([inbound_only](const config::Listener& l) { return !inbound_only || l.inbound; }, graceful);
+}
+
+void Worker::drainListenersWhere(std::function<bool(const config::Listener&)> which, bool graceful) {
+  dispatcher_->post([this, which = std::move(which), graceful] {
     std::set<std::string> names;
     for (auto& [name, active] : listeners_) {
-      if (!inbound_only || active->config->inbound) names.insert(name);
+      if (which(*active->config)) names.insert(name);
     }
     std::vector<config::ActiveSession*> affected;
     for (auto* s : sessions_) {
@@ -606,6 +612,14 @@ void Worker::dispatchToChain(const config::ListenerConstSharedPtr& listener, net
     stats::inc(listener->stats.downstream_cx_destroy);
     LOG_DEBUG("[C%lu] listener %s: no filter chain for %s", conn->id(), listener->name.c_str(),
               conn->localAddress().asString().c_str());
+    if (!listener->access_logs.empty()) {
+      accesslog::LogContext c;  // the listener's access_log: a line per connection no chain takes
+      c.start_time = std::chrono::system_clock::now();
+      c.start = c.end = std::chrono::steady_clock::now();
+      c.response_flags = common::kNoRouteFound;
+      c.downstream = conn.get();
+      accesslog::logAll(listener->access_logs, c, *dispatcher_);
+    }
     conn->close(network::CloseType::NoFlush);
     dispatcher_->deferredDelete(std::move(conn));
     return;

@@ -46,6 +46,9 @@ class Worker : public config::WorkerContext {
   // graceful: the listeners accept (and tell) new connections until the drain time ends, then stop;
   // otherwise they stop now.
   void drainListeners(bool inbound_only, bool graceful);
+  // The same for the listeners `which` selects (called on the worker's thread; SIGTERM in a pod drains
+  // all but the OUTBOUND ones first).
+  void drainListenersWhere(std::function<bool(const config::Listener&)> which, bool graceful);
   // Before start(): the drain time and whether clients are told all at once or spread over it.
   void setDrainPolicy(uint64_t drain_ms, bool gradual);
   // Thread-safe: close every remaining connection and end the thread; join() waits for it.

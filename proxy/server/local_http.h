@@ -1,0 +1,65 @@
+#pragma once
+
+#include <functional>
+#include <list>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "proxy/event/dispatcher.h"
+#include "proxy/network/address.h"
+#include "proxy/network/listener.h"
+
+namespace strait::server {
+
+class LocalHttpConnection;
+
+struct LocalHttpResponse {
+  int status = 200;
+  std::string content_type = "text/plain; charset=UTF-8";
+  std::string body;
+};
+
+// The small HTTP/1.1 server the admin and the status ports share, on the main thread's loop: one
+// request per connection (llhttp, 64 KiB at most), answered with Connection: close. For people,
+// probes and scrapers, not for throughput. The handler answers through `respond`, at once or later on
+// the same loop (a probe of the application); a `respond` that comes after the client left does nothing.
+class LocalHttpServer {
+ public:
+  using Respond = std::function<void(const LocalHttpResponse&)>;
+  using Handler = std::function<void(const std::string& method, const std::string& url, Respond respond)>;
+
+  LocalHttpServer(event::Dispatcher& dispatcher, Handler handler);
+  ~LocalHttpServer();
+  LocalHttpServer(const LocalHttpServer&) = delete;
+  LocalHttpServer& operator=(const LocalHttpServer&) = delete;
+
+  // Listens on `address` too (may be called once per address). Not SO_REUSEPORT: a second process on
+  // the same port must fail loudly, not share it.
+  bool bind(const network::Address& address, std::string* error);
+  // The bound addresses (port 0 resolved), in bind order.
+  const std::vector<network::Address>& addresses() const { return addresses_; }
+  // Stops accepting and closes every open connection.
+  void stop();
+  // For a port open beyond loopback (the status ports): at most `max_connections` open at once (more
+  // are closed at accept), and a request must arrive whole within `request_timeout_ms` of the accept.
+  // 0: no limit (the admin, on loopback, has none).
+  void setLimits(size_t max_connections, uint64_t request_timeout_ms) {
+    max_connections_ = max_connections;
+    request_timeout_ms_ = request_timeout_ms;
+  }
+
+ private:
+  friend class LocalHttpConnection;
+  void remove(LocalHttpConnection* c);
+
+  event::Dispatcher& dispatcher_;
+  Handler handler_;
+  std::vector<network::Address> addresses_;
+  std::vector<std::unique_ptr<network::TcpListener>> listeners_;
+  std::list<std::unique_ptr<LocalHttpConnection>> connections_;
+  size_t max_connections_ = 0;
+  uint64_t request_timeout_ms_ = 0;
+};
+
+}  // namespace strait::server
