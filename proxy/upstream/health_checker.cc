@@ -396,6 +396,10 @@ class HcClient final : public event::DeferredDeletable,
   }
   void onAboveWriteBufferHighWatermark() override {}
   void onBelowWriteBufferLowWatermark() override {}
+  // The connection's watermark callbacks keep their (empty) defaults; named so that they are not hidden
+  // by the stream's of the same name (clang's -Woverloaded-virtual).
+  using network::ConnectionCallbacks::onAboveWriteBufferHighWatermark;
+  using network::ConnectionCallbacks::onBelowWriteBufferLowWatermark;
 
  private:
   void closeNow() {

@@ -1638,7 +1638,8 @@ class ClientConnectionImpl final : public Http1ClientConnection, public ParserCo
   void detachActive() { detachStream(active_); }
   void resetActive(StreamResetReason reason) { resetStreamOf(active_, reason); }
 
-  ClientConnectionCallbacks& callbacks_;
+  // HTTP/1 has no GOAWAY and no peer stream limit: nothing to tell the pool yet (clang: unused).
+  [[maybe_unused]] ClientConnectionCallbacks& callbacks_;
   ResponseHeadersPtr resp_;
   ClientStream* active_ = nullptr;
   Buffer out_;

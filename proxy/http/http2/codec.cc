@@ -1137,8 +1137,13 @@ int ConnectionBase::onHeader(nghttp2_session*, const nghttp2_frame* frame, const
         default: break;
       }
     } else if (s->building_ == Building::Response && namelen == 7) {  // :status
+      // Three digits, 100..599 (RFC 9110 section 15), as the HTTP/1 codec requires: nghttp2 only checks
+      // that it is a number, and "000" or "99999" would go on downstream (found by h2_client_fuzz).
       uint32_t status = 0;
-      for (char ch : value) status = status * 10 + static_cast<uint32_t>(ch - '0');
+      for (char ch : value) status = ch >= '0' && ch <= '9' ? status * 10 + static_cast<uint32_t>(ch - '0') : 0;
+      if (value.size() != 3 || status < 100 || status > 599) {
+        return c->headerFailure(*s, NGHTTP2_PROTOCOL_ERROR, StreamResetReason::ProtocolError);
+      }
       s->response_headers_->status = status;
     }
     return 0;

@@ -998,3 +998,47 @@ TEST_CASE("Http2: a CONTINUATION flood closes the connection") {
     CHECK(cb2.streams[0]->headers->count("x") == 4);
   }
 }
+
+// Found by tests/fuzz/h2_client_fuzz (regressions/h2_client_fuzz/status-000): nghttp2 only checks that
+// :status is a number, so "000" reached the router as status 0.
+TEST_CASE("Http2: a response :status that is not 100..599 resets the stream") {
+  for (const std::string status : {"204", "000", "099", "600", "2000", "20"}) {
+    INFO(":status " << status);
+    event::Dispatcher dispatcher("http2-status");
+    FakeTransport transport(dispatcher);
+    TestClientCallbacks callbacks;
+    auto client = http2::createClientConnection(transport, callbacks, {});
+    ClientStreamHandler h;
+    RequestEncoder& e = client->newStream(h);
+    e.stream().setCallbacks(&h);
+    RequestHeaders req;
+    req.method = "GET";
+    req.path = "/";
+    req.scheme = "http";
+    req.authority = "up.example";
+    e.encodeHeaders(req, true);
+    dispatcher.runDeferredFlushes();
+    // The server's SETTINGS, then HEADERS (END_STREAM | END_HEADERS) on stream 1 holding one HPACK literal
+    // with incremental indexing, name :status (static index 8), raw value.
+    std::string block = "\x48";
+    block.push_back(static_cast<char>(status.size()));
+    block += status;
+    std::string in;
+    frame(in, 4, 0, 0, "");
+    frame(in, 1, 0x05, 1, block);
+    Buffer b;
+    b.add(in);
+    CodecError error;
+    CHECK(client->dispatch(b, error));
+    if (status == "204") {
+      REQUIRE(h.headers != nullptr);
+      CHECK(h.headers->status == 204);
+      CHECK_FALSE(h.reset.has_value());
+    } else {
+      CHECK(h.headers == nullptr);
+      REQUIRE(h.reset.has_value());
+      CHECK(*h.reset == StreamResetReason::ProtocolError);
+    }
+    client->onTransportClosed();
+  }
+}
