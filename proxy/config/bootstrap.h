@@ -8,6 +8,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "proxy/config/name_map.h"
 #include "proxy/config/snapshot.h"
 
 namespace google::protobuf {
@@ -28,7 +29,7 @@ struct LoadOptions {
 // What a filter factory sees while its config is translated.
 struct TranslationContext {
   stats::Store& store;
-  const std::map<std::string, ClusterConstSharedPtr>& clusters;
+  const ClusterMap& clusters;
   // RDS route tables by name (type-erased http::RouteTable); null without xDS.
   const std::map<std::string, std::shared_ptr<const void>>* route_tables = nullptr;
   // Names of RDS route configurations the translated listeners refer to (filled in as they are seen).
@@ -58,14 +59,18 @@ struct DynamicResource {
   size_t wire_size = 0;
 };
 
+// The accepted resources of one type by name. A NameMap: every update copies the whole ConfigSources,
+// and that copy costs what changed since the last fold, not the number of resources held.
+using ResourceMap = NameMap<DynamicResource>;
+
 // Everything a Snapshot is built from: the bootstrap and the dynamic resources by type and name.
 struct ConfigSources {
   std::shared_ptr<const google::protobuf::Message> bootstrap;  // envoy.config.bootstrap.v3.Bootstrap
-  std::map<std::string, DynamicResource> listeners;            // LDS
-  std::map<std::string, DynamicResource> clusters;             // CDS
-  std::map<std::string, DynamicResource> routes;               // RDS
-  std::map<std::string, DynamicResource> endpoints;            // EDS, by cluster_name
-  std::map<std::string, DynamicResource> secrets;              // SDS (over ADS)
+  ResourceMap listeners;                                       // LDS
+  ResourceMap clusters;                                        // CDS
+  ResourceMap routes;                                          // RDS
+  ResourceMap endpoints;                                       // EDS, by cluster_name
+  ResourceMap secrets;                                         // SDS (over ADS)
 };
 
 // Stable cluster indices by name, for the life of the process.
@@ -82,7 +87,9 @@ class ClusterIds {
 struct BuildResult {
   SnapshotConstSharedPtr snapshot;
   std::set<std::string> rds_names;  // route configurations the listeners want (RDS subscription)
-  std::set<std::string> eds_names;  // cluster load assignments the EDS clusters want
+  // Cluster load assignments the EDS clusters want: the snapshot's set (shared with the previous
+  // snapshot's while it is the same, so "did it change" is a pointer comparison first).
+  std::shared_ptr<const std::set<std::string>> eds_names;
   std::vector<std::string> warming;  // resources held back, waiting for their dependencies
   // xDS resources that did not translate: each was left out, and the version it replaces (if any) kept.
   // Bootstrap (static) resources are never here: a fault there fails the whole build.
@@ -101,10 +108,19 @@ struct BuildResult {
 // which are listed in `rejected`. Errors (of the bootstrap) name the resource and field.
 using RouteTableFactory = std::function<absl::StatusOr<std::shared_ptr<const void>>(
     const google::protobuf::Message& route_configuration, const std::string& path,
-    const std::map<std::string, ClusterConstSharedPtr>& clusters)>;
+    const ClusterMap& clusters)>;
 void setRouteTableFactory(RouteTableFactory f);
+// What an xDS update may have changed, so that buildSnapshot looks at those clusters only: the update
+// is of clusters or endpoints (`clusters_only`), and `names` are the CDS clusters set or removed and
+// the ClusterLoadAssignments set or removed (a resource resent with the same bytes is not a change).
+struct ChangeHint {
+  bool clusters_only = false;
+  std::set<std::string> names;
+};
+// Above this many names an update is built in full (a pass over everything costs less than patching).
+constexpr size_t kMaxPatchedClusters = 512;
 absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> sources, const Snapshot* previous,
-                                          stats::Store& store, ClusterIds& ids);
+                                          stats::Store& store, ClusterIds& ids, const ChangeHint* hint = nullptr);
 // The process's cluster indices and RDS route table indices (main and xDS threads, never concurrently).
 ClusterIds& clusterIds();
 ClusterIds& routeIds();
@@ -132,6 +148,11 @@ void registerNetworkReadFilter(const std::string& type_url, NetworkReadFilterFac
 
 // Reads and parses a bootstrap file (or the embedded default) into an envoy Bootstrap proto.
 absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> parseBootstrap(const LoadOptions& options);
+// The same from the text itself (YAML, or JSON, which is YAML); `source` names it in errors and
+// options.path is not read. No file is opened (the fuzz target's entry, tests/fuzz/bootstrap_fuzz.cc).
+absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> parseBootstrapText(const std::string& text,
+                                                                                   const std::string& source,
+                                                                                   const LoadOptions& options);
 
 // The bootstrap fields present that Strait accepts but does not act on, each with the reason
 // ("tracing (no spans are sent; ...)"). loadBootstrap() logs them as warnings.

@@ -426,7 +426,7 @@ absl::Status translateLoadBalancing(const cluster_v3::Cluster& c, const std::str
 
 absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster& c, const std::string& path,
                                                      uint32_t index, stats::Store& store,
-                                                     const std::map<std::string, DynamicResource>* endpoints,
+                                                     const ResourceMap* endpoints,
                                                      bool allow_pipe, std::string* pipe_target, bool* warming) {
   auto out = std::make_shared<Cluster>();
   // The cluster's stats (its hosts' too) live as long as this Cluster object.

@@ -320,9 +320,10 @@ static absl::StatusOr<std::shared_ptr<const StatsMatcher>> translateStatsMatcher
 }
 
 absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> sources, const Snapshot* previous,
-                                          stats::Store& store, ClusterIds& ids) {
+                                          stats::Store& store, ClusterIds& ids, const ChangeHint* hint) {
   const auto& bootstrap = static_cast<const bootstrap_v3::Bootstrap&>(*sources->bootstrap);
   BuildResult result;
+  std::set<std::string> eds_wanted;  // the EDS names the clusters visited want (made into snap->eds_names)
   auto snap = std::make_shared<Snapshot>();
   snap->node_id = bootstrap.node().id();
   snap->node_cluster = bootstrap.node().cluster();
@@ -347,12 +348,13 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
   }
 
   // Clusters: static ones, then CDS ones (a CDS cluster may not replace a static one).
+  bool patching = false;  // the fast path below: the vector is made at its end
   auto addCluster = [&](ClusterConstSharedPtr c, const std::string& path) -> absl::Status {
     if (snap->clusters_by_name.count(c->name)) {
       return fieldError(path + ".name", absl::StrCat("duplicate cluster name '", c->name, "'"));
     }
-    snap->clusters_by_name[c->name] = c;
-    snap->clusters.push_back(c);
+    snap->clusters_by_name.set(c->name, c);
+    if (!patching) snap->clusters.push_back(c);
     return absl::OkStatus();
   };
   // Cost follows change: a cluster whose Cluster message (and, for EDS, ClusterLoadAssignment
@@ -377,7 +379,33 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     return it->second;
   };
   const bool same_bootstrap = previous != nullptr && previous->bootstrap == sources->bootstrap;
-  for (int i = 0; i < sr.clusters_size(); ++i) {
+  // Which dynamic clusters an update may have changed (see ChangeHint): only those are looked at, the
+  // others are the previous snapshot's, shared. Else (the first build, a new bootstrap, an update of
+  // listeners or routes, many names, a name that is a static cluster's or an EDS service name that is not
+  // its cluster's own) every cluster is visited.
+  std::set<std::string> affected;
+  bool fast = hint != nullptr && hint->clusters_only && same_bootstrap && previous->eds_names &&
+              !previous->eds_aliases && hint->names.size() <= kMaxPatchedClusters;
+  if (fast) {
+    for (const auto& n : hint->names) {
+      for (const auto& cp : sr.clusters()) {
+        if (cp.name() == n || (cp.type() == cluster_v3::Cluster::EDS && cp.eds_cluster_config().service_name() == n)) fast = false;
+      }
+      const auto* held = sources->clusters.get(n);
+      if (held != nullptr) {
+        const auto& cp = static_cast<const cluster_v3::Cluster&>(*held->proto);
+        if (!cp.eds_cluster_config().service_name().empty() && cp.eds_cluster_config().service_name() != n) fast = false;
+      }
+      affected.insert(n);
+    }
+  }
+  if (fast) {
+    patching = true;
+    snap->ads = previous->ads;
+    snap->clusters_by_name = previous->clusters_by_name;  // shared; only the affected names change
+    for (const auto& n : affected) snap->clusters_by_name.erase(n);
+  }
+  for (int i = 0; i < sr.clusters_size() && !fast; ++i) {
     const std::string path = absl::StrCat("static_resources.clusters[", i, "]");
     const auto& cp = sr.clusters(i);
     std::string pipe;
@@ -411,20 +439,20 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
       }
     }
     if (cp.type() == cluster_v3::Cluster::EDS) {
-      result.eds_names.insert((*c)->eds_service_name);
+      eds_wanted.insert((*c)->eds_service_name);
       if (warming) continue;
     }
     auto st = addCluster(*c, path);
     if (!st.ok()) return st;
   }
   // Zone-aware routing's local cluster must be a static one (as in Envoy).
-  bool local_found = snap->local_cluster_name.empty();
+  bool local_found = fast || snap->local_cluster_name.empty();
   for (const auto& c : sr.clusters()) local_found = local_found || c.name() == snap->local_cluster_name;
   if (!local_found) {
     return fieldError("cluster_manager.local_cluster_name",
                       absl::StrCat("no static cluster named '", snap->local_cluster_name, "'"));
   }
-  if (!xds_cluster.empty() && snap->ads && snap->ads->target.empty()) {
+  if (!fast && !xds_cluster.empty() && snap->ads && snap->ads->target.empty()) {
     return fieldError("dynamic_resources.ads_config.grpc_services[0].envoy_grpc.cluster_name",
                       absl::StrCat("no static cluster named '", xds_cluster, "'"));
   }
@@ -433,18 +461,18 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     if (previous == nullptr) return;
     auto it = previous->clusters_by_name.find(name);
     if (it == previous->clusters_by_name.end() || !it->second->dynamic) return;
-    if (it->second->type == Cluster::Type::Eds) result.eds_names.insert(it->second->eds_service_name);
+    if (it->second->type == Cluster::Type::Eds) eds_wanted.insert(it->second->eds_service_name);
     (void)addCluster(it->second, path);  // a static cluster of the same name wins, as on first arrival
   };
-  for (const auto& [name, res] : sources->clusters) {
+  // One CDS cluster: its previous version again, a new translation, or (rejected, warming) the
+  // previous version kept.
+  auto dynamicCluster = [&](const std::string& name, const DynamicResource& res) -> absl::Status {
     const auto& cp = static_cast<const cluster_v3::Cluster&>(*res.proto);
     const std::string path = absl::StrCat("Cluster '", name, "'");
     bool warming = false;
     if (auto old = reusableCluster(name, res.proto.get(), true)) {
-      if (old->type == Cluster::Type::Eds) result.eds_names.insert(old->eds_service_name);
-      auto st = addCluster(old, path);
-      if (!st.ok()) return st;
-      continue;
+      if (old->type == Cluster::Type::Eds) eds_wanted.insert(old->eds_service_name);
+      return addCluster(old, path);
     }
     auto c = translateCluster(cp, path, ids.get(name), store, &sources->endpoints, false, nullptr, &warming);
     if (!c.ok()) {
@@ -454,36 +482,107 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
       const std::string eds = cp.eds_cluster_config().service_name().empty() ? name : cp.eds_cluster_config().service_name();
       if (cp.type() == cluster_v3::Cluster::EDS && absl::StartsWith(msg, absl::StrCat("ClusterLoadAssignment '", eds, "'"))) {
         result.rejected.push_back({"ClusterLoadAssignment", eds, msg, name});
-        result.eds_names.insert(eds);
+        eds_wanted.insert(eds);
       } else {
         result.rejected.push_back({"Cluster", name, msg, ""});
       }
       keepPrevious(name, path);
-      continue;
+      return absl::OkStatus();
     }
     auto* mc = const_cast<Cluster*>(c->get());
     mc->dynamic = true;
     mc->version_info = res.version;
     mc->proto = res.proto;  // shared with the sources: no second copy, and the key for reuse
     mc->from_endpoints = endpointsOf(*mc);
-    if (mc->type == Cluster::Type::Eds) result.eds_names.insert(mc->eds_service_name);
+    if (mc->type == Cluster::Type::Eds) eds_wanted.insert(mc->eds_service_name);
     if (warming) {
       // Keeps serving the version it had, if any, until its endpoints arrive.
       result.warming.push_back(path);
       keepPrevious(name, path);
-      continue;
+      return absl::OkStatus();
     }
-    auto st = addCluster(*c, path);
-    if (!st.ok()) return st;
+    return addCluster(*c, path);
+  };
+  if (fast) {
+    // The EDS names wanted: the previous set, less the affected clusters' (each wants its own name, if
+    // any: aliases took the full path), plus what they want now.
+    std::map<std::string, bool> wants;
+    bool eds_same = true;
+    for (const auto& n : affected) {
+      eds_wanted.clear();
+      if (const auto* res = sources->clusters.get(n)) {
+        auto st = dynamicCluster(n, *res);
+        if (!st.ok()) return st;
+      }
+      const bool is = eds_wanted.count(n) != 0;
+      wants[n] = is;
+      if ((previous->eds_names->count(n) != 0) != is) eds_same = false;
+    }
+    if (eds_same) {
+      snap->eds_names = previous->eds_names;
+    } else {
+      auto wanted = std::make_shared<std::set<std::string>>(*previous->eds_names);
+      for (const auto& [n, is] : wants) {
+        if (is) {
+          wanted->insert(n);
+        } else {
+          wanted->erase(n);
+        }
+      }
+      snap->eds_names = std::move(wanted);
+    }
+    // The vector: the previous one's order (static clusters, then CDS ones by name) with the affected
+    // names taken out and their new versions merged in by name.
+    std::vector<ClusterConstSharedPtr> added;
+    for (const auto& n : affected) {
+      if (const auto* c = snap->clusters_by_name.get(n)) added.push_back(*c);
+    }
+    snap->clusters.reserve(previous->clusters.size() + added.size());
+    auto a = added.begin();
+    for (const auto& c : previous->clusters) {
+      if (!c->dynamic) {
+        snap->clusters.push_back(c);
+        continue;
+      }
+      while (a != added.end() && (*a)->name < c->name) snap->clusters.push_back(*a++);
+      if (affected.count(c->name) == 0) snap->clusters.push_back(c);
+    }
+    while (a != added.end()) snap->clusters.push_back(*a++);
+  } else {
+    for (const auto& [name, res] : sources->clusters) {
+      auto st = dynamicCluster(name, res);
+      if (!st.ok()) return st;
+    }
   }
 
   // Route tables and listeners name clusters by index (resolved per request), so a new version of a
   // cluster leaves them as they are; they check cluster names, so they are reused only while the set
   // of names is the same.
+  if (fast) {
+    snap->same_cluster_names = true;
+    for (const auto& n : affected) {
+      if ((previous->clusters_by_name.count(n) != 0) != (snap->clusters_by_name.count(n) != 0)) snap->same_cluster_names = false;
+    }
+  } else {
   snap->same_cluster_names = previous != nullptr && previous->clusters_by_name.size() == snap->clusters_by_name.size() &&
                              std::equal(previous->clusters_by_name.begin(), previous->clusters_by_name.end(),
                                         snap->clusters_by_name.begin(),
                                         [](const auto& a, const auto& b) { return a.first == b.first; });
+    auto wanted = std::make_shared<std::set<std::string>>(std::move(eds_wanted));
+    if (previous != nullptr && previous->eds_names && *previous->eds_names == *wanted) {
+      snap->eds_names = previous->eds_names;
+    } else {
+      snap->eds_names = std::move(wanted);
+    }
+    for (const auto& c : snap->clusters) {
+      if (c->type == Cluster::Type::Eds && c->eds_service_name != c->name) snap->eds_aliases = true;
+    }
+    for (const auto& [name, res] : sources->clusters) {
+      const auto& sn = static_cast<const cluster_v3::Cluster&>(*res.proto).eds_cluster_config().service_name();
+      if (!sn.empty() && sn != name) snap->eds_aliases = true;
+    }
+  }
+  eds_wanted.clear();
   // RDS route tables, against the clusters just built (unknown clusters answer 503 at run time).
   std::map<std::string, std::shared_ptr<const void>> tables;
   for (const auto& [name, res] : sources->routes) {
@@ -650,6 +749,7 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     }
   }
   result.rds_names = rds_names;
+  result.eds_names = snap->eds_names;
   if (bootstrap.stats_config().has_stats_matcher()) {
     auto m = translateStatsMatcher(bootstrap.stats_config().stats_matcher(), "stats_config.stats_matcher");
     if (!m.ok()) return m.status();

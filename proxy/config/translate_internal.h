@@ -33,7 +33,7 @@ std::map<std::string, NetworkReadFilterFactoryFn>& networkReadFilterRegistry();
 // `allow_pipe`: a bootstrap cluster may name a unix socket; `pipe_target` then gets its path.
 absl::StatusOr<ClusterConstSharedPtr> translateCluster(const envoy::config::cluster::v3::Cluster& c,
                                                      const std::string& path, uint32_t index, stats::Store& store,
-                                                     const std::map<std::string, DynamicResource>* endpoints,
+                                                     const ResourceMap* endpoints,
                                                      bool allow_pipe, std::string* pipe_target, bool* warming);
 
 // One listener. Unavailable: it waits for a RouteConfiguration (warming), not an error.

@@ -252,7 +252,7 @@ absl::StatusOr<std::string> readDataSource(const core_v3::DataSource& ds, const 
 }
 
 struct Context {
-  const std::map<std::string, config::ClusterConstSharedPtr>& clusters;
+  const config::ClusterMap& clusters;
   bool validate_clusters;
   bool hcm_websocket_upgrade;
   uint32_t max_direct_body;
@@ -674,7 +674,7 @@ void addWildcard(std::vector<std::pair<size_t, std::pair<std::string, const Rout
 
 absl::StatusOr<std::shared_ptr<const RouteTable>> RouteTable::create(
     const route_v3::RouteConfiguration& proto_in, const std::string& path,
-    const std::map<std::string, config::ClusterConstSharedPtr>& clusters, const Options& options) {
+    const config::ClusterMap& clusters, const Options& options) {
   std::shared_ptr<RouteTable> table(new RouteTable());
   table->proto_ = std::make_unique<route_v3::RouteConfiguration>(proto_in);
   const route_v3::RouteConfiguration& proto = *table->proto_;

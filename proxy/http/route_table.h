@@ -256,7 +256,7 @@ class RouteTable {
   // Errors name the field: "<path>.virtual_hosts[1].routes[0].match.safe_regex.regex: invalid regex: ..."
   static absl::StatusOr<std::shared_ptr<const RouteTable>> create(
       const envoy::config::route::v3::RouteConfiguration& proto, const std::string& path,
-      const std::map<std::string, config::ClusterConstSharedPtr>& clusters, const Options& options);
+      const config::ClusterMap& clusters, const Options& options);
 
   // The route for a request, or nullptr (the router answers 404, response flag NR). The virtual host is
   // chosen by :authority, ignoring case; the port is dropped for matching unless some domain of the

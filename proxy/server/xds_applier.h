@@ -79,7 +79,7 @@ class XdsApplier : public xds::XdsSubscriber {
   std::set<std::string> initialized_;
   // The RDS and EDS names last given to the client (xDS thread only).
   std::set<std::string> asked_rds_;
-  std::set<std::string> asked_eds_;
+  std::shared_ptr<const std::set<std::string>> asked_eds_;
   bool ready_signalled_ = false;
   std::unique_ptr<xds::AdsClient> client_;
 };

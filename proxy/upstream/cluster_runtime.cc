@@ -262,9 +262,10 @@ ClusterRuntimeSharedPtr clusterRuntime(stats::Store& store, const std::string& n
   std::lock_guard<std::mutex> lock(r.mu);
   auto& slot = r.runtimes[{&store, name}];
   if (auto rt = slot.lock()) return rt;
-  std::erase_if(r.runtimes, [](const auto& kv) { return kv.second.expired(); });
+  // No sweep of expired entries here: each runtime erases its own entry when it goes (below), and a
+  // sweep per creation made a 10,000-cluster push quadratic (a quarter of its time).
   auto rt = std::make_shared<ClusterRuntime>(store, name, stat_prefix);
-  r.runtimes[{&store, name}] = rt;
+  slot = rt;
   return rt;
 }
 

@@ -183,6 +183,9 @@ class AdsClient::Impl {
     // Per stream.
     bool sent_on_stream = false;             // the first request of this type went out
     std::set<std::string> stream_names;      // what the server believes we subscribe to
+    // interest_gen when stream_names was last made equal to what we want (max: not on this stream), so
+    // an ACK at 10,000 EDS names neither compares nor copies the name sets.
+    uint64_t stream_gen = UINT64_MAX;
     std::string nonce;                       // newest nonce on this stream
     bool ack_pending = false;                // a response awaits its ACK/NACK
     std::optional<absl::Status> pending_error;  // set: that ACK is a NACK
@@ -192,6 +195,7 @@ class AdsClient::Impl {
     void resetStream() {
       sent_on_stream = false;
       stream_names.clear();
+      stream_gen = UINT64_MAX;
       nonce.clear();
       ack_pending = false;
       pending_error.reset();
@@ -199,6 +203,7 @@ class AdsClient::Impl {
       dne_deadlines.clear();
     }
     // The names we want the server to have, in the form the protocol names them.
+    bool namesInSync() const { return stream_gen == interest_gen; }
     const std::set<std::string>& wanted(bool delta) const {
       static const std::set<std::string> kDeltaWildcard{kWildcard};
       static const std::set<std::string> kNone;
@@ -452,12 +457,12 @@ class AdsClient::Impl {
   // Whether `sub` has something to say on this stream.
   bool needsRequest(const Sub& sub) const {
     if (!sub.active) return false;
-    const std::set<std::string> wanted = sub.wanted(config_.delta);
+    const std::set<std::string>& wanted = sub.wanted(config_.delta);
     if (!sub.sent_on_stream) {
       // An empty first request for a named type would be a legacy wildcard subscription.
       return sub.wildcard || !wanted.empty();
     }
-    return sub.ack_pending || wanted != sub.stream_names;
+    return sub.ack_pending || (!sub.namesInSync() && wanted != sub.stream_names);
   }
 
   DiscoveryRequest buildSotw(const Sub& sub) {
@@ -480,11 +485,13 @@ class AdsClient::Impl {
       // Reconnect: tell the server what we hold so it sends only what changed.
       for (const auto& [name, version] : sub.held) (*req.mutable_initial_resource_versions())[name] = version;
     }
-    for (const auto& name : wanted) {
-      if (sub.stream_names.count(name) == 0) req.add_resource_names_subscribe(name);
-    }
-    for (const auto& name : sub.stream_names) {
-      if (wanted.count(name) == 0) req.add_resource_names_unsubscribe(name);
+    if (!sub.namesInSync()) {
+      for (const auto& name : wanted) {
+        if (sub.stream_names.count(name) == 0) req.add_resource_names_subscribe(name);
+      }
+      for (const auto& name : sub.stream_names) {
+        if (wanted.count(name) == 0) req.add_resource_names_unsubscribe(name);
+      }
     }
     if (sub.ack_pending) {
       // Delta carries a nonce only on an ACK/NACK.
@@ -557,14 +564,17 @@ class AdsClient::Impl {
         subscriber_.onStreamState(true);
       }
       // Does-not-exist timers for names newly subscribed and not held.
-      if (!sub.wildcard && config_.resource_does_not_exist_timeout_ms > 0) {
-        for (const auto& name : wanted) {
-          if (sub.stream_names.count(name) == 0 && sub.held.count(name) == 0) {
-            sub.dne_deadlines[name] = now + std::chrono::milliseconds(config_.resource_does_not_exist_timeout_ms);
+      if (!sub.namesInSync()) {
+        if (!sub.wildcard && config_.resource_does_not_exist_timeout_ms > 0) {
+          for (const auto& name : wanted) {
+            if (sub.stream_names.count(name) == 0 && sub.held.count(name) == 0) {
+              sub.dne_deadlines[name] = now + std::chrono::milliseconds(config_.resource_does_not_exist_timeout_ms);
+            }
           }
         }
+        sub.stream_names = wanted;
+        sub.stream_gen = sub.interest_gen;
       }
-      sub.stream_names = wanted;
       sub.sent_on_stream = true;
       sub.ack_pending = false;
       sub.pending_error.reset();

@@ -68,10 +68,10 @@ TEST_CASE("Cluster memory: a host keeps its object across versions, found by its
 TEST_CASE("Cluster memory: translated clusters give back their heap and stats when they go") {
   stats::Store store(4);
   stats::setThreadShard(&store.shard(0));
-  std::map<std::string, config::DynamicResource> endpoints;
+  config::ResourceMap endpoints;
   for (int i = 0; i < 200; ++i) {
     const std::string name = "mem-b-" + std::to_string(i);
-    endpoints[name] = config::DynamicResource{assignment(name, i, 10), "1", ""};
+    endpoints.set(name, config::DynamicResource{assignment(name, i, 10), "1", ""});
   }
   const size_t stats_before = store.statCount();
   const size_t heap_before = heapInUse();
@@ -109,10 +109,10 @@ TEST_CASE("Cluster memory: breakdown per EDS cluster of 10 endpoints", "[.memory
   for (int i = 0; i < n; ++i) cds.push_back(edsCluster("r1-" + std::to_string(n) + "-c" + std::to_string(i)));
   const size_t cds_bytes = heapInUse() - h0;
   h0 = heapInUse();
-  std::map<std::string, config::DynamicResource> endpoints;
+  config::ResourceMap endpoints;
   for (int i = 0; i < n; ++i) {
     const std::string name = cds[i].name();
-    endpoints[name] = config::DynamicResource{assignment(name, i, 10), "1", "2026-12-06T21:00:00.000Z"};
+    endpoints.set(name, config::DynamicResource{assignment(name, i, 10), "1", "2026-12-06T21:00:00.000Z"});
   }
   const size_t eds_bytes = heapInUse() - h0;
   h0 = heapInUse();

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <unistd.h>
 
 #include "envoy/config/cluster/v3/cluster.pb.h"
@@ -84,25 +85,26 @@ static_resources:
     auto s = std::make_shared<config::ConfigSources>();
     s->bootstrap = base->bootstrap;
     for (const char* n : {"a", "b", "c"}) {
-      s->clusters[n] = res(edsCluster(n));
-      s->endpoints[n] = res(endpoints(n, 9000 + n[0]));
+      s->clusters.set(n, res(edsCluster(n)));
+      s->endpoints.set(n, res(endpoints(n, 9000 + n[0])));
     }
-    s->routes["r1"] = res(parse<envoy::config::route::v3::RouteConfiguration>(
-        R"({"name":"r1","virtual_hosts":[{"name":"v","domains":["*"],"routes":[{"match":{"prefix":"/"},"route":{"cluster":"a"}}]}]})"));
-    s->listeners["http"] = res(parse<envoy::config::listener::v3::Listener>(R"({
+    s->routes.set("r1", res(parse<envoy::config::route::v3::RouteConfiguration>(
+        R"({"name":"r1","virtual_hosts":[{"name":"v","domains":["*"],"routes":[{"match":{"prefix":"/"},"route":{"cluster":"a"}}]}]})")));
+    s->listeners.set("http", res(parse<envoy::config::listener::v3::Listener>(R"({
       "name":"http","address":{"socket_address":{"address":"127.0.0.1","port_value":0}},
       "filter_chains":[{"filters":[{"name":"hcm","typed_config":{
         "@type":"type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix":"in","rds":{"route_config_name":"r1","config_source":{"ads":{}}},
-        "http_filters":[{"name":"envoy.filters.http.router","typed_config":{"@type":"type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]})"));
-    s->listeners["tcp"] = res(parse<envoy::config::listener::v3::Listener>(R"({
+        "http_filters":[{"name":"envoy.filters.http.router","typed_config":{"@type":"type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}]}}]}]})")));
+    s->listeners.set("tcp", res(parse<envoy::config::listener::v3::Listener>(R"({
       "name":"tcp","address":{"socket_address":{"address":"127.0.0.1","port_value":0}},
       "filter_chains":[{"filters":[{"name":"tcp","typed_config":{
-        "@type":"type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy","stat_prefix":"t","cluster":"b"}}]}]})"));
+        "@type":"type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy","stat_prefix":"t","cluster":"b"}}]}]})")));
     sources = s;
   }
-  config::BuildResult build(std::shared_ptr<const config::ConfigSources> s, const config::Snapshot* previous) {
-    auto r = config::buildSnapshot(std::move(s), previous, store(), config::clusterIds());
+  config::BuildResult build(std::shared_ptr<const config::ConfigSources> s, const config::Snapshot* previous,
+                            const config::ChangeHint* hint = nullptr) {
+    auto r = config::buildSnapshot(std::move(s), previous, store(), config::clusterIds(), hint);
     REQUIRE(r.ok());
     INFO((r->rejected.empty() ? std::string() : r->rejected[0].error));
     REQUIRE(r->rejected.empty());
@@ -129,7 +131,7 @@ TEST_CASE("incremental build: an EDS update makes a new version of that cluster 
   CHECK(first.rds_names == std::set<std::string>{"r1"});
 
   auto next = std::make_shared<config::ConfigSources>(*f.sources);
-  next->endpoints["c"] = res(endpoints("c", 9999), "2");
+  next->endpoints.set("c", res(endpoints("c", 9999), "2"));
   auto second = f.build(next, first.snapshot.get());
   const auto& was = first.snapshot->clusters_by_name;
   const auto& now = second.snapshot->clusters_by_name;
@@ -156,8 +158,8 @@ TEST_CASE("incremental build: a route configuration update rebuilds that table o
   Fixture f;
   auto first = f.build(f.sources, f.base.get());
   auto next = std::make_shared<config::ConfigSources>(*f.sources);
-  next->routes["r1"] = res(parse<envoy::config::route::v3::RouteConfiguration>(
-      R"({"name":"r1","virtual_hosts":[{"name":"v","domains":["*"],"routes":[{"match":{"prefix":"/"},"route":{"cluster":"b"}}]}]})"), "2");
+  next->routes.set("r1", res(parse<envoy::config::route::v3::RouteConfiguration>(
+      R"({"name":"r1","virtual_hosts":[{"name":"v","domains":["*"],"routes":[{"match":{"prefix":"/"},"route":{"cluster":"b"}}]}]})"), "2"));
   auto second = f.build(next, first.snapshot.get());
   CHECK(second.snapshot->route_tables.at("r1") != first.snapshot->route_tables.at("r1"));
   for (const char* n : {"a", "b", "c"}) CHECK(second.snapshot->clusters_by_name.at(n) == first.snapshot->clusters_by_name.at(n));
@@ -169,8 +171,8 @@ TEST_CASE("incremental build: a cluster added keeps the others; a cluster remove
   Fixture f;
   auto first = f.build(f.sources, f.base.get());
   auto added = std::make_shared<config::ConfigSources>(*f.sources);
-  added->clusters["d"] = res(edsCluster("d"));
-  added->endpoints["d"] = res(endpoints("d", 9100));
+  added->clusters.set("d", res(edsCluster("d")));
+  added->endpoints.set("d", res(endpoints("d", 9100)));
   auto second = f.build(added, first.snapshot.get());
   REQUIRE(second.snapshot->clusters_by_name.count("d") == 1);
   for (const char* n : {"a", "b", "c"}) CHECK(second.snapshot->clusters_by_name.at(n) == first.snapshot->clusters_by_name.at(n));
@@ -194,12 +196,76 @@ TEST_CASE("incremental build: the same Cluster message resent is not translated 
   // A new message with the same content (what a SotW push decodes to when the applier could not tell):
   // a new version, because only the message's identity is compared here.
   auto next = std::make_shared<config::ConfigSources>(*f.sources);
-  next->clusters["a"] = res(edsCluster("a"), "2");
+  next->clusters.set("a", res(edsCluster("a"), "2"));
   auto second = f.build(next, first.snapshot.get());
   CHECK(second.snapshot->clusters_by_name.at("a") != first.snapshot->clusters_by_name.at("a"));
   // The same message under a new version_info (what the applier keeps for resent bytes): reused.
   auto again = std::make_shared<config::ConfigSources>(*next);
-  again->clusters["a"].version = "3";
+  {
+    auto a = *again->clusters.get("a");
+    a.version = "3";
+    again->clusters.set("a", a);
+  }
   auto third = f.build(again, second.snapshot.get());
   CHECK(third.snapshot->clusters_by_name.at("a") == second.snapshot->clusters_by_name.at("a"));
+}
+
+namespace {
+std::vector<std::string> names(const config::Snapshot& s) {
+  std::vector<std::string> out;
+  for (const auto& c : s.clusters) out.push_back(c->name);
+  return out;
+}
+std::vector<std::string> mapNames(const config::Snapshot& s) {
+  std::vector<std::string> out;
+  for (const auto& [name, c] : s.clusters_by_name) out.push_back(name);
+  return out;
+}
+}  // namespace
+
+TEST_CASE("incremental build: a build told what changed equals a full build, and shares the rest") {
+  Fixture f;
+  auto full = f.build(f.sources, f.base.get());
+  auto hinted = full;
+  auto sources = f.sources;
+  // Each step: what changes in the sources, and the names the applier would hint.
+  struct Step {
+    const char* what;
+    std::function<void(config::ConfigSources&)> change;
+    std::set<std::string> names;
+  };
+  const std::vector<Step> steps = {
+      {"an endpoint of c changes", [](config::ConfigSources& s) { s.endpoints.set("c", res(endpoints("c", 9999), "2")); }, {"c"}},
+      {"cluster d is added, waiting for its endpoints", [](config::ConfigSources& s) { s.clusters.set("d", res(edsCluster("d"))); }, {"d"}},
+      {"d's endpoints arrive", [](config::ConfigSources& s) { s.endpoints.set("d", res(endpoints("d", 9100))); }, {"d"}},
+      {"cluster b is removed", [](config::ConfigSources& s) { s.clusters.erase("b"); }, {"b"}},
+      {"a new version of a", [](config::ConfigSources& s) { s.clusters.set("a", res(edsCluster("a"), "2")); }, {"a"}},
+  };
+  for (const auto& step : steps) {
+    INFO(step.what);
+    auto next = std::make_shared<config::ConfigSources>(*sources);
+    step.change(*next);
+    config::ChangeHint hint;
+    hint.clusters_only = true;
+    hint.names = step.names;
+    auto by_hint = f.build(next, hinted.snapshot.get(), &hint);
+    auto by_full = f.build(next, full.snapshot.get());
+    CHECK(names(*by_hint.snapshot) == names(*by_full.snapshot));
+    CHECK(mapNames(*by_hint.snapshot) == mapNames(*by_full.snapshot));
+    REQUIRE(by_hint.eds_names);
+    CHECK(*by_hint.eds_names == *by_full.eds_names);
+    CHECK(by_hint.snapshot->same_cluster_names == by_full.snapshot->same_cluster_names);
+    CHECK(by_hint.rds_names == by_full.rds_names);
+    CHECK(by_hint.snapshot->listeners.size() == by_full.snapshot->listeners.size());
+    // What the hint did not name is the previous snapshot's very object.
+    for (const auto& [name, c] : by_hint.snapshot->clusters_by_name) {
+      if (step.names.count(name) != 0) continue;
+      CHECK(c == hinted.snapshot->clusters_by_name.at(name));
+    }
+    sources = next;
+    hinted = by_hint;
+    full = by_full;
+  }
+  CHECK(hinted.snapshot->clusters_by_name.count("b") == 0);
+  CHECK(hinted.snapshot->clusters_by_name.at("d")->hosts.size() == 1);
 }

@@ -250,7 +250,7 @@ std::string typedStruct(const std::string& inner_type, const google::protobuf::S
 }
 
 absl::StatusOr<config::NetworkReadFilterConstSharedPtr> create(const google::protobuf::Any& any) {
-  static const std::map<std::string, config::ClusterConstSharedPtr> clusters;
+  static const config::ClusterMap clusters;
   config::TranslationContext ctx{store(), clusters};
   return filters::network::createIstioNoopFilter(any, "f.typed_config", ctx);
 }

@@ -103,7 +103,7 @@ std::string header(const CorsVerdict& v, const std::string& name) {
 
 TEST_CASE("CORS: origins, preflights and simple requests", "[cors]") {
   filters::http::registerHttpCors();  // the policy parsers
-  std::map<std::string, config::ClusterConstSharedPtr> clusters;
+  config::ClusterMap clusters;
   http::RouteTable::Options o;
   o.validate_clusters = false;
   auto table = http::RouteTable::create(parseYaml<envoy::config::route::v3::RouteConfiguration>(kRoutes), "route_config",

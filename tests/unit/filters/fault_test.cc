@@ -247,7 +247,7 @@ struct Builder : http::FilterChainBuilder {
 TEST_CASE("Fault: max_active_faults, delay timer and cancellation", "[fault]") {
   strait::testing::ShardGuard shard;
   auto& store = testStore();
-  std::map<std::string, config::ClusterConstSharedPtr> clusters;
+  config::ClusterMap clusters;
   const std::string prefix = "fault_test";
   http::HttpFilterContext ctx{store, clusters, prefix, "envoy.filters.http.fault"};
   google::protobuf::Any any;
@@ -304,7 +304,7 @@ TEST_CASE("Fault: max_active_faults, delay timer and cancellation", "[fault]") {
 TEST_CASE("Fault: gRPC abort is a trailers-only response", "[fault]") {
   strait::testing::ShardGuard shard;
   auto& store = testStore();
-  std::map<std::string, config::ClusterConstSharedPtr> clusters;
+  config::ClusterMap clusters;
   const std::string prefix = "fault_grpc_test";
   http::HttpFilterContext ctx{store, clusters, prefix, "envoy.filters.http.fault"};
   google::protobuf::Any any;

@@ -377,7 +377,7 @@ TEST_CASE("RBAC: the context of a connection", "[rbac]") {
 
 TEST_CASE("RBAC: network filter", "[rbac]") {
   auto& store = testStore();
-  std::map<std::string, config::ClusterConstSharedPtr> clusters;
+  config::ClusterMap clusters;
   config::TranslationContext ctx{store, clusters};
   auto filter = filters::network::createNetworkRbac(anyFromYaml(R"(
 "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
@@ -521,7 +521,7 @@ shadow_rules:
 
 TEST_CASE("RBAC: HTTP filter", "[rbac]") {
   auto& store = testStore();
-  std::map<std::string, config::ClusterConstSharedPtr> clusters;
+  config::ClusterMap clusters;
   const std::string hcm_prefix = "rbac_test";
   http::HttpFilterContext ctx{store, clusters, hcm_prefix, "envoy.filters.http.rbac"};
   auto factory = filters::http::createHttpRbac(anyFromYaml(kHttpRbac), "http_filters[0].typed_config", ctx);
@@ -605,7 +605,7 @@ virtual_hosts:
   CHECK(pub->perFilterConfig("other.filter") == nullptr);
   CHECK(rest->perFilterConfig("envoy.filters.http.rbac") != nullptr);
 
-  std::map<std::string, config::ClusterConstSharedPtr> clusters;
+  config::ClusterMap clusters;
   const std::string hcm_prefix = "per_route";
   http::HttpFilterContext ctx{store, clusters, hcm_prefix, "envoy.filters.http.rbac"};
   // The filter itself refuses everything.

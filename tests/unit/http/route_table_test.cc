@@ -20,7 +20,7 @@ namespace route_v3 = envoy::config::route::v3;
 
 namespace {
 
-using ClusterMap = std::map<std::string, config::ClusterConstSharedPtr>;
+using ClusterMap = config::ClusterMap;
 
 ClusterMap makeClusters(std::initializer_list<const char*> names) {
   ClusterMap out;
@@ -29,7 +29,7 @@ ClusterMap makeClusters(std::initializer_list<const char*> names) {
     auto c = std::make_shared<config::Cluster>();
     c->name = n;
     c->index = i++;
-    out[n] = c;
+    out.set(n, c);
   }
   return out;
 }
