@@ -949,6 +949,22 @@ void ConnectionBase::deliverData(StreamBase& s, bool end_stream) {
     }
     return;
   }
+  if (!server() && !s.final_headers_) {
+    // DATA before the final response headers (after a 1xx, or none at all): a malformed response
+    // (RFC 9113 section 8.1). nghttp2 lets it through after a 1xx; the response decoder would get a body
+    // with no response (found by h2_client_fuzz). The stream is reset as a protocol error.
+    if (len > 0) {
+      nghttp2_session_consume(session_, s.id_, len);
+      recv_.clear();
+    }
+    if (!s.has_codec_reason_) {
+      s.has_codec_reason_ = true;
+      s.codec_reason_ = StreamResetReason::ProtocolError;
+      s.discard_input_ = true;
+      nghttp2_submit_rst_stream(session_, NGHTTP2_FLAG_NONE, s.id_, NGHTTP2_PROTOCOL_ERROR);
+    }
+    return;
+  }
   if (server()) {
     if (s.request_decoder_ != nullptr) s.request_decoder_->decodeData(recv_, end_stream);
   } else {

@@ -1001,14 +1001,10 @@ TEST_CASE("Http2: a CONTINUATION flood closes the connection") {
 
 // Found by tests/fuzz/h2_client_fuzz (regressions/h2_client_fuzz/status-000): nghttp2 only checks that
 // :status is a number, so "000" reached the router as status 0.
-TEST_CASE("Http2: a response :status that is not 100..599 resets the stream") {
-  for (const std::string status : {"204", "000", "099", "600", "2000", "20"}) {
-    INFO(":status " << status);
-    event::Dispatcher dispatcher("http2-status");
-    FakeTransport transport(dispatcher);
-    TestClientCallbacks callbacks;
-    auto client = http2::createClientConnection(transport, callbacks, {});
-    ClientStreamHandler h;
+// A client connection with one GET sent on stream 1, for tests that then feed it a server's frames.
+struct OneGetClient {
+  explicit OneGetClient(const char* name) : dispatcher(name), transport(dispatcher) {
+    client = http2::createClientConnection(transport, callbacks, {});
     RequestEncoder& e = client->newStream(h);
     e.stream().setCallbacks(&h);
     RequestHeaders req;
@@ -1018,6 +1014,20 @@ TEST_CASE("Http2: a response :status that is not 100..599 resets the stream") {
     req.authority = "up.example";
     e.encodeHeaders(req, true);
     dispatcher.runDeferredFlushes();
+  }
+  event::Dispatcher dispatcher;
+  FakeTransport transport;
+  TestClientCallbacks callbacks;
+  std::unique_ptr<ClientConnection> client;
+  ClientStreamHandler h;
+};
+
+TEST_CASE("Http2: a response :status that is not 100..599 resets the stream") {
+  for (const std::string status : {"204", "000", "099", "600", "2000", "20"}) {
+    INFO(":status " << status);
+    OneGetClient rig("http2-status");
+    auto& client = rig.client;
+    auto& h = rig.h;
     // The server's SETTINGS, then HEADERS (END_STREAM | END_HEADERS) on stream 1 holding one HPACK literal
     // with incremental indexing, name :status (static index 8), raw value.
     std::string block = "\x48";
@@ -1039,6 +1049,33 @@ TEST_CASE("Http2: a response :status that is not 100..599 resets the stream") {
       REQUIRE(h.reset.has_value());
       CHECK(*h.reset == StreamResetReason::ProtocolError);
     }
+    client->onTransportClosed();
+  }
+}
+
+// Found by h2_client_fuzz (tests/fuzz/regressions/h2_client_fuzz/data-before-final-headers): a 100
+// response, then DATA on the same stream before any final response headers, reached decodeData.
+TEST_CASE("Http2: DATA after a 1xx and before the final response resets the stream") {
+  for (const bool empty : {true, false}) {
+    INFO((empty ? "empty DATA" : "DATA with a body"));
+    OneGetClient rig("http2-data-before-headers");
+    auto& client = rig.client;
+    auto& h = rig.h;
+    // SETTINGS; HEADERS (END_HEADERS) with :status 100 (static index 9 is "204": literal name index 8);
+    // then DATA on stream 1.
+    std::string in;
+    frame(in, 4, 0, 0, "");
+    frame(in, 1, 0x04, 1, std::string("\x48\x03" "100", 5));
+    frame(in, 0, 0x00, 1, empty ? "" : "body");
+    Buffer b;
+    b.add(in);
+    CodecError error;
+    CHECK(client->dispatch(b, error));
+    CHECK(h.informational == std::vector<uint32_t>{100});
+    CHECK(h.headers == nullptr);
+    CHECK(h.body.empty());
+    REQUIRE(h.reset.has_value());
+    CHECK(*h.reset == StreamResetReason::ProtocolError);
     client->onTransportClosed();
   }
 }
