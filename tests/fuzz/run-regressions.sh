@@ -5,6 +5,7 @@
 # breaks one of its checks; the input that did it is left in BUILD_DIR/fuzz-artifacts/.
 #
 # Usage: tests/fuzz/run-regressions.sh [BUILD_DIR] [SECONDS]   (defaults: build-fuzz-ci, 20)
+# SECONDS 0 replays the corpus and regressions once and fuzzes nothing new: deterministic, for CI.
 # New inputs the short runs find go to a scratch copy, never into the tree.
 # Without clang-16 and libFuzzer (deploy/install-deps.sh fuzz) it says so and exits 0: a skip.
 set -euo pipefail
@@ -51,9 +52,13 @@ for t in "${targets[@]}"; do
     dirs+=("$fuzz/regressions/$t")
     "$bin" -rss_limit_mb=2048 -timeout=10 -artifact_prefix="$artifacts/$t-" "$fuzz/regressions/$t"/* >"$log" 2>&1 || ok=0
   fi
-  if [ $ok = 1 ]; then
+  if [ $ok = 1 ] && [ "$secs" -gt 0 ]; then
     "$bin" -max_total_time="$secs" -rss_limit_mb=2048 -timeout=10 -max_len=16384 -print_final_stats=1 \
       -artifact_prefix="$artifacts/$t-" "${dict[@]}" "${dirs[@]}" >>"$log" 2>&1 || ok=0
+  elif [ $ok = 1 ]; then
+    # SECONDS 0: replay the corpus once, no new inputs (deterministic: what tests/run.sh does).
+    "$bin" -runs=0 -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 -artifact_prefix="$artifacts/$t-" \
+      "${dirs[@]}" >>"$log" 2>&1 || ok=0
   fi
   if [ $ok = 1 ]; then
     echo "run-regressions: $t ok: $(grep -E '^#[0-9]+.*(DONE|pulse)' "$log" | tail -1 | cut -c1-110)"
