@@ -13,5 +13,8 @@ cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 ninja -C build
 echo "== unit tests (ctest)"
 (cd build && ctest --output-on-failure --timeout 120)
+echo "== fuzz regressions (tests/fuzz: the libFuzzer targets under ASan+UBSan replay their corpus and regressions)"
+deploy/install-deps.sh fuzz
+FUZZ_JOBS=2 tests/fuzz/run-regressions.sh "$PWD/build-fuzz-ci" 0
 echo "== integration tests (pytest, Debian's python3)"
 STRAIT_BIN="$PWD/build/proxy/strait" /usr/bin/python3 -m pytest tests/integration -q "$@"
