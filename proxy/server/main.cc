@@ -16,6 +16,7 @@
 #include "filters/network/istio_noop.h"
 #include "filters/network/tcp_proxy.h"
 #include "proxy/http/conn_manager.h"
+#include "proxy/server/extensions.h"
 #include "proxy/config/bootstrap.h"
 #include "proxy/config/node_metadata.h"
 #include "proxy/server/options.h"
@@ -69,17 +70,7 @@ int main(int argc, char** argv) {
   if (!pod->probes.empty() && options->status_ports.empty() && options->mode == server::Mode::Serve) {
     std::fprintf(stderr, "strait: warning: application probes are set but no --status-port serves them\n");
   }
-  filters::network::registerTcpProxy();
-  filters::network::registerNetworkRbac();
-  filters::network::registerIstioNoopFilters();
-  http::registerHttpConnectionManager();
-  filters::http::registerRouter();
-  filters::http::registerHttpRbac();
-  filters::http::registerHttpFault();
-  filters::http::registerHttpCors();
-  filters::http::registerInertHttpFilters();
-  filters::http::registerIstioAlpn();
-  certs::registerTransportSockets();
+  server::registerExtensions();
 
   // Shards: main thread, one per worker, and the xDS thread.
   auto store = std::make_unique<stats::Store>(options->concurrency + 2);

@@ -19,6 +19,7 @@
 #include "google/protobuf/dynamic_message.h"
 #include "google/protobuf/message.h"
 #include "proxy/http/conn_manager.h"
+#include "proxy/server/extensions.h"
 
 namespace strait::fuzz {
 
@@ -76,17 +77,7 @@ stats::Store& init() {
     common::setLogLevel(common::LogLevel::Off);
     auto* s = new stats::Store(1);
     stats::setThreadShard(&s->shard(0));
-    filters::network::registerTcpProxy();
-    filters::network::registerNetworkRbac();
-    filters::network::registerIstioNoopFilters();
-    http::registerHttpConnectionManager();
-    filters::http::registerRouter();
-    filters::http::registerHttpRbac();
-    filters::http::registerHttpFault();
-    filters::http::registerHttpCors();
-    filters::http::registerInertHttpFilters();
-    filters::http::registerIstioAlpn();
-    certs::registerTransportSockets();
+    server::registerExtensions();
     certs::SecretManager::get().setStore(s);
     return s;
   }();

@@ -66,16 +66,7 @@ admin, stats, wait_stats = np_.admin, np_.stats, np_.wait_stats
 
 def start_strait(p, ns, binary):
     proc = p.spawn(ns, [binary, "--concurrency", "1"], f"strait-{ns}", as_proxy=True)
-    deadline = time.monotonic() + 20
-    last = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"strait in {ns} exited {proc.returncode}:\n{p.log_of(proc)}")
-        last = admin(p, ns, "/ready", timeout=2)
-        if last[0] == 200:
-            return proc
-        time.sleep(0.1)
-    raise AssertionError(f"strait in {ns} not ready within 20s (last /ready: {last}):\n{p.log_of(proc)}")
+    return np_.wait_admin_ready(p, ns, proc)
 
 
 @pytest.fixture(scope="module", params=["iptables", "nftables"])

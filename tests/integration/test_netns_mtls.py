@@ -247,16 +247,7 @@ def start_strait(p, ns, binary, config, confdir):
         json.dump(config, f, indent=1)
     os.chmod(path, 0o644)
     proc = p.spawn(ns, [binary, "-c", path, "--concurrency", "1", "-l", "info"], f"strait-{ns}", as_proxy=True)
-    deadline = time.monotonic() + 20
-    last = None
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"strait in {ns} exited {proc.returncode}:\n{p.log_of(proc)}")
-        last = admin(p, ns, "/ready", timeout=2)
-        if last[0] == 200:
-            return proc
-        time.sleep(0.1)
-    raise AssertionError(f"strait in {ns} not ready within 20s (last /ready: {last}):\n{p.log_of(proc)}")
+    return np_.wait_admin_ready(p, ns, proc)
 
 
 class Mesh:
