@@ -51,6 +51,14 @@ absl::StatusOr<std::string> stringOf(const Value& v, const std::string& var, con
   return v.string_value();
 }
 
+// A request path for an HTTP request line: no spaces, CR or LF; a leading '/' added; empty: `empty`.
+absl::StatusOr<std::string> pathOf(const Value& v, const std::string& var, const std::string& key, const char* empty) {
+  auto s = stringOf(v, var, key);
+  if (!s.ok()) return s.status();
+  if (s->find_first_of("\r\n ") != std::string::npos) return envError(var, key, "must not hold spaces, CR or LF");
+  return s->empty() ? std::string(empty) : (s->front() == '/' ? *s : "/" + *s);
+}
+
 // The probe's target: 127.0.0.1 (the pod's loopback: Strait shares the application's network
 // namespace), or the handler's host, which must be an IP address (no name lookups on the main loop).
 absl::StatusOr<network::Address> target(const Struct& handler, uint16_t port, const std::string& var,
@@ -76,10 +84,9 @@ absl::Status parseHttpGet(const Struct& h, AppProbe& p, const std::string& var, 
       if (!n.ok()) return n.status();
       port = *n;
     } else if (name == "path") {
-      auto s = stringOf(v, var, k);
-      if (!s.ok()) return s.status();
-      if (s->find_first_of("\r\n ") != std::string::npos) return envError(var, k, "must not hold spaces, CR or LF");
-      p.http_path = s->empty() ? "/" : (s->front() == '/' ? *s : "/" + *s);
+      auto path = pathOf(v, var, k, "/");
+      if (!path.ok()) return path.status();
+      p.http_path = *path;
     } else if (name == "scheme") {
       auto s = stringOf(v, var, k);
       if (!s.ok()) return s.status();
@@ -217,10 +224,9 @@ absl::StatusOr<std::optional<PrometheusScrape>> parsePrometheusScrape(std::strin
     if (name == "scrape") {
       scrape = envTruthy(v);
     } else if (name == "path") {
-      auto p = stringOf(v, var, name);
-      if (!p.ok()) return p.status();
-      if (p->find_first_of("\r\n ") != std::string::npos) return envError(var, name, "must not hold spaces, CR or LF");
-      s.path = p->empty() ? "/metrics" : (p->front() == '/' ? *p : "/" + *p);
+      auto path = pathOf(v, var, name, "/metrics");
+      if (!path.ok()) return path.status();
+      s.path = *path;
     } else if (name == "port") {
       auto n = portOf(v, var, name);
       if (!n.ok()) return n.status();
