@@ -87,7 +87,8 @@ class NameMap {
       return old;
     }
     bool operator==(const const_iterator& other) const {
-      return b_ == other.b_ && o_ == other.o_ && from_base_ == other.from_base_;
+      // The element pointed at (a find() result may not have skipped the shadowed base entries yet).
+      return from_base_ == other.from_base_ && (from_base_ ? b_ == other.b_ : o_ == other.o_);
     }
     bool operator!=(const const_iterator& other) const { return !(*this == other); }
 
@@ -97,6 +98,12 @@ class NameMap {
         : m_(m), b_(b), o_(o) {
       settle();
     }
+    // At overlay entry `o`, with `b` the first base entry after its name, not yet skipped past shadowed
+    // ones: find() must not walk the base (when the overlay shadows most of it, as after a state-of-the-
+    // world push, that walk made each find O(n)); the next ++ settles.
+    struct AtOverlay {};
+    const_iterator(const NameMap* m, typename Map::const_iterator b, typename Map::const_iterator o, AtOverlay)
+        : m_(m), b_(b), o_(o), from_base_(false) {}
     // Skips base entries shadowed by the overlay (set or erased there), then picks the smaller name.
     void settle() {
       const auto b_end = m_->baseEnd();
@@ -134,7 +141,9 @@ class NameMap {
   // An iterator that goes on in name order from the entry found.
   const_iterator find(std::string_view name) const {
     auto o = set_.find(name);
-    if (o != set_.end()) return const_iterator(this, base_ ? base_->upper_bound(name) : baseEnd(), o);
+    if (o != set_.end()) {
+      return const_iterator(this, base_ ? base_->upper_bound(name) : baseEnd(), o, typename const_iterator::AtOverlay{});
+    }
     if (!base_ || erased_.count(name) != 0) return end();
     auto b = base_->find(name);
     if (b == base_->end()) return end();

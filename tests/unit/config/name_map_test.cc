@@ -99,3 +99,24 @@ TEST_CASE("NameMap copies share the base and copy only the overlay", "[name_map]
   CHECK(next.eraseIf([](const std::string&, int v) { return v % 2 == 0; }) == 4999);  // the evens, less c6
   CHECK(next.size() == 5000);
 }
+
+TEST_CASE("NameMap find in an overlay that shadows the whole base goes on in order", "[name_map]") {
+  // What the xDS applier holds after a state-of-the-world push: every name set again over a base that
+  // has them all (find must not walk the shadowed base: it did, and each lookup was O(n)).
+  NameMap<int> m;
+  for (int i = 0; i < 2000; ++i) m.set("c" + std::to_string(1000 + i), i);
+  NameMap<int> held = m;  // folded: a base of 2000
+  for (int i = 0; i < 2000; ++i) held.set("c" + std::to_string(1000 + i), -i);
+  REQUIRE(held.overlaySize() == 2000);
+  auto it = held.find("c1500");
+  REQUIRE(it != held.end());
+  CHECK(it->second == -500);
+  ++it;
+  REQUIRE(it != held.end());
+  CHECK(it->first == "c1501");
+  CHECK(it == held.find("c1501"));
+  auto last = held.find("c2999");
+  REQUIRE(last != held.end());
+  ++last;
+  CHECK(last == held.end());
+}
