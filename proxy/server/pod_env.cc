@@ -74,6 +74,16 @@ absl::StatusOr<network::Address> target(const Struct& handler, uint16_t port, co
   return *a;
 }
 
+// The probe's address from its (required) port and optional host.
+absl::Status setTarget(const Struct& h, std::optional<uint16_t> port, AppProbe& p, const std::string& var,
+                       const std::string& key) {
+  if (!port) return envError(var, key + ".port", "is required");
+  auto a = target(h, *port, var, key);
+  if (!a.ok()) return a.status();
+  p.address = *a;
+  return absl::OkStatus();
+}
+
 absl::Status parseHttpGet(const Struct& h, AppProbe& p, const std::string& var, const std::string& key) {
   p.kind = AppProbe::Kind::Http;
   std::optional<uint16_t> port;
@@ -125,11 +135,7 @@ absl::Status parseHttpGet(const Struct& h, AppProbe& p, const std::string& var, 
       return envError(var, k, "unknown field (httpGet has path, port, scheme, host, httpHeaders)");
     }
   }
-  if (!port) return envError(var, key + ".port", "is required");
-  auto a = target(h, *port, var, key);
-  if (!a.ok()) return a.status();
-  p.address = *a;
-  return absl::OkStatus();
+  return setTarget(h, port, p, var, key);
 }
 
 absl::Status parsePortOnly(const Struct& h, AppProbe& p, const std::string& var, const std::string& key,
@@ -149,11 +155,7 @@ absl::Status parsePortOnly(const Struct& h, AppProbe& p, const std::string& var,
       return envError(var, k, "unknown field");
     }
   }
-  if (!port) return envError(var, key + ".port", "is required");
-  auto a = target(h, *port, var, key);
-  if (!a.ok()) return a.status();
-  p.address = *a;
-  return absl::OkStatus();
+  return setTarget(h, port, p, var, key);
 }
 
 // Fields of a Kubernetes probe that are the kubelet's business (it schedules and counts), passed
