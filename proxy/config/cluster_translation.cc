@@ -497,7 +497,7 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
       if (cla == nullptr) {
         if (warming) *warming = true;  // waits for its ClusterLoadAssignment
       } else {
-        auto st = translateEndpoints(static_cast<const endpoint_v3::ClusterLoadAssignment&>(*cla->proto),
+        auto st = translateEndpoints(*heldAs<endpoint_v3::ClusterLoadAssignment>(*cla),
                                      absl::StrCat("ClusterLoadAssignment '", service, "'"), c.name(), store, false,
                                      *out, nullptr, sockets);
         if (!st.ok()) return st;
@@ -604,14 +604,14 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
     upstream::HealthCheckConfig hc;
     auto st = translateHealthCheck(c.health_checks(0), path + ".health_checks[0]", c.name(), hc);
     if (!st.ok()) return st;
-    out->health_check = std::move(hc);
+    out->health_check = std::make_shared<const upstream::HealthCheckConfig>(std::move(hc));
     out->health_check_hash = std::hash<std::string>{}(c.health_checks(0).SerializeAsString());
   }
   if (c.has_outlier_detection()) {
     upstream::OutlierConfig o;
     auto st = translateOutlier(c.outlier_detection(), path + ".outlier_detection", o);
     if (!st.ok()) return st;
-    out->outlier = o;
+    out->outlier = std::make_shared<const upstream::OutlierConfig>(o);
   }
   if (c.has_circuit_breakers()) {
     for (int i = 0; i < c.circuit_breakers().thresholds_size(); ++i) {

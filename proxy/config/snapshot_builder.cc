@@ -364,7 +364,7 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
   auto endpointsOf = [&](const Cluster& c) -> std::shared_ptr<const void> {
     if (c.type != Cluster::Type::Eds) return nullptr;
     auto it = sources->endpoints.find(c.eds_service_name);
-    return it == sources->endpoints.end() ? nullptr : std::shared_ptr<const void>(it->second.proto);
+    return it == sources->endpoints.end() ? nullptr : it->second.identity();
   };
   auto reusableCluster = [&](const std::string& name, const google::protobuf::Message* proto,
                              bool dynamic) -> ClusterConstSharedPtr {

@@ -8,6 +8,7 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
+#include "envoy/config/endpoint/v3/endpoint.pb.h"
 #include "certs/secret_manager.h"
 #include "google/protobuf/descriptor.h"
 #include "google/protobuf/dynamic_message.h"
@@ -302,7 +303,7 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
       }
       for (const auto& [name, res] : src->endpoints) {
         absl::StrAppend(&endpoints, endpoints.empty() ? "" : ",", "{\"version_info\":", jsonEscape(res.version),
-                        ",\"endpoint_config\":", protoJson(*res.proto), ",\"last_updated\":\"", res.last_updated,
+                        ",\"endpoint_config\":", protoJson(*config::heldAs<envoy::config::endpoint::v3::ClusterLoadAssignment>(res)), ",\"last_updated\":\"", res.last_updated,
                         "\"}");
       }
     }

@@ -379,15 +379,31 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
     }
     unknown_received[r.name] = absl::StrJoin(unknown, ", ");
     config::DynamicResource res;
-    res.proto = *m;
     res.version = r.version.empty() ? version : r.version;
     res.wire_hash = h1;
     res.wire_hash2 = h2;
     res.wire_size = bytes.size();
     // Unchanged resources keep the time they were last updated (same message, bytes encoded otherwise).
-    bool same = held != prev_map->end() && held->second.proto->SerializeAsString() == (*m)->SerializeAsString();
+    bool same = false;
+    if (held != prev_map->end()) {
+      const std::string encoded = (*m)->SerializeAsString();
+      if (held->second.proto) {
+        same = held->second.proto->SerializeAsString() == encoded;
+      } else if (held->second.wire) {
+        std::unique_ptr<google::protobuf::Message> before((*m)->New());
+        same = before->ParseFromString(*held->second.wire) && before->SerializeAsString() == encoded;
+      }
+    }
     res.last_updated = same ? held->second.last_updated : now;
-    if (same) res.proto = held->second.proto;  // and what was built from it stays
+    if (same) {
+      // The held message (or bytes) stays, and what was built from it stays.
+      res.proto = held->second.proto;
+      res.wire = held->second.wire;
+    } else if (type_url == xds::kEndpointType) {
+      res.wire = std::make_shared<const std::string>(bytes);  // as it came: see DynamicResource::wire
+    } else {
+      res.proto = *m;
+    }
     target->set(r.name, std::move(res));
   }
   if (type_url == xds::kSecretType) {
@@ -429,7 +445,9 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
     for (const auto& name : received) {
       const auto* now_held = target->get(name);
       const auto* before = prev_map->get(name);
-      if (now_held == nullptr || before == nullptr || now_held->proto != before->proto) hint.names.insert(name);
+      if (now_held == nullptr || before == nullptr || now_held->identityKey() != before->identityKey()) {
+        hint.names.insert(name);
+      }
     }
     for (const auto& name : removed) hint.names.insert(name);
     if (sotw && type_url == xds::kClusterType) {

@@ -7,6 +7,10 @@
 
 namespace strait::upstream {
 
+namespace {
+constexpr const char* kPriorityNames[kResourcePriorities] = {"default", "high"};  // by ResourcePriority
+}  // namespace
+
 void registerTicking(std::weak_ptr<ClusterRuntime> rt);
 
 bool ResourceManager::tryAcquireRetry() {
@@ -24,10 +28,9 @@ ClusterRuntime::ClusterRuntime(stats::Store& store, std::string name, const std:
   // Envoy's defaults until a version is activated (no gauge writes here: this may run on a thread
   // without a stats shard). HIGH has the same defaults as DEFAULT.
   const ResourceLimits defaults;
-  const char* const priority_names[kResourcePriorities] = {"default", "high"};
   for (size_t i = 0; i < kResourcePriorities; ++i) {
     ResourceManager& r = resources_[i];
-    const std::string p = absl::StrCat("cluster.", stat_prefix, ".circuit_breakers.", priority_names[i], ".");
+    const std::string p = absl::StrCat("cluster.", stat_prefix, ".circuit_breakers.", kPriorityNames[i], ".");
     struct {
       ResourceLimit* limit;
       const char* open;
@@ -42,7 +45,8 @@ ClusterRuntime::ClusterRuntime(stats::Store& store, std::string name, const std:
     };
     for (const auto& l : limits) {
       l.limit->open_ = scope_.gauge(p + l.open);
-      l.limit->remaining_ = scope_.gauge(p + l.remaining, true);
+      l.limit->remaining_name_ = l.remaining;
+      l.limit->priority_ = static_cast<uint8_t>(i);
       l.limit->max_ = l.max;
     }
   }
@@ -80,6 +84,11 @@ void ClusterRuntime::rememberHost(const std::string& key, const HostSharedPtr& h
 }
 
 void ClusterRuntime::setLimit(ResourceLimit& l, uint64_t max, bool track) {
+  if (track && !l.remaining_made_) {
+    l.remaining_ = scope_.gauge(absl::StrCat("cluster.", stat_prefix_, ".circuit_breakers.", kPriorityNames[l.priority_],
+                                             ".", l.remaining_name_));
+    l.remaining_made_ = true;
+  }
   const uint64_t old = l.max_.exchange(max, std::memory_order_relaxed);
   const uint64_t count = l.current_.load(std::memory_order_relaxed);
   // Keep the gauges true across a change of the limit: "open" is whether the count is at it.

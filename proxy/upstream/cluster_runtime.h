@@ -46,7 +46,12 @@ class ResourceLimit {
   std::atomic<uint64_t> current_{0};
   std::atomic<uint64_t> max_{1024};
   stats::Gauge open_;       // circuit_breakers.<priority>.<name>_open: 1 while at the limit
-  stats::Gauge remaining_;  // circuit_breakers.<priority>.remaining_<name> (with track_remaining)
+  // circuit_breakers.<priority>.remaining_<name>: made when track_remaining first asks for it (Envoy
+  // publishes these only then; at 10,000 clusters, 10 gauges each that nobody reads).
+  stats::Gauge remaining_;
+  const char* remaining_name_ = nullptr;  // "remaining_cx", ...
+  uint8_t priority_ = 0;                  // ResourcePriority
+  bool remaining_made_ = false;
   bool track_remaining_ = false;
 };
 

@@ -500,6 +500,31 @@ def test_high_priority_route_uses_the_high_thresholds(fleet):
     assert "backend::default_priority::max_requests::1\n" in clusters
 
 
+def test_track_remaining_publishes_remaining_gauges_and_only_then(fleet):
+    # Envoy publishes circuit_breakers.<priority>.remaining_* only for thresholds with track_remaining.
+    o = env.origin(fleet, "slow", delay=HOLD)
+    tracked = _cluster("tracked", [o.port], circuit_breakers={"thresholds": [
+        {"max_requests": 5, "max_connections": 7, "track_remaining": True}]})
+    plain = _cluster("plain", [o.port], circuit_breakers={"thresholds": [{"max_requests": 5}]})
+    vh = harness.virtual_host("all", ["*"], [harness.route_to("tracked")])
+    proc = fleet.start(harness.bootstrap([harness.http_listener("http", "ingress_http", [vh])], [tracked, plain]),
+                       concurrency=2)
+    port = proc.listener_port("http")
+    s = proc.stats()
+    assert s["cluster.tracked.circuit_breakers.default.remaining_rq"] == 5
+    assert s["cluster.tracked.circuit_breakers.default.remaining_cx"] == 7
+    assert s["cluster.tracked.circuit_breakers.default.remaining_retries"] == 3  # Envoy's default max_retries
+    assert not [k for k in s if ".remaining_" in k and not k.startswith("cluster.tracked.circuit_breakers.default.")]
+    # Two requests in flight: two fewer remain while they are held, all again after.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        futs = [pool.submit(h1.get, port, f"/r/{i}") for i in range(2)]
+        held = proc.wait_stats(lambda s: s.get("cluster.tracked.upstream_rq_active", 0) == 2)
+        assert held["cluster.tracked.circuit_breakers.default.remaining_rq"] == 3
+        assert [f.result().status for f in futs] == [200, 200]
+    s = proc.wait_stats(lambda s: s.get("cluster.tracked.upstream_rq_active", 1) == 0)
+    assert s["cluster.tracked.circuit_breakers.default.remaining_rq"] == 5
+
+
 def _zoned_cluster(name: str, zones: dict, **extra) -> dict:
     """A STATIC cluster with one LocalityLbEndpoints per zone: {"a": [port, ...], ...}."""
     c = {"name": name, "type": "STATIC", "connect_timeout": "1s",
