@@ -481,6 +481,11 @@ struct Snapshot {
   // True when this snapshot has the same cluster names as the one it was built after (what decides
   // whether route tables and listeners, which check names, may be reused).
   bool same_cluster_names = false;
+  // True when every cluster name of the snapshot it was built after is still here (some may have been
+  // added). Route tables and listeners name clusters by stable index and check names only to refuse
+  // unknown ones, so a table or listener that passed that check passes it again while no name goes:
+  // they are reused when this holds (a cluster added leaves them alone).
+  bool cluster_names_kept = false;
   std::shared_ptr<const struct ConfigSources> sources;
   std::vector<ListenerConstSharedPtr> listeners;
   std::vector<ClusterConstSharedPtr> clusters;

@@ -560,14 +560,22 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
   // of names is the same.
   if (fast) {
     snap->same_cluster_names = true;
+    snap->cluster_names_kept = true;
     for (const auto& n : affected) {
-      if ((previous->clusters_by_name.count(n) != 0) != (snap->clusters_by_name.count(n) != 0)) snap->same_cluster_names = false;
+      const bool was = previous->clusters_by_name.count(n) != 0, is = snap->clusters_by_name.count(n) != 0;
+      if (was != is) snap->same_cluster_names = false;
+      if (was && !is) snap->cluster_names_kept = false;
     }
   } else {
-  snap->same_cluster_names = previous != nullptr && previous->clusters_by_name.size() == snap->clusters_by_name.size() &&
-                             std::equal(previous->clusters_by_name.begin(), previous->clusters_by_name.end(),
-                                        snap->clusters_by_name.begin(),
-                                        [](const auto& a, const auto& b) { return a.first == b.first; });
+    snap->same_cluster_names = previous != nullptr && previous->clusters_by_name.size() == snap->clusters_by_name.size() &&
+                               std::equal(previous->clusters_by_name.begin(), previous->clusters_by_name.end(),
+                                          snap->clusters_by_name.begin(),
+                                          [](const auto& a, const auto& b) { return a.first == b.first; });
+    snap->cluster_names_kept =
+        snap->same_cluster_names ||
+        (previous != nullptr && previous->clusters_by_name.size() < snap->clusters_by_name.size() &&
+         std::includes(snap->clusters_by_name.begin(), snap->clusters_by_name.end(), previous->clusters_by_name.begin(),
+                       previous->clusters_by_name.end(), [](const auto& a, const auto& b) { return a.first < b.first; }));
     auto wanted = std::make_shared<std::set<std::string>>(std::move(eds_wanted));
     if (previous != nullptr && previous->eds_names && *previous->eds_names == *wanted) {
       snap->eds_names = previous->eds_names;
@@ -587,7 +595,7 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
   std::map<std::string, std::shared_ptr<const void>> tables;
   for (const auto& [name, res] : sources->routes) {
     if (!routeTableFactory()) return absl::InternalError("no route table factory registered");
-    if (snap->same_cluster_names) {
+    if (snap->cluster_names_kept) {
       auto src = previous->route_table_sources.find(name);
       if (src != previous->route_table_sources.end() && src->second == res.proto) {
         tables[name] = previous->route_tables.at(name);
@@ -636,7 +644,7 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
   };
   // A listener is reused like a route table, and also only while the same route tables exist (a
   // listener waiting for its RouteConfiguration is not built at all).
-  const bool same_tables = snap->same_cluster_names && previous->route_tables.size() == snap->route_tables.size() &&
+  const bool same_tables = snap->cluster_names_kept && previous->route_tables.size() == snap->route_tables.size() &&
                            std::equal(previous->route_tables.begin(), previous->route_tables.end(),
                                       snap->route_tables.begin(),
                                       [](const auto& a, const auto& b) { return a.first == b.first; });

@@ -233,13 +233,14 @@ TEST_CASE("incremental build: a build told what changed equals a full build, and
     const char* what;
     std::function<void(config::ConfigSources&)> change;
     std::set<std::string> names;
+    bool names_kept;  // no cluster name goes: route tables and listeners are reused
   };
   const std::vector<Step> steps = {
-      {"an endpoint of c changes", [](config::ConfigSources& s) { s.endpoints.set("c", res(endpoints("c", 9999), "2")); }, {"c"}},
-      {"cluster d is added, waiting for its endpoints", [](config::ConfigSources& s) { s.clusters.set("d", res(edsCluster("d"))); }, {"d"}},
-      {"d's endpoints arrive", [](config::ConfigSources& s) { s.endpoints.set("d", res(endpoints("d", 9100))); }, {"d"}},
-      {"cluster b is removed", [](config::ConfigSources& s) { s.clusters.erase("b"); }, {"b"}},
-      {"a new version of a", [](config::ConfigSources& s) { s.clusters.set("a", res(edsCluster("a"), "2")); }, {"a"}},
+      {"an endpoint of c changes", [](config::ConfigSources& s) { s.endpoints.set("c", res(endpoints("c", 9999), "2")); }, {"c"}, true},
+      {"cluster d is added, waiting for its endpoints", [](config::ConfigSources& s) { s.clusters.set("d", res(edsCluster("d"))); }, {"d"}, true},
+      {"d's endpoints arrive", [](config::ConfigSources& s) { s.endpoints.set("d", res(endpoints("d", 9100))); }, {"d"}, true},
+      {"cluster b is removed", [](config::ConfigSources& s) { s.clusters.erase("b"); }, {"b"}, false},
+      {"a new version of a", [](config::ConfigSources& s) { s.clusters.set("a", res(edsCluster("a"), "2")); }, {"a"}, true},
   };
   for (const auto& step : steps) {
     INFO(step.what);
@@ -255,6 +256,15 @@ TEST_CASE("incremental build: a build told what changed equals a full build, and
     REQUIRE(by_hint.eds_names);
     CHECK(*by_hint.eds_names == *by_full.eds_names);
     CHECK(by_hint.snapshot->same_cluster_names == by_full.snapshot->same_cluster_names);
+    CHECK(by_hint.snapshot->cluster_names_kept == step.names_kept);
+    CHECK(by_full.snapshot->cluster_names_kept == step.names_kept);
+    if (step.names_kept) {
+      // Names kept (a cluster added or changed): the listeners are the previous snapshot's objects.
+      REQUIRE(by_hint.snapshot->listeners.size() == hinted.snapshot->listeners.size());
+      for (size_t i = 0; i < by_hint.snapshot->listeners.size(); ++i) {
+        CHECK(by_hint.snapshot->listeners[i] == hinted.snapshot->listeners[i]);
+      }
+    }
     CHECK(by_hint.rds_names == by_full.rds_names);
     CHECK(by_hint.snapshot->listeners.size() == by_full.snapshot->listeners.size());
     // What the hint did not name is the previous snapshot's very object.
