@@ -10,6 +10,7 @@
 #include "proxy/accesslog/log_file.h"
 #include "proxy/common/log.h"
 #include "proxy/config/bootstrap.h"
+#include "proxy/config/retire.h"
 #include "proxy/server/admin.h"
 #include "proxy/server/dns_clusters.h"
 #include "proxy/server/overload.h"
@@ -167,6 +168,10 @@ void Server::activateClusters(const config::SnapshotConstSharedPtr& snapshot, co
   }
 }
 
+// References a worker hands back in one tick past which the heap is trimmed (removing clusters retires
+// one reference per cluster and worker).
+constexpr size_t kRetiredTrimThreshold = 256;
+
 void Server::trimHeapSoon() {
   dispatcher_->post([this] {
     if (!trim_timer_) trim_timer_ = dispatcher_->createTimer([] { malloc_trim(0); });
@@ -318,6 +323,9 @@ int Server::run() {
   workers_started_ = true;
   // Passive health: outlier-detection intervals run here, on the main thread, every 200 ms at most.
   health_tick_ = dispatcher_->createTimer([this] {
+    // What workers let go of (old snapshots, removed clusters) is released here, not on their loops;
+    // a large release (clusters removed) gives the freed heap back to the system at once.
+    if (config::releaseRetired() >= kRetiredTrimThreshold) malloc_trim(0);
     upstream::tickClusterRuntimes(dispatcher_->nowMs());
     if (health_checks_) health_checks_->publishStats();
     health_tick_->enable(200);

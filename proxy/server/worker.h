@@ -141,6 +141,9 @@ class Worker : public config::WorkerContext {
   // The newest config's clusters and RDS tables by stable index: connections accepted earlier pin
   // their listener's config, but hosts (EDS) and routes (RDS) are looked up here, per request.
   std::vector<config::ClusterConstSharedPtr> clusters_by_index_;
+  // indexSnapshot()'s mark of the slots the newest snapshot fills (the others are emptied).
+  std::vector<uint32_t> index_stamp_;
+  uint32_t index_generation_ = 0;
   stats::Gauge loop_max_us_;
   stats::Counter loop_over_1ms_;
   uint64_t loop_max_seen_ = 0;
