@@ -254,8 +254,17 @@ class Run:
             row["total_s"] = (reply["time_ms"] - t0_ms) / 1000
         else:
             row["cds"] = "no ACK/NACK" if resp is not None else "no response sent"
+        # Strait gives freed heap back about a second after the update (once the workers have let go
+        # of the old config); on a loaded machine later. Read memory once it has settled (3 s at most).
         time.sleep(1.0)
         row["mem_after"] = self.mem()
+        settle = time.monotonic() + 2.0
+        while time.monotonic() < settle:
+            time.sleep(0.25)
+            now = self.mem()
+            if now.get("VmRSS", 0) >= row["mem_after"].get("VmRSS", 0):
+                break
+            row["mem_after"] = now
         row["stats"] = {k: v for k, v in self.stats().items()
                         if k.startswith(("cluster_manager.", "control_plane.", "xds.")) and not k.endswith("_time")}
         return row
