@@ -62,6 +62,12 @@ TcpListener::~TcpListener() {
   uv_close(reinterpret_cast<uv_handle_t*>(handle_), [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
 }
 
+int TcpListener::fd() const {
+  uv_os_fd_t fd = -1;
+  if (uv_fileno(reinterpret_cast<const uv_handle_t*>(handle_), &fd) != 0) return -1;
+  return fd;
+}
+
 void TcpListener::onConnection(uv_stream_t* server, int status) {
   auto* self = static_cast<TcpListener*>(server->data);
   if (self == nullptr) return;

@@ -32,6 +32,8 @@ class TcpListener {
   TcpListener& operator=(const TcpListener&) = delete;
   bool ok() const { return ok_; }
   const std::string& error() const { return error_; }
+  // The listening socket (hot restart hands a duplicate of it to the next process); -1 if none.
+  int fd() const;
 
  private:
   static void onConnection(uv_stream_t* server, int status);

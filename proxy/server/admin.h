@@ -23,6 +23,7 @@ class AdminServer {
   bool bind(const network::Address& address, std::string* error);
   const network::Address& address() const { return http_.addresses().front(); }
   void stop() { http_.stop(); }
+  LocalHttpServer& http() { return http_; }  // hot restart hands its socket over
 
   using Response = LocalHttpResponse;
   Response handle(const std::string& method, const std::string& url);

@@ -1,8 +1,11 @@
 #include "proxy/server/local_http.h"
 
+#include <fcntl.h>
 #include <llhttp.h>
+#include <unistd.h>
 
 #include "absl/strings/str_cat.h"
+#include "proxy/common/log.h"
 #include "proxy/network/connection.h"
 
 namespace strait::server {
@@ -118,9 +121,18 @@ LocalHttpServer::LocalHttpServer(event::Dispatcher& dispatcher, Handler handler)
 
 LocalHttpServer::~LocalHttpServer() { stop(); }
 
-bool LocalHttpServer::bind(const network::Address& address, std::string* error) {
-  int fd = network::bindReusePortSocket(address, error, false);
-  if (fd < 0) return false;
+namespace {
+std::function<int(const network::Address&)>& inheritedSocketSource() {
+  static std::function<int(const network::Address&)> source;
+  return source;
+}
+}  // namespace
+
+void LocalHttpServer::setInheritedSocketSource(std::function<int(const network::Address&)> source) {
+  inheritedSocketSource() = std::move(source);
+}
+
+std::unique_ptr<network::TcpListener> LocalHttpServer::listen(int fd, std::string* error) {
   auto listener = std::make_unique<network::TcpListener>(dispatcher_, fd, 128, [this](network::ConnectionPtr c) {
     if (max_connections_ != 0 && connections_.size() >= max_connections_) {
       c->close(network::CloseType::NoFlush);
@@ -131,11 +143,42 @@ bool LocalHttpServer::bind(const network::Address& address, std::string* error) 
   });
   if (!listener->ok()) {
     *error = listener->error();
-    return false;
+    return nullptr;
   }
+  return listener;
+}
+
+bool LocalHttpServer::bind(const network::Address& address, std::string* error) {
+  int fd = inheritedSocketSource() ? inheritedSocketSource()(address) : -1;
+  if (fd < 0) fd = network::bindReusePortSocket(address, error, false);
+  if (fd < 0) return false;
+  auto listener = listen(fd, error);
+  if (!listener) return false;
   addresses_.push_back(network::boundAddress(fd));
   listeners_.push_back(std::move(listener));
   return true;
+}
+
+int LocalHttpServer::release(const network::Address& bound) {
+  for (size_t i = 0; i < addresses_.size(); ++i) {
+    if (!(addresses_[i] == bound) || !listeners_[i] || listeners_[i]->fd() < 0) continue;
+    int fd = ::fcntl(listeners_[i]->fd(), F_DUPFD_CLOEXEC, 0);
+    if (fd >= 0) listeners_[i].reset();
+    return fd;
+  }
+  return -1;
+}
+
+void LocalHttpServer::resume(const network::Address& bound, int fd) {
+  for (size_t i = 0; i < addresses_.size(); ++i) {
+    if (!(addresses_[i] == bound) || listeners_[i]) continue;
+    std::string err;
+    listeners_[i] = listen(fd, &err);
+    if (listeners_[i]) return;
+    LOG_ERROR("%s: %s", bound.asString().c_str(), err.c_str());
+    return;
+  }
+  ::close(fd);
 }
 
 void LocalHttpServer::stop() {

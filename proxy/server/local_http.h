@@ -39,6 +39,14 @@ class LocalHttpServer {
   bool bind(const network::Address& address, std::string* error);
   // The bound addresses (port 0 resolved), in bind order.
   const std::vector<network::Address>& addresses() const { return addresses_; }
+  // Hot restart: where bind() first looks for the socket the previous process listened on at that
+  // address (as configured); it returns the fd, or -1 to bind anew. Process-wide, main thread.
+  static void setInheritedSocketSource(std::function<int(const network::Address&)> source);
+  // Hot restart, the process handing over: stops accepting on the socket bound at `bound` (open
+  // connections finish) and returns a duplicate of it, which keeps it and its queue alive; -1 if there
+  // is none. resume() accepts on such a duplicate again (the next process went away).
+  int release(const network::Address& bound);
+  void resume(const network::Address& bound, int fd);
   // Stops accepting and closes every open connection.
   void stop();
   // For a port open beyond loopback (the status ports): at most `max_connections` open at once (more
@@ -52,11 +60,12 @@ class LocalHttpServer {
  private:
   friend class LocalHttpConnection;
   void remove(LocalHttpConnection* c);
+  std::unique_ptr<network::TcpListener> listen(int fd, std::string* error);
 
   event::Dispatcher& dispatcher_;
   Handler handler_;
   std::vector<network::Address> addresses_;
-  std::vector<std::unique_ptr<network::TcpListener>> listeners_;
+  std::vector<std::unique_ptr<network::TcpListener>> listeners_;  // by addresses_ index; null: released
   std::list<std::unique_ptr<LocalHttpConnection>> connections_;
   size_t max_connections_ = 0;
   uint64_t request_timeout_ms_ = 0;

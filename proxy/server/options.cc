@@ -18,6 +18,7 @@ const char* usage() {
          "              [--drain-strategy gradual|immediate] [--min-drain-time-s N]\n"
          "              [--exit-on-zero-active-connections] [--status-port N]...\n"
          "              [--admin-address-path FILE] [--service-node ID] [--service-cluster NAME]\n"
+         "              [--restart-epoch N] [--base-id N] [--parent-shutdown-time-s N]\n"
          "              [--allow-unknown-static-fields] [--reject-unknown-dynamic-fields] [--version] [--help]\n"
          "With no -c, Strait runs its embedded sidecar default: capture listeners 15001 (outbound) and\n"
          "15006 (inbound) forwarding to original destinations, admin on 127.0.0.1:15000.\n"
@@ -29,6 +30,9 @@ const char* usage() {
          "--status-port N (repeatable, 0: off): HTTP on 0.0.0.0:N and [::]:N: /healthz/ready (200 when\n"
          "ready and not draining), /stats/prometheus (Strait's, plus the application's), /app-health/...\n"
          "(the application's probes, run by Strait).\n"
+         "Hot restart: --restart-epoch N (N > 0) takes the listening sockets and counters of the running\n"
+         "Strait of epoch N-1 (same --base-id, same network namespace), and once ready tells it to drain;\n"
+         "it exits when its connections are gone or --parent-shutdown-time-s (default 900) after that.\n"
          "Environment: STRAIT_SERVICE_NODE and STRAIT_SERVICE_CLUSTER stand in for the flags.\n"
          "  STRAIT_META_<KEY>=text and STRAIT_METAJSON_<KEY>={json object} are added to node.metadata\n"
          "  (ISTIO_META_ / ISTIO_METAJSON_ too; STRAIT_ wins).\n"
@@ -162,6 +166,20 @@ absl::StatusOr<Options> parseOptions(int argc, char** argv) {
       auto n = parseUint(a, *v, 65535);
       if (!n.ok()) return n.status();
       if (*n != 0) o.status_ports.push_back(static_cast<uint16_t>(*n));
+    } else if (a == "--restart-epoch" || a == "--base-id") {
+      auto v = next();
+      if (!v.ok()) return v.status();
+      auto n = parseUint(a, *v, 1000000);
+      if (!n.ok()) return n.status();
+      (a == "--base-id" ? o.base_id : o.restart_epoch) = *n;
+      o.hot_restart = true;
+    } else if (a == "--parent-shutdown-time-s") {
+      auto v = next();
+      if (!v.ok()) return v.status();
+      auto n = parseUint(a, *v, 86400);
+      if (!n.ok()) return n.status();
+      if (*n == 0) return absl::InvalidArgumentError("--parent-shutdown-time-s: must be at least 1");
+      o.parent_shutdown_time_s = *n;
     } else if (a == "--admin-address-path") {
       auto v = next();
       if (!v.ok()) return v.status();

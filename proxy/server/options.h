@@ -29,6 +29,13 @@ struct Options {
   // --status-port (repeatable): /healthz/ready, /stats/prometheus (merged with the application's) and
   // /app-health/... on 0.0.0.0 (and [::]) on the main thread's loop.
   std::vector<uint16_t> status_ports;
+  // Hot restart (Envoy's flags): epoch N > 0 takes the listening sockets and counters of epoch N - 1 of
+  // the same base id, then tells it to drain; that parent exits when its connections are gone, or
+  // --parent-shutdown-time-s after the drain began.
+  bool hot_restart = false;  // --restart-epoch or --base-id given: serve (and, epoch > 0, take over)
+  uint32_t restart_epoch = 0;
+  uint32_t base_id = 0;
+  uint32_t parent_shutdown_time_s = 900;  // Envoy's default
   std::string admin_address_path;
   std::string service_node;
   std::string service_cluster;

@@ -32,6 +32,7 @@ class StatusServer {
   // Listens on 0.0.0.0:<port> and, when the host has IPv6, [::]:<port>, for every port.
   bool bind(const std::vector<uint16_t>& ports, std::string* error);
   void stop();
+  LocalHttpServer& http() { return http_; }  // hot restart hands its sockets over
 
  private:
   friend class MetricsFetch;
