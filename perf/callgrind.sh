@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Instructions per request of Strait's hot path, under valgrind --tool=callgrind (see perf/README.md).
 #
-# Usage: perf/callgrind.sh [--requests N] [--clients C] [--body 0|1k|64k] [--h2] [--keep]
+# Usage: perf/callgrind.sh [--requests N] [--clients C] [--body 0|1k|64k] [--h2] [--istio] [--keep]
 #   --requests N  requests measured (default 20000), after 500 unmeasured warm-up requests
 #   --clients C   concurrent keep-alive connections (default 8)
 #   --body SIZE   response body from the upstream nginx: 0, 1k (default) or 64k
 #   --h2          h2c downstream (h2load -m 10) instead of HTTP/1.1 (h2load --h1)
+#   --istio       Istio's telemetry on: istio.metadata_exchange + istio.stats before the router, node
+#                 metadata STRAIT_ISTIO_METRICS=true (an outbound sidecar: adds its peer header, records)
 #   --keep        keep the run directory even on success (it holds the callgrind.out file)
 # Environment: STRAIT_BIN (default build/proxy/strait), CALLGRIND_TOP (functions listed, default 30).
 #
@@ -21,6 +23,7 @@ clients=8
 body=1k
 h2=0
 keep=0
+istio=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --requests) requests=$2; shift ;;
@@ -28,6 +31,7 @@ while [ $# -gt 0 ]; do
     --body) body=$2; shift ;;
     --h2) h2=1 ;;
     --keep) keep=1 ;;
+    --istio) istio=1 ;;
     -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
     *) echo "callgrind.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
@@ -91,7 +95,14 @@ http {
   server { listen 127.0.0.1:$up; root $run/www; }
 }
 EOF
+istio_node=""; istio_filters=""
+if [ "$istio" -eq 1 ]; then
+  istio_node='node: {id: "sidecar~127.0.0.1~bench.perf~perf.svc.cluster.local", metadata: {WORKLOAD_NAME: bench, NAMESPACE: perf, CLUSTER_ID: Kubernetes, LABELS: {app: bench, version: v1}, STRAIT_ISTIO_METRICS: "true"}}'
+  istio_filters='          - {name: istio.metadata_exchange, typed_config: {"@type": type.googleapis.com/io.istio.http.peer_metadata.Config}}
+          - {name: istio.stats, typed_config: {"@type": type.googleapis.com/stats.PluginConfig}}'
+fi
 cat > "$run/strait.yaml" <<EOF
+$istio_node
 admin: {address: {socket_address: {address: 127.0.0.1, port_value: 0}}}
 static_resources:
   listeners:
@@ -109,6 +120,7 @@ static_resources:
             virtual_hosts:
             - {name: all, domains: ["*"], routes: [{match: {prefix: "/"}, route: {cluster: upstream_http}}]}
           http_filters:
+$istio_filters
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
   clusters:

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "envoy/extensions/filters/http/wasm/v3/wasm.pb.h"
+#include "filters/http/istio_stats.h"
 #include "google/protobuf/any.pb.h"
 #include "proxy/common/log.h"
 #include "proxy/common/pooled.h"
@@ -86,7 +87,11 @@ absl::StatusOr<HttpFilterFactorySharedPtr> createWasm(const google::protobuf::An
       for (char& c : kind) {
         if (c == '.') c = '_';
       }
-      return makeInert(kind, absl::StrCat("Wasm plugin '", *id, "'"), ctx);
+      // Istio's telemetry (istio_stats.h): inert while the pod has not turned it on.
+      return createIstioWasmTelemetry(*id == "istio.metadata_exchange" ? "metadata_exchange"
+                                      : *id == "istio.stats"           ? "stats"
+                                                                       : *id,
+                                      kind, ctx);
     }
   }
   // Istio's HTTP metadata exchange (and older stats) plugins name neither root_id nor name: the null VM's
@@ -95,9 +100,9 @@ absl::StatusOr<HttpFilterFactorySharedPtr> createWasm(const google::protobuf::An
       plugin.vm_config().runtime() == "envoy.wasm.runtime.null") {
     const std::string& code = plugin.vm_config().code().local().inline_string();
     if (code == "envoy.wasm.metadata_exchange") {
-      return makeInert("wasm_istio_metadata_exchange", "Wasm plugin 'envoy.wasm.metadata_exchange'", ctx);
+      return createIstioWasmTelemetry("metadata_exchange", "wasm_istio_metadata_exchange", ctx);
     }
-    if (code == "envoy.wasm.stats") return makeInert("wasm_istio_stats", "Wasm plugin 'envoy.wasm.stats'", ctx);
+    if (code == "envoy.wasm.stats") return createIstioWasmTelemetry("stats", "wasm_istio_stats", ctx);
   }
   return absl::UnimplementedError(absl::StrCat(path, ".config: unsupported Wasm plugin (root_id '", plugin.root_id(),
                                                  "', name '", plugin.name(), "'): Strait runs no Wasm"));
@@ -107,8 +112,6 @@ absl::StatusOr<HttpFilterFactorySharedPtr> createWasm(const google::protobuf::An
 
 void registerInertHttpFilters() {
   registerInert("envoy.extensions.filters.http.grpc_stats.v3.FilterConfig", "grpc_stats");
-  registerInert("stats.PluginConfig", "istio_stats");
-  registerInert("io.istio.http.peer_metadata.Config", "peer_metadata");
   registerHttpFilter("type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm", createWasm, false);
 }
 

@@ -9,8 +9,9 @@ namespace strait::filters::http {
 //   kind                       typed_config type
 //   grpc_stats                 envoy.extensions.filters.http.grpc_stats.v3.FilterConfig
 //   istio_alpn                 istio.envoy.config.filter.http.alpn.v2alpha1.FilterConfig
-//   istio_stats                stats.PluginConfig (Istio's stats filter, native form)
-//   peer_metadata              io.istio.http.peer_metadata.Config
+//   istio_stats                stats.PluginConfig (Istio's stats filter, native form)   } istio_stats.h: inert
+//   peer_metadata              io.istio.http.peer_metadata.Config                      } until the pod turns
+//   wasm_<plugin>  (stats and metadata exchange plugins: istio_stats.h as well)        } telemetry on
 //   wasm_<plugin>              envoy.extensions.filters.http.wasm.v3.Wasm whose plugin Strait knows by its
 //                              root_id (else its name): stats_inbound, stats_outbound, istio.stats,
 //                              istio.metadata_exchange ('.' becomes '_'); a plugin with neither (Istio's

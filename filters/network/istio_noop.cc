@@ -10,6 +10,7 @@
 #include "proxy/common/log.h"
 #include "proxy/config/typed_struct.h"
 #include "proxy/network/connection.h"
+#include "proxy/stats/istio_metrics.h"
 
 namespace strait::filters::network {
 
@@ -24,14 +25,18 @@ constexpr const char* kWasm = "type.googleapis.com/envoy.extensions.filters.netw
 // Admits every connection and counts it; never reads or writes a byte.
 class InertFilter : public config::NetworkReadFilter {
  public:
-  explicit InertFilter(stats::Counter seen) : seen_(seen) {}
-  bool admit(const strait::network::Connection&) const override {
+  InertFilter(stats::Counter seen, bool istio_stats) : seen_(seen), istio_stats_(istio_stats) {}
+  bool admit(const strait::network::Connection& conn) const override {
     stats::inc(seen_);
+    // Istio's stats filter: with telemetry on, the tcp_proxy after it records Istio's TCP metrics
+    // (istio_tcp_stats.h).
+    if (istio_stats_ && stats::istio::enabled()) stats::istio::markTcpStats(conn.id());
     return true;
   }
 
  private:
   stats::Counter seen_;
+  bool istio_stats_;
 };
 
 // "metadata_exchange", "stats" or "authn" for a type URL this file stands in for, else empty.
@@ -162,7 +167,7 @@ absl::StatusOr<config::NetworkReadFilterConstSharedPtr> createIstioNoopFilter(co
   logInertOnce(kind, wasm ? absl::StrCat(type_url, " (root_id '", plugin_root_id.empty() ? plugin_code : plugin_root_id, "')")
                           : type_url);
   return config::NetworkReadFilterConstSharedPtr(
-      std::make_shared<InertFilter>(ctx.store.counter("istio_inert." + std::string(kind) + ".cx_total")));
+      std::make_shared<InertFilter>(ctx.store.counter("istio_inert." + std::string(kind) + ".cx_total"), kind == "stats"));
 }
 
 void registerIstioNoopFilters() {

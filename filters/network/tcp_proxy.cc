@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "google/protobuf/any.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
+#include "filters/network/istio_tcp_stats.h"
 #include "proxy/accesslog/access_log.h"
 #include "proxy/common/log.h"
 #include "proxy/common/response_flags.h"
@@ -72,6 +73,7 @@ class Session : public config::ActiveSession, public strait::network::Connection
         target_(cfg.pickTarget(worker)), cluster_(worker.cluster(target_.cluster_index)) {
     downstream_->setCallbacks(this);
     stats::inc(cfg_.stats.downstream_cx_total);
+    istio_.begin(*downstream_, this->listener() != nullptr && this->listener()->inbound);
     if (!cfg_.access_logs.empty()) {
       start_ = std::chrono::steady_clock::now();
       start_time_ = std::chrono::system_clock::now();
@@ -140,6 +142,7 @@ class Session : public config::ActiveSession, public strait::network::Connection
         }
         upstream_counted_ = true;
         upstream_local_ = upstream_->localAddress();
+        if (istio_.active()) istio_.opened(*downstream_, upstream_.get(), cluster_->name);
         upstream_->setBufferLimits(cluster_->buffer_limit);
         downstream_->setBufferLimits(listener()->buffer_limit);
         downstream_->startReading();
@@ -265,6 +268,10 @@ class Session : public config::ActiveSession, public strait::network::Connection
     releaseCxSlot();
     if (idle_timer_) idle_timer_->disable();
     if (!cfg_.access_logs.empty()) writeAccessLogs();
+    if (istio_.active()) {
+      istio_.closed(*downstream_, cluster_ ? std::string_view(cluster_->name) : std::string_view(), flags_, bytes_sent_,
+                    bytes_received_);
+    }
     worker_.removeSession(*this);
   }
 
@@ -288,6 +295,7 @@ class Session : public config::ActiveSession, public strait::network::Connection
 
   const TcpProxyConfig& cfg_;
   config::WorkerContext& worker_;
+  IstioTcpStats istio_;  // Istio's TCP metrics, when the chain's istio.stats filter marked the connection
   ConnectionPtr downstream_;
   ConnectionPtr upstream_;
   const WeightedTarget& target_;

@@ -61,6 +61,9 @@ struct StreamInfo {
   std::chrono::steady_clock::time_point response_start{};        // response headers sent (unset: epoch)
   std::optional<network::Address> upstream_host;                 // the last attempt's host
   std::string upstream_transport_failure_reason;                 // why the upstream connection failed
+  // Istio's metadata exchange: the peer workload the istio.metadata_exchange filter learnt from
+  // x-envoy-peer-metadata (a stats::istio peer id; 0: none), for the istio.stats filter.
+  uint32_t istio_peer = 0;
   void setFlag(uint32_t flag) { response_flags |= flag; }
 };
 

@@ -8,6 +8,7 @@
 #include "filters/http/fault.h"
 #include "filters/http/inert.h"
 #include "filters/http/istio_alpn.h"
+#include "filters/http/istio_stats.h"
 #include "filters/http/rbac.h"
 #include "filters/http/router.h"
 #include "filters/network/istio_noop.h"
@@ -28,6 +29,7 @@ inline void registerExtensions() {
   filters::http::registerHttpCors();
   filters::http::registerInertHttpFilters();
   filters::http::registerIstioAlpn();
+  filters::http::registerIstioTelemetryHttpFilters();
   certs::registerTransportSockets();
 }
 
