@@ -10,6 +10,9 @@
 #include <functional>
 #include <unordered_map>
 
+#include "absl/strings/str_cat.h"
+#include "proxy/stats/tag_extraction.h"
+
 namespace strait::stats {
 
 namespace {
@@ -526,18 +529,6 @@ void set(Store& store, Gauge g, int64_t value) {
 
 namespace {
 
-struct TagRule {
-  const char* prefix;  // with trailing dot
-  const char* tag;
-};
-// Envoy's default tag extractors for the families Strait emits.
-constexpr TagRule kRules[] = {
-    {"cluster.", "envoy_cluster_name"},
-    {"listener.", "envoy_listener_address"},
-    {"http.", "envoy_http_conn_manager_prefix"},
-    {"tcp.", "envoy_tcp_prefix"},
-};
-
 std::string sanitize(const std::string& s) {
   std::string out;
   out.reserve(s.size());
@@ -596,34 +587,41 @@ std::string renderPrometheus(const std::vector<Store::Value>& values) {
   };
   struct Family {
     StatType type;
+    std::string help;  // the stat name with its tag values as "{tag}"
     std::vector<Sample> samples;
   };
   std::map<std::string, Family> families;
   for (const auto& v : values) {
-    std::string metric;
+    TaggedName t = extractTags(v.name, false);
     std::string labels;
-    for (const auto& rule : kRules) {
-      std::string_view name(v.name);
-      std::string_view prefix(rule.prefix);
-      if (name.substr(0, prefix.size()) != prefix) continue;
-      // The tag value runs up to the last dot (cluster names may contain dots).
-      size_t last = name.rfind('.');
-      if (last == std::string_view::npos || last < prefix.size()) break;
-      std::string value(name.substr(prefix.size(), last - prefix.size()));
-      metric = std::string(prefix.substr(0, prefix.size() - 1)) + "_" + std::string(name.substr(last + 1));
-      labels = std::string("{") + rule.tag + "=\"" + escapeLabel(value) + "\"}";
-      break;
+    for (const auto& [tag, value] : t.tags) {
+      absl::StrAppend(&labels, labels.empty() ? "{" : ",", tag, "=\"", escapeLabel(value), "\"");
     }
-    if (metric.empty()) metric = v.name;
-    std::string full = "envoy_" + sanitize(metric);
-    auto& fam = families[full];
-    fam.type = v.type;
-    fam.samples.push_back(Sample{labels, v.value, v.type == StatType::Histogram ? &v : nullptr});
+    if (!labels.empty()) labels += "}";
+    std::string full = "envoy_" + sanitize(t.name);
+    auto it = families.find(full);
+    if (it != families.end() && it->second.type != v.type) {
+      // Another kind of stat already has this family name (one TYPE per family): this one keeps its
+      // whole name, untagged.
+      full = "envoy_" + sanitize(v.name);
+      labels.clear();
+      it = families.find(full);
+      if (it == families.end()) it = families.emplace(full, Family{v.type, v.name, {}}).first;
+    }
+    if (it == families.end()) it = families.emplace(full, Family{v.type, extractTags(v.name).pattern, {}}).first;
+    it->second.samples.push_back(Sample{labels, v.value, v.type == StatType::Histogram ? &v : nullptr});
   }
   std::string out;
   for (const auto& [name, fam] : families) {
-    const char* type = fam.type == StatType::Counter ? " counter\n" : fam.type == StatType::Gauge ? " gauge\n" : " histogram\n";
-    out += "# TYPE " + name + type;
+    const char* type = fam.type == StatType::Counter ? "counter" : fam.type == StatType::Gauge ? "gauge" : "histogram";
+    // HELP text: the Envoy stat behind the family (escaped as the format asks: backslash and newline).
+    std::string help;
+    for (char c : fam.help) {
+      if (c == '\\') help += "\\\\";
+      else if (c == '\n') help += "\\n";
+      else help.push_back(c);
+    }
+    absl::StrAppend(&out, "# HELP ", name, " ", type, " ", help, "\n# TYPE ", name, " ", type, "\n");
     for (const auto& s : fam.samples) {
       if (s.hist == nullptr) {
         out += name + s.labels + " " + std::to_string(s.value) + "\n";

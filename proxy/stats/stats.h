@@ -260,8 +260,8 @@ void set(Store& store, Gauge g, int64_t value);
 // "P50(ms) P90 P99" style summary line for /stats, from bucket counts (upper bucket bounds).
 std::string histogramSummary(const Store::Value& v);
 
-// Prometheus text exposition of a store snapshot, with Envoy's tag extraction for the common prefixes
-// (cluster.<name>., listener.<addr>., http.<prefix>., tcp.<prefix>.).
+// Prometheus text exposition of a store snapshot: Envoy's default tag extraction (tag_extraction.h),
+// one "# HELP" (the stat name behind the family) and "# TYPE" per family.
 std::string renderPrometheus(const std::vector<Store::Value>& values);
 
 }  // namespace strait::stats

@@ -53,7 +53,12 @@ class ActiveClient : public network::ConnectionCallbacks,
   }
 
   // CodecTransport
-  void write(common::Buffer& data, bool end_stream) override { conn_->write(data, end_stream); }
+  void write(common::Buffer& data, bool end_stream) override {
+    // Envoy's upstream_cx_tx_bytes_total (and rx in onData): bytes of the connection as the codec sees
+    // them (plaintext under TLS), counted per read or write, not per request.
+    if (const size_t n = data.length()) stats::inc(pool_.cluster_->stats.upstream_cx_tx_bytes_total, static_cast<int64_t>(n));
+    conn_->write(data, end_stream);
+  }
   void closeAfterFlush() override { conn_->close(network::CloseType::FlushWrite); }
   void readDisable(bool disable) override { conn_->readDisable(disable); }
   event::Dispatcher& dispatcher() override { return pool_.dispatcher_; }
@@ -95,6 +100,7 @@ class ActiveClient : public network::ConnectionCallbacks,
   bool in_dispatch_ = false;
   bool ready_after_dispatch_ = false;
   bool idle_listed_ = false;  // on the pool's idle stack (HTTP/1)
+  size_t rx_left_ = 0;        // bytes the codec left in the read buffer last time (counted already)
 };
 
 // Sits between the router and the codec's stream: tells the pool when the exchange is over (request
@@ -301,10 +307,14 @@ void ActiveClient::armIdleTimer() {
 }
 
 void ActiveClient::onData(network::Connection&, common::Buffer& data, bool end_stream) {
+  if (data.length() > rx_left_) {
+    stats::inc(pool_.cluster_->stats.upstream_cx_rx_bytes_total, static_cast<int64_t>(data.length() - rx_left_));
+  }
   in_dispatch_ = true;
   http::CodecError err;
   bool ok = codec_->dispatch(data, err);
   in_dispatch_ = false;
+  rx_left_ = data.length();
   if (!ok) {
     LOG_DEBUG("[C%lu] upstream protocol error: %s", conn_->id(), err.detail.c_str());
     close();

@@ -227,6 +227,7 @@ def test_istio_bootstrap_serves_prometheus_and_readiness_and_names_what_is_inert
     status, body = get(ports["prom_port"], "/stats/prometheus")
     assert status == 200, body[:500]
     text = body.decode()
+    assert "# HELP envoy_server_live gauge server.live\n# TYPE envoy_server_live gauge\n" in text, text[:500]
     names = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and not line.startswith("#")}
     assert any(n.startswith("envoy_server_") for n in names), f"server stats missing: {sorted(names)[:40]}"
     assert any(n.startswith("envoy_listener_manager_") for n in names), sorted(names)[:40]

@@ -313,7 +313,7 @@ def test_http_to_service_port_is_handed_to_the_port_listener(pods):
     assert r.stdout == "svc-18080", f"answered by {r.stdout!r}"
     s = np_.wait_stats(p, p.a, lambda s: _delta(s, before, "cluster.svc_8080.upstream_rq_2xx") >= 1, "svc_8080 2xx")
     assert _delta(s, before, "listener.0.0.0.0_8080.downstream_cx_total") == 1
-    assert _delta(s, before, "listener.0.0.0.0_8080.http_inspector.http1_found") == 1
+    assert _delta(s, before, "listener.0.0.0.0_8080.http_inspector.http11_found") == 1
     assert _delta(s, before, "http.outbound_0.0.0.0_8080.downstream_rq_total") == 1
     # The accepting listener does not count what it handed on.
     assert _delta(s, before, "listener.0.0.0.0_15001.downstream_cx_total") == 0
@@ -402,7 +402,7 @@ def test_inbound_http_takes_the_http_chain(pods):
     assert r.stdout == "svc-18080", f"answered by {r.stdout!r}"
     s = np_.wait_stats(p, p.b, lambda s: _delta(s, before, "cluster.in_http.upstream_rq_2xx") >= 1, "in_http 2xx")
     assert _delta(s, before, "listener.0.0.0.0_15006.downstream_cx_total") == 1
-    assert _delta(s, before, "listener.0.0.0.0_15006.http_inspector.http1_found") == 1
+    assert _delta(s, before, "listener.0.0.0.0_15006.http_inspector.http11_found") == 1
     assert _delta(s, before, "http.inbound_0.0.0.0_9080.downstream_rq_total") == 1
     for kind in ("metadata_exchange", "stats", "authn"):
         assert _delta(s, before, f"istio_inert.{kind}.cx_total") == 1, kind

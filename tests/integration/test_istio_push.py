@@ -143,7 +143,7 @@ class Sidecar:
         raise AssertionError(f"not ACKed within {timeout}s: {missing}\n{self.log()[-4000:]}")
 
     def config_dump(self) -> dict:
-        code, body = np_.admin(self.p, self.ns, "/config_dump", timeout=10)
+        code, body = np_.admin(self.p, self.ns, "/config_dump?include_eds", timeout=10)
         assert code == 200, (code, body[:500])
         return {c["@type"].rsplit(".", 1)[-1]: c for c in json.loads(body)["configs"]}
 

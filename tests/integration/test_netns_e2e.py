@@ -204,10 +204,10 @@ def test_http_between_pods_goes_through_both_http_stacks(pods):
         assert out is not None, f"curl from pod A to pod B's HTTP server failed:\n{p.log_of(server)}"
         assert out.startswith("rid=") and out != "rid=none", f"pod B's workload saw no x-request-id: {out!r}"
         sa = wait_stats(p, p.a, lambda s: s.get("http.outbound_0.0.0.0_15001.downstream_rq_2xx", 0) >= 1
-                        and s.get("listener.0.0.0.0_15001.http_inspector.http1_found", 0) >= 1,
+                        and s.get("listener.0.0.0.0_15001.http_inspector.http11_found", 0) >= 1,
                         "pod A's outbound HTTP stack")
         sb = wait_stats(p, p.b, lambda s: s.get("http.inbound_0.0.0.0_15006.downstream_rq_2xx", 0) >= 1
-                        and s.get("listener.0.0.0.0_15006.http_inspector.http1_found", 0) >= 1,
+                        and s.get("listener.0.0.0.0_15006.http_inspector.http11_found", 0) >= 1,
                         "pod B's inbound HTTP stack")
         assert sa["cluster.PassthroughCluster.upstream_rq_2xx"] >= 1
         assert sb["cluster.InboundPassthroughCluster.upstream_rq_2xx"] >= 1

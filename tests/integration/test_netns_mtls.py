@@ -545,7 +545,7 @@ def test_http_through_the_connection_manager_is_mtls_on_the_wire(mesh):
                         and s.get(f"{OUT_CLUSTER}.upstream_rq_2xx", 0) > before_a.get(f"{OUT_CLUSTER}.upstream_rq_2xx", 0),
                         "pod A's HCM routed the request to outbound_mtls")
         assert sa[f"{OUT_CLUSTER}.ssl.handshake"] > before_a.get(f"{OUT_CLUSTER}.ssl.handshake", 0)
-        assert sa.get("listener.0.0.0.0_15001.http_inspector.http1_found", 0) >= 1
+        assert sa.get("listener.0.0.0.0_15001.http_inspector.http11_found", 0) >= 1
     finally:
         server.kill()
         server.wait(timeout=5)

@@ -5,7 +5,7 @@ application_protocols [http/1.1, h2c] (the HTTP connection manager) and a defaul
 goes through tcp_proxy byte for byte.
 
 Stat names expected (Envoy's, under the listener's scope `listener.<addr>.`):
-  http_inspector.http1_found (Envoy: http11_found / http10_found), http_inspector.http2_found,
+  http_inspector.http11_found / http10_found, http_inspector.http2_found,
   http_inspector.http_not_found, and listener_filters_timeout (Envoy: downstream_pre_cx_timeout).
 The tests accept either spelling and say which names they looked for when none is there."""
 
@@ -72,7 +72,7 @@ def _env(fleet, tcp_upstream=None) -> SimpleNamespace:
 
 
 def _stat_any(stats: dict[str, int], scope: str, names: list[str]) -> int:
-    """Sum of the first spellings present (e.g. http1_found or http11_found + http10_found)."""
+    """Sum of the spellings present (e.g. http11_found + http10_found)."""
     found = [scope + n for n in names if scope + n in stats]
     if not found:
         near = sorted(k for k in stats if k.startswith(scope))
@@ -80,7 +80,7 @@ def _stat_any(stats: dict[str, int], scope: str, names: list[str]) -> int:
     return sum(stats[k] for k in found)
 
 
-HTTP1_FOUND = ["http_inspector.http1_found", "http_inspector.http11_found", "http_inspector.http10_found"]
+HTTP1_FOUND = ["http_inspector.http11_found", "http_inspector.http10_found"]
 HTTP2_FOUND = ["http_inspector.http2_found"]
 NOT_FOUND = ["http_inspector.http_not_found"]
 TIMEOUTS = ["listener_filters_timeout", "downstream_pre_cx_timeout"]
