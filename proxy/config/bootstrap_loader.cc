@@ -187,7 +187,7 @@ std::vector<std::string> inertBootstrapFields(const google::protobuf::Message& m
   };
   add(b.stats_sinks_size() > 0, "stats_sinks", "stats are pulled from the admin endpoint, never pushed");
   add(b.has_stats_flush_interval(), "stats_flush_interval", "no stats sinks");
-  add(b.has_tracing(), "tracing", "no spans are sent; trace headers pass through untouched");
+  add(b.has_tracing(), "tracing", "no spans are sent from it; tracing is set per HTTP connection manager (tracing.provider)");
   add(b.bootstrap_extensions_size() > 0, "bootstrap_extensions", "none is implemented");
   add(b.has_deferred_stat_options(), "deferred_stat_options", "stats are made at config time");
   add(b.stats_config().stats_tags_size() > 0, "stats_config.stats_tags",

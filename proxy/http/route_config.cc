@@ -796,6 +796,7 @@ absl::StatusOr<std::shared_ptr<const RouteTable>> RouteTable::create(
       RouteEntry& e = r.entry;
       e.name = rp.name();
       e.virtual_host_name = vhp.name();
+      e.decorator_operation = rp.decorator().operation();
       e.proto = &rp;
       e.virtual_host_proto = &vhp;
       if (!rp.has_match()) return fieldError(rpath + ".match", "is required");

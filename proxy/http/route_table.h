@@ -165,6 +165,7 @@ struct RouteEntry {
 
   std::string name;               // Route.name (may be empty)
   std::string virtual_host_name;  // the virtual host it belongs to
+  std::string decorator_operation;  // Route.decorator.operation: the span name when tracing (may be empty)
   Kind kind = Kind::Cluster;
 
   // Kind::Cluster. The name is checked at config time (with validate_clusters); the version in force is

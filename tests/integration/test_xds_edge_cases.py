@@ -229,7 +229,7 @@ def expect_nack(xds, type_url: str, words: list[str], **kw) -> str:
 
 
 def config_dump(proc) -> dict:
-    resp = proc.get("/config_dump")
+    resp = proc.get("/config_dump?include_eds")
     assert resp.status == 200, resp
     return resp.json()
 
@@ -477,7 +477,7 @@ def test_unknown_field_records_end_with_their_resource(env, mode, fleet):
 
 @pytest.mark.parametrize("mode", MODES)
 def test_unknown_fields_inside_typed_configs_are_listed_and_behaviour_changing_ones_refused(env, mode, fleet):
-    """A typed_config's payload is searched too (an HCM's `tracing`, #7, is listed); fields whose absence
+    """A typed_config's payload is searched too (an HCM's `add_user_agent`, #6, is listed); fields whose absence
     would change what a resource does (tcp_proxy's `tunneling_config`, #12), and upstream network
     filters other than Istio's inert metadata exchange (a cluster's `filters`), get the resource refused,
     by name, while the rest of the response is applied."""
@@ -487,12 +487,12 @@ def test_unknown_fields_inside_typed_configs_are_listed_and_behaviour_changing_o
     p_http, p_tcp, p_tunnel = harness.free_port(), harness.free_port(), harness.free_port()
     web = static_cluster("c-web", a.port)
     traced = http_listener("l-traced", p_http, cluster="c-web")
-    traced["filter_chains"][0]["filters"][0]["typed_config"]["tracing"] = {"random_sampling": {"value": 10}}
+    traced["filter_chains"][0]["filters"][0]["typed_config"]["add_user_agent"] = True
     xds.set_resources([web, static_cluster("c-echo", echo.port), traced, tcp_listener("l-tcp", p_tcp, "c-echo")])
     proc = env.start()
     wait_get(p_http, (200, "a"))
     seen = wait_for(lambda: unknown_fields(proc).get("Listener 'l-traced'"), "the HCM's unknown field is not listed")
-    assert "typed_config<HttpConnectionManager>.#7" in seen, seen
+    assert "typed_config<HttpConnectionManager>.#6" in seen, seen
 
     # A cluster with upstream network filters, and a tcp_proxy that tunnels: refused, named; the good
     # cluster of the same response is applied.

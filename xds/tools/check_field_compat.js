@@ -89,9 +89,9 @@ function realPathOf(rel) {
 const ourRoot = makeRoot(ourIncludes);
 const realRoot = makeRoot(realIncludes);
 const realToLoad = [];
-// Our own extensions (strait/...) and Istio's (istio/...) have no counterpart in Envoy's tree: loaded so
-// references resolve, never compared.
-const isOwnExtension = (rel) => rel.startsWith('strait/') || rel.startsWith('istio/');
+// Our own extensions (strait/...), Istio's (istio/...) and OTLP's messages (opentelemetry/..., what the
+// span exporter sends) have no counterpart in Envoy's tree: loaded so references resolve, never compared.
+const isOwnExtension = (rel) => rel.startsWith('strait/') || rel.startsWith('istio/') || rel.startsWith('opentelemetry/');
 for (const rel of ourFiles) {
   if (isOwnExtension(rel)) continue;
   const rp = realPathOf(rel);
