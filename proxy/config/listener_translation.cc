@@ -32,6 +32,7 @@
 #include "google/protobuf/util/json_util.h"
 #include "proxy/accesslog/access_log.h"
 #include "proxy/common/log.h"
+#include "proxy/common/overload_state.h"
 #include "proxy/config/default_bootstrap.h"
 #include "proxy/http/matchers.h"
 #include "proxy/upstream/health_checker.h"
@@ -253,11 +254,14 @@ absl::StatusOr<ListenerConstSharedPtr> translateListener(const listener_v3::List
                           absl::StrCat("'", global->second, "' is not a connection count"));
       }
       out->global_max_connections = v;
-      out->global_connections = listenerConnectionCount(std::string("\0global", 7));  // no listener has that name
     }
   }
+  // The process-wide count (the overload manager's global_downstream_max_connections monitor, the
+  // runtime key above); a listener that ignores the global limit is not counted.
+  if (!l.ignore_global_conn_limit()) out->global_connections = common::overloadState().downstream_connections;
   out->open_connections = listenerConnectionCount(l.name());
   out->inbound = l.traffic_direction() == core_v3::INBOUND;
+  out->outbound = l.traffic_direction() == core_v3::OUTBOUND;
   // Both forms recover the pre-NAT destination; use_original_dst also hands the connection to the
   // listener on that destination (worker.cc, ListenerAddressMap).
   out->use_original_dst = l.has_use_original_dst() && l.use_original_dst().value();
@@ -328,7 +332,8 @@ void createListenerStats(Listener& l, const network::Address& bound, stats::Stor
   l.stats.downstream_cx_overflow = store.counter(p + "downstream_cx_overflow");
   l.stats.downstream_global_cx_overflow = store.counter(p + "downstream_global_cx_overflow");
   if (l.http_inspector.enabled) {
-    l.stats.http1_found = store.counter(p + "http_inspector.http1_found");
+    l.stats.http10_found = store.counter(p + "http_inspector.http10_found");
+    l.stats.http11_found = store.counter(p + "http_inspector.http11_found");
     l.stats.http2_found = store.counter(p + "http_inspector.http2_found");
     l.stats.http_not_found = store.counter(p + "http_inspector.http_not_found");
   }

@@ -293,7 +293,8 @@ struct ListenerStats {
   stats::Counter downstream_cx_destroy;
   stats::Counter no_filter_chain_match;
   stats::Counter downstream_pre_cx_timeout;  // listener filters did not decide in time
-  stats::Counter http1_found;                // listener.<addr>.http_inspector.*
+  stats::Counter http10_found;               // listener.<addr>.http_inspector.* (Envoy's names)
+  stats::Counter http11_found;
   stats::Counter http2_found;
   stats::Counter http_not_found;
   stats::Counter tls_found;  // listener.<addr>.tls_inspector.*
@@ -339,6 +340,7 @@ struct Listener {
   // of its family and port (ListenerAddressMap), before this listener does anything with it.
   bool use_original_dst = false;
   bool inbound = false;  // traffic_direction INBOUND (/drain_listeners?inboundonly)
+  bool outbound = false;  // traffic_direction OUTBOUND (tracing: CLIENT spans)
   Inspector tls_inspector;
   Inspector http_inspector;
   uint64_t listener_filters_timeout_ms = 15000;  // Envoy's default

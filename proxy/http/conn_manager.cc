@@ -22,6 +22,7 @@
 #include "proxy/http/route_table.h"
 #include "proxy/network/connection.h"
 #include "proxy/config/typed_struct.h"
+#include "proxy/tracing/tracer.h"
 
 namespace strait::http {
 
@@ -377,6 +378,7 @@ class ActiveStream : public event::DeferredDeletable,
   void writeAccessLogs();
   void maybeFinish();
   void finish();
+  void recordSpan();  // the stream's span, for a sampled trace
   bool prepareRequest(RequestHeaders& h, const RouteTable* table);
   const HcmConfig& config() const;
 
@@ -410,6 +412,7 @@ class ActiveStream : public event::DeferredDeletable,
   bool finished_ = false;
   uint32_t downstream_above_ = 0;
   std::string request_id_;
+  tracing::ActiveTrace trace_;  // set when the HCM traces (sampled or not)
 };
 
 // A downstream HTTP connection: codec, streams, connection-level timers.
@@ -431,7 +434,7 @@ class HttpConnection : public config::ActiveSession,
     if (config_->codec == HcmConfig::Codec::Http2) createCodec(Protocol::Http2);
     if (config_->idle_timeout_ms > 0) {
       idle_timer_ = worker_.dispatcher().createTimer([this] { onIdleTimeout(); });
-      idle_timer_->enable(config_->idle_timeout_ms);
+      armIdleTimer();
     }
   }
 
@@ -481,11 +484,22 @@ class HttpConnection : public config::ActiveSession,
     if (idle_timer_) idle_timer_->disable();
     seen_stream_ = true;
     ActiveStream* raw = &streams_.pushBack(std::make_unique<ActiveStream>(*this, encoder));
+    if (!draining_ && common::overloadDraw(common::overloadState().disable_keepalive.load(std::memory_order_relaxed))) {
+      // The overload manager's disable_http_keepalive: this connection drains as on a listener drain
+      // (HTTP/1: this response says Connection: close; HTTP/2: GOAWAY).
+      stats::inc(config_->stats.downstream_cx_overload_disable_keepalive);
+      draining_ = true;
+      if (protocol_ == Protocol::Http2) applyDrain();
+    }
     if (draining_ && protocol_ != Protocol::Http2) codec_->goAway();  // this response says Connection: close
     // One timer per connection watches every stream's idle time (no timer handle per request).
     if (config_->stream_idle_timeout_ms > 0) {
       if (!stream_idle_timer_) stream_idle_timer_ = worker_.dispatcher().createTimer([this] { onStreamIdleTimer(); });
-      if (!stream_idle_timer_->enabled()) stream_idle_timer_->enable(config_->stream_idle_timeout_ms);
+      if (!stream_idle_timer_->enabled()) {
+        const uint64_t t = config_->stream_idle_timeout_ms;
+        stream_idle_timer_->enable(std::min(common::scaledTimeoutMs(common::OverloadState::kStreamIdle, t),
+                                            common::scaledRecheckMs(common::OverloadState::kStreamIdle, t)));
+      }
     }
     return *raw;
   }
@@ -555,7 +569,7 @@ class HttpConnection : public config::ActiveSession,
   void removeStream(ActiveStream& s) {
     worker_.dispatcher().deferredDelete(streams_.take(s));
     if (streams_.empty() && !closed_) {
-      if (idle_timer_) idle_timer_->enable(config_->idle_timeout_ms);
+      if (idle_timer_) armIdleTimer();
       if (conn_->readHalfClosed()) conn_->close(CloseType::FlushWrite);
     }
   }
@@ -645,11 +659,29 @@ class HttpConnection : public config::ActiveSession,
       uint64_t left = st->checkIdle(now);
       if (left > 0 && (next == 0 || left < next)) next = left;
     }
-    if (next > 0 && !closed_) stream_idle_timer_->enable(next);
+    if (next > 0 && !closed_) {
+      stream_idle_timer_->enable(
+          std::min(next, common::scaledRecheckMs(common::OverloadState::kStreamIdle, config_->stream_idle_timeout_ms)));
+    }
+  }
+
+  // The idle timeout counts from now; under reduce_timeouts it is the scaled time, looked at again at
+  // least every recheck interval so that pressure that rises later shortens it too.
+  void armIdleTimer() {
+    idle_since_ms_ = worker_.dispatcher().nowMs();
+    idle_timer_->enable(std::min(common::scaledTimeoutMs(common::OverloadState::kConnectionIdle, config_->idle_timeout_ms),
+                                 common::scaledRecheckMs(common::OverloadState::kConnectionIdle, config_->idle_timeout_ms)));
   }
 
   void onIdleTimeout() {
     if (!streams_.empty()) return;
+    const uint64_t idle = worker_.dispatcher().nowMs() - idle_since_ms_;
+    const uint64_t limit = common::scaledTimeoutMs(common::OverloadState::kConnectionIdle, config_->idle_timeout_ms);
+    if (idle < limit) {
+      idle_timer_->enable(
+          std::min(limit - idle, common::scaledRecheckMs(common::OverloadState::kConnectionIdle, config_->idle_timeout_ms)));
+      return;
+    }
     stats::inc(config_->stats.downstream_cx_idle_timeout);
     if (codec_) codec_->goAway();
     conn_->close(CloseType::FlushWrite);
@@ -667,6 +699,7 @@ class HttpConnection : public config::ActiveSession,
   common::OwnedList<ActiveStream> streams_;
   event::TimerPtr headers_timer_;
   event::TimerPtr idle_timer_;
+  uint64_t idle_since_ms_ = 0;  // when the connection last became idle (no streams)
   event::TimerPtr stream_idle_timer_;
   bool closed_ = false;
 };
@@ -676,7 +709,7 @@ class HttpConnection : public config::ActiveSession,
 ActiveStream::ActiveStream(HttpConnection& conn, ResponseEncoder& encoder) : conn_(conn), encoder_(encoder) {
   encoder_.stream().setCallbacks(this);
   info_.start = std::chrono::steady_clock::now();
-  if (!conn.config().access_logs.empty()) info_.start_time = std::chrono::system_clock::now();
+  if (!conn.config().access_logs.empty() || conn.config().tracing) info_.start_time = std::chrono::system_clock::now();
   info_.protocol = conn.protocol();
   const auto& st = config().stats;
   stats::inc(st.downstream_rq_total);
@@ -760,6 +793,11 @@ bool ActiveStream::prepareRequest(RequestHeaders& h, const RouteTable* table) {
     const std::string* id = h.get("x-request-id");
     if (id) request_id_ = *id;
   }
+  // Trace context after x-request-id, which the sampling decision reads.
+  if (cfg.tracing) {
+    config::WorkerContext& w = conn_.worker();
+    trace_ = tracing::startTrace(*cfg.tracing, h, w.random(), w.random(), w.random(), w.random());
+  }
   // Expect: 100-continue is answered here, and not forwarded (Envoy's default).
   if (verdict.expect_continue) {
     ResponseHeaders cont;
@@ -778,8 +816,8 @@ void ActiveStream::decodeHeaders(RequestHeadersPtr headers, bool end_stream) {
     decode_complete_ = true;
     requestEnded();
   }
-  if (common::overloadState().stop_requests.load(std::memory_order_relaxed)) {
-    // The overload manager's stop_accepting_requests: Envoy's answer.
+  if (common::overloadDraw(common::overloadState().stop_requests.load(std::memory_order_relaxed))) {
+    // The overload manager's stop_accepting_requests (that share of new requests): Envoy's answer.
     info_.setFlag(common::kOverloadManager);
     sendLocalReply(503, "envoy overloaded", "overload");
     return;
@@ -1061,6 +1099,7 @@ void ActiveStream::writeAccessLogs() {
 
 void ActiveStream::finish() {
   if (!config().access_logs.empty()) writeAccessLogs();
+  if (trace_.sampled && config().tracing) recordSpan();
   const auto& st = config().stats;
   stats::dec(st.downstream_rq_active);
   stats::inc(st.downstream_rq_completed);
@@ -1071,6 +1110,28 @@ void ActiveStream::finish() {
   // call back into a finished stream.
   encoder_.stream().setCallbacks(nullptr);
   conn_.removeStream(*this);
+}
+
+void ActiveStream::recordSpan() {
+  tracing::FinishedRequest r;
+  if (request_headers_) {
+    r.host = request_headers_->authority;
+    r.path = request_headers_->path;
+    r.method = request_headers_->method;
+    if (const std::string* id = request_headers_->get("x-request-id")) r.request_id = *id;
+  }
+  if (info_.route != nullptr) r.decorator = info_.route->decorator_operation;
+  if (info_.cluster != nullptr) r.cluster = info_.cluster->name;
+  r.status = info_.response_code;
+  r.response_flags = info_.response_flags;
+  r.protocol = static_cast<uint8_t>(info_.protocol);
+  // Envoy's span kind: CLIENT on an egress (OUTBOUND) listener's HCM, SERVER otherwise.
+  r.client_kind = conn_.listener() != nullptr && conn_.listener()->outbound;
+  const auto elapsed = std::chrono::steady_clock::now() - info_.start;
+  const auto start = std::chrono::duration_cast<std::chrono::nanoseconds>(info_.start_time.time_since_epoch());
+  r.start_unix_ns = static_cast<uint64_t>(start.count());
+  r.end_unix_ns = r.start_unix_ns + static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(elapsed).count());
+  tracing::finishTrace(*config().tracing, trace_, r, conn_.worker().dispatcher());
 }
 
 void ActiveStream::resetStream() {
@@ -1097,7 +1158,8 @@ void ActiveStream::onResetStream(StreamResetReason reason) {
 
 uint64_t ActiveStream::checkIdle(uint64_t now) {
   if (finished_) return 0;
-  const uint64_t timeout = config().stream_idle_timeout_ms;
+  // reduce_timeouts: checked against the scaled time, so a rising scale shortens running streams too.
+  const uint64_t timeout = common::scaledTimeoutMs(common::OverloadState::kStreamIdle, config().stream_idle_timeout_ms);
   const uint64_t idle = now - last_activity_ms_;
   if (idle < timeout) return timeout - idle;
   stats::inc(config().stats.downstream_rq_idle_timeout);
@@ -1280,6 +1342,12 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
     default: cfg->path.escaped_slashes = PathEscapedSlashesAction::Keep; break;
   }
 
+  if (proto.has_tracing()) {
+    auto t = tracing::translateTracing(proto.tracing(), path + ".tracing", cfg->stat_prefix, ctx);
+    if (!t.ok()) return t.status();
+    cfg->tracing = *t;
+  }
+
   if (proto.access_log_size() > 0) {
     auto logs = accesslog::translateAccessLogs(proto.access_log(), path + ".access_log", ctx.store);
     if (!logs.ok()) return logs.status();
@@ -1355,6 +1423,7 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
   st.downstream_cx_http2_total = s.counter(p + "downstream_cx_http2_total");
   st.downstream_cx_protocol_error = s.counter(p + "downstream_cx_protocol_error");
   st.downstream_cx_idle_timeout = s.counter(p + "downstream_cx_idle_timeout");
+  st.downstream_cx_overload_disable_keepalive = s.counter(p + "downstream_cx_overload_disable_keepalive");
   st.downstream_cx_rx_bytes_total = s.counter(p + "downstream_cx_rx_bytes_total");
   st.downstream_cx_tx_bytes_total = s.counter(p + "downstream_cx_tx_bytes_total");
   st.downstream_rq_total = s.counter(p + "downstream_rq_total");

@@ -21,6 +21,10 @@ namespace google::protobuf {
 class Any;
 }
 
+namespace strait::tracing {
+struct TracingConfig;
+}
+
 namespace strait::http {
 
 class RouteTable;
@@ -33,6 +37,7 @@ struct HcmStats {
   stats::Counter downstream_cx_http2_total;
   stats::Counter downstream_cx_protocol_error;
   stats::Counter downstream_cx_idle_timeout;
+  stats::Counter downstream_cx_overload_disable_keepalive;  // the overload manager's disable_http_keepalive
   stats::Counter downstream_cx_rx_bytes_total;
   stats::Counter downstream_cx_tx_bytes_total;
   stats::Counter downstream_rq_total;
@@ -92,6 +97,8 @@ struct HcmConfig {
   bool hcm_websocket_upgrade = false;
   std::optional<uint32_t> rds_id;  // RDS: the table is looked up per stream (routeIds() index)
   accesslog::AccessLogList access_logs;  // one line per stream at its end
+  // `tracing`: trace context, sampling and spans (proxy/tracing). Null: trace headers pass untouched.
+  std::shared_ptr<const tracing::TracingConfig> tracing;
   HcmStats stats;
 };
 using HcmConfigConstSharedPtr = std::shared_ptr<const HcmConfig>;

@@ -8,18 +8,16 @@
 #include <map>
 
 #include "absl/strings/str_cat.h"
-#include "envoy/config/endpoint/v3/endpoint.pb.h"
 #include "certs/secret_manager.h"
-#include "google/protobuf/descriptor.h"
-#include "google/protobuf/dynamic_message.h"
 #include "absl/strings/str_split.h"
-#include "google/protobuf/util/json_util.h"
 #include "proxy/accesslog/log_file.h"
 #include "proxy/common/json.h"
 #include "proxy/common/log.h"
 #include "proxy/config/bootstrap.h"
+#include "proxy/server/config_dump.h"
 #include "proxy/server/server.h"
 #include "proxy/server/xds_applier.h"
+#include "proxy/stats/istio_metrics.h"
 #include "re2/re2.h"
 
 namespace strait::server {
@@ -33,62 +31,6 @@ std::vector<stats::Store::Value> visibleStats(std::vector<stats::Store::Value> v
 }
 
 std::string jsonEscape(const std::string& s) { return common::jsonString(s); }
-
-// Replaces inline private keys (TlsCertificate.private_key given as inline bytes or string) with
-// "[redacted]", also inside Any fields (transport sockets, filters), as Envoy's config_dump does.
-// Returns true if anything was changed.
-bool redactSecrets(google::protobuf::Message& m) {
-  using google::protobuf::FieldDescriptor;
-  const auto* d = m.GetDescriptor();
-  const auto* r = m.GetReflection();
-  bool changed = false;
-  if (d->full_name() == "envoy.extensions.transport_sockets.tls.v3.TlsCertificate") {
-    const auto* f = d->FindFieldByName("private_key");
-    if (f != nullptr && r->HasField(m, f)) {
-      auto* ds = r->MutableMessage(&m, f);
-      const auto* dd = ds->GetDescriptor();
-      const auto* filename = dd->FindFieldByName("filename");
-      if (filename != nullptr && !ds->GetReflection()->HasField(*ds, filename)) {
-        ds->GetReflection()->SetString(ds, dd->FindFieldByName("inline_string"), "[redacted]");
-        changed = true;
-      }
-    }
-  }
-  if (d->full_name() == "google.protobuf.Any") {
-    const std::string type_url = r->GetString(m, d->FindFieldByName("type_url"));
-    const std::string name = type_url.substr(type_url.rfind('/') + 1);
-    const auto* inner_d = google::protobuf::DescriptorPool::generated_pool()->FindMessageTypeByName(name);
-    if (inner_d == nullptr) return false;
-    std::unique_ptr<google::protobuf::Message> inner(
-        google::protobuf::MessageFactory::generated_factory()->GetPrototype(inner_d)->New());
-    if (!inner->ParseFromString(r->GetString(m, d->FindFieldByName("value")))) return false;
-    if (!redactSecrets(*inner)) return false;
-    r->SetString(&m, d->FindFieldByName("value"), inner->SerializeAsString());
-    return true;
-  }
-  for (int i = 0; i < d->field_count(); ++i) {
-    const FieldDescriptor* f = d->field(i);
-    if (f->cpp_type() != FieldDescriptor::CPPTYPE_MESSAGE) continue;
-    if (f->is_map()) continue;  // no secrets live in maps of our subset's messages
-    if (f->is_repeated()) {
-      for (int j = 0; j < r->FieldSize(m, f); ++j) changed = redactSecrets(*r->MutableRepeatedMessage(&m, f, j)) || changed;
-    } else if (r->HasField(m, f)) {
-      changed = redactSecrets(*r->MutableMessage(&m, f)) || changed;
-    }
-  }
-  return changed;
-}
-
-std::string protoJson(const google::protobuf::Message& m) {
-  std::string out;
-  google::protobuf::util::JsonPrintOptions o;
-  o.preserve_proto_field_names = true;
-  std::unique_ptr<google::protobuf::Message> copy(m.New());
-  copy->CopyFrom(m);
-  redactSecrets(*copy);
-  if (!google::protobuf::util::MessageToJsonString(*copy, &out, o).ok()) return "{}";
-  return out;
-}
 
 std::string percentDecode(std::string_view s) {
   std::string out;
@@ -137,7 +79,10 @@ std::string pathList() {
 
 std::string prometheusStats(Server& server) {
   server.uptimeSeconds();
-  return stats::renderPrometheus(visibleStats(server.store().snapshot(), server.snapshot()->stats_matcher.get()));
+  std::string out =
+      stats::renderPrometheus(visibleStats(server.store().snapshot(), server.snapshot()->stats_matcher.get()));
+  out += stats::istio::renderPrometheus();  // Istio's standard metrics (istio_metrics.h), when any were recorded
+  return out;
 }
 
 AdminServer::AdminServer(Server& server)
@@ -248,91 +193,7 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
     r.body = prometheusStats(server_);
     return r;
   }
-  if (path == "/config_dump") {
-    r.content_type = "application/json";
-    const config::ConfigSources* src = snap->sources.get();
-    auto lastUpdated = [&](const config::ResourceMap* m, const std::string& name) {
-      if (m) {
-        auto it = m->find(name);
-        if (it != m->end()) return it->second.last_updated;
-      }
-      return snap->loaded_at;
-    };
-    // A version reused by an update that resent the same bytes under a new version_info shows the new
-    // one, as the resource held says.
-    auto versionOf = [&](const config::ResourceMap* m, const std::string& name,
-                         const std::string& own, const void* proto) -> const std::string& {
-      if (m) {
-        auto it = m->find(name);
-        if (it != m->end() && it->second.proto.get() == proto) return it->second.version;
-      }
-      return own;
-    };
-    std::string static_listeners, dynamic_listeners, static_clusters, dynamic_clusters;
-    for (const auto& l : snap->listeners) {
-      if (l->dynamic) {
-        absl::StrAppend(&dynamic_listeners, dynamic_listeners.empty() ? "" : ",", "{\"name\":", jsonEscape(l->name),
-                        ",\"active_state\":{\"version_info\":", jsonEscape(versionOf(src ? &src->listeners : nullptr, l->name, l->version_info, l->proto.get())), ",\"listener\":",
-                        protoJson(*l->proto), ",\"last_updated\":\"", lastUpdated(src ? &src->listeners : nullptr, l->name),
-                        "\"}}");
-      } else {
-        absl::StrAppend(&static_listeners, static_listeners.empty() ? "" : ",", "{\"listener\":", protoJson(*l->proto),
-                        ",\"last_updated\":\"", snap->loaded_at, "\"}");
-      }
-    }
-    for (const auto& c : snap->clusters) {
-      std::string& out = c->dynamic ? dynamic_clusters : static_clusters;
-      absl::StrAppend(&out, out.empty() ? "" : ",", "{", c->dynamic ? absl::StrCat("\"version_info\":", jsonEscape(versionOf(src ? &src->clusters : nullptr, c->name, c->version_info, c->proto.get())), ",") : "",
-                      "\"cluster\":", protoJson(*c->proto), ",\"last_updated\":\"",
-                      lastUpdated(c->dynamic && src ? &src->clusters : nullptr, c->name), "\"}");
-    }
-    std::string routes, endpoints, secrets;
-    // Secrets do not rebuild the snapshot (a rotation leaves the config alone): read the applier's newest.
-    std::shared_ptr<const config::ConfigSources> newest = server_.xds() != nullptr ? server_.xds()->sources() : nullptr;
-    if (const config::ConfigSources* sec_src = newest ? newest.get() : src) {
-      for (const auto& [name, res] : sec_src->secrets) {
-        absl::StrAppend(&secrets, secrets.empty() ? "" : ",", "{\"name\":", jsonEscape(name), ",\"version_info\":",
-                        jsonEscape(res.version), ",\"last_updated\":\"", res.last_updated, "\",\"secret\":",
-                        protoJson(*res.proto), "}");
-      }
-    }
-    if (src) {
-      for (const auto& [name, res] : src->routes) {
-        absl::StrAppend(&routes, routes.empty() ? "" : ",", "{\"version_info\":", jsonEscape(res.version),
-                        ",\"route_config\":", protoJson(*res.proto), ",\"last_updated\":\"", res.last_updated, "\"}");
-      }
-      for (const auto& [name, res] : src->endpoints) {
-        absl::StrAppend(&endpoints, endpoints.empty() ? "" : ",", "{\"version_info\":", jsonEscape(res.version),
-                        ",\"endpoint_config\":", protoJson(*config::heldAs<envoy::config::endpoint::v3::ClusterLoadAssignment>(res)), ",\"last_updated\":\"", res.last_updated,
-                        "\"}");
-      }
-    }
-    std::string xds_status, unknown;
-    if (server_.xds() != nullptr) {
-      for (const auto& [res, fields] : server_.xds()->unknownFieldsSeen()) {
-        absl::StrAppend(&unknown, unknown.empty() ? "" : ",", jsonEscape(res), ":", jsonEscape(fields));
-      }
-      // Strait's own section: per type, the accepted version and the last rejected update with its error.
-      for (const auto& [type, st] : server_.xds()->status()) {
-        absl::StrAppend(&xds_status, xds_status.empty() ? "" : ",", jsonEscape(type), ":{\"version_info\":",
-                        jsonEscape(st.version), ",\"last_rejected\":{\"version_info\":", jsonEscape(st.last_error_version),
-                        ",\"error\":", jsonEscape(st.last_error), "}}");
-      }
-    }
-    r.body = absl::StrCat(
-        "{\"configs\":[{\"@type\":\"type.googleapis.com/envoy.admin.v3.BootstrapConfigDump\",\"bootstrap\":",
-        protoJson(*snap->bootstrap), ",\"last_updated\":\"", snap->loaded_at,
-        "\"},{\"@type\":\"type.googleapis.com/envoy.admin.v3.ClustersConfigDump\",\"static_clusters\":[", static_clusters,
-        "],\"dynamic_active_clusters\":[", dynamic_clusters,
-        "]},{\"@type\":\"type.googleapis.com/envoy.admin.v3.ListenersConfigDump\",\"static_listeners\":[", static_listeners,
-        "],\"dynamic_listeners\":[", dynamic_listeners,
-        "]},{\"@type\":\"type.googleapis.com/envoy.admin.v3.RoutesConfigDump\",\"dynamic_route_configs\":[", routes,
-        "]},{\"@type\":\"type.googleapis.com/envoy.admin.v3.EndpointsConfigDump\",\"dynamic_endpoint_configs\":[",
-        endpoints, "]},{\"@type\":\"type.googleapis.com/envoy.admin.v3.SecretsConfigDump\",\"dynamic_active_secrets\":[",
-        secrets, "]},{\"@type\":\"type.googleapis.com/strait.admin.XdsStatus\",\"types\":{", xds_status,
-        "},\"unknown_fields\":{", unknown, "}}]}\n");
-    return r;
-  }
+  if (path == "/config_dump") return configDump(server_, query);
   if (path == "/clusters") {
     auto& store = server_.store();
     // Envoy's health_flags text: "healthy", or each reason as "/<flag>" run together.

@@ -17,8 +17,11 @@
 #include "filters/network/tcp_proxy.h"
 #include "proxy/http/conn_manager.h"
 #include "proxy/server/extensions.h"
+#include "proxy/server/hot_restart.h"
 #include "proxy/config/bootstrap.h"
+#include "envoy/config/bootstrap/v3/bootstrap.pb.h"
 #include "proxy/config/node_metadata.h"
+#include "proxy/stats/istio_metrics.h"
 #include "proxy/server/options.h"
 #include "proxy/server/overload.h"
 #include "proxy/server/pod_env.h"
@@ -89,6 +92,12 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "strait: %s: %s\n", source.c_str(), std::string(snapshot.status().message()).c_str());
     return 1;
   }
+  // Istio's telemetry: this pod's workload and the switch, from the node's metadata (istio_metrics.h).
+  const auto& node = static_cast<const envoy::config::bootstrap::v3::Bootstrap&>(*(*snapshot)->bootstrap).node();
+  if (auto st = stats::istio::configureFromNode(node.metadata(), node.id(), store.get()); !st.ok()) {
+    std::fprintf(stderr, "strait: %s: %s\n", source.c_str(), std::string(st.message()).c_str());
+    return 1;
+  }
   auto overload = server::translateOverload(*(*snapshot)->bootstrap);
   if (!overload.ok()) {
     std::fprintf(stderr, "strait: %s: %s\n", source.c_str(), std::string(overload.status().message()).c_str());
@@ -98,7 +107,18 @@ int main(int argc, char** argv) {
     std::printf("configuration '%s' OK\n", source.c_str());
     return 0;
   }
+  // Hot restart (after the config is known good: a child with a bad config never touches its parent).
+  std::unique_ptr<server::HotRestart> hot_restart;
+  if (options->hot_restart) {
+    auto h = server::HotRestart::create(options->base_id, options->restart_epoch);
+    if (!h.ok()) {
+      std::fprintf(stderr, "strait: %s\n", std::string(h.status().message()).c_str());
+      return 1;
+    }
+    hot_restart = std::move(*h);
+  }
   server::Server server(std::move(*options), std::move(*snapshot), std::move(store));
+  server.setHotRestart(std::move(hot_restart));
   server.setOverload(*overload);
   server.setPodEnv(std::make_shared<const server::PodEnv>(std::move(*pod)));
   return server.run();

@@ -13,10 +13,12 @@
 #include "proxy/config/retire.h"
 #include "proxy/server/admin.h"
 #include "proxy/server/dns_clusters.h"
+#include "proxy/server/hot_restart.h"
 #include "proxy/server/overload.h"
 #include "proxy/server/sds_streams.h"
 #include "proxy/server/status_server.h"
 #include "proxy/server/xds_applier.h"
+#include "proxy/tracing/span_exporter.h"
 #include "certs/secret_manager.h"
 #include "envoy/config/bootstrap/v3/bootstrap.pb.h"
 #include "envoy/config/listener/v3/listener.pb.h"
@@ -41,6 +43,8 @@ Server::Server(Options options, config::SnapshotConstSharedPtr snapshot, std::un
 }
 
 Server::~Server() {
+  hot_restart_ready_timer_.reset();
+  hot_restart_.reset();  // its threads call into the workers and post to the main dispatcher
   dns_.reset();  // the resolver thread first: it posts to the main dispatcher
   for (auto* s : signals_) {
     uv_close(reinterpret_cast<uv_handle_t*>(s), [](uv_handle_t* h) { delete reinterpret_cast<uv_signal_t*>(h); });
@@ -91,13 +95,15 @@ uint64_t Server::uptimeSeconds() const {
 absl::Status Server::bindListener(const config::ListenerConstSharedPtr& l,
                                   std::vector<std::vector<WorkerSocket>>& per_worker, network::Address* bound) {
   // The first socket resolves port 0; every worker then binds its own socket to that exact address.
+  // Hot restart: the parent's sockets for this address come first (see hot_restart.h).
+  std::vector<int> inherited = inheritListenerSockets(*l);
   std::string err;
-  int first = network::bindReusePortSocket(l->address, &err);
+  int first = !inherited.empty() ? inherited[0] : network::bindReusePortSocket(l->address, &err);
   if (first < 0) return absl::UnavailableError(absl::StrCat("listener '", l->name, "': ", err));
   *bound = network::boundAddress(first);
   std::vector<int> fds{first};
   for (uint32_t w = 1; w < options_.concurrency; ++w) {
-    int fd = network::bindReusePortSocket(*bound, &err);
+    int fd = w < inherited.size() ? inherited[w] : network::bindReusePortSocket(*bound, &err);
     if (fd < 0) {
       for (int f : fds) ::close(f);
       return absl::UnavailableError(absl::StrCat("listener '", l->name, "' (worker ", w, "): ", err));
@@ -109,6 +115,11 @@ absl::Status Server::bindListener(const config::ListenerConstSharedPtr& l,
     config::createListenerStats(const_cast<config::Listener&>(*l), *bound, *store_);
   }
   for (uint32_t w = 0; w < options_.concurrency; ++w) per_worker[w].push_back(WorkerSocket{l, fds[w]});
+  // A parent with more workers had more sockets: they are accepted on too (spread over the workers),
+  // since closing one would reset the connections in its queue.
+  for (size_t i = options_.concurrency; i < inherited.size(); ++i) {
+    per_worker[i % options_.concurrency].push_back(WorkerSocket{l, inherited[i], true});
+  }
   return absl::OkStatus();
 }
 
@@ -244,6 +255,10 @@ void Server::onXdsInitialized() {
 
 int Server::run() {
   signal(SIGPIPE, SIG_IGN);
+  // Hot restart: the admin's and status ports' sockets come from the parent when it has them.
+  if (hot_restart_) {
+    LocalHttpServer::setInheritedSocketSource([this](const network::Address& a) { return inheritLocalSocket(a); });
+  }
   // Admin first: a port clash there is as fatal as one on a listener, and nothing has started yet.
   if (snapshot_->admin_address) {
     admin_ = std::make_unique<AdminServer>(*this);
@@ -272,6 +287,7 @@ int Server::run() {
       return 1;
     }
   }
+  LocalHttpServer::setInheritedSocketSource(nullptr);
   std::vector<std::vector<WorkerSocket>> per_worker;
   if (!bindListeners(per_worker)) {
     for (auto& v : per_worker)
@@ -350,12 +366,15 @@ int Server::run() {
   }
   LOG_INFO("strait %s: %u workers, %zu listeners, %zu clusters", xds_ready_ ? "live" : "waiting for xDS",
            options_.concurrency, bound_.size(), snapshot_->clusters.size());
+  if (hot_restart_) startHotRestart();
   dispatcher_->run();
   if (xds_) xds_->stop();
   if (sds_) sds_->stop();
   if (dns_) dns_->stop();
   for (auto& w : workers_) w->join();
+  if (hot_restart_) hot_restart_->handOverFinalStats();  // the counters are final now
   accesslog::LogFiles::get().shutdown();  // the workers handed their last lines over as they ended
+  tracing::SpanExporter::get().shutdown();  // and their last spans
   LOG_INFO("strait exiting");
   return 0;
 }

@@ -12,6 +12,7 @@
 #include "proxy/config/snapshot.h"
 #include "proxy/event/dispatcher.h"
 #include "proxy/server/active_health_checks.h"
+#include "proxy/server/hot_restart_message.h"
 #include "proxy/server/options.h"
 #include "proxy/server/pod_env.h"
 #include "proxy/server/worker.h"
@@ -23,6 +24,8 @@ namespace strait::server {
 
 class AdminServer;
 class StatusServer;
+class HotRestart;
+class LocalHttpServer;
 
 struct BoundListener {
   config::ListenerConstSharedPtr listener;
@@ -79,6 +82,8 @@ class Server {
   void setPodEnv(std::shared_ptr<const PodEnv> env) { pod_env_ = std::move(env); }
   // /drain_listeners: see Worker::drainListeners. The process stays up.
   void drainListeners(bool inbound_only, bool graceful);
+  // --restart-epoch / --base-id (see hot_restart.h). Before run().
+  void setHotRestart(std::unique_ptr<HotRestart> hot_restart);
 
  private:
   bool bindListeners(std::vector<std::vector<WorkerSocket>>& per_worker);
@@ -87,6 +92,16 @@ class Server {
                             network::Address* bound);
   void onDrainTick();
   void finish();
+  // Hot restart, as the parent: the sockets the next process asks for (hot restart thread), and the
+  // drain it asks for once ready (main thread): stop accepting at once, tell every connection, exit
+  // when none is left or --parent-shutdown-time-s after.
+  std::vector<int> socketsForChild(hot_restart::SocketKind kind, const network::Address& configured, const std::string& name);
+  std::vector<int> releaseLocalSocket(const network::Address& configured);
+  // As the child: the parent's sockets for a listener / for the admin or a status port (-1: none).
+  std::vector<int> inheritListenerSockets(const config::Listener& l);
+  int inheritLocalSocket(const network::Address& configured);
+  void startHotRestartDrain();
+  void startHotRestart();
 
   Options options_;
   // Declared before everything that holds config: clusters release their stats into the store when they
@@ -104,6 +119,16 @@ class Server {
   std::shared_ptr<const PodEnv> pod_env_;
   std::unique_ptr<StatusServer> status_;  // --status-port
   std::vector<BoundListener> bound_;
+  std::unique_ptr<HotRestart> hot_restart_;
+  // Admin / status sockets handed to the next process, with the duplicate this one keeps to resume on
+  // if that process goes away before it is ready (main thread).
+  struct HeldSocket {
+    LocalHttpServer* http;
+    network::Address bound;
+    int fd;
+  };
+  std::vector<HeldSocket> held_local_;
+  event::TimerPtr hot_restart_ready_timer_;  // as the child: tells the parent to drain once ready()
   std::vector<uv_signal_t*> signals_;
   event::TimerPtr drain_timer_;
   std::optional<std::chrono::steady_clock::time_point> quiet_since_;  // drain: no session open since

@@ -1,8 +1,10 @@
 #include "proxy/server/worker.h"
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <utility>
 
 #include "certs/client_hello.h"
@@ -12,6 +14,7 @@
 #include "proxy/config/retire.h"
 #include "proxy/common/overload_state.h"
 #include "proxy/network/connection.h"
+#include "proxy/server/hot_restart.h"
 
 namespace strait::server {
 
@@ -57,8 +60,8 @@ class ProtocolSniffer : public network::ConnectionCallbacks {
       return finish("raw_buffer", "h2c");
     }
     if (h1 == Verdict::Yes) {
-      stats::inc(listener_->stats.http1_found);
-      bool http10 = v.find("HTTP/1.0\r\n") != std::string_view::npos;
+      const bool http10 = isHttp10(data);
+      stats::inc(http10 ? listener_->stats.http10_found : listener_->stats.http11_found);
       return finish("raw_buffer", http10 ? "http/1.0" : "http/1.1");
     }
     bool undecided = h2 == Verdict::NeedMore || h1 == Verdict::NeedMore;
@@ -120,6 +123,19 @@ class ProtocolSniffer : public network::ConnectionCallbacks {
     if (v.substr(0, n) != preface.substr(0, n)) return Verdict::No;
     return n == preface.size() ? Verdict::Yes : Verdict::NeedMore;
   }
+  // Whether the request line (as far as it has arrived, up to 2 KiB) ends in HTTP/1.0; an HTTP/1 request
+  // whose line is not complete yet counts as HTTP/1.1.
+  static bool isHttp10(const common::Buffer& data) {
+    char line[2048];
+    const size_t n = std::min<size_t>(data.length(), sizeof(line));
+    data.copyOut(0, n, line);
+    const std::string_view v(line, n);
+    size_t end = v.find('\n');
+    if (end == std::string_view::npos) return false;
+    if (end > 0 && v[end - 1] == '\r') --end;
+    return end >= 9 && v.substr(end - 9, 9) == " HTTP/1.0";
+  }
+
   static Verdict inspectH1(std::string_view v) {
     static constexpr std::string_view kMethods[] = {"GET ", "POST ", "PUT ", "DELETE ", "HEAD ", "OPTIONS ",
                                                     "PATCH ", "CONNECT ", "TRACE "};
@@ -184,7 +200,8 @@ class HandshakeWaiter : public network::ConnectionCallbacks {
         LOG_DEBUG("[C%lu] TLS handshake timed out", conn_->id());
         conn_->close(network::CloseType::NoFlush);
       });
-      timer_->enable(chain_.transport_socket_connect_timeout_ms);
+      timer_->enable(common::scaledTimeoutMs(common::OverloadState::kTransportSocketConnect,
+                                             chain_.transport_socket_connect_timeout_ms));
     }
     conn_->startReading();  // a peeked ClientHello is processed here
   }
@@ -321,6 +338,19 @@ void Worker::start(std::vector<WorkerSocket> sockets) {
 }
 
 void Worker::openListener(const WorkerSocket& s) {
+  if (s.extra) {
+    auto it = listeners_.find(s.listener->name);
+    if (it == listeners_.end() || !it->second->tcp) {
+      ::close(s.fd);
+      return;
+    }
+    ActiveListener* raw = it->second.get();
+    auto tcp = std::make_unique<network::TcpListener>(*dispatcher_, s.fd, 1024, [this, raw](network::ConnectionPtr c) {
+      onAccept(raw->config, std::move(c));
+    });
+    if (tcp->ok()) raw->extra.push_back(std::move(tcp));
+    return;
+  }
   auto active = std::make_unique<ActiveListener>();
   ActiveListener* raw = active.get();
   raw->config = s.listener;
@@ -359,6 +389,21 @@ void Worker::stopListening() {
     std::vector<config::ActiveSession*> all(sessions_.begin(), sessions_.end());
     drainSessions(all);
   });
+}
+
+std::vector<int> Worker::duplicateListenFds(const std::string& name) {
+  return collectFdsOn(*dispatcher_, [this, name] {
+    std::vector<int> fds;
+    auto it = listeners_.find(name);
+    if (it == listeners_.end() || !it->second->tcp || draining_listeners_.count(name)) return fds;
+    auto dup = [&fds](const network::TcpListener& t) {
+      int fd = t.fd() < 0 ? -1 : ::fcntl(t.fd(), F_DUPFD_CLOEXEC, 0);
+      if (fd >= 0) fds.push_back(fd);
+    };
+    dup(*it->second->tcp);
+    for (const auto& e : it->second->extra) dup(*e);
+    return fds;
+  }, std::chrono::seconds(2));
 }
 
 void Worker::setDrainPolicy(uint64_t drain_ms, bool gradual) {
@@ -462,6 +507,10 @@ void Worker::applySnapshot(config::SnapshotConstSharedPtr snapshot, std::vector<
     // Listeners that need a new socket (new, or moved to another address, or bound now). The
     // connections of the version they replace drain like those of a changed listener.
     for (auto& s : sockets) {
+      if (s.extra) {
+        openListener(s);
+        continue;
+      }
       if (listeners_.count(s.listener->name)) {
         stale_listeners_.insert(s.listener->name);
         drain = true;
@@ -593,10 +642,13 @@ void Worker::onAccept(const config::ListenerConstSharedPtr& accepting, network::
     }
     conn->countIn(listener->open_connections);
   }
-  if (listener->global_max_connections != 0) {
-    // Every listener's connections together (overload.global_downstream_max_connections).
-    if (listener->global_connections->fetch_add(1, std::memory_order_relaxed) >=
-        static_cast<int64_t>(listener->global_max_connections)) {
+  if (listener->global_connections) {
+    // Every listener's connections together, counted always (the overload manager's
+    // global_downstream_max_connections monitor reads the count); the monitor's ceiling, else the runtime
+    // key overload.global_downstream_max_connections, refuses the one over it.
+    int64_t limit = common::overloadState().max_downstream_connections.load(std::memory_order_relaxed);
+    if (limit == 0) limit = static_cast<int64_t>(listener->global_max_connections);
+    if (listener->global_connections->fetch_add(1, std::memory_order_relaxed) >= limit && limit != 0) {
       listener->global_connections->fetch_sub(1, std::memory_order_relaxed);
       stats::inc(listener->stats.downstream_global_cx_overflow);
       stats::inc(listener->stats.downstream_cx_destroy);

@@ -26,6 +26,9 @@ class HandshakeWaiter;
 struct WorkerSocket {
   config::ListenerConstSharedPtr listener;
   int fd;
+  // Hot restart from a parent with more workers: one more of the parent's sockets for a listener this
+  // worker opens just before, accepted on beside it (closing it would reset what its queue holds).
+  bool extra = false;
 };
 
 // A worker thread: one event loop, its own listening sockets, connections and stat shard.
@@ -57,6 +60,9 @@ class Worker : public config::WorkerContext {
   // Blocks until the worker's listeners accept connections (so /ready never says LIVE too early).
   void waitListening() { listening_.get_future().wait(); }
   size_t activeSessions() const { return active_sessions_.load(std::memory_order_relaxed); }
+  // Thread-safe, blocking (up to 2 s): duplicates (close-on-exec) of this worker's listening sockets of
+  // the listener `name`, for hot restart; none for a listener that is draining or not bound.
+  std::vector<int> duplicateListenFds(const std::string& name);
   // Thread-safe: switch to `snapshot` (an xDS update). `sockets` are for listeners that are new or moved;
   // `done` runs on the worker once it has the snapshot.
   void applySnapshot(config::SnapshotConstSharedPtr snapshot, std::vector<WorkerSocket> sockets, uint64_t drain_ms,
@@ -101,6 +107,7 @@ class Worker : public config::WorkerContext {
   std::unique_ptr<upstream::HttpPoolManager> pools_;
   struct ActiveListener {
     std::unique_ptr<network::TcpListener> tcp;  // null: bind_to_port false (reached by hand-off only)
+    std::vector<std::unique_ptr<network::TcpListener>> extra;  // WorkerSocket::extra
     config::ListenerConstSharedPtr config;  // current; replaced by xDS updates
   };
   void openListener(const WorkerSocket& s);
