@@ -153,27 +153,8 @@ class CorsFilter : public StreamDecoderFilter, public common::Pooled<CorsFilter>
   bool answered_ = false;
 };
 
-class CorsEncoderHalf : public StreamEncoderFilter, public common::Pooled<CorsEncoderHalf> {
- public:
-  explicit CorsEncoderHalf(CorsFilter& filter) : filter_(filter) {}
-  void setEncoderFilterCallbacks(EncoderFilterCallbacks&) override {}
-  FilterHeadersStatus encodeHeaders(ResponseHeaders& headers, bool) override {
-    filter_.onResponseHeaders(headers);
-    return FilterHeadersStatus::Continue;
-  }
-  FilterDataStatus encodeData(common::Buffer&, bool) override { return FilterDataStatus::Continue; }
-  FilterTrailersStatus encodeTrailers(TrailerMap&) override { return FilterTrailersStatus::Continue; }
-  void onDestroy() override {}
-
- private:
-  CorsFilter& filter_;
-};
-
 void CorsConfig::createFilters(FilterChainBuilder& builder) const {
-  auto f = std::make_unique<CorsFilter>(*this);
-  CorsFilter& raw = *f;
-  builder.addDecoderFilter(std::move(f));
-  builder.addEncoderFilter(std::make_unique<CorsEncoderHalf>(raw));
+  addWithResponseHeadersHalf(builder, std::make_unique<CorsFilter>(*this));
 }
 
 absl::StatusOr<HttpFilterFactorySharedPtr> createHttpCors(const google::protobuf::Any& any, const std::string& path,

@@ -306,27 +306,8 @@ class MxFilter : public StreamDecoderFilter, public common::Pooled<MxFilter> {
   bool active_ = false;
 };
 
-class MxEncoderHalf : public StreamEncoderFilter, public common::Pooled<MxEncoderHalf> {
- public:
-  explicit MxEncoderHalf(MxFilter& filter) : filter_(filter) {}
-  void setEncoderFilterCallbacks(EncoderFilterCallbacks&) override {}
-  FilterHeadersStatus encodeHeaders(ResponseHeaders& headers, bool) override {
-    filter_.onResponseHeaders(headers);
-    return FilterHeadersStatus::Continue;
-  }
-  FilterDataStatus encodeData(common::Buffer&, bool) override { return FilterDataStatus::Continue; }
-  FilterTrailersStatus encodeTrailers(TrailerMap&) override { return FilterTrailersStatus::Continue; }
-  void onDestroy() override {}
-
- private:
-  MxFilter& filter_;
-};
-
 void MxConfig::createFilters(FilterChainBuilder& builder) const {
-  auto f = std::make_unique<MxFilter>(*this);
-  MxFilter& raw = *f;
-  builder.addDecoderFilter(std::move(f));
-  builder.addEncoderFilter(std::make_unique<MxEncoderHalf>(raw));
+  addWithResponseHeadersHalf(builder, std::make_unique<MxFilter>(*this));
 }
 
 std::shared_ptr<MxConfig> mxByDirection(bool inbound, std::shared_ptr<MxConfig> cfg) {

@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "proxy/common/buffer.h"
+#include "proxy/common/pooled.h"
 #include "proxy/common/response_flags.h"
 #include "proxy/http/codec.h"
 #include "proxy/http/header_map.h"
@@ -139,6 +140,34 @@ class FilterChainBuilder {
   virtual void addDecoderFilter(StreamDecoderFilterPtr filter) = 0;
   virtual void addEncoderFilter(StreamEncoderFilterPtr filter) = 0;
 };
+
+// For a decoder filter that also looks at the response headers and nothing else of the response:
+// its encoder half, which hands the headers to `Filter::onResponseHeaders(ResponseHeaders&)` and
+// passes the rest through. Pooled per filter type like the stream's other small objects.
+template <class Filter>
+class ResponseHeadersHalf : public StreamEncoderFilter, public common::Pooled<ResponseHeadersHalf<Filter>> {
+ public:
+  explicit ResponseHeadersHalf(Filter& filter) : filter_(filter) {}
+  void setEncoderFilterCallbacks(EncoderFilterCallbacks&) override {}
+  FilterHeadersStatus encodeHeaders(ResponseHeaders& headers, bool) override {
+    filter_.onResponseHeaders(headers);
+    return FilterHeadersStatus::Continue;
+  }
+  FilterDataStatus encodeData(common::Buffer&, bool) override { return FilterDataStatus::Continue; }
+  FilterTrailersStatus encodeTrailers(TrailerMap&) override { return FilterTrailersStatus::Continue; }
+  void onDestroy() override {}
+
+ private:
+  Filter& filter_;
+};
+
+// Adds `filter` as a decoder filter and its ResponseHeadersHalf as an encoder filter.
+template <class Filter>
+void addWithResponseHeadersHalf(FilterChainBuilder& builder, std::unique_ptr<Filter> filter) {
+  Filter& raw = *filter;
+  builder.addDecoderFilter(std::move(filter));
+  builder.addEncoderFilter(std::make_unique<ResponseHeadersHalf<Filter>>(raw));
+}
 
 class HttpFilterFactory {
  public:
