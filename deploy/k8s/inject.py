@@ -136,6 +136,9 @@ def build_parser(prog="inject.py"):
     ap.add_argument("--ipv6", action="store_true", help="also capture IPv6 (passes --ipv6 to the init script)")
     ap.add_argument("--log-level", default="info", help="strait --log-level (default: %(default)s)")
     ap.add_argument("--cluster-id", default="Kubernetes", help="STRAIT_META_CLUSTER_ID (default: %(default)s)")
+    ap.add_argument("--istio-metrics", action=argparse.BooleanOptionalAction, default=True,
+                    help="let Istio's stats filters, when the control plane sends them, count istio_* metrics "
+                         "(node metadata STRAIT_ISTIO_METRICS; default: on)")
     ap.add_argument("--drain-time-s", type=int, default=20,
                     help="strait --drain-time-s (default: %(default)s; below the pod's 30 s grace period)")
     ap.add_argument("--min-drain-time-s", type=int, default=5,
@@ -306,6 +309,9 @@ def sidecar_container(ctx, annotations, opts):
         _field_env("STRAIT_META_SERVICE_ACCOUNT", "spec.serviceAccountName"),
         {"name": "STRAIT_META_CLUSTER_ID", "value": opts.cluster_id},
         {"name": "STRAIT_META_WORKLOAD_NAME", "value": ctx["workload_name"]},
+        # Istio's metrics (istio_requests_total, ...) from the istio.stats filters istiod sends, as
+        # Envoy in an Istio mesh counts them; without those filters in the config it changes nothing.
+        {"name": "STRAIT_META_STRAIT_ISTIO_METRICS", "value": "true" if opts.istio_metrics else "false"},
         # The downward API cannot give the labels as JSON, so they are written here at injection.
         {"name": "STRAIT_METAJSON_LABELS", "value": json.dumps(ctx["labels"], sort_keys=True, separators=(",", ":"))},
     ]

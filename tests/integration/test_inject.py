@@ -55,6 +55,13 @@ def flag_values(args):
     return out
 
 
+def test_istio_metrics_can_be_turned_off(tmp_path):
+    docs = docs_of(inject(read("sample-app.yaml"), "--no-istio-metrics").stdout)
+    pod = deployment(docs)["spec"]["template"]["spec"]
+    env = {e["name"]: e.get("value") for e in by_name(pod["initContainers"], "strait")["env"]}
+    assert env["STRAIT_META_STRAIT_ISTIO_METRICS"] == "false"
+
+
 @pytest.fixture(scope="module")
 def injected():
     return docs_of(inject(read("sample-app.yaml")).stdout)
@@ -120,6 +127,7 @@ def test_sidecar_is_a_native_sidecar_as_1337_gated_on_readiness(injected):
                      "STRAIT_META_SERVICE_ACCOUNT": "spec.serviceAccountName"}
     assert env["STRAIT_META_CLUSTER_ID"] == "Kubernetes" and env["STRAIT_META_WORKLOAD_NAME"] == "echo"
     assert json.loads(env["STRAIT_METAJSON_LABELS"]) == {"app": "echo"}
+    assert env["STRAIT_META_STRAIT_ISTIO_METRICS"] == "true"  # Istio's stats filters count, as in a mesh
     assert s["volumeMounts"] == [{"name": "strait-bootstrap", "mountPath": "/etc/strait", "readOnly": True}]
     assert {"name": "strait-bootstrap", "configMap": {"name": "strait-bootstrap"}} in pod["volumes"]
     ann = tmpl["metadata"]["annotations"]
