@@ -156,7 +156,7 @@ std::string HotRestart::socketName(uint32_t base_id, uint32_t epoch) {
 }
 
 absl::StatusOr<std::unique_ptr<HotRestart>> HotRestart::create(uint32_t base_id, uint32_t epoch) {
-  std::unique_ptr<HotRestart> h(new HotRestart(base_id, epoch));
+  std::unique_ptr<HotRestart> h(new HotRestart(epoch));  // the base id only names the sockets
   const std::string own = socketName(base_id, epoch);
   h->listen_fd_ = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (h->listen_fd_ < 0) return absl::UnavailableError(absl::StrCat("hot restart socket: ", std::strerror(errno)));

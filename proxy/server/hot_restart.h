@@ -100,7 +100,7 @@ class HotRestart {
   };
 
  private:
-  HotRestart(uint32_t base_id, uint32_t epoch) : base_id_(base_id), epoch_(epoch) {}
+  explicit HotRestart(uint32_t epoch) : epoch_(epoch) {}
   void serveLoop();
   void handleChildMessage(const hot_restart::Message& m, std::vector<int>& fds);
   void closeChild(const char* why);
@@ -112,7 +112,6 @@ class HotRestart {
   void closeParentLocked(bool parent_exited, const std::string& why);
   bool fetchParentCounters(std::vector<std::pair<std::string, uint64_t>>& out, bool* final_flag);
 
-  const uint32_t base_id_;
   const uint32_t epoch_;
   // Serving the next epoch.
   int listen_fd_ = -1;
