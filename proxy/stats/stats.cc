@@ -253,6 +253,23 @@ Store::Store(uint32_t shards) {
 
 Store::~Store() = default;
 
+uint32_t StatBlock::add(std::string leaf, StatType type, uint32_t slots) {
+  const uint32_t offset = slots_;
+  by_name_.emplace(leaf, static_cast<uint32_t>(leaves_.size()));
+  leaves_.push_back(Leaf{std::move(leaf), type, offset});
+  slots_ += slots;
+  return offset;
+}
+
+uint32_t StatBlock::histogram(std::string leaf) {
+  return add(std::move(leaf), StatType::Histogram, kHistogramBuckets + 1);
+}
+
+const StatBlock::Leaf* StatBlock::find(std::string_view leaf) const {
+  auto it = by_name_.find(leaf);
+  return it == by_name_.end() ? nullptr : &leaves_[it->second];
+}
+
 void Store::indexInsert(uint32_t hash, uint32_t id) { openInsert(index_, index_size_, hash, id); }
 void Store::indexErase(uint32_t hash, uint32_t id) { openErase(index_, index_size_, hash, id); }
 void Store::indexResize(size_t capacity) { openResize(index_, capacity); }
@@ -366,6 +383,13 @@ uint32_t Store::create(const std::string& name, StatType type, bool hidden, uint
   // A name that starts with a dot (".x") splits into an empty prefix like "x" does: tell them apart.
   const bool leading_dot = !name.empty() && name.front() == '.' && prefix_text.empty();
   if (id != kNoId && ((entries_[id].flags & kLeadingDot) != 0) != leading_dot) id = kNoId;
+  uint32_t offset = 0;
+  if (id == kNoId && p != SymbolTable::kNone && !leading_dot) {
+    // A stat of a block (a cluster's traffic stats asked for by name: hot restart's carry-over).
+    const StatBlock::Leaf* leaf = nullptr;
+    id = findInBlock(p, leaf_text, &leaf);
+    if (id != kNoId) offset = leaf->offset;
+  }
   if (id != kNoId) {
     Entry& e = entries_[id];
     if (scoped) {
@@ -373,7 +397,7 @@ uint32_t Store::create(const std::string& name, StatType type, bool hidden, uint
     } else {
       e.flags |= kPermanent;
     }
-    *slot_out = e.slot;
+    *slot_out = e.slot + offset;
     return id;
   }
   Entry e{};
@@ -394,6 +418,61 @@ uint32_t Store::create(const std::string& name, StatType type, bool hidden, uint
     entries_[id] = e;
   }
   ++live_entries_;
+  ++live_stats_;
+  indexInsert(entryHash(e.prefix, e.leaf), id);
+  *slot_out = e.slot;
+  return id;
+}
+
+uint32_t Store::layoutId(const StatBlock& layout) {
+  for (size_t i = 0; i < layouts_.size(); ++i) {
+    if (layouts_[i] == &layout) return static_cast<uint32_t>(i);
+  }
+  layouts_.push_back(&layout);
+  return static_cast<uint32_t>(layouts_.size() - 1);
+}
+
+uint32_t Store::findInBlock(uint32_t prefix, std::string_view leaf, const StatBlock::Leaf** out) const {
+  for (size_t i = 0; i < layouts_.size(); ++i) {
+    const StatBlock::Leaf* l = layouts_[i]->find(leaf);
+    if (l == nullptr) continue;
+    const uint32_t id = findEntry(prefix, kBlockLeaf | static_cast<uint32_t>(i));
+    if (id == kNoId) continue;
+    *out = l;
+    return id;
+  }
+  return kNoId;
+}
+
+uint32_t Store::createBlock(std::string_view prefix, const StatBlock& layout, uint32_t* slot_out) {
+  if (layout.slots() == 0 || layout.slots() > UINT8_MAX) std::abort();  // Entry::slots is 8 bits
+  std::lock_guard<std::mutex> lock(lock_);
+  const uint32_t leaf = kBlockLeaf | layoutId(layout);
+  const uint32_t p = symbols_.find(prefix);
+  uint32_t id = p == SymbolTable::kNone ? kNoId : findEntry(p, leaf);
+  if (id != kNoId) {
+    ++entries_[id].refs;
+    *slot_out = entries_[id].slot;
+    return id;
+  }
+  Entry e{};
+  e.prefix = symbols_.intern(prefix);
+  e.leaf = leaf;
+  e.slot = allocSlots(layout.slots());
+  e.refs = 1;
+  e.type = StatType::Counter;  // unused: each leaf has its own
+  e.slots = static_cast<uint8_t>(layout.slots());
+  e.flags = kLive | kBlock;
+  id = popFree(free_entries_, entries_.size(), [&](uint32_t i) { return (entries_[i].flags & kLive) == 0; });
+  if (id == kNoId) {
+    id = static_cast<uint32_t>(entries_.size());
+    if (entries_.size() == entries_.capacity()) entries_.reserve(entries_.capacity() + entries_.capacity() / 4 + 256);
+    entries_.push_back(e);
+  } else {
+    entries_[id] = e;
+  }
+  ++live_entries_;
+  live_stats_ += layout.size();
   indexInsert(entryHash(e.prefix, e.leaf), id);
   *slot_out = e.slot;
   return id;
@@ -418,7 +497,12 @@ void Store::release(const std::vector<uint32_t>& entry_ids) {
     freeSlots(e.slot, e.slots);
     indexErase(entryHash(e.prefix, e.leaf), id);
     symbols_.release(e.prefix);
-    symbols_.release(e.leaf);
+    if ((e.flags & kBlock) != 0) {
+      live_stats_ -= layouts_[e.leaf & ~kBlockLeaf]->size();
+    } else {
+      symbols_.release(e.leaf);
+      --live_stats_;
+    }
     e.flags = 0;
     --live_entries_;
     pushFree(free_entries_, id);
@@ -430,7 +514,7 @@ void Store::release(const std::vector<uint32_t>& entry_ids) {
 
 size_t Store::statCount() const {
   std::lock_guard<std::mutex> lock(lock_);
-  return live_entries_;
+  return live_stats_;
 }
 
 uint32_t Store::slotHighWater() const {
@@ -447,7 +531,7 @@ size_t Store::metadataBytes() const {
   std::lock_guard<std::mutex> lock(lock_);
   size_t b = symbols_.bytes() + entries_.capacity() * sizeof(Entry) + free_entries_.capacity() * sizeof(uint32_t) +
              index_.capacity() * sizeof(IndexSlot) + pages_.capacity() * sizeof(Page) +
-             free_pages_.capacity() * sizeof(uint32_t);
+             free_pages_.capacity() * sizeof(uint32_t) + layouts_.capacity() * sizeof(const StatBlock*);
   for (const auto& [n, v] : partial_) b += v.capacity() * sizeof(uint32_t) + 64;
   return b;
 }
@@ -489,22 +573,32 @@ std::vector<Store::Value> Store::snapshot() const {
     return written[shard][index / Shard::kSlotsPerPage] ? shards_[shard]->read(index) : 0;
   };
   std::vector<Value> out;
-  out.reserve(live_entries_);
-  for (const Entry& e : entries_) {
-    if ((e.flags & kLive) == 0 || (e.flags & kHidden) != 0) continue;
-    if (e.type == StatType::Histogram) {
-      Value v{nameOf(e), StatType::Histogram, 0, std::vector<int64_t>(kHistogramBuckets, 0), 0};
+  out.reserve(live_stats_);
+  auto add = [&](std::string name, StatType type, uint32_t slot) {
+    if (type == StatType::Histogram) {
+      Value v{std::move(name), StatType::Histogram, 0, std::vector<int64_t>(kHistogramBuckets, 0), 0};
       for (uint32_t b = 0; b < kHistogramBuckets; ++b) {
-        for (size_t s = 0; s < shards_.size(); ++s) v.buckets[b] += read(s, e.slot + b);
+        for (size_t s = 0; s < shards_.size(); ++s) v.buckets[b] += read(s, slot + b);
         v.value += v.buckets[b];
       }
-      for (size_t s = 0; s < shards_.size(); ++s) v.sum_us += read(s, e.slot + kHistogramBuckets);
+      for (size_t s = 0; s < shards_.size(); ++s) v.sum_us += read(s, slot + kHistogramBuckets);
       out.push_back(std::move(v));
-      continue;
+      return;
     }
     int64_t sum = 0;
-    for (size_t s = 0; s < shards_.size(); ++s) sum += read(s, e.slot);
-    out.push_back(Value{nameOf(e), e.type, sum, {}, 0});
+    for (size_t s = 0; s < shards_.size(); ++s) sum += read(s, slot);
+    out.push_back(Value{std::move(name), type, sum, {}, 0});
+  };
+  for (const Entry& e : entries_) {
+    if ((e.flags & kLive) == 0 || (e.flags & kHidden) != 0) continue;
+    if ((e.flags & kBlock) != 0) {
+      const std::string& prefix = symbols_.text(e.prefix);
+      for (const auto& leaf : layouts_[e.leaf & ~kBlockLeaf]->leaves_) {
+        add(absl::StrCat(prefix, ".", leaf.name), leaf.type, e.slot + leaf.offset);
+      }
+      continue;
+    }
+    add(nameOf(e), e.type, e.slot);
   }
   std::sort(out.begin(), out.end(), [](const Value& a, const Value& b) { return a.name < b.name; });
   return out;
@@ -516,10 +610,11 @@ int64_t Store::value(const std::string& name) const {
   const uint32_t p = symbols_.find(prefix_text);
   if (p == SymbolTable::kNone) return 0;
   const uint32_t l = symbols_.find(leaf_text);
-  if (l == SymbolTable::kNone) return 0;
-  const uint32_t id = findEntry(p, l);
-  if (id == kNoId) return 0;
-  return sum(entries_[id].slot);
+  const uint32_t id = l == SymbolTable::kNone ? kNoId : findEntry(p, l);
+  if (id != kNoId) return sum(entries_[id].slot);
+  const StatBlock::Leaf* leaf = nullptr;
+  const uint32_t block = findInBlock(p, leaf_text, &leaf);
+  return block == kNoId ? 0 : sum(entries_[block].slot + leaf->offset);
 }
 
 void set(Store& store, Gauge g, int64_t value) {

@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <string>
 #include <thread>
@@ -123,6 +124,69 @@ TEST_CASE("Stats: scoped stats live while a scope holds them, then leave and the
     if (v.name == "cluster.b.upstream_rq_time") REQUIRE(v.value == 0);
   }
   (void)h;
+}
+
+TEST_CASE("Stats: a block of stats reads, lists and carries on exactly as the stats made one by one") {
+  Store store(2);
+  setThreadShard(&store.shard(1));
+  static const StatBlock layout = [] {
+    StatBlock b;
+    b.counter("upstream_rq_total");
+    b.gauge("upstream_cx_active");
+    b.histogram("upstream_rq_time");
+    b.counter("upstream_rq_5xx");
+    return b;
+  }();
+  REQUIRE(layout.size() == 4);
+  REQUIRE(layout.slots() == 3 + kHistogramBuckets + 1);
+  const uint32_t rq = 0, active = 1, time = 2, fivexx = 2 + kHistogramBuckets + 1;
+  {
+    auto first = std::make_unique<StatScope>(store);
+    const uint32_t base = first->block("cluster.a", layout);
+    inc(Counter{base + rq}, 5);
+    add(Gauge{base + active}, 2);
+    record(Histogram{base + time}, 2000);
+    inc(Counter{base + fivexx});
+    REQUIRE(store.statCount() == 4);
+    // By name, as /stats, the tests and hot restart's carry-over ask for them.
+    REQUIRE(store.value("cluster.a.upstream_rq_total") == 5);
+    REQUIRE(store.value("cluster.a.upstream_cx_active") == 2);
+    REQUIRE(store.value("cluster.a.upstream_rq_5xx") == 1);
+    REQUIRE(store.value("cluster.a.upstream_rq_retry") == 0);  // not in the layout
+    REQUIRE(store.value("cluster.b.upstream_rq_total") == 0);  // no such block
+    std::map<std::string, Store::Value> listed;
+    for (auto& v : store.snapshot()) listed.emplace(v.name, v);
+    REQUIRE(listed.size() == 4);
+    REQUIRE(listed.at("cluster.a.upstream_rq_total").type == StatType::Counter);
+    REQUIRE(listed.at("cluster.a.upstream_cx_active").type == StatType::Gauge);
+    REQUIRE(listed.at("cluster.a.upstream_rq_time").type == StatType::Histogram);
+    REQUIRE(listed.at("cluster.a.upstream_rq_time").value == 1);
+    REQUIRE(listed.at("cluster.a.upstream_rq_time").sum_us == 2000);
+    // A counter asked for by its full name (hot restart) is the block's slot, and holds the block.
+    StatScope by_name(store);
+    REQUIRE(by_name.counter("cluster.a.upstream_rq_5xx").index == base + fivexx);
+
+    // A new version of the cluster: the same block, the same slots, counts carry on.
+    auto second = std::make_unique<StatScope>(store);
+    REQUIRE(second->block("cluster.a", layout) == base);
+    first.reset();
+    REQUIRE(store.value("cluster.a.upstream_rq_total") == 5);
+    REQUIRE(store.statCount() == 4);
+    // A second cluster has its own block.
+    StatScope other(store);
+    REQUIRE(other.block("cluster.b", layout) != base);
+    REQUIRE(store.statCount() == 8);
+    REQUIRE(store.value("cluster.b.upstream_rq_total") == 0);
+  }
+  // Every holder gone: the names leave the listing and the slots are free.
+  REQUIRE(store.statCount() == 0);
+  REQUIRE(store.snapshot().empty());
+  REQUIRE(store.slotsInUse() == 0);
+  // A block made again under the name starts from zero.
+  StatScope again(store);
+  const uint32_t base = again.block("cluster.a", layout);
+  REQUIRE(store.value(Counter{base + rq}) == 0);
+  REQUIRE(store.value("cluster.a.upstream_rq_total") == 0);
 }
 
 TEST_CASE("Stats: a stat also made outside any scope is never released") {
