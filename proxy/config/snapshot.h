@@ -1,5 +1,6 @@
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <list>
@@ -492,6 +493,24 @@ struct Snapshot {
   std::vector<ListenerConstSharedPtr> listeners;
   std::vector<ClusterConstSharedPtr> clusters;
   ClusterMap clusters_by_name;
+  // Each cluster's position in `clusters` by its stable index (kNoCluster: none), made once by the
+  // builder (indexClusters()) so that a worker taking a new snapshot copies nothing per cluster: it
+  // looks clusters up here, in the snapshot it holds (10,000 clusters: 40 KB read, no atomic).
+  static constexpr uint32_t kNoCluster = UINT32_MAX;
+  std::vector<uint32_t> cluster_pos_by_index;
+  // The cluster with stable index `index` in this snapshot; a null pointer when it has none.
+  const ClusterConstSharedPtr& clusterByIndex(uint32_t index) const {
+    static const ClusterConstSharedPtr kNone;
+    if (index >= cluster_pos_by_index.size() || cluster_pos_by_index[index] == kNoCluster) return kNone;
+    return clusters[cluster_pos_by_index[index]];
+  }
+  // Fills cluster_pos_by_index from `clusters`.
+  void indexClusters() {
+    uint32_t top = 0;
+    for (const auto& c : clusters) top = std::max(top, c->index + 1);
+    cluster_pos_by_index.assign(top, kNoCluster);
+    for (size_t i = 0; i < clusters.size(); ++i) cluster_pos_by_index[clusters[i]->index] = static_cast<uint32_t>(i);
+  }
   // The ClusterLoadAssignment names the EDS clusters want (the EDS subscription), and whether any EDS
   // cluster takes its endpoints under another name than its own (then updates are built in full).
   std::shared_ptr<const std::set<std::string>> eds_names;

@@ -766,6 +766,7 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
   snap->sources = sources;
   snap->bootstrap = sources->bootstrap;
   snap->loaded_at = formatNowRfc3339();
+  snap->indexClusters();
   result.snapshot = snap;
   return result;
 }

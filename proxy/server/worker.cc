@@ -251,41 +251,35 @@ Worker::Worker(uint32_t index, stats::Shard& shard, config::SnapshotConstSharedP
 }
 
 void Worker::indexSnapshot() {
-  // Only the slots that change are written: an unchanged cluster costs a pointer comparison, not two
-  // atomic reference-count updates (10,000 clusters, one changed: the loop is not held for that). What
-  // the worker lets go of goes to the main thread to be released (config/retire.h).
-  std::vector<std::shared_ptr<const void>> retired;
-  const uint32_t gen = ++index_generation_;
-  for (const auto& c : snapshot_->clusters) {
-    if (c->index >= clusters_by_index_.size()) {
-      clusters_by_index_.resize(c->index + 1);
-      index_stamp_.resize(c->index + 1, 0);
+  // Clusters are looked up in the snapshot itself (Snapshot::clusterByIndex, indexed by the builder on
+  // the main thread): taking 10,000 clusters costs the worker no copy and no atomic reference count per
+  // cluster. Only this worker's own state per cluster is visited: balancers of clusters the snapshot no
+  // longer has go now (their hosts with them); a changed version's balancer is rebuilt on its next use.
+  // lb_indices_ lists the slots holding a balancer, so this walk is as long as the clusters this worker
+  // actually sent traffic to, not the mesh.
+  size_t kept = 0;
+  for (uint32_t i : lb_indices_) {
+    if (!lbs_[i].lb) continue;  // already cleared (local cluster change below)
+    if (!snapshot_->clusterByIndex(i)) {
+      lbs_[i] = ClusterLb{};
+      continue;
     }
-    auto& slot = clusters_by_index_[c->index];
-    if (slot.get() != c.get()) {
-      if (slot) retired.push_back(std::move(slot));
-      slot = c;
-    }
-    index_stamp_[c->index] = gen;
+    lb_indices_[kept++] = i;
   }
-  for (size_t i = 0; i < clusters_by_index_.size(); ++i) {
-    if (clusters_by_index_[i] && index_stamp_[i] != gen) retired.push_back(std::move(clusters_by_index_[i]));
-  }
-  config::retire(std::move(retired));
-  // Balancers of clusters this config no longer has go now (their hosts with them).
-  for (size_t i = 0; i < lbs_.size(); ++i) {
-    if (i >= clusters_by_index_.size() || !clusters_by_index_[i]) lbs_[i] = ClusterLb{};
-  }
+  lb_indices_.resize(kept);
   // Zone-aware routing's local cluster view; balancers built on an older view go first.
   const bool zone_aware = !snapshot_->local_cluster_name.empty() && !snapshot_->node_locality.zone.empty();
   if (!zone_aware || !local_cluster_ || !(local_cluster_->locality() == snapshot_->node_locality)) {
-    if (local_cluster_) lbs_.clear();
+    if (local_cluster_) {
+      lbs_.clear();
+      lb_indices_.clear();
+    }
     local_cluster_ = zone_aware ? std::make_unique<upstream::LocalCluster>(snapshot_->node_locality) : nullptr;
   }
   auto local = snapshot_->clusters_by_name.find(snapshot_->local_cluster_name);
   local_cluster_index_ = local != snapshot_->clusters_by_name.end() ? local->second->index : UINT32_MAX;
   // Pools of clusters and hosts this config no longer has drain and go.
-  if (pools_) pools_->onConfig(clusters_by_index_);
+  if (pools_) pools_->onConfig(*snapshot_);
   routes_by_id_.clear();
   for (const auto& [id, t] : snapshot_->route_tables_by_id) {
     if (id >= routes_by_id_.size()) routes_by_id_.resize(id + 1);
@@ -759,17 +753,15 @@ std::optional<config::HostChoice> Worker::chooseHost(const config::Cluster& clus
     return config::HostChoice{downstream.localAddress(), nullptr};
   }
   // The newest version of the cluster (EDS moves hosts under connections that pinned an older one).
-  const config::Cluster& current =
-      cluster.index < clusters_by_index_.size() && clusters_by_index_[cluster.index] ? *clusters_by_index_[cluster.index]
-                                                                                      : cluster;
+  const config::ClusterConstSharedPtr& newest = snapshot_->clusterByIndex(cluster.index);
+  const config::Cluster& current = newest ? *newest : cluster;
   // A DNS cluster's resolver publishes new host sets between versions (runtime->dns_hosts): a moved
   // generation rebuilds the balancer as a new version does.
   const uint64_t dns_generation = current.isDns() && current.runtime ? current.runtime->dns_hosts.generation() : 0;
   if (current.hosts.empty() && dns_generation == 0) return std::nullopt;
   if (local_cluster_) {
     // The local cluster's current version and health (two loads unless they changed).
-    const config::Cluster* lc =
-        local_cluster_index_ < clusters_by_index_.size() ? clusters_by_index_[local_cluster_index_].get() : nullptr;
+    const config::Cluster* lc = snapshot_->clusterByIndex(local_cluster_index_).get();
     local_cluster_->refresh(lc ? lc->version_id : 0, lc ? &lc->hosts : nullptr,
                             lc && lc->runtime ? &lc->runtime->healthGeneration() : nullptr,
                             lc ? lc->lb.panic_threshold_percent : 0);
@@ -782,8 +774,9 @@ std::optional<config::HostChoice> Worker::chooseHost(const config::Cluster& clus
     const std::vector<upstream::HostSharedPtr>& hosts = resolved ? *resolved : current.hosts;
     if (hosts.empty()) return std::nullopt;
     // DNS moved hosts within a version: pools of addresses that went drain (requests on them finish).
-    if (slot.lb && slot.version_id == current.version_id) dispatcher_->post([this] { pools_->onConfig(clusters_by_index_); });
+    if (slot.lb && slot.version_id == current.version_id) dispatcher_->post([this] { pools_->onConfig(*snapshot_); });
     slot.dns_generation = dns_generation;
+    if (!slot.lb) lb_indices_.push_back(current.index);  // listed once: only while it had no balancer
     // Once per cluster version per worker: the balancer copies the host list and keeps its own state.
     slot.lb = upstream::createLoadBalancer(current.lb, hosts,
                                            current.runtime ? &current.runtime->healthGeneration() : nullptr, rng_(),

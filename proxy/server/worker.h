@@ -80,8 +80,7 @@ class Worker : public config::WorkerContext {
     return id < routes_by_id_.size() ? routes_by_id_[id] : nullptr;
   }
   const config::ClusterConstSharedPtr& cluster(uint32_t index) override {
-    static const config::ClusterConstSharedPtr kNone;
-    return index < clusters_by_index_.size() ? clusters_by_index_[index] : kNone;
+    return snapshot_->clusterByIndex(index);
   }
 
  private:
@@ -145,12 +144,10 @@ class Worker : public config::WorkerContext {
     upstream::LoadBalancerPtr lb;
   };
   std::vector<ClusterLb> lbs_;
-  // The newest config's clusters and RDS tables by stable index: connections accepted earlier pin
-  // their listener's config, but hosts (EDS) and routes (RDS) are looked up here, per request.
-  std::vector<config::ClusterConstSharedPtr> clusters_by_index_;
-  // indexSnapshot()'s mark of the slots the newest snapshot fills (the others are emptied).
-  std::vector<uint32_t> index_stamp_;
-  uint32_t index_generation_ = 0;
+  std::vector<uint32_t> lb_indices_;  // the slots of lbs_ that hold a balancer (each once)
+  // The newest config's clusters (snapshot_->clusterByIndex) and RDS tables by stable index:
+  // connections accepted earlier pin their listener's config, but hosts (EDS) and routes (RDS) are
+  // looked up in the newest, per request.
   stats::Gauge loop_max_us_;
   stats::Counter loop_over_1ms_;
   uint64_t loop_max_seen_ = 0;

@@ -602,11 +602,10 @@ void HttpPoolManager::release(HttpPool& pool) {
   pools_.erase(it);
 }
 
-void HttpPoolManager::onConfig(const std::vector<config::ClusterConstSharedPtr>& clusters_by_index) {
+void HttpPoolManager::onConfig(const config::Snapshot& snapshot) {
   std::vector<HttpPool*> to_drain;
   for (auto it = pools_.begin(); it != pools_.end();) {
-    const config::Cluster* c = it->first.cluster < clusters_by_index.size() ? clusters_by_index[it->first.cluster].get()
-                                                                              : nullptr;
+    const config::Cluster* c = snapshot.clusterByIndex(it->first.cluster).get();
     bool keep = c != nullptr;
     // A host (or an ORIGINAL_DST cluster) whose TLS settings changed gets new pools; the old ones drain.
     if (keep && c->type == config::Cluster::Type::OriginalDst) {

@@ -120,8 +120,8 @@ class HttpPoolManager {
   HttpPool& pool(const config::ClusterConstSharedPtr& cluster, const config::HostChoice& host, http::Protocol protocol,
                  ResourcePriority priority = ResourcePriority::Default, uint32_t alpn_override = 0);
   // A new config: drains the pools of clusters it no longer has, and of hosts an endpoint-listed cluster
-  // (STATIC, EDS) no longer lists. `clusters_by_index` is the worker's table (null where none).
-  void onConfig(const std::vector<config::ClusterConstSharedPtr>& clusters_by_index);
+  // (STATIC, EDS) no longer lists. Walks this worker's pools only, not the snapshot's clusters.
+  void onConfig(const config::Snapshot& snapshot);
   size_t poolCount() const { return pools_.size() + draining_.size(); }
 
  private:
