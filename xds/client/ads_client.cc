@@ -84,6 +84,12 @@ std::string truncateError(std::string message) {
   return message;
 }
 
+using NameSetPtr = std::shared_ptr<const std::set<std::string>>;
+const NameSetPtr& emptyNames() {
+  static const NameSetPtr kEmpty = std::make_shared<const std::set<std::string>>();
+  return kEmpty;
+}
+
 // For the log: the first names, and how many more (a subscription may name 10,000 resources).
 std::string joinNames(const std::set<std::string>& names) {
   std::string out;
@@ -171,7 +177,9 @@ class AdsClient::Impl {
     std::string type_url;
     bool wildcard = false;
     bool active = false;                // subscribed at least once (wildcard: from start)
-    std::set<std::string> interest;     // names of interest (named types)
+    // Names of interest (named types). Shared, never modified in place: the stream's set below takes the
+    // same pointer once it is sent, so 10,000 EDS names are held once, not once per set.
+    NameSetPtr interest = emptyNames();
     uint64_t interest_gen = 0;          // bumped when `interest` changes (what publishLocked copies)
     // Persistent across streams.
     std::string version;                              // last accepted version
@@ -182,7 +190,7 @@ class AdsClient::Impl {
     uint64_t update_attempt = 0, update_success = 0, update_rejected = 0;
     // Per stream.
     bool sent_on_stream = false;             // the first request of this type went out
-    std::set<std::string> stream_names;      // what the server believes we subscribe to
+    NameSetPtr stream_names = emptyNames();  // what the server believes we subscribe to
     // interest_gen when stream_names was last made equal to what we want (max: not on this stream), so
     // an ACK at 10,000 EDS names neither compares nor copies the name sets.
     uint64_t stream_gen = UINT64_MAX;
@@ -194,7 +202,7 @@ class AdsClient::Impl {
 
     void resetStream() {
       sent_on_stream = false;
-      stream_names.clear();
+      stream_names = emptyNames();
       stream_gen = UINT64_MAX;
       nonce.clear();
       ack_pending = false;
@@ -204,10 +212,9 @@ class AdsClient::Impl {
     }
     // The names we want the server to have, in the form the protocol names them.
     bool namesInSync() const { return stream_gen == interest_gen; }
-    const std::set<std::string>& wanted(bool delta) const {
-      static const std::set<std::string> kDeltaWildcard{kWildcard};
-      static const std::set<std::string> kNone;
-      if (wildcard) return delta ? kDeltaWildcard : kNone;
+    const NameSetPtr& wanted(bool delta) const {
+      static const NameSetPtr kDeltaWildcard = std::make_shared<const std::set<std::string>>(std::set<std::string>{kWildcard});
+      if (wildcard) return delta ? kDeltaWildcard : emptyNames();
       return interest;
     }
   };
@@ -261,18 +268,18 @@ class AdsClient::Impl {
         log(kWarning, "setResourceNames(%s) ignored: the type is subscribed as wildcard", type_url.c_str());
         continue;
       }
-      if (sub.active && names == sub.interest) continue;
+      if (sub.active && names == *sub.interest) continue;
       // Names no longer of interest: forget them (no timer, no version advertised on reconnect).
-      for (const auto& old : sub.interest) {
+      for (const auto& old : *sub.interest) {
         if (names.count(old) == 0) {
           sub.held.erase(old);
           sub.dne_deadlines.erase(old);
         }
       }
-      sub.interest = std::move(names);
+      sub.interest = std::make_shared<const std::set<std::string>>(std::move(names));
       ++sub.interest_gen;
-      if (!sub.interest.empty()) activate(sub, now);
-      log(kDebug, "interest %s: [%s]", type_url.c_str(), joinNames(sub.interest).c_str());
+      if (!sub.interest->empty()) activate(sub, now);
+      if (config_.log) log(kDebug, "interest %s: [%s]", type_url.c_str(), joinNames(*sub.interest).c_str());
       if (stream_ok_) enqueue(sub);
     }
   }
@@ -411,7 +418,7 @@ class AdsClient::Impl {
         }
         for (const auto& r : resources) {
           if (refused && refused->count(r.name) != 0) continue;
-          if (sub->wildcard || sub->interest.count(r.name) != 0) sub->held[r.name] = r.version;
+          if (sub->wildcard || sub->interest->count(r.name) != 0) sub->held[r.name] = r.version;
         }
       }
     }
@@ -438,7 +445,7 @@ class AdsClient::Impl {
       if (status.ok() || refused) {
         for (const auto& r : resources) {
           if (refused && refused->count(r.name) != 0) continue;
-          if (sub->wildcard || sub->interest.count(r.name) != 0) sub->held[r.name] = r.version;
+          if (sub->wildcard || sub->interest->count(r.name) != 0) sub->held[r.name] = r.version;
         }
         // A removal ends the resource, not the subscription.
         for (const auto& name : removed) sub->held.erase(name);
@@ -457,12 +464,12 @@ class AdsClient::Impl {
   // Whether `sub` has something to say on this stream.
   bool needsRequest(const Sub& sub) const {
     if (!sub.active) return false;
-    const std::set<std::string>& wanted = sub.wanted(config_.delta);
+    const NameSetPtr& wanted = sub.wanted(config_.delta);
     if (!sub.sent_on_stream) {
       // An empty first request for a named type would be a legacy wildcard subscription.
-      return sub.wildcard || !wanted.empty();
+      return sub.wildcard || !wanted->empty();
     }
-    return sub.ack_pending || (!sub.namesInSync() && wanted != sub.stream_names);
+    return sub.ack_pending || (!sub.namesInSync() && wanted != sub.stream_names && *wanted != *sub.stream_names);
   }
 
   DiscoveryRequest buildSotw(const Sub& sub) {
@@ -471,7 +478,7 @@ class AdsClient::Impl {
     req.set_type_url(sub.type_url);
     req.set_version_info(sub.version);
     req.set_response_nonce(sub.nonce);  // always the newest on this stream
-    for (const auto& name : sub.wanted(false)) req.add_resource_names(name);
+    for (const auto& name : *sub.wanted(false)) req.add_resource_names(name);
     if (sub.ack_pending && sub.pending_error) setError(req.mutable_error_detail(), *sub.pending_error);
     return req;
   }
@@ -480,16 +487,16 @@ class AdsClient::Impl {
     DeltaDiscoveryRequest req;
     if (!node_sent_) *req.mutable_node() = config_.node;
     req.set_type_url(sub.type_url);
-    const std::set<std::string>& wanted = sub.wanted(true);
+    const std::set<std::string>& wanted = *sub.wanted(true);
     if (!sub.sent_on_stream) {
       // Reconnect: tell the server what we hold so it sends only what changed.
       for (const auto& [name, version] : sub.held) (*req.mutable_initial_resource_versions())[name] = version;
     }
     if (!sub.namesInSync()) {
       for (const auto& name : wanted) {
-        if (sub.stream_names.count(name) == 0) req.add_resource_names_subscribe(name);
+        if (sub.stream_names->count(name) == 0) req.add_resource_names_subscribe(name);
       }
-      for (const auto& name : sub.stream_names) {
+      for (const auto& name : *sub.stream_names) {
         if (wanted.count(name) == 0) req.add_resource_names_unsubscribe(name);
       }
     }
@@ -535,7 +542,8 @@ class AdsClient::Impl {
       sub.queued = false;
       send_queue_.pop_front();
 
-      const std::set<std::string>& wanted = sub.wanted(config_.delta);
+      const NameSetPtr& wanted_set = sub.wanted(config_.delta);
+      const std::set<std::string>& wanted = *wanted_set;
       bool ok;
       if (config_.delta) {
         DeltaDiscoveryRequest req = buildDelta(sub);
@@ -567,12 +575,12 @@ class AdsClient::Impl {
       if (!sub.namesInSync()) {
         if (!sub.wildcard && config_.resource_does_not_exist_timeout_ms > 0) {
           for (const auto& name : wanted) {
-            if (sub.stream_names.count(name) == 0 && sub.held.count(name) == 0) {
+            if (sub.stream_names->count(name) == 0 && sub.held.count(name) == 0) {
               sub.dne_deadlines[name] = now + std::chrono::milliseconds(config_.resource_does_not_exist_timeout_ms);
             }
           }
         }
-        sub.stream_names = wanted;
+        sub.stream_names = wanted_set;  // shared, not copied
         sub.stream_gen = sub.interest_gen;
       }
       sub.sent_on_stream = true;
@@ -798,12 +806,7 @@ class AdsClient::Impl {
       ts.update_rejected = sub.update_rejected;
       ts.resource_count = sub.held.size();
       ts.initial_fetch_done = sub.initial_fetch_done;
-      // The names are copied only when they changed (this runs on every turn of the client's loop).
-      uint64_t& gen = published_names_gen_[sub.type_url];
-      if (gen != sub.interest_gen + 1) {
-        ts.names.assign(sub.interest.begin(), sub.interest.end());
-        gen = sub.interest_gen + 1;
-      }
+      ts.names = sub.interest;  // shared, not copied
       ts.wildcard = sub.wildcard;
     }
     published_stats_ = stats_;
@@ -907,7 +910,6 @@ class AdsClient::Impl {
   std::deque<DeltaDiscoveryResponse> delta_responses_;
   std::map<std::string, std::set<std::string>> pending_names_;
   std::map<std::string, TypeState> published_state_;
-  std::map<std::string, uint64_t> published_names_gen_;  // Sub::interest_gen + 1 of the names published
   Stats published_stats_;
 };
 

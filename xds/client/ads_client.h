@@ -146,7 +146,7 @@ class AdsClient {
     uint64_t update_rejected = 0;  // responses rejected (NACK)
     uint64_t resource_count = 0;   // resources held (accepted)
     bool initial_fetch_done = false;
-    std::vector<std::string> names;  // names of interest (empty for wildcard types)
+    std::shared_ptr<const std::set<std::string>> names;  // names of interest (empty for wildcard types)
     bool wildcard = false;
   };
   // Stream-level counters (Envoy: control_plane.*).
