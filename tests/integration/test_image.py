@@ -1,12 +1,15 @@
 """deploy/build-image.sh: the two images build here, and their roots run.
 
 The sidecar image and the init image are built from the strait under test (STRAIT_BIN, else
-build-release/proxy/strait, else build/proxy/strait) into OCI archives, then unpacked by hand: index.json ->
+build-release/proxy/strait, else build/proxy/strait) into OCI archives; the sidecar image again from the
+static binary (`--static`: STRAIT_STATIC_BIN, else build-static/proxy/strait from -DSTRAIT_STATIC=ON;
+skipped with the reason when there is none). Each archive is unpacked by hand: index.json ->
 manifest -> config and gzip layers, which is what any runtime does. Nothing runs them through a
 container runtime (podman run does not work in this sandbox); instead, in two network-namespace
 "pods" (netns_pods.PodPair):
 
     pod A: the init image's entrypoint, chrooted into its root as root       -> the STRAIT_ chains exist
+           (the static variant builds no init image: it runs deploy/strait-iptables.sh, the same file)
            the sidecar image's entrypoint + default args, chrooted, uid 1337 -> admin /ready 200
            curl http://10.200.0.2:8080/id (captured, through strait's embedded default)
     pod B: a plain HTTP server on 8080
@@ -19,6 +22,7 @@ import json
 import os
 import shutil
 import subprocess
+import struct
 import tarfile
 import tempfile
 
@@ -29,6 +33,8 @@ from netns_pods import B_ADDR4
 
 REPO = np_.REPO
 BUILD_IMAGE = os.path.join(REPO, "deploy", "build-image.sh")
+IMAGE_FILES = {"usr/local/bin/strait", "usr/local/bin/strait-wait", "etc/ssl/certs/ca-certificates.crt",
+               "etc/passwd", "etc/group"}
 
 
 def image_binary():
@@ -38,6 +44,32 @@ def image_binary():
             return cand
     pytest.fail("no strait binary to put in the image: set STRAIT_BIN or build build-release/proxy/strait",
                 pytrace=False)
+
+
+def static_binary():
+    """The -DSTRAIT_STATIC=ON strait for the static image; skips the static variant without one."""
+    cand = os.environ.get("STRAIT_STATIC_BIN") or os.path.join(REPO, "build-static", "proxy", "strait")
+    if not (os.path.isfile(cand) and os.access(cand, os.X_OK)):
+        pytest.skip(f"no static strait at {cand}: build it (cmake -B build-static -DSTRAIT_STATIC=ON "
+                    "-DSTRAIT_TESTS=OFF; ninja -C build-static strait) or set STRAIT_STATIC_BIN")
+    assert elf_interpreter(cand) is None, f"STRAIT_STATIC_BIN {cand} is dynamically linked"
+    return cand
+
+
+def elf_interpreter(path):
+    """The loader an ELF64 little-endian executable asks for (its PT_INTERP), or None for a static one."""
+    with open(path, "rb") as f:
+        head = f.read(64)
+        assert head[:6] == b"\x7fELF\x02\x01", f"{path} is not an ELF64 little-endian file"
+        phoff, = struct.unpack_from("<Q", head, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+        for i in range(phnum):
+            f.seek(phoff + i * phentsize)
+            p_type, _, p_offset, _, _, p_filesz = struct.unpack("<IIQQQQ", f.read(40))
+            if p_type == 3:  # PT_INTERP
+                f.seek(p_offset)
+                return f.read(p_filesz).rstrip(b"\0").decode()
+    return None
 
 
 def _skip_reason():
@@ -76,21 +108,25 @@ def unpack(archive, dest):
     return config, root
 
 
-@pytest.fixture(scope="module")
-def images():
+@pytest.fixture(scope="module", params=["dynamic", "static"])
+def images(request):
+    """Both images from the dynamic strait, or only the sidecar image from the static one."""
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    binary = image_binary()
+    static = request.param == "static"
+    which = ["--static", static_binary(), "--only", "strait"] if static else ["--binary", image_binary()]
+    archives = {"strait": "strait-t1.oci.tar"} if static else \
+        {"strait": "strait-t1.oci.tar", "init": "strait-init-t1.oci.tar"}
     out = tempfile.mkdtemp(prefix="strait-im-oci-")
     try:
-        r = subprocess.run([BUILD_IMAGE, "--binary", binary, "--registry", "registry.example/mesh", "--tag", "t1",
+        r = subprocess.run([BUILD_IMAGE, *which, "--registry", "registry.example/mesh", "--tag", "t1",
                             "--out", out], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
         names = sorted(os.listdir(out))
-        assert names == ["strait-init-t1.oci.tar", "strait-t1.oci.tar"], names
-        result = {}
-        for name, archive in (("strait", "strait-t1.oci.tar"), ("init", "strait-init-t1.oci.tar")):
+        assert names == sorted(archives.values()), names
+        result = {"static": static}
+        for name, archive in archives.items():
             d = os.path.join(out, name)
             os.makedirs(d)
             config, root = unpack(os.path.join(out, archive), d)
@@ -113,14 +149,23 @@ def test_sidecar_image_is_the_smallest_honest_root(images):
     files = set()
     for d, _, names in os.walk(root):
         files.update(os.path.relpath(os.path.join(d, n), root) for n in names)
-    # The binary, its waiter, the CA bundle, the two user files, and the shared libraries + loader only.
-    others = {f for f in files if not f.startswith(("lib/", "lib64/", "usr/lib/"))}
-    assert others == {"usr/local/bin/strait", "usr/local/bin/strait-wait", "etc/ssl/certs/ca-certificates.crt",
-                      "etc/passwd", "etc/group"}, others
+    # The binary, its waiter, the CA bundle, the two user files, and the shared libraries + loader only
+    # (with the static binary, nothing else at all: it asks for no loader).
+    if images["static"]:
+        assert files == IMAGE_FILES, files
+        assert elf_interpreter(os.path.join(root, "usr/local/bin/strait")) is None
+    else:
+        others = {f for f in files if not f.startswith(("lib/", "lib64/", "usr/lib/"))}
+        assert others == IMAGE_FILES, others
+        interp = elf_interpreter(os.path.join(root, "usr/local/bin/strait"))
+        assert interp and interp.lstrip("/") in files, interp
     assert not any(os.path.basename(f) in ("sh", "bash", "busybox") for f in files)
     with open(os.path.join(root, "etc/passwd")) as f:
         assert f.read().split(":")[2] == "1337"
     assert img["size"] < 40 << 20, f"sidecar image archive is {img['size']} bytes"
+    unpacked = sum(os.lstat(os.path.join(root, f)).st_size for f in files)
+    print(f"strait image ({'static' if images['static'] else 'dynamic'}): archive {img['size'] >> 10} KiB, "
+          f"root {unpacked >> 10} KiB in {len(files)} files")
 
 
 @pytest.fixture
@@ -148,10 +193,13 @@ def _run_image(p, ns, img, name, as_user=None, wait=True):
 
 def test_images_run_capture_and_proxy_in_a_pod(images, pods):
     p = pods
-    # The init image: its entrypoint, as root, with its default arguments.
-    init = images["init"]
-    assert init["config"]["Entrypoint"] == ["/usr/local/bin/strait-iptables.sh"]
-    _run_image(p, p.a, init, "init")
+    if "init" in images:
+        # The init image: its entrypoint, as root, with its default arguments.
+        init = images["init"]
+        assert init["config"]["Entrypoint"] == ["/usr/local/bin/strait-iptables.sh"]
+        _run_image(p, p.a, init, "init")
+    else:
+        p.capture(p.a, "iptables")  # the script the init image runs, as the dynamic variant checks
     rules = p.run(p.a, ["iptables", "-t", "nat", "-S"]).stdout
     for chain in ("STRAIT_INBOUND", "STRAIT_IN_REDIRECT", "STRAIT_OUTPUT", "STRAIT_REDIRECT"):
         assert f"-N {chain}" in rules, rules
