@@ -550,7 +550,17 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
   void reportHttpStatus(uint32_t status) {
     if (!attempt_host_) return;
     if (status >= 500) stats::inc(attempt_host_->rq_error);
+    recordLatency(status >= 500);
     reportOutcome(status);
+  }
+  // The peak-EWMA balancer learns each attempt's time to its response headers; a failure counts as at
+  // least the policy's error penalty.
+  void recordLatency(bool error) {
+    if (cluster_->lb.policy != upstream::LbConfig::Policy::PeakEwma) return;
+    const auto now = std::chrono::steady_clock::now();
+    const auto ns = [](auto d) { return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count()); };
+    upstream::recordLatency(const_cast<upstream::Host&>(*attempt_host_), ns(now - attempt_start_), error,
+                            ns(now.time_since_epoch()), cluster_->lb);
   }
 
   // Passive health: what the attempt's host did goes to the cluster's outlier detection, if any.
@@ -560,6 +570,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
   void reportLocalFailure(upstream::LocalOriginFailure kind) {
     if (!attempt_host_) return;
     stats::inc(attempt_host_->rq_error);
+    recordLatency(true);
     if (auto* od = outlier()) od->putLocalOriginFailure(const_cast<upstream::Host&>(*attempt_host_), kind);
   }
   upstream::OutlierDetector* outlier() const {

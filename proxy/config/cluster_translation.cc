@@ -322,7 +322,9 @@ absl::Status translateOutlier(const cluster_v3::OutlierDetection& od, const std:
 // lb_policy with its *_lb_config, common_lb_config, or load_balancing_policy (our PeakEwma extension).
 absl::Status translateLoadBalancing(const cluster_v3::Cluster& c, const std::string& path, upstream::LbConfig& lb) {
   using Policy = upstream::LbConfig::Policy;
-  switch (c.lb_policy()) {
+  // As in Envoy, load_balancing_policy, when set, takes precedence over lb_policy (which then need not
+  // say LOAD_BALANCING_POLICY_CONFIG).
+  switch (c.has_load_balancing_policy() ? cluster_v3::Cluster::LOAD_BALANCING_POLICY_CONFIG : c.lb_policy()) {
     case cluster_v3::Cluster::ROUND_ROBIN: lb.policy = Policy::RoundRobin; break;
     case cluster_v3::Cluster::LEAST_REQUEST: lb.policy = Policy::LeastRequest; break;
     case cluster_v3::Cluster::RANDOM: lb.policy = Policy::Random; break;

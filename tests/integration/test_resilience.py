@@ -241,6 +241,23 @@ def test_least_request_avoids_the_slow_host(fleet):
     assert names["fast"] >= 16, names
 
 
+def test_peak_ewma_learns_each_hosts_latency_from_its_responses(fleet):
+    # One request at a time, so both hosts always have nothing in flight: only the latency each host's
+    # responses took (which the router feeds to the balancer) can tell them apart. A balancer that is
+    # never fed costs both hosts 0 and splits about evenly.
+    fast, slow = env.origin(fleet, "fast"), env.origin(fleet, "slow", delay=0.05)
+    ewma = {"policies": [{"typed_extension_config": {
+        "name": "strait.lb.peak_ewma",
+        "typed_config": {"@type": "type.googleapis.com/strait.lb.v1.PeakEwma", "decay_time": "30s"}}}]}
+    proc = fleet.start(_config(_cluster("backend", [fast.port, slow.port], load_balancing_policy=ewma)), concurrency=1)
+    port = proc.listener_port("http")
+    with h1.Client(port) as c:
+        names = collections.Counter(_origin_of(c.request("GET", f"/e/{i}")) for i in range(60))
+    # Each host is probed while unmeasured; after that the slow one (50 ms against well under 5) loses
+    # every two-choice comparison until its average decays (30 s here, far longer than the test).
+    assert names["fast"] >= 55 and names["slow"] >= 1, names
+
+
 @pytest.mark.parametrize("policy", ["RING_HASH", "MAGLEV"])
 def test_consistent_hash_keeps_a_key_on_one_host(fleet, policy):
     origins = [env.origin(fleet, f"h{i}") for i in range(4)]
