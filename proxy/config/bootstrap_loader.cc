@@ -171,11 +171,21 @@ absl::StatusOr<std::string> yamlToJson(const std::string& yaml, const std::strin
     }
     if (!over.IsMap()) return absl::InvalidArgumentError("--config-yaml: must be a mapping");
     if (!root.IsDefined() || root.IsNull()) root = YAML::Node(YAML::NodeType::Map);
-    mergeYaml(root, over);
+    try {
+      mergeYaml(root, over);
+    } catch (const YAML::Exception& e) {  // a key that is not a scalar, as below
+      return absl::InvalidArgumentError(absl::StrCat("--config-yaml: line ", e.mark.line + 1, ": ", e.msg));
+    }
   }
   if (!root.IsMap()) return absl::InvalidArgumentError(absl::StrCat(source, " is not a mapping of bootstrap fields"));
   std::ostringstream out;
-  emitJson(out, root);
+  try {
+    emitJson(out, root);
+  } catch (const YAML::Exception& e) {
+    // A mapping key that is not a scalar (`? [a, b]: c`, `{x: 1}: y`): JSON has no such key.
+    return absl::InvalidArgumentError(
+        absl::StrCat("line ", e.mark.line + 1, ", column ", e.mark.column + 1, ": ", e.msg));
+  }
   return out.str();
 }
 

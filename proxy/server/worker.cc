@@ -15,6 +15,7 @@
 #include "proxy/common/overload_state.h"
 #include "proxy/network/connection.h"
 #include "proxy/server/hot_restart.h"
+#include "proxy/server/protocol_sniff.h"
 
 namespace strait::server {
 
@@ -53,14 +54,14 @@ class ProtocolSniffer : public network::ConnectionCallbacks {
       return finish("tls", "");
     }
     if (done_) return;  // closed (a ClientHello too large)
-    Verdict h2 = http_ ? inspectH2(v) : Verdict::No;
-    Verdict h1 = http_ ? inspectH1(v) : Verdict::No;
+    Verdict h2 = http_ ? sniff::inspectH2(v) : Verdict::No;
+    Verdict h1 = http_ ? sniff::inspectH1(v) : Verdict::No;
     if (h2 == Verdict::Yes) {
       stats::inc(listener_->stats.http2_found);
       return finish("raw_buffer", "h2c");
     }
     if (h1 == Verdict::Yes) {
-      const bool http10 = isHttp10(data);
+      const bool http10 = sniff::isHttp10(data);
       stats::inc(http10 ? listener_->stats.http10_found : listener_->stats.http11_found);
       return finish("raw_buffer", http10 ? "http/1.0" : "http/1.1");
     }
@@ -84,7 +85,7 @@ class ProtocolSniffer : public network::ConnectionCallbacks {
   std::list<std::unique_ptr<ProtocolSniffer>>::iterator position;
 
  private:
-  enum class Verdict { No, Yes, NeedMore };
+  using Verdict = sniff::Verdict;
 
   // Envoy's tls_inspector: a whole ClientHello gives the server name and the offered ALPN list that
   // filter chains match on. The bytes stay in the connection's buffer for the TLS handshake.
@@ -117,38 +118,6 @@ class ProtocolSniffer : public network::ConnectionCallbacks {
     }
     return Verdict::No;
   }
-  static Verdict inspectH2(std::string_view v) {
-    constexpr std::string_view preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-    size_t n = std::min(v.size(), preface.size());
-    if (v.substr(0, n) != preface.substr(0, n)) return Verdict::No;
-    return n == preface.size() ? Verdict::Yes : Verdict::NeedMore;
-  }
-  // Whether the request line (as far as it has arrived, up to 2 KiB) ends in HTTP/1.0; an HTTP/1 request
-  // whose line is not complete yet counts as HTTP/1.1.
-  static bool isHttp10(const common::Buffer& data) {
-    char line[2048];
-    const size_t n = std::min<size_t>(data.length(), sizeof(line));
-    data.copyOut(0, n, line);
-    const std::string_view v(line, n);
-    size_t end = v.find('\n');
-    if (end == std::string_view::npos) return false;
-    if (end > 0 && v[end - 1] == '\r') --end;
-    return end >= 9 && v.substr(end - 9, 9) == " HTTP/1.0";
-  }
-
-  static Verdict inspectH1(std::string_view v) {
-    static constexpr std::string_view kMethods[] = {"GET ", "POST ", "PUT ", "DELETE ", "HEAD ", "OPTIONS ",
-                                                    "PATCH ", "CONNECT ", "TRACE "};
-    bool prefix = false;
-    for (auto m : kMethods) {
-      size_t n = std::min(v.size(), m.size());
-      if (v.substr(0, n) != m.substr(0, n)) continue;
-      if (n == m.size()) return Verdict::Yes;
-      prefix = true;
-    }
-    return prefix ? Verdict::NeedMore : Verdict::No;
-  }
-
   void onTimeout() {
     if (done_) return;
     stats::inc(listener_->stats.downstream_pre_cx_timeout);

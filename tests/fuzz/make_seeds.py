@@ -116,6 +116,36 @@ def h1_seeds():
         write("h1_client_fuzz", name, bytes([shapes | (shapes << 3), (i * 53) & 0xff]) + data)
 
 
+# The framing shapes the differential target (h1_differential_fuzz) compares across the proxy, beside the
+# requests above: bodies of every framing, pipelined after each other, and the tolerated edge cases.
+H1_DIFFERENTIAL = {
+    "pipelined-bodies": req(["Content-Length: 3"], b"abc") + req(["Transfer-Encoding: chunked"],
+                                                                   b"2;a=b\r\nde\r\n0\r\n\r\n") + SMUGGLE_TAIL,
+    "zero-cl": req(["Content-Length: 0"]) + SMUGGLE_TAIL,
+    "zero-chunked": req(["Transfer-Encoding: chunked"], b"0\r\n\r\n") + SMUGGLE_TAIL,
+    "chunk-ext-quoted": req(["Transfer-Encoding: chunked"], b'3 ; name="v;x" ;n2\r\nabc\r\n0\r\n\r\n'),
+    "chunk-upper-hex": req(["Transfer-Encoding: CHUNKED"], b"A\r\n0123456789\r\n0000\r\nT: 1\r\n\r\n"),
+    "chunk-large-size": req(["Transfer-Encoding: chunked"], b"7fffffffffffffff\r\nabc"),
+    "cl-dup-same": req(["Content-Length: 3", "Content-Length: 3"], b"abc") + SMUGGLE_TAIL,
+    "te-twice": req(["Transfer-Encoding: chunked", "Transfer-Encoding: chunked"], b"3\r\nabc\r\n0\r\n\r\n"),
+    "te-http10": b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n" + SMUGGLE_TAIL,
+    "leading-crlf": b"\r\n" + req([], method="GET") + SMUGGLE_TAIL,
+    "bare-lf-headers": b"GET / HTTP/1.1\nHost: h\n\n" + SMUGGLE_TAIL,
+    "get-with-body": req(["Content-Length: 4"], b"body", method="GET") + SMUGGLE_TAIL,
+    "connection-te": req(["Connection: close, Content-Length", "Content-Length: 2"], b"ab") + SMUGGLE_TAIL,
+    "h2c-upgrade-body": req(["Connection: Upgrade, HTTP2-Settings", "Upgrade: h2c", "HTTP2-Settings: AAMAAABkAAQAAP__",
+                             "Content-Length: 2"], b"ab") + SMUGGLE_TAIL,
+}
+
+
+def h1_differential_seeds():
+    clear("h1_differential_fuzz")
+    shapes = dict(H1_REQUESTS)
+    shapes.update(H1_DIFFERENTIAL)
+    for i, (name, data) in enumerate(sorted(shapes.items())):
+        write("h1_differential_fuzz", name, bytes([(i * 41) & 0xff]) + data)
+
+
 # ---- HTTP/2 -----------------------------------------------------------------------------------------
 
 
@@ -431,14 +461,36 @@ def tls_seeds():
         write("tls_inspector_fuzz", name, bytes([i * 61 & 0xff]) + data)
 
 
+def http_inspector_seeds():
+    clear("http_inspector_fuzz")
+    firsts = {
+        "h1": H1_REQUESTS["get"],
+        "h10": H1_REQUESTS["http10"],
+        "h10-headers": b"POST /x HTTP/1.0\r\nContent-Length: 2\r\n\r\nab",
+        "connect": H1_REQUESTS["connect"],
+        "options-star": b"OPTIONS * HTTP/1.1\r\nHost: h\r\n\r\n",
+        "h2-preface": b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+        "h2-preface-short": b"PRI * HTTP/2.0\r\n\r\n",
+        "unknown-method": b"PROPFIND /dav HTTP/1.1\r\nHost: h\r\n\r\n",
+        "leading-crlf": b"\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n",
+        "server-first": b"",
+        "tls": client_hello("api.example.com", ["h2", "http/1.1"]),
+        "long-line-h10": b"GET /" + b"a" * 3000 + b" HTTP/1.0\r\n\r\n",
+    }
+    for i, (name, data) in enumerate(sorted(firsts.items())):
+        write("http_inspector_fuzz", name, bytes([i * 29 & 0xff]) + data)
+
+
 def main():
     h1_seeds()
+    h1_differential_seeds()
     h2_server_seeds()
     h2_client_seeds()
     bootstrap_seeds()
     xds_seeds()
     route_seeds()
     tls_seeds()
+    http_inspector_seeds()
 
 
 if __name__ == "__main__":

@@ -19,8 +19,8 @@ if ! command -v clang++-16 >/dev/null 2>&1 || ! ls /usr/lib/llvm-16/lib/clang/16
   exit 0
 fi
 
-targets=(h1_server_fuzz h1_client_fuzz h2_server_fuzz h2_client_fuzz bootstrap_fuzz xds_listener_fuzz xds_route_fuzz
-         xds_cluster_fuzz xds_endpoint_fuzz xds_secret_fuzz route_fuzz path_fuzz tls_inspector_fuzz)
+targets=(h1_server_fuzz h1_client_fuzz h1_differential_fuzz h2_server_fuzz h2_client_fuzz bootstrap_fuzz xds_listener_fuzz xds_route_fuzz
+         xds_cluster_fuzz xds_endpoint_fuzz xds_secret_fuzz route_fuzz path_fuzz tls_inspector_fuzz http_inspector_fuzz)
 
 t0=$(date +%s)
 export CCACHE_BASEDIR=$src CCACHE_NOHASHDIR=1
@@ -40,7 +40,7 @@ for t in "${targets[@]}"; do
   dict=()
   case $t in
     h2_*) dict=(-dict="$fuzz/h2.dict") ;;
-    h1_* | route_fuzz | path_fuzz) dict=(-dict="$fuzz/http.dict") ;;
+    h1_* | route_fuzz | path_fuzz | http_inspector_fuzz) dict=(-dict="$fuzz/http.dict") ;;
   esac
   dirs=("$scratch/$t")
   mkdir -p "$scratch/$t"

@@ -376,6 +376,12 @@ class ParserConnection {
     char prev = scan_prev_;
     for (const char* p = from; p < to; ++p) {
       const char c = *p;
+      if (chunk_crlf_due_ != 0) {
+        // llhttp 8.1 without LLHTTP_STRICT_MODE skips the two bytes after a chunk's data unread: `3\r\nabcXY0`
+        // would frame like `3\r\nabc\r\n0` (a chunk boundary a strict peer reads differently).
+        if (c != (chunk_crlf_due_ == 2 ? '\r' : '\n')) return fail(400, "http1.chunk_data_without_crlf");
+        --chunk_crlf_due_;
+      }
       if (prev == '\r') {
         if (c != '\n') return fail(400, "http1.bare_cr");
       } else if (c == '\n') {
@@ -443,6 +449,7 @@ class ParserConnection {
     te_count_ = 0;
     host_count_ = 0;
     hop_by_hop_seen_ = false;
+    chunk_crlf_due_ = 0;
     onMessageBeginHook();
     return 0;
   }
@@ -573,6 +580,7 @@ class ParserConnection {
     if (len == 0) return 0;  // llhttp reports an open span at the end of every execute, even an empty one
     if (!scanFraming(scan_from_, at)) return HPE_USER;
     scan_prev_ = 0;  // body bytes are not framing
+    if ((parser_.flags & F_CHUNKED) != 0) chunk_crlf_due_ = 2;  // the chunk's data ends with CRLF
     scan_from_ = at + len;
     body_at_ = at;
     body_len_ = len;
@@ -662,6 +670,7 @@ class ParserConnection {
   Pause pause_ = Pause::None;
   const char* scan_from_ = nullptr;
   char scan_prev_ = 0;
+  int chunk_crlf_due_ = 0;  // bytes of the CRLF after a chunk's data not scanned yet (2, 1, 0)
   const char* body_at_ = nullptr;
   size_t body_len_ = 0;
   Buffer body_;  // reused for every decodeData
