@@ -5,7 +5,8 @@
 #   test   - build + the real peers the integration tests drive
 #   perf   - test + the side-by-side benchmark peers (HAProxy, nginx, wrk, ...)
 #   fuzz   - build + clang 16 with libFuzzer and the sanitizer runtimes (tests/fuzz/README.md), and
-#            python3-h2 for tests/fuzz/make_seeds.py
+#            python3-h2 for tests/fuzz/make_seeds.py; clang-tidy-16 for tests/clang-tidy.sh, llvm-16 for
+#            llvm-symbolizer (file:line in sanitizer reports; tests/run-sanitized.sh uses the same clang)
 # Packages already present are skipped, so re-running is cheap.
 set -euo pipefail
 what=${1:-test}
@@ -25,7 +26,7 @@ test_pkgs=(
   buildah python3-jsonpatch python3-prometheus-client python3-protobuf
 )
 perf_pkgs=(wrk haproxy nginx gnuplot-nox iperf3 valgrind openssl)
-fuzz_pkgs=(clang-16 libclang-rt-16-dev python3-h2 python3-yaml)
+fuzz_pkgs=(clang-16 libclang-rt-16-dev clang-tidy-16 llvm-16 python3-h2 python3-yaml)
 
 pkgs=("${build_pkgs[@]}")
 case "$what" in

@@ -18,3 +18,9 @@ deploy/install-deps.sh fuzz
 FUZZ_JOBS=2 tests/fuzz/run-regressions.sh "$PWD/build-fuzz-ci" 0
 echo "== integration tests (pytest, Debian's python3)"
 STRAIT_BIN="$PWD/build/proxy/strait" /usr/bin/python3 -m pytest tests/integration -q "$@"
+echo "== clang-tidy (tests/clang-tidy.sh: the checks of .clang-tidy over proxy/, xds/client/, filters/, certs/)"
+# Reads the fuzz build's compile_commands.json (clang's flags; its generated headers are built).
+tests/clang-tidy.sh "$PWD/build-fuzz-ci" 2
+# The whole suite under ASan+UBSan (tests/run-sanitized.sh) is not a stage yet: it is not green (issue 16,
+# the c-ares leak under gRPC and the failures listed in the report) and took 43 min on a loaded machine.
+# To run it: SAN_JOBS=2 tests/run-sanitized.sh "$PWD/build-asan"

@@ -349,7 +349,7 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
 
   // Clusters: static ones, then CDS ones (a CDS cluster may not replace a static one).
   bool patching = false;  // the fast path below: the vector is made at its end
-  auto addCluster = [&](ClusterConstSharedPtr c, const std::string& path) -> absl::Status {
+  auto addCluster = [&](const ClusterConstSharedPtr& c, const std::string& path) -> absl::Status {
     if (snap->clusters_by_name.count(c->name)) {
       return fieldError(path + ".name", absl::StrCat("duplicate cluster name '", c->name, "'"));
     }

@@ -117,12 +117,12 @@ void DnsClusters::resolveTarget(const std::string& name, uint64_t epoch, size_t 
   LOG_DEBUG("cluster '%s': resolving %s", name.c_str(), host.c_str());
   // Outside the lock: the answer may come back before resolve() returns.
   resolver_.resolve(settings, host, family, [this, name, epoch, index](upstream::DnsResolver::Result r) {
-    onResolved(name, epoch, index, std::move(r));
+    onResolved(name, epoch, index, r);
   });
 }
 
 void DnsClusters::onResolved(const std::string& name, uint64_t epoch, size_t index,
-                             upstream::DnsResolver::Result result) {
+                             const upstream::DnsResolver::Result& result) {
   bool changed = false;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -56,7 +56,7 @@ class DnsClusters {
   };
   // Resolver thread.
   void resolveTarget(const std::string& name, uint64_t epoch, size_t index);
-  void onResolved(const std::string& name, uint64_t epoch, size_t index, upstream::DnsResolver::Result result);
+  void onResolved(const std::string& name, uint64_t epoch, size_t index, const upstream::DnsResolver::Result& result);
   // Under mu_: builds the host set from every target's newest answer and publishes it if it changed.
   bool republishLocked(Entry& e);
   void activateLocked(Entry& e, const std::vector<upstream::HostSharedPtr>& hosts,

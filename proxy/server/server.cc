@@ -56,6 +56,9 @@ Server::~Server() {
   health_tick_.reset();
   health_checks_.reset();  // checkers need the dispatcher
   workers_.clear();
+  // Timers give their handle back to the dispatcher when they go (ASan found these two used it freed).
+  trim_timer_.reset();
+  overload_.reset();  // its refresh timer; after the workers, which read its state
   dispatcher_.reset();
   snapshot_.reset();  // before store_ (see the member order)
 }

@@ -196,8 +196,7 @@ void StatusServer::handle(const std::string& method, const std::string& url, Loc
       respond(LocalHttpResponse{503, "text/plain", "too many probes in flight\n"});
       return;
     }
-    const std::string name = path;
-    prober_.run(it->second, [this, name, respond = std::move(respond)](bool passed) {
+    prober_.run(it->second, [this, name = path, respond = std::move(respond)](bool passed) {
       stats::inc(passed ? probe_passed_ : probe_failed_);
       if (!passed) LOG_DEBUG("app probe %s failed", name.c_str());
       respond(LocalHttpResponse{passed ? 200 : 503, "text/plain", passed ? "OK\n" : "probe failed\n"});

@@ -59,7 +59,7 @@ void flushQueue(bool from_timer);
 // when it ends; `timeout_ms` bounds all of it.
 class ExportRequest : public event::DeferredDeletable, public network::ConnectionCallbacks {
  public:
-  ExportRequest(event::Dispatcher& d, uint32_t exporter, const network::Address& host, std::string bytes,
+  ExportRequest(event::Dispatcher& d, uint32_t exporter, const network::Address& host, const std::string& bytes,
                 size_t spans, uint64_t timeout_ms)
       : dispatcher_(d), exporter_(exporter), spans_(spans), conn_(std::make_unique<network::Connection>(d, host)),
         timer_(d.createTimer([this] { done(false, "timed out"); })) {
@@ -278,7 +278,7 @@ void sendBatch(State& s, uint32_t id, const ExporterSettings& es, const std::vec
   for (const auto& [k, v] : es.headers) absl::StrAppend(&req, k, ": ", v, "\r\n");
   req += "\r\n";
   req += body;
-  s.requests.push_back(std::make_unique<ExportRequest>(*s.dispatcher, id, *host, std::move(req), idx.size(), es.timeout_ms));
+  s.requests.push_back(std::make_unique<ExportRequest>(*s.dispatcher, id, *host, req, idx.size(), es.timeout_ms));
 }
 
 // Exporter thread: take the queue and send it, batch by batch, exporter by exporter.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -62,7 +63,8 @@ class Fleet:
         return proc
 
     def close(self) -> list[str]:
-        """Stops everything; returns complaints about processes that died on their own."""
+        """Stops everything; returns complaints about processes that died on their own or that a sanitizer
+        reported on (tests/run-sanitized.sh)."""
         problems = []
         for proc in self.procs:
             died_alone = not proc.alive() and not proc.expected_exit
@@ -70,6 +72,8 @@ class Fleet:
             print(proc.logs())
             if died_alone:
                 problems.append(f"{proc.tag} (pid {proc.pid}) exited on its own with {code} during the test")
+            if harness.sanitizer_report(proc.pid):
+                problems.append(f"{proc.tag} (pid {proc.pid}): sanitizer report (in the log above)")
         for server in self.servers:
             server.close()
         return problems
@@ -83,3 +87,32 @@ def fleet(tmp_path):
     if problems:
         pytest.fail("; ".join(problems), pytrace=False)
 
+
+
+# --- sanitized runs (tests/run-sanitized.sh sets STRAIT_SANITIZED=1) ---------------------------------------
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under ASan/UBSan, tests marked `unsanitized` (memory, CPU or timing figures the sanitizers distort:
+    shadow memory and the free quarantine in RSS, no mallinfo2 heap, 2-3x slower code) are skipped."""
+    if os.environ.get("STRAIT_SANITIZED") != "1":
+        return
+    for item in items:
+        mark = item.get_closest_marker("unsanitized")
+        if mark is not None:
+            why = mark.args[0] if mark.args else "measures memory, CPU or timing"
+            item.add_marker(pytest.mark.skip(reason=f"sanitized build (STRAIT_SANITIZED=1): {why}"))
+
+
+@pytest.fixture(autouse=True)
+def _no_sanitizer_reports():
+    """Fails the test during which any strait process (started through the fleet or not: validate runs,
+    hot-restart children, pods in network namespaces) wrote a sanitizer report. The reports go to
+    files under STRAIT_SANITIZER_LOG_DIR (log_path in ASAN_OPTIONS/UBSAN_OPTIONS); the fleet fixture is torn
+    down before this one, so leaks reported when strait exits count for the test that ran it."""
+    before = set(harness.sanitizer_report_files())
+    yield
+    new = [f for f in harness.sanitizer_report_files() if f not in before]
+    if new:
+        text = "\n".join(f"----- {f} -----\n{f.read_text(errors='replace')[:20000]}" for f in sorted(new))
+        pytest.fail(f"sanitizer report(s) from strait during this test:\n{text}", pytrace=False)

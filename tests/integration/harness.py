@@ -286,7 +286,9 @@ class StraitProcess:
 
     def logs(self, limit: int = 40000) -> str:
         parts = []
-        for label, path in (("stdout", self.out_path), ("stderr", self.log_path)):
+        paths = [("stdout", self.out_path), ("stderr", self.log_path)]
+        paths += [("sanitizer report", f) for f in sanitizer_report_files(self.pid)]
+        for label, path in paths:
             try:
                 data = path.read_bytes()
             except OSError:
@@ -410,6 +412,21 @@ class StraitProcess:
         with _LIVE_LOCK:
             _LIVE_PIDS.pop(self.proc.pid, None)
         return self.proc.returncode
+
+
+def sanitizer_report_files(pid: int | None = None) -> list[Path]:
+    """The report files ASan/UBSan wrote (tests/run-sanitized.sh points their log_path at
+    STRAIT_SANITIZER_LOG_DIR/report, so each process writes report.<pid>); all of them, or one process's."""
+    where = os.environ.get("STRAIT_SANITIZER_LOG_DIR")
+    if not where:
+        return []
+    pattern = f"report.{pid}" if pid is not None else "report.*"
+    return sorted(p for p in Path(where).glob(pattern) if p.stat().st_size > 0)
+
+
+def sanitizer_report(pid: int) -> str:
+    """What the sanitizers reported about process `pid` (empty when nothing, or not a sanitized run)."""
+    return "".join(p.read_text(errors="replace") for p in sanitizer_report_files(pid))
 
 
 def strait_args(config: Path | None, admin_path: Path | None, concurrency: int | None = 2,

@@ -7,6 +7,7 @@ import subprocess
 import time
 from types import SimpleNamespace
 
+import pytest
 
 import harness
 from harness import bootstrap, static_cluster, tcp_proxy_listener
@@ -71,6 +72,7 @@ def test_server_info(fleet):
     assert "command_line_options" in info, info
 
 
+@pytest.mark.unsanitized("/memory reads mallinfo2 (zero under ASan's allocator) and compares with VmRSS")
 def test_memory(fleet):
     env = _start_env(fleet)
     resp = env.proc.get("/memory")

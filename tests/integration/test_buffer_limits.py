@@ -8,6 +8,8 @@ import socket
 import threading
 import time
 
+import pytest
+
 import harness
 from harness import MIB, bootstrap, http_listener, route_to, static_cluster, virtual_host
 
@@ -37,6 +39,7 @@ def allocated(proc) -> int:
     return int(proc.get("/memory").json()["allocated"])
 
 
+@pytest.mark.unsanitized("measures heap growth through /memory (mallinfo2, zero under ASan's allocator)")
 def test_http_buffers_follow_the_listener_limit(fleet):
     origin = harness.track(fleet, BigOrigin())
     listener = http_listener("http", "lim", [virtual_host("all", ["*"], [route_to("big")])])

@@ -432,6 +432,7 @@ class _BodySender(threading.Thread):
 
 
 @pytest.mark.slow
+@pytest.mark.unsanitized("its point is strait's VmHWM, which ASan's shadow memory and free quarantine inflate")
 def test_1gib_request_body_streams_with_bounded_memory(fleet):
     e = env.simple(fleet, start_kw={"log_level": "info"})
     start = time.monotonic()
@@ -452,6 +453,7 @@ def test_1gib_request_body_streams_with_bounded_memory(fleet):
 
 
 @pytest.mark.slow
+@pytest.mark.unsanitized("its point is strait's VmHWM, which ASan's shadow memory and free quarantine inflate")
 def test_1gib_response_body_streams_to_a_slow_reader_with_bounded_memory(fleet):
     e = env.simple(fleet, start_kw={"log_level": "info"})
     expected = patterns.sha256(GIB)  # computed before the clock starts

@@ -261,6 +261,7 @@ class AdsClient::Impl {
     }
   }
 
+  // NOLINTNEXTLINE(performance-unnecessary-value-param): wrong, each set is moved out into sub.interest.
   void applyNameChanges(std::map<std::string, std::set<std::string>> changes, Clock::time_point now) {
     for (auto& [type_url, names] : changes) {
       Sub& sub = subFor(type_url);
