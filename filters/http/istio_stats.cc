@@ -205,6 +205,7 @@ class StatsFilter : public StreamDecoderFilter, public common::Pooled<StatsFilte
     } else {
       k.src_peer = im::localPeer();
       k.dst_peer = info.istio_peer;
+      k.dst_principal = info.upstream_principal;  // the router's upstream connection (TLS peer), if any
     }
     k.service = service(f);
     const auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - info.start);

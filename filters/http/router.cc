@@ -14,6 +14,7 @@
 #include "proxy/http/conn_manager.h"
 #include "proxy/http/route_table.h"
 #include "proxy/network/connection.h"
+#include "proxy/stats/live_edges.h"
 #include "proxy/upstream/http_pool.h"
 
 namespace strait::filters::http {
@@ -180,12 +181,13 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
   }
 
   // ---- pool ----
-  void onPoolReady(RequestEncoder& encoder, bool reused) override {
+  void onPoolReady(RequestEncoder& encoder, bool reused, const strait::network::Connection& connection) override {
     LOG_DEBUG("router: upstream ready (reused %d, pending body %zu, request complete %d)", reused ? 1 : 0,
               pending_body_.length(), request_complete_ ? 1 : 0);
     pending_ = nullptr;
     upstream_ = &encoder;
     reused_ = reused;
+    cb_->streamInfo().upstream_principal = stats::live::upstreamPrincipal(connection);
     if (retry_->per_try_idle_timeout_ms > 0) {
       if (!idle_timer_) idle_timer_.emplace(cb_->worker().dispatcher(), [this] { onPerTryIdleTimeout(); });
       idle_timer_->enable(retry_->per_try_idle_timeout_ms);

@@ -11,6 +11,7 @@
 #include "proxy/common/response_flags.h"
 #include "proxy/config/bootstrap.h"
 #include "proxy/network/connection.h"
+#include "proxy/stats/live_edges.h"
 
 namespace strait::filters::network {
 
@@ -106,6 +107,11 @@ class Session : public config::ActiveSession, public strait::network::Connection
   void onData(Connection& conn, common::Buffer& data, bool end_stream) override {
     last_activity_ms_ = worker_.dispatcher().nowMs();
     size_t n = data.length();
+    if (live_resolved_) {
+      const bool from_downstream = &conn == downstream_.get();
+      stats::live::recordBytes(live_in_, last_activity_ms_, from_downstream ? n : 0, from_downstream ? 0 : n);
+      stats::live::recordBytes(live_out_, last_activity_ms_, from_downstream ? 0 : n, from_downstream ? n : 0);
+    }
     if (&conn == downstream_.get()) {
       bytes_received_ += n;
       if (n) stats::inc(cfg_.stats.downstream_cx_rx_bytes_total, static_cast<int64_t>(n));
@@ -143,6 +149,11 @@ class Session : public config::ActiveSession, public strait::network::Connection
         upstream_counted_ = true;
         upstream_local_ = upstream_->localAddress();
         if (istio_.active()) istio_.opened(*downstream_, upstream_.get(), cluster_->name);
+        if (resolveLiveEdges(upstream_.get())) {
+          const uint64_t now = worker_.dispatcher().nowMs();
+          stats::live::recordConnection(live_in_, now, false, 0);
+          stats::live::recordConnection(live_out_, now, false, 0);
+        }
         upstream_->setBufferLimits(cluster_->buffer_limit);
         downstream_->setBufferLimits(listener()->buffer_limit);
         downstream_->startReading();
@@ -260,11 +271,35 @@ class Session : public config::ActiveSession, public strait::network::Connection
     forceClose();
   }
 
+  // The admin's live graph (stats/live_edges.h): an INBOUND listener's sessions are caller -> this
+  // workload, an OUTBOUND one's this workload -> cluster (+ the upstream's identity), a listener with no
+  // traffic_direction shows both. Fixed once per session, when the upstream connects or the session
+  // ends without one. False when the graph is off.
+  bool resolveLiveEdges(const Connection* upstream) {
+    namespace live = stats::live;
+    if (live_resolved_ || !live::enabled()) return false;
+    live_resolved_ = true;
+    const config::Listener* l = listener().get();
+    if (l == nullptr || !l->outbound) {
+      live_in_ = live::slotFor(live::Direction::Inbound, live::Kind::Tcp, live::callerOf(*downstream_), "");
+    }
+    if ((l == nullptr || !l->inbound) && cluster_ != nullptr) {
+      live_out_ = live::slotFor(live::Direction::Outbound, live::Kind::Tcp, cluster_->name,
+                                upstream != nullptr ? live::peerPrincipal(*upstream) : std::string_view());
+    }
+    return true;
+  }
+
   void maybeDone() {
     if (done_) return;
     if (downstream_->state() != Connection::State::Closed) return;
     if (upstream_ && upstream_->state() != Connection::State::Closed) return;
     done_ = true;
+    if (resolveLiveEdges(nullptr)) {  // never connected: no cluster, no host, overflow, connect failure
+      const uint64_t now = worker_.dispatcher().nowMs();
+      stats::live::recordConnection(live_in_, now, true, flags_);
+      stats::live::recordConnection(live_out_, now, true, flags_);
+    }
     releaseCxSlot();
     if (idle_timer_) idle_timer_->disable();
     if (!cfg_.access_logs.empty()) writeAccessLogs();
@@ -306,6 +341,8 @@ class Session : public config::ActiveSession, public strait::network::Connection
   event::TimerPtr idle_timer_;
   uint64_t last_activity_ms_ = 0;
   uint32_t attempts_ = 0;
+  bool live_resolved_ = false;  // live graph slots below are set (stats/live_edges.h)
+  uint16_t live_in_ = stats::live::kNoSlot, live_out_ = stats::live::kNoSlot;
   // For the access log.
   std::chrono::steady_clock::time_point start_;
   std::chrono::system_clock::time_point start_time_;

@@ -21,6 +21,7 @@
 #include "proxy/http/http2/codec.h"
 #include "proxy/http/route_table.h"
 #include "proxy/network/connection.h"
+#include "proxy/stats/live_edges.h"
 #include "proxy/config/typed_struct.h"
 #include "proxy/tracing/tracer.h"
 
@@ -376,6 +377,7 @@ class ActiveStream : public event::DeferredDeletable,
   void touch();
   void requestEnded() { info_.request_end = std::chrono::steady_clock::now(); }
   void writeAccessLogs();
+  void recordLiveEdges(std::chrono::steady_clock::time_point now, uint64_t latency_us);
   void maybeFinish();
   void finish();
   void recordSpan();  // the stream's span, for a sampled trace
@@ -1103,13 +1105,34 @@ void ActiveStream::finish() {
   const auto& st = config().stats;
   stats::dec(st.downstream_rq_active);
   stats::inc(st.downstream_rq_completed);
-  auto us = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - info_.start).count();
+  const auto now = std::chrono::steady_clock::now();
+  auto us = std::chrono::duration_cast<std::chrono::microseconds>(now - info_.start).count();
   stats::record(st.downstream_rq_time, static_cast<uint64_t>(us));
+  if (stats::live::enabled()) recordLiveEdges(now, static_cast<uint64_t>(us));
   request_timer_.reset();
   // The codec may keep its stream a little longer (HTTP/1 until the connection moves on): it must not
   // call back into a finished stream.
   encoder_.stream().setCallbacks(nullptr);
   conn_.removeStream(*this);
+}
+
+// The admin's live graph (stats/live_edges.h): an INBOUND listener's streams are caller -> this
+// workload, an OUTBOUND one's this workload -> cluster; a listener with no traffic_direction (a plain
+// proxy) shows both. The slots are cached per connection and per cluster: no name is hashed here.
+void ActiveStream::recordLiveEdges(std::chrono::steady_clock::time_point now, uint64_t latency_us) {
+  namespace live = stats::live;
+  const config::Listener* l = conn_.listener().get();
+  const bool inbound = l == nullptr || !l->outbound;
+  const bool outbound = l == nullptr || !l->inbound;
+  // steady_clock is CLOCK_MONOTONIC, the clock live::nowMs() reads.
+  const auto now_ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count());
+  if (inbound) {
+    live::recordRequest(live::inboundHttpSlot(connection()), now_ms, latency_us, info_.response_code, info_.response_flags);
+  }
+  if (outbound && info_.cluster != nullptr) {
+    live::recordRequest(live::outboundHttpSlot(info_.cluster->index, info_.cluster->name, info_.upstream_principal),
+                        now_ms, latency_us, info_.response_code, info_.response_flags);
+  }
 }
 
 void ActiveStream::recordSpan() {

@@ -65,6 +65,11 @@ struct StreamInfo {
   // Istio's metadata exchange: the peer workload the istio.metadata_exchange filter learnt from
   // x-envoy-peer-metadata (a stats::istio peer id; 0: none), for the istio.stats filter.
   uint32_t istio_peer = 0;
+  // The upstream TLS peer's identity (its certificate's first URI SAN) as a stats::istio string id,
+  // set by the router when the pool hands it a connection (0: unknown, plaintext or no upstream yet).
+  // Resolved once per upstream connection: istio.stats' destination_principal and the live graph's
+  // outbound edges read it.
+  uint32_t upstream_principal = 0;
   void setFlag(uint32_t flag) { response_flags |= flag; }
 };
 

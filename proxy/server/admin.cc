@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <map>
 
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "certs/secret_manager.h"
 #include "absl/strings/str_split.h"
@@ -53,7 +54,10 @@ std::string addressJson(const network::Address& a) {
 }
 
 const char* kPaths[][2] = {
-    {"/", "this list"},
+    {"/", "the live service map and this pod's clusters, listeners, certificates (HTML)"},
+    {"/help", "this list"},
+    {"/graph", "the live service map's nodes and edges over the last minute (?format=json)"},
+    {"/graph/events", "the same as server-sent events, one snapshot a second (?count=N: N events, then the end)"},
     {"/ready", "200 LIVE when serving, 503 otherwise"},
     {"/server_info", "version, state, uptime, node, options (JSON)"},
     {"/memory", "heap in use and held by the allocator, RSS (JSON)"},
@@ -87,9 +91,10 @@ std::string prometheusStats(Server& server) {
 
 AdminServer::AdminServer(Server& server)
     : server_(server),
-      http_(server.dispatcher(), [this](const std::string& method, const std::string& url, LocalHttpServer::Respond respond) {
+      http_(server.dispatcher(), [this](const std::string& method, const std::string& url, const LocalHttpServer::Respond& respond) {
         respond(handle(method, url));
-      }) {}
+      }),
+      live_(server) {}
 AdminServer::~AdminServer() { stop(); }
 
 bool AdminServer::bind(const network::Address& address, std::string* error) { return http_.bind(address, error); }
@@ -328,9 +333,28 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
     r.body = "OK\n";
     return r;
   }
-  if (path == "/" || path == "/help") {
+  if (path == "/help") {
     r.body = pathList();
     return r;
+  }
+  if (path == "/") {
+    std::vector<std::pair<std::string, std::string>> paths;
+    for (const auto& p : kPaths) paths.emplace_back(p[0], p[1]);
+    r.content_type = "text/html; charset=UTF-8";
+    r.body = live_.page(paths);
+    return r;
+  }
+  if (path == "/graph") {
+    r.content_type = "application/json";
+    r.body = live_.json();
+    return r;
+  }
+  if (path == "/graph/events") {
+    uint32_t count = 0;
+    if (query.count("count") && (!absl::SimpleAtoi(query["count"], &count) || count > 86400)) {
+      return Response{400, "text/plain", "count: a number of events from 0 (no end) to 86400\n"};
+    }
+    return live_.events(count);
   }
   r.status = 404;
   r.body = absl::StrCat("unknown path ", path, "\n", pathList());

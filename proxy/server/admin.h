@@ -4,6 +4,7 @@
 #include <memory>
 #include <string>
 
+#include "proxy/server/live_graph.h"
 #include "proxy/server/local_http.h"
 
 namespace strait::server {
@@ -22,7 +23,10 @@ class AdminServer {
   ~AdminServer();
   bool bind(const network::Address& address, std::string* error);
   const network::Address& address() const { return http_.addresses().front(); }
-  void stop() { http_.stop(); }
+  void stop() {
+    live_.stop();
+    http_.stop();
+  }
   LocalHttpServer& http() { return http_; }  // hot restart hands its socket over
 
   using Response = LocalHttpResponse;
@@ -31,6 +35,7 @@ class AdminServer {
  private:
   Server& server_;
   LocalHttpServer http_;  // the connections (shared with the status ports)
+  LiveGraph live_;        // "/", /graph, /graph/events
 };
 
 }  // namespace strait::server

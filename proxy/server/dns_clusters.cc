@@ -116,7 +116,7 @@ void DnsClusters::resolveTarget(const std::string& name, uint64_t epoch, size_t 
   }
   LOG_DEBUG("cluster '%s': resolving %s", name.c_str(), host.c_str());
   // Outside the lock: the answer may come back before resolve() returns.
-  resolver_.resolve(settings, host, family, [this, name, epoch, index](upstream::DnsResolver::Result r) {
+  resolver_.resolve(settings, host, family, [this, name, epoch, index](const upstream::DnsResolver::Result& r) {
     onResolved(name, epoch, index, r);
   });
 }

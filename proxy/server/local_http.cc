@@ -53,6 +53,8 @@ class LocalHttpConnection : public network::ConnectionCallbacks {
   void onData(network::Connection&, common::Buffer& data, bool end_stream) override {
     if (handed_off_) {
       data.drain(data.length());
+      // A stream's client that closes its side is gone (an event-stream client never half-closes).
+      if (end_stream && streaming_) conn_->close(network::CloseType::NoFlush);
       return;
     }
     received_ += data.length();
@@ -88,18 +90,38 @@ class LocalHttpConnection : public network::ConnectionCallbacks {
   }
 
   void close() { conn_->close(network::CloseType::NoFlush); }
+  void end() { conn_->close(network::CloseType::FlushWrite); }
+
+  bool open() const { return conn_->state() == network::Connection::State::Open; }
+  bool sendChunk(std::string_view chunk, size_t max_unsent) {
+    if (!open()) return false;
+    if (conn_->writeBufferLength() > max_unsent) {
+      conn_->close(network::CloseType::NoFlush);
+      return false;
+    }
+    common::Buffer out;
+    out.add(chunk);
+    conn_->write(out, false);
+    return true;
+  }
 
  private:
   void respond(const LocalHttpResponse& r) {
     if (responded_ || conn_->state() == network::Connection::State::Closed) return;
     responded_ = true;
     common::Buffer out;
+    // A stream has no length: its end is the connection's.
     out.add(absl::StrCat("HTTP/1.1 ", r.status, " ", reasonPhrase(r.status), "\r\ncontent-type: ", r.content_type,
-                         "\r\ncontent-length: ", r.body.size(),
+                         r.stream ? std::string() : absl::StrCat("\r\ncontent-length: ", r.body.size()),
                          "\r\ncache-control: no-cache, max-age=0\r\nx-content-type-options: nosniff\r\n"
                          "connection: close\r\n\r\n"));
     out.add(r.body);
     conn_->write(out, false);
+    if (r.stream) {
+      streaming_ = true;
+      r.stream(LocalHttpStream(self_));
+      return;
+    }
     conn_->close(network::CloseType::FlushWrite);
   }
 
@@ -114,7 +136,26 @@ class LocalHttpConnection : public network::ConnectionCallbacks {
   bool complete_ = false;
   bool handed_off_ = false;
   bool responded_ = false;
+  bool streaming_ = false;  // answered with a stream (LocalHttpResponse::stream)
 };
+
+bool LocalHttpStream::open() const {
+  auto self = token_.lock();
+  return self && (*self)->open();
+}
+
+bool LocalHttpStream::send(std::string_view chunk, size_t max_unsent) {
+  auto self = token_.lock();
+  return self && (*self)->sendChunk(chunk, max_unsent);
+}
+
+void LocalHttpStream::close() {
+  if (auto self = token_.lock()) (*self)->close();
+}
+
+void LocalHttpStream::end() {
+  if (auto self = token_.lock()) (*self)->end();
+}
 
 LocalHttpServer::LocalHttpServer(event::Dispatcher& dispatcher, Handler handler)
     : dispatcher_(dispatcher), handler_(std::move(handler)) {}

@@ -4,6 +4,7 @@
 #include <list>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "proxy/event/dispatcher.h"
@@ -14,10 +15,32 @@ namespace strait::server {
 
 class LocalHttpConnection;
 
+// A response that stays open after its head (server-sent events): sent without a length, it ends when
+// the connection closes. The server owns the connection; this is a weak handle to it, so holding one
+// keeps nothing alive and a client that went away just makes send() false.
+class LocalHttpStream {
+ public:
+  LocalHttpStream() = default;
+  explicit LocalHttpStream(std::weak_ptr<LocalHttpConnection*> token) : token_(std::move(token)) {}
+  bool open() const;
+  // Writes `chunk`; false (and the connection closed) when the client is gone or has left more than
+  // `max_unsent` bytes unread: a slow reader is dropped rather than buffered without end.
+  bool send(std::string_view chunk, size_t max_unsent);
+  void close();  // at once, dropping what is unsent
+  void end();    // after what was sent is flushed
+
+ private:
+  std::weak_ptr<LocalHttpConnection*> token_;
+};
+
 struct LocalHttpResponse {
+  LocalHttpResponse() = default;
+  LocalHttpResponse(int s, std::string type, std::string b) : status(s), content_type(std::move(type)), body(std::move(b)) {}
   int status = 200;
   std::string content_type = "text/plain; charset=UTF-8";
   std::string body;
+  // Set: a streaming response. The head and `body` are sent, then this gets the stream to write on.
+  std::function<void(LocalHttpStream)> stream;
 };
 
 // The small HTTP/1.1 server the admin and the status ports share, on the main thread's loop: one

@@ -22,6 +22,7 @@
 #include "envoy/config/bootstrap/v3/bootstrap.pb.h"
 #include "proxy/config/node_metadata.h"
 #include "proxy/stats/istio_metrics.h"
+#include "proxy/stats/live_edges.h"
 #include "proxy/server/options.h"
 #include "proxy/server/overload.h"
 #include "proxy/server/pod_env.h"
@@ -95,6 +96,11 @@ int main(int argc, char** argv) {
   // Istio's telemetry: this pod's workload and the switch, from the node's metadata (istio_metrics.h).
   const auto& node = static_cast<const envoy::config::bootstrap::v3::Bootstrap&>(*(*snapshot)->bootstrap).node();
   if (auto st = stats::istio::configureFromNode(node.metadata(), node.id(), store.get()); !st.ok()) {
+    std::fprintf(stderr, "strait: %s: %s\n", source.c_str(), std::string(st.message()).c_str());
+    return 1;
+  }
+  // The admin's live graph (live_edges.h): on unless STRAIT_LIVE_GRAPH is false.
+  if (auto st = stats::live::configureFromNode(node.metadata()); !st.ok()) {
     std::fprintf(stderr, "strait: %s: %s\n", source.c_str(), std::string(st.message()).c_str());
     return 1;
   }

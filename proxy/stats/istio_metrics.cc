@@ -281,6 +281,12 @@ uint32_t intern(std::string_view s) {
   return internLocked(tables(), s);
 }
 
+std::string idString(uint32_t id) {
+  Tables& t = tables();
+  std::lock_guard<std::mutex> lock(t.mu);
+  return id < t.strings.size() ? t.strings[id] : std::string("unknown");
+}
+
 uint32_t peer(const PeerStrings& ps) {
   Tables& t = tables();
   std::lock_guard<std::mutex> lock(t.mu);

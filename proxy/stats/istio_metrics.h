@@ -138,6 +138,8 @@ uint32_t peerForNamespaceCached(std::string_view ns);
 // caches them). Past the tables' bounds the answer is kOverflowId, which sends a key to the overflow
 // series.
 uint32_t intern(std::string_view s);
+// The string an intern() id stands for ("unknown" for an id it never gave). Rare paths (locks).
+std::string idString(uint32_t id);
 uint32_t peer(const PeerStrings& p);
 // destination_service from an Istio cluster name (outbound|port|subset|fqdn) or, when it is not one,
 // from `fallback_host` (the request's authority, its port dropped): name and namespace from

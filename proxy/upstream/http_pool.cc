@@ -44,6 +44,7 @@ class ActiveClient : public network::ConnectionCallbacks,
   uint32_t capacity() const;  // streams it could take now
   bool ready() const { return state_ == State::Ready && !draining_; }
   uint64_t totalStreams() const { return total_streams_; }
+  const network::Connection& connection() const { return *conn_; }
   uint32_t activeStreams() const { return active_streams_; }
   http::RequestEncoder& newStream(http::ResponseDecoder& decoder);
   void onStreamDone(StreamWrapper& stream);
@@ -475,7 +476,7 @@ void HttpPool::createClient() {
 
 void HttpPool::attach(ActiveClient& client, http::ResponseDecoder& decoder, PoolCallbacks& callbacks) {
   http::RequestEncoder& encoder = client.newStream(decoder);
-  callbacks.onPoolReady(encoder, client.totalStreams() > 1);
+  callbacks.onPoolReady(encoder, client.totalStreams() > 1, client.connection());
 }
 
 void HttpPool::onClientReady(ActiveClient& client) {

@@ -22,7 +22,9 @@ class PoolCallbacks {
   virtual ~PoolCallbacks() = default;
   // `encoder` is ready; `reused` is true if the connection already served a request (a failure before
   // any response byte may then be the keep-alive race, worth one retry on a fresh connection).
-  virtual void onPoolReady(http::RequestEncoder& encoder, bool reused) = 0;
+  // `connection` is the upstream connection the stream runs on (its TLS peer identity, addresses); it
+  // may close before the stream ends, so nothing should keep a reference to it.
+  virtual void onPoolReady(http::RequestEncoder& encoder, bool reused, const network::Connection& connection) = 0;
   virtual void onPoolFailure(PoolFailureReason reason) = 0;
 };
 

@@ -175,7 +175,7 @@ config::HostChoice choice(const config::Cluster& c, size_t i) { return config::H
 // ---- a request waiting for, then using, a pool connection ----
 
 struct TestStream : upstream::PoolCallbacks, http::ResponseDecoder, http::StreamCallbacks {
-  void onPoolReady(http::RequestEncoder& e, bool r) override {
+  void onPoolReady(http::RequestEncoder& e, bool r, const network::Connection&) override {
     ready = true;
     reused = r;
     encoder = &e;
