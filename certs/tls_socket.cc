@@ -3,6 +3,8 @@
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
@@ -192,6 +194,78 @@ void TlsSocket::onHandshakeDone() {
     count(&network::SslStats::no_certificate);
   }
   if (callbacks_) callbacks_->onTransportReady();
+}
+
+namespace {
+
+// What a memory BIO holds, as a string (the BIO is freed).
+std::string drainBio(BIO* bio) {
+  std::string out;
+  if (bio == nullptr) return out;
+  char* data = nullptr;
+  const long len = BIO_get_mem_data(bio, &data);
+  if (len > 0 && data != nullptr) out.assign(data, static_cast<size_t>(len));
+  BIO_free(bio);
+  return out;
+}
+
+}  // namespace
+
+// The peer certificate details below are read when asked (the HCM asks once per connection, for
+// x-forwarded-client-cert), not at every handshake.
+std::string TlsSocket::sha256PeerCertificateDigest() const {
+  X509* peer = handshake_done_ ? SSL_get_peer_certificate(ssl_) : nullptr;
+  if (peer == nullptr) return {};
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  std::string out;
+  if (X509_digest(peer, EVP_sha256(), md, &len) == 1) {
+    static constexpr char kHex[] = "0123456789abcdef";
+    out.reserve(2 * len);
+    for (unsigned int i = 0; i < len; ++i) {
+      out.push_back(kHex[md[i] >> 4]);
+      out.push_back(kHex[md[i] & 0xf]);
+    }
+  }
+  X509_free(peer);
+  return out;
+}
+
+std::string TlsSocket::subjectPeerCertificate() const {
+  X509* peer = handshake_done_ ? SSL_get_peer_certificate(ssl_) : nullptr;
+  if (peer == nullptr) return {};
+  BIO* bio = BIO_new(BIO_s_mem());
+  if (bio != nullptr) X509_NAME_print_ex(bio, X509_get_subject_name(peer), 0, XN_FLAG_RFC2253);
+  X509_free(peer);
+  return drainBio(bio);
+}
+
+std::string TlsSocket::pemEncodedPeerCertificate() const {
+  X509* peer = handshake_done_ ? SSL_get_peer_certificate(ssl_) : nullptr;
+  if (peer == nullptr) return {};
+  BIO* bio = BIO_new(BIO_s_mem());
+  if (bio != nullptr) PEM_write_bio_X509(bio, peer);
+  X509_free(peer);
+  return drainBio(bio);
+}
+
+std::string TlsSocket::pemEncodedPeerCertificateChain() const {
+  X509* peer = handshake_done_ ? SSL_get_peer_certificate(ssl_) : nullptr;
+  if (peer == nullptr) return {};
+  BIO* bio = BIO_new(BIO_s_mem());
+  if (bio != nullptr) {
+    PEM_write_bio_X509(bio, peer);
+    // A server's view of the chain leaves the leaf out, a client's starts with it (OpenSSL and
+    // BoringSSL alike): the leaf is written once, first.
+    if (STACK_OF(X509)* chain = SSL_get_peer_cert_chain(ssl_)) {
+      for (size_t i = 0; i < static_cast<size_t>(sk_X509_num(chain)); ++i) {
+        X509* c = sk_X509_value(chain, i);
+        if (X509_cmp(c, peer) != 0) PEM_write_bio_X509(bio, c);
+      }
+    }
+  }
+  X509_free(peer);
+  return drainBio(bio);
 }
 
 bool TlsSocket::verifyPeer(int ok, X509_STORE_CTX* store) {

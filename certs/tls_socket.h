@@ -41,6 +41,10 @@ class TlsSocket : public network::TransportSocket, public network::SslInfo {
   const std::vector<std::string>& dnsSansPeerCertificate() const override { return peer_dns_sans_; }
   const std::vector<std::string>& uriSanLocalCertificate() const override { return ctx_->localUriSans(); }
   const std::string& serialNumberPeerCertificate() const override { return peer_serial_; }
+  std::string sha256PeerCertificateDigest() const override;
+  std::string subjectPeerCertificate() const override;
+  std::string pemEncodedPeerCertificate() const override;
+  std::string pemEncodedPeerCertificateChain() const override;
   std::string_view sni() const override { return sni_; }
   std::string_view alpn() const override { return alpn_; }
   std::string_view tlsVersion() const override { return version_; }

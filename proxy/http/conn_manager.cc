@@ -581,6 +581,7 @@ class HttpConnection : public config::ActiveSession,
   config::WorkerContext& worker() { return worker_; }
   const network::Connection& connection() const { return *conn_; }
   Protocol protocol() const { return protocol_; }
+  std::optional<std::string>& xfccElement() { return xfcc_element_; }
 
  private:
   void createCodec(Protocol p) {
@@ -703,6 +704,7 @@ class HttpConnection : public config::ActiveSession,
   event::TimerPtr idle_timer_;
   uint64_t idle_since_ms_ = 0;  // when the connection last became idle (no streams)
   event::TimerPtr stream_idle_timer_;
+  std::optional<std::string> xfcc_element_;  // this hop's x-forwarded-client-cert element, once built
   bool closed_ = false;
 };
 
@@ -773,6 +775,8 @@ bool ActiveStream::prepareRequest(RequestHeaders& h, const RouteTable* table) {
   const RequestHeaderVerdict verdict =
       sanitizeRequestHeaders(h, cfg, table, connection().remoteAddress(), connection().ssl() != nullptr);
   info_.envoy_controls = verdict.envoy_controls;
+  // x-forwarded-client-cert (proxy/http/xfcc.h); this hop's element is built once per connection.
+  applyXfcc(h, cfg.xfcc, connection().ssl(), conn_.xfccElement());
   // x-request-id: kept when present, made otherwise; an edge request's is replaced unless
   // preserve_external_request_id.
   if (cfg.generate_request_id &&
@@ -1350,6 +1354,9 @@ absl::StatusOr<std::shared_ptr<const config::NetworkFilterFactory>> createHcm(co
   cfg->preserve_external_request_id = proto.preserve_external_request_id();
   cfg->always_set_request_id_in_response = proto.always_set_request_id_in_response();
   cfg->server_name = proto.server_name();
+  auto xfcc = translateXfcc(proto, path);
+  if (!xfcc.ok()) return xfcc.status();
+  cfg->xfcc = *xfcc;
   // Unless the path handling is configured, Strait normalises fully before routing (hardening guide):
   // dot segments, "//", and escaped slashes (%2F, %5C) unescaped and normalised. Configured, it does
   // exactly what the fields say, as Envoy does.

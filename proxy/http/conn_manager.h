@@ -15,6 +15,7 @@
 #include "proxy/http/codec.h"
 #include "proxy/http/filter.h"
 #include "proxy/http/path_util.h"
+#include "proxy/http/xfcc.h"
 #include "proxy/stats/stats.h"
 
 namespace google::protobuf {
@@ -97,6 +98,8 @@ struct HcmConfig {
   bool hcm_websocket_upgrade = false;
   std::optional<uint32_t> rds_id;  // RDS: the table is looked up per stream (routeIds() index)
   accesslog::AccessLogList access_logs;  // one line per stream at its end
+  // forward_client_cert_details / set_current_client_cert_details (x-forwarded-client-cert).
+  XfccConfig xfcc;
   // `tracing`: trace context, sampling and spans (proxy/tracing). Null: trace headers pass untouched.
   std::shared_ptr<const tracing::TracingConfig> tracing;
   HcmStats stats;

@@ -29,6 +29,13 @@ class SslInfo {
   virtual const std::vector<std::string>& uriSanLocalCertificate() const = 0;
   // Serial number of the peer's leaf certificate, lower-case hex; empty without one.
   virtual const std::string& serialNumberPeerCertificate() const = 0;
+  // The peer's leaf certificate for x-forwarded-client-cert, computed on each call (the HCM calls them
+  // once per connection): the SHA-256 of its DER in lower-case hex, its subject (RFC 2253), its PEM, and
+  // the PEM of the chain the peer sent (leaf first). Empty without a peer certificate.
+  virtual std::string sha256PeerCertificateDigest() const { return {}; }
+  virtual std::string subjectPeerCertificate() const { return {}; }
+  virtual std::string pemEncodedPeerCertificate() const { return {}; }
+  virtual std::string pemEncodedPeerCertificateChain() const { return {}; }
   // The server name the client asked for (SNI) and the negotiated application protocol (ALPN).
   virtual std::string_view sni() const = 0;
   virtual std::string_view alpn() const = 0;
