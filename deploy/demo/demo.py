@@ -55,7 +55,7 @@ import netns_pods as np_  # noqa: E402
 import xds_control  # noqa: E402
 from netns_pods import A_ADDR4, B_ADDR4  # noqa: E402
 from test_injected_pod import PodRunner, _http as curl_in  # noqa: E402
-from test_istio_push import ISTIO_PROTOS, make_pki  # noqa: E402
+from test_istio_push import ISTIO_PROTOS, make_pki, reason as push_test_unavailable  # noqa: E402
 
 NAMESPACE = "demo"
 APP_PORT = 8080
@@ -201,13 +201,10 @@ def start_xds(state: State, name: str, workdir: Path, socket_path: Path, resourc
 
 
 def unavailable() -> str | None:
-    r = np_.unavailable_reason() or np_.capture_tool_missing("iptables")
+    # Root, netns, iptables, curl and node: what the Istio push test needs too.
+    r = push_test_unavailable()
     if r:
         return r
-    if shutil.which("curl") is None:
-        return "'curl' is not installed (deploy/install-deps.sh test installs it)"
-    if not xds_control.node_available():
-        return "node and npm are not installed: the control plane (tests/xds_server) cannot run"
     if not (os.path.isfile(strait_bin()) and os.access(strait_bin(), os.X_OK)):
         return f"no strait binary at {strait_bin()}: build it or set STRAIT_BIN"
     return None

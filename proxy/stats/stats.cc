@@ -408,7 +408,13 @@ uint32_t Store::create(const std::string& name, StatType type, bool hidden, uint
   e.type = type;
   e.slots = static_cast<uint8_t>(slots);
   e.flags = static_cast<uint8_t>(kLive | (hidden ? kHidden : 0) | (scoped ? 0 : kPermanent) | (leading_dot ? kLeadingDot : 0));
-  id = popFree(free_entries_, entries_.size(), [&](uint32_t i) { return (entries_[i].flags & kLive) == 0; });
+  ++live_stats_;
+  *slot_out = e.slot;
+  return addEntry(e);
+}
+
+uint32_t Store::addEntry(const Entry& e) {
+  uint32_t id = popFree(free_entries_, entries_.size(), [&](uint32_t i) { return (entries_[i].flags & kLive) == 0; });
   if (id == kNoId) {
     id = static_cast<uint32_t>(entries_.size());
     // Grow by a quarter, not double: at 10,000 clusters doubling leaves megabytes of entries unused.
@@ -418,9 +424,7 @@ uint32_t Store::create(const std::string& name, StatType type, bool hidden, uint
     entries_[id] = e;
   }
   ++live_entries_;
-  ++live_stats_;
   indexInsert(entryHash(e.prefix, e.leaf), id);
-  *slot_out = e.slot;
   return id;
 }
 
@@ -463,19 +467,9 @@ uint32_t Store::createBlock(std::string_view prefix, const StatBlock& layout, ui
   e.type = StatType::Counter;  // unused: each leaf has its own
   e.slots = static_cast<uint8_t>(layout.slots());
   e.flags = kLive | kBlock;
-  id = popFree(free_entries_, entries_.size(), [&](uint32_t i) { return (entries_[i].flags & kLive) == 0; });
-  if (id == kNoId) {
-    id = static_cast<uint32_t>(entries_.size());
-    if (entries_.size() == entries_.capacity()) entries_.reserve(entries_.capacity() + entries_.capacity() / 4 + 256);
-    entries_.push_back(e);
-  } else {
-    entries_[id] = e;
-  }
-  ++live_entries_;
   live_stats_ += layout.size();
-  indexInsert(entryHash(e.prefix, e.leaf), id);
   *slot_out = e.slot;
-  return id;
+  return addEntry(e);
 }
 
 void Store::release(const std::vector<uint32_t>& entry_ids) {

@@ -195,6 +195,8 @@ class Store {
   // The block entry and leaf that hold the stat named (prefix, leaf); kNoEntry/null when none does.
   uint32_t findInBlock(uint32_t prefix, std::string_view leaf, const StatBlock::Leaf** out) const;
   uint32_t layoutId(const StatBlock& layout);
+  // Stores a new live entry (a free id or a new one) and indexes it; returns its id.
+  uint32_t addEntry(const Entry& e);
   // Drops a scope's references; the last one removes the name and recycles the slots (zeroed).
   void release(const std::vector<uint32_t>& entry_ids);
   uint32_t findEntry(uint32_t prefix, uint32_t leaf) const;
