@@ -95,4 +95,41 @@ stats::Store& init();
 // (a fuzzer that found /dev/zero would hang the run); everything else in it is.
 bool namesAFile(const google::protobuf::Message& m);
 
+// Feeds `bytes` to an HTTP/1 server connection the way a socket would: in reads the splitter chooses,
+// none while the codec has reading disabled (then `answer()` finishes what is pending and the loop's
+// timers run; if reading stays off, nothing more would ever be read), a codec error answered as the
+// connection manager answers it, then the client's half-close. `answer` is the target's own
+// (its streams' pending responses); the loop is drained after each read. Every dispatch must consume
+// its read when `check_consumed`.
+template <class Codec, class H1, class Answer>
+void dribbleHttp1Server(Codec& codec, H1& h1, FuzzTransport& transport, Splitter& split, std::string_view bytes,
+                        Answer&& answer, bool check_consumed) {
+  while (!bytes.empty() && !transport.closed) {
+    if (transport.read_disabled > 0) {
+      answer();
+      drainLoop();
+      if (transport.read_disabled > 0) break;
+      continue;
+    }
+    const size_t n = split.next(bytes.size());
+    common::Buffer b;
+    b.add(bytes.substr(0, n));
+    bytes.remove_prefix(n);
+    http::CodecError error;
+    if (!codec.dispatch(b, error)) {
+      h1.sendErrorResponse(error);
+      break;
+    }
+    if (check_consumed) FUZZ_CHECK(b.empty(), "dispatch left bytes behind");
+    answer();
+    drainLoop();
+  }
+  if (!transport.closed) {
+    // The client half-closes, then the connection goes (the order the connection manager sees).
+    h1.onRemoteHalfClose();
+    answer();
+    drainLoop();
+  }
+}
+
 }  // namespace strait::fuzz

@@ -367,30 +367,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   {
     auto codec = http::http1::createServerConnection(transport, proxy, proxy.settings);
     auto& h1 = static_cast<http::http1::Http1ServerConnection&>(*codec);
-    while (!bytes.empty() && !transport.closed) {
-      if (transport.read_disabled > 0) {
-        proxy.answerPending();
-        fuzz::drainLoop();
-        if (transport.read_disabled > 0) break;
-        continue;
-      }
-      const size_t n = split.next(bytes.size());
-      common::Buffer b;
-      b.add(bytes.substr(0, n));
-      bytes.remove_prefix(n);
-      http::CodecError error;
-      if (!codec->dispatch(b, error)) {
-        h1.sendErrorResponse(error);
-        break;
-      }
-      proxy.answerPending();
-      fuzz::drainLoop();
-    }
-    if (!transport.closed) {
-      h1.onRemoteHalfClose();
-      proxy.answerPending();
-      fuzz::drainLoop();
-    }
+    fuzz::dribbleHttp1Server(*codec, h1, transport, split, bytes, [&] { proxy.answerPending(); }, false);
     codec->onTransportClosed();
     fuzz::drainLoop();
   }

@@ -31,33 +31,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     auto codec = http::http1::createServerConnection(transport, streams, settings);
     auto& h1 = static_cast<http::http1::Http1ServerConnection&>(*codec);
     streams.connection = codec.get();
-    while (!bytes.empty() && !transport.closed) {
-      if (transport.read_disabled > 0) {
-        // The connection does not read now: finish what is pending and let the codec's timers run.
-        streams.answerPending();
-        fuzz::drainLoop();
-        if (transport.read_disabled > 0) break;  // nothing more would ever be read
-        continue;
-      }
-      const size_t n = split.next(bytes.size());
-      common::Buffer b;
-      b.add(bytes.substr(0, n));
-      bytes.remove_prefix(n);
-      http::CodecError error;
-      if (!codec->dispatch(b, error)) {
-        h1.sendErrorResponse(error);
-        break;
-      }
-      FUZZ_CHECK(b.empty(), "dispatch left bytes behind");
-      streams.answerPending();
-      fuzz::drainLoop();
-    }
-    if (!transport.closed) {
-      // The client half-closes, then the connection goes (the order the connection manager sees).
-      h1.onRemoteHalfClose();
-      streams.answerPending();
-      fuzz::drainLoop();
-    }
+    fuzz::dribbleHttp1Server(*codec, h1, transport, split, bytes, [&] { streams.answerPending(); }, true);
     codec->onTransportClosed();
     fuzz::drainLoop();
     streams.connection = nullptr;
