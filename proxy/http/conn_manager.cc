@@ -582,6 +582,7 @@ class HttpConnection : public config::ActiveSession,
   const network::Connection& connection() const { return *conn_; }
   Protocol protocol() const { return protocol_; }
   std::optional<std::string>& xfccElement() { return xfcc_element_; }
+  stats::live::CachedSlot& liveSlot() { return live_slot_; }
 
  private:
   void createCodec(Protocol p) {
@@ -705,6 +706,7 @@ class HttpConnection : public config::ActiveSession,
   uint64_t idle_since_ms_ = 0;  // when the connection last became idle (no streams)
   event::TimerPtr stream_idle_timer_;
   std::optional<std::string> xfcc_element_;  // this hop's x-forwarded-client-cert element, once built
+  stats::live::CachedSlot live_slot_;         // the live graph's inbound edge of this connection's caller
   bool closed_ = false;
 };
 
@@ -1131,7 +1133,7 @@ void ActiveStream::recordLiveEdges(std::chrono::steady_clock::time_point now, ui
   // steady_clock is CLOCK_MONOTONIC, the clock live::nowMs() reads.
   const auto now_ms = static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count());
   if (inbound) {
-    live::recordRequest(live::inboundHttpSlot(connection()), now_ms, latency_us, info_.response_code, info_.response_flags);
+    live::recordRequest(live::inboundHttpSlot(connection(), conn_.liveSlot()), now_ms, latency_us, info_.response_code, info_.response_flags);
   }
   if (outbound && info_.cluster != nullptr) {
     live::recordRequest(live::outboundHttpSlot(info_.cluster->index, info_.cluster->name, info_.upstream_principal),

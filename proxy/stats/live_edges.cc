@@ -121,11 +121,6 @@ void noteError(uint16_t slot, uint32_t code, uint32_t flags) {
 }
 
 // Per-worker direct-mapped caches of slots (a miss costs one slotFor()).
-struct ConnSlot {
-  uint64_t key = 0;  // connection id + 1; 0: empty
-  uint64_t generation = 0;
-  uint16_t slot = kNoSlot;
-};
 struct ClusterSlot {
   uint32_t cluster = 0, principal = 0;
   uint64_t generation = 0;  // 0: empty
@@ -133,7 +128,6 @@ struct ClusterSlot {
   uint16_t slot = kNoSlot;
 };
 constexpr size_t kCache = 64;
-thread_local ConnSlot tl_conn[kCache];
 thread_local ClusterSlot tl_cluster[kCache];
 struct ConnPrincipal {
   uint64_t key = 0;  // connection id + 1; 0: empty
@@ -286,14 +280,12 @@ uint32_t upstreamPrincipal(const network::Connection& upstream) {
   return c.principal;
 }
 
-uint16_t inboundHttpSlot(const network::Connection& downstream) {
-  ConnSlot& c = tl_conn[downstream.id() % kCache];
-  const uint64_t gen = tables().generation.load(std::memory_order_relaxed);
-  if (c.key == downstream.id() + 1 && c.generation == gen) return c.slot;
-  c.key = downstream.id() + 1;
-  c.generation = gen;
-  c.slot = slotFor(Direction::Inbound, Kind::Http, callerOf(downstream), "");
-  return c.slot;
+uint16_t inboundHttpSlot(const network::Connection& downstream, CachedSlot& cache) {
+  const uint64_t gen = tables().generation.load(std::memory_order_relaxed) + 1;
+  if (cache.generation == gen) return cache.slot;
+  cache.generation = gen;
+  cache.slot = slotFor(Direction::Inbound, Kind::Http, callerOf(downstream), "");
+  return cache.slot;
 }
 
 uint16_t outboundHttpSlot(uint32_t cluster_index, std::string_view cluster_name, uint32_t principal) {

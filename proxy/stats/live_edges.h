@@ -135,9 +135,14 @@ std::string_view peerPrincipal(const network::Connection& conn);
 // connection.
 uint32_t upstreamPrincipal(const network::Connection& upstream);
 
-// HTTP edges, per stream at its end (the connection manager): cached per downstream connection id
-// (inbound) and per (cluster index, upstream principal id) (outbound).
-uint16_t inboundHttpSlot(const network::Connection& downstream);
+// HTTP edges, per stream at its end (the connection manager). Inbound: the slot is kept by the
+// downstream connection itself (`cache`, one per connection), so any number of connections resolve
+// their caller once each; outbound: cached per thread by (cluster index, upstream principal id).
+struct CachedSlot {
+  uint64_t generation = 0;  // the edge tables' generation + 1 it was resolved in; 0: not yet
+  uint16_t slot = kNoSlot;
+};
+uint16_t inboundHttpSlot(const network::Connection& downstream, CachedSlot& cache);
 // `principal`: stats::istio string id of the upstream's URI SAN (StreamInfo::upstream_principal).
 uint16_t outboundHttpSlot(uint32_t cluster_index, std::string_view cluster_name, uint32_t principal);
 
