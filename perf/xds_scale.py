@@ -327,6 +327,11 @@ class Run:
                         out["errors"].append(f"cluster add {k}: {reply['kind']}")
         stats = self.stats()
         out["loop"] = {k: v for k, v in stats.items() if "loop_max_iteration" in k}
+        # The longest time taking a config held a worker, wall and the worker thread's own CPU time (the
+        # loop figure above is wall time: on 2 cores it includes the worker waiting for the CPU while the
+        # main and xDS threads translate).
+        out["apply_wall"] = max((v for k, v in stats.items() if k.endswith("config_apply_max_usec")), default=None)
+        out["apply_cpu"] = max((v for k, v in stats.items() if k.endswith("config_apply_max_cpu_usec")), default=None)
         # Worker loop iterations that worked for more than 1 ms while these changes were applied.
         out["loop_over_1ms"] = sum(v for k, v in stats.items() if k.endswith("loop_iterations_over_1ms")) - over_before
         return out
@@ -434,12 +439,14 @@ class Run:
                 return f"{v[len(v) // 2]} / {v[-1]}"
             lines += ["Single changes with every cluster in place (`--changes` each; ACK time in ms, median / max):", "",
                       "| clusters | one endpoint changed -> EDS ACK | one cluster added -> CDS ACK | its endpoints -> EDS ACK | "
-                      "longest worker loop iteration since start (us) | worker iterations over 1 ms during the changes | errors |",
-                      "|---|---|---|---|---|---|---|"]
+                      "longest worker loop iteration since start (us, wall) | longest config apply on a worker since start (us, wall / CPU) | "
+                      "worker iterations over 1 ms during the changes | errors |",
+                      "|---|---|---|---|---|---|---|---|"]
             for inc in self.increments:
                 loop = max(inc["loop"].values()) if inc.get("loop") else "-"
                 lines.append(f"| {inc['clusters']} | {dist(inc['endpoint_changed_ms'])} | {dist(inc['cluster_added_cds_ms'])} | "
-                             f"{dist(inc['cluster_added_eds_ms'])} | {loop} | {inc.get('loop_over_1ms', '-')} | "
+                             f"{dist(inc['cluster_added_eds_ms'])} | {loop} | {inc.get('apply_wall', '-')} / {inc.get('apply_cpu', '-')} | "
+                             f"{inc.get('loop_over_1ms', '-')} | "
                              f"{'; '.join(inc['errors']) or '-'} |")
             lines.append("")
         for row in self.rows:

@@ -315,6 +315,7 @@ int Server::run() {
     workers_[w]->setDrainPolicy(uint64_t(options_.drain_time_s) * 1000, options_.drain_gradual);
     const std::string p = absl::StrCat("server.worker_", w, ".");
     workers_[w]->setLoopStats(store_->gauge(p + "loop_max_iteration_usec"), store_->counter(p + "loop_iterations_over_1ms"));
+    workers_[w]->setConfigApplyStats(store_->gauge(p + "config_apply_max_usec"), store_->gauge(p + "config_apply_max_cpu_usec"));
     workers_[w]->start(std::move(per_worker[w]));
   }
   for (auto& w : workers_) w->waitListening();

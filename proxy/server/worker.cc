@@ -280,6 +280,11 @@ void Worker::setLoopStats(stats::Gauge max_us, stats::Counter over_1ms) {
   });
 }
 
+void Worker::setConfigApplyStats(stats::Gauge max_wall_us, stats::Gauge max_cpu_us) {
+  apply_max_wall_us_ = max_wall_us;
+  apply_max_cpu_us_ = max_cpu_us;
+}
+
 void Worker::start(std::vector<WorkerSocket> sockets) {
   // The loop was made on this thread but is only ever run and touched by the worker thread from here on.
   thread_ = std::thread([this, sockets = std::move(sockets)]() mutable {
@@ -532,9 +537,20 @@ void Worker::applySnapshot(config::SnapshotConstSharedPtr snapshot, std::vector<
       drain_timer_ = dispatcher_->createTimer([this] { closeStaleSessions(); });
       drain_timer_->enable(drain_ms);
     }
+    const uint64_t wall_us = static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - wall0).count());
+    const uint64_t cpu_us = (threadCpuNs() - cpu0) / 1000;
+    // Only this worker writes its gauges: raise each to the new maximum by the difference.
+    if (wall_us > apply_max_wall_seen_) {
+      stats::add(apply_max_wall_us_, static_cast<int64_t>(wall_us - apply_max_wall_seen_));
+      apply_max_wall_seen_ = wall_us;
+    }
+    if (cpu_us > apply_max_cpu_seen_) {
+      stats::add(apply_max_cpu_us_, static_cast<int64_t>(cpu_us - apply_max_cpu_seen_));
+      apply_max_cpu_seen_ = cpu_us;
+    }
     LOG_DEBUG("worker %u: config of %zu clusters taken in %" PRIu64 " us (%" PRIu64 " us of CPU)", index_,
-              snapshot_->clusters.size(), static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - wall0).count()),
-              (threadCpuNs() - cpu0) / 1000);
+              snapshot_->clusters.size(), wall_us, cpu_us);
     done();
   });
 }

@@ -41,8 +41,12 @@ class Worker : public config::WorkerContext {
   void start(std::vector<WorkerSocket> sockets);
   // server.worker_<i>.loop_max_iteration_usec (the longest loop iteration's working time so far) and
   // server.worker_<i>.loop_iterations_over_1ms: what config updates and everything else cost the
-  // requests on this worker. Before start().
+  // requests on this worker (wall time: a thread preempted by another counts too). Before start().
   void setLoopStats(stats::Gauge max_us, stats::Counter over_1ms);
+  // server.worker_<i>.config_apply_max_usec / config_apply_max_cpu_usec: the longest time taking a new
+  // config held this worker's loop, in wall time and in this thread's CPU time (what the xDS thread's
+  // work costs the worker itself, apart from preemption by other threads on a busy machine). Before start().
+  void setConfigApplyStats(stats::Gauge max_wall_us, stats::Gauge max_cpu_us);
   // Thread-safe: stop accepting (drain begins); every connection is told (GOAWAY / Connection: close).
   void stopListening();
   // Thread-safe: /drain_listeners. Tells the connections of every listener (or only the INBOUND ones);
@@ -151,6 +155,10 @@ class Worker : public config::WorkerContext {
   stats::Gauge loop_max_us_;
   stats::Counter loop_over_1ms_;
   uint64_t loop_max_seen_ = 0;
+  stats::Gauge apply_max_wall_us_;
+  stats::Gauge apply_max_cpu_us_;
+  uint64_t apply_max_wall_seen_ = 0;
+  uint64_t apply_max_cpu_seen_ = 0;
   std::vector<std::shared_ptr<const void>> routes_by_id_;
   void indexSnapshot();
   std::atomic<size_t> active_sessions_{0};

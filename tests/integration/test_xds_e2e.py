@@ -698,6 +698,15 @@ def test_rds_update_moves_traffic(env, mode):
     _, reply = wait_reply(env.xds, RDS, seq)
     assert reply["kind"] == "ack", reply
     print(f"route swap seen after {t1:.3f}/{t2:.3f} s, swap back after {t3:.3f}/{t4:.3f} s")
+    # Each worker took the new configs and says what the longest one held its loop: wall time, and its
+    # own CPU time, which cannot be more (perf/xds_scale.py reports both at 10,000 clusters).
+    stats = env.proc.stats(r"config_apply_max")
+    walls = {k: v for k, v in stats.items() if k.endswith(".config_apply_max_usec")}
+    cpus = {k: v for k, v in stats.items() if k.endswith(".config_apply_max_cpu_usec")}
+    assert walls and len(walls) == len(cpus), stats
+    for name, wall in walls.items():
+        assert wall >= 1, stats
+        assert cpus[name.replace("_usec", "_cpu_usec")] <= wall + 1, stats
 
 
 @pytest.mark.parametrize("mode", MODES)
