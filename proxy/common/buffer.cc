@@ -39,6 +39,13 @@ void releaseBlock(char* block) {
   }
 }
 
+void trimBlockPool(size_t keep) {
+  while (t_pool.free.size() > keep) {
+    std::free(t_pool.free.back());
+    t_pool.free.pop_back();
+  }
+}
+
 size_t pooledBlocksForTest() { return t_pool.free.size(); }
 
 void SliceRing::grow() {

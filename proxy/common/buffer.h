@@ -26,6 +26,10 @@ struct Slice {
 // Returns blocks to (and takes them from) a small per-thread free list.
 char* allocateBlock();
 void releaseBlock(char* block);
+// Frees this thread's idle blocks beyond `keep`. For threads whose buffers come in bursts (the main
+// thread's admin responses: /stats of 10,000 clusters fills the whole pool, 1 MiB kept for good);
+// workers keep their pool for the next requests.
+void trimBlockPool(size_t keep);
 size_t pooledBlocksForTest();
 
 // The slices of one Buffer, oldest first: a ring that holds up to kInline slices in place (the common case:

@@ -8,6 +8,7 @@
 #include <cstdio>
 
 #include "proxy/accesslog/log_file.h"
+#include "proxy/common/buffer.h"
 #include "proxy/common/log.h"
 #include "proxy/config/bootstrap.h"
 #include "proxy/config/retire.h"
@@ -346,6 +347,9 @@ int Server::run() {
     // What workers let go of (old snapshots, removed clusters) is released here, not on their loops;
     // a large release (clusters removed) gives the freed heap back to the system at once.
     if (config::releaseRetired() >= kRetiredTrimThreshold) malloc_trim(0);
+    // Admin responses are built on this thread: after a large one (/stats, /config_dump), keep only
+    // a few idle buffer blocks, not the 1 MiB a worker's pool may hold.
+    common::trimBlockPool(8);
     upstream::tickClusterRuntimes(dispatcher_->nowMs());
     if (health_checks_) health_checks_->publishStats();
     health_tick_->enable(200);

@@ -89,6 +89,18 @@ TEST_CASE("Buffer: blocks return to the per-thread pool") {
   REQUIRE(strait::common::pooledBlocksForTest() == before + 2);
 }
 
+TEST_CASE("Buffer: a thread's pool can be trimmed after a burst") {
+  {
+    Buffer b;
+    b.add(std::string(Slice::kBlockSize * 20, 't'));
+  }
+  REQUIRE(strait::common::pooledBlocksForTest() >= 20);
+  strait::common::trimBlockPool(8);
+  REQUIRE(strait::common::pooledBlocksForTest() == 8);
+  strait::common::trimBlockPool(8);  // already there: nothing more goes
+  REQUIRE(strait::common::pooledBlocksForTest() == 8);
+}
+
 TEST_CASE("Buffer: long chains wrap and grow the slice ring without losing order") {
   // Queue-like use: bytes go in at the tail while the front drains, so the ring's head walks around its
   // storage, then a burst makes the chain longer than the in-place capacity and the ring moves to the heap.
