@@ -7,6 +7,7 @@ and what they cost in memory.
     perf/xds_scale.py --delta               # the same over delta xDS
     perf/xds_scale.py --sizes 1000 --endpoints 10 --out /tmp/r --keep
     perf/xds_scale.py --sizes 10000,1000,10000,1000,10000 --tag churn   # memory across cluster churn
+    perf/xds_scale_plot.py perf/results/<date>-xds-scale-delta-<tag>.json ...   # plots of several runs
 
 What it does: starts the Node test management server (tests/xds_server/server.js, through
 xds_control.py; `setup.sh` runs `npm ci` if node_modules is missing) and strait on an ADS bootstrap
@@ -20,6 +21,8 @@ round's clusters are removed in the same push) and measures, from the server's o
     subscribes the new names after its CDS ACK) to strait's ACK/NACK;
   - total: from the control API call to the EDS ACK (includes the server's own encoding time);
   - strait's VmRSS and VmHWM (/proc/PID/status) before and after each round.
+
+The report is Markdown, with the same figures beside it as JSON (same name, .json).
 
 Every process it starts is stopped by its PID (SIGTERM, then SIGKILL) on exit and on error; every wait
 has a deadline and the whole run a global one (`--deadline`, default 300 s). Standard library only.
@@ -459,6 +462,13 @@ class Run:
                 lines.append("")
         lines += self.notes
         path.write_text("\n".join(lines) + "\n")
+        # The same figures as data, for perf/xds_scale_plot.py (RSS and ACK time against cluster count,
+        # one line per binary or mode).
+        data = {"tag": self.args.tag, "delta": self.args.delta, "strait": self.args.strait, "version": version,
+                "commit": commit, "endpoints": self.args.endpoints, "aborted": aborted,
+                "rows": [{k: v for k, v in row.items() if k != "stats"} for row in self.rows],
+                "increments": self.increments}
+        path.with_suffix(".json").write_text(json.dumps(data, indent=1) + "\n")
         return path
 
 
