@@ -658,6 +658,9 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
     uint32_t c = status / 100;
     stats::inc(c == 1 ? s.upstream_rq_1xx : c == 2 ? s.upstream_rq_2xx : c == 3 ? s.upstream_rq_3xx
                : c == 4 ? s.upstream_rq_4xx : s.upstream_rq_5xx);
+    // upstream_rq_<code>: the cluster's counter for this code (made the first time it is seen).
+    stats::Counter per_code;
+    if (cluster_->runtime && cluster_->runtime->responseCodeCounter(status, &per_code)) stats::inc(per_code);
   }
 
   void startGlobalTimer() {

@@ -278,7 +278,46 @@ ClusterRuntimeSharedPtr clusterRuntime(stats::Store& store, const std::string& n
   return rt;
 }
 
+bool ClusterRuntime::responseCodeCounter(uint32_t code, stats::Counter* out) {
+  if (code < 100 || code > 599) return false;
+  if (const CodeTable* t = codes_.load(std::memory_order_acquire)) {
+    for (uint32_t i = 0; i < kMaxResponseCodes; ++i) {
+      const uint64_t e = t->entries[(code + i) % kMaxResponseCodes].load(std::memory_order_acquire);
+      if (e == 0) break;
+      if ((e >> 32) == code) {
+        *out = stats::Counter{static_cast<uint32_t>(e)};
+        return true;
+      }
+    }
+  }
+  return makeResponseCodeCounter(code, out);
+}
+
+bool ClusterRuntime::makeResponseCodeCounter(uint32_t code, stats::Counter* out) {
+  std::lock_guard<std::mutex> lock(mu_);
+  CodeTable* t = codes_.load(std::memory_order_relaxed);
+  if (t == nullptr) {
+    t = new CodeTable;
+    codes_.store(t, std::memory_order_release);
+  }
+  for (uint32_t i = 0; i < kMaxResponseCodes; ++i) {
+    std::atomic<uint64_t>& entry = t->entries[(code + i) % kMaxResponseCodes];
+    const uint64_t e = entry.load(std::memory_order_relaxed);
+    if (e != 0 && (e >> 32) == code) {  // made by another worker meanwhile
+      *out = stats::Counter{static_cast<uint32_t>(e)};
+      return true;
+    }
+    if (e == 0) {
+      *out = scope_.counter(absl::StrCat("cluster.", stat_prefix_, ".upstream_rq_", code));
+      entry.store((uint64_t{code} << 32) | out->index, std::memory_order_release);
+      return true;
+    }
+  }
+  return false;  // kMaxResponseCodes codes already: the class counter alone counts this one
+}
+
 ClusterRuntime::~ClusterRuntime() {
+  delete codes_.load(std::memory_order_relaxed);
   // Leave the registry now rather than at the next cluster's creation, so that a mesh that shrinks
   // gives its names back (the entry may already be a newer runtime of the same name: keep that).
   Registry& r = registry();

@@ -138,6 +138,13 @@ class ClusterRuntime : public std::enable_shared_from_this<ClusterRuntime> {
   // Main thread, about once a second: the detector's interval when due, and its stats published.
   void onMainTick(uint64_t now_ms);
 
+  // cluster.<stat prefix>.upstream_rq_<code>, Envoy's counter per response code: made the first time a
+  // worker sees that code on this cluster (as Envoy makes them: only codes that occurred are listed),
+  // found after with an atomic load or two. Any thread. False for a code outside 100-599 or once
+  // kMaxResponseCodes distinct codes have counters (upstream_rq_<N>xx still counts those).
+  bool responseCodeCounter(uint32_t code, stats::Counter* out);
+  static constexpr uint32_t kMaxResponseCodes = 16;
+
   // Active health checking, owned here so its state survives config versions; created, updated and
   // stopped by the server on the main thread (server/cluster_health.cc). Null when the cluster has none.
   std::shared_ptr<HealthChecker> health_checker;
@@ -168,6 +175,14 @@ class ClusterRuntime : public std::enable_shared_from_this<ClusterRuntime> {
   mutable ResourceManager resources_[kResourcePriorities];  // by ResourcePriority
   mutable std::atomic<uint64_t> health_generation_{0};
   std::mutex mu_;
+  // Per-code counters (responseCodeCounter): (code << 32 | slot) by open addressing, entries only added
+  // (under mu_), so a reader that meets an empty entry may stop. Made on first use: a cluster that never
+  // answers costs a pointer.
+  struct CodeTable {
+    std::atomic<uint64_t> entries[kMaxResponseCodes] = {};
+  };
+  std::atomic<CodeTable*> codes_{nullptr};
+  bool makeResponseCodeCounter(uint32_t code, stats::Counter* out);
   // Live hosts by the hash of their identity key (the key itself is not kept: findHost() checks a
   // candidate by recomputing it from the host, so a hash collision only costs a host its state).
   std::unordered_map<uint64_t, std::weak_ptr<Host>> hosts_;

@@ -87,13 +87,22 @@ def test_prometheus_tags_help_and_a_strict_parse(fleet):
     assert families, "the parser found no family"
 
     # cluster.<name>.upstream_rq_2xx -> envoy_cluster_upstream_rq_xx{envoy_cluster_name, envoy_response_code_class}
-    # (Strait counts response classes, not each code: *_rq_200 -> envoy_response_code is unit-tested only)
     assert types["envoy_cluster_upstream_rq_xx"] == "counter"
     # (the parser names counter samples with _total, as OpenMetrics does)
     rq = "envoy_cluster_upstream_rq_xx_total"
     assert _value(families, rq, {"envoy_cluster_name": CLUSTER, "envoy_response_code_class": "2"}) == 2
     assert _value(families, rq, {"envoy_cluster_name": CLUSTER, "envoy_response_code_class": "5"}) == 1
     assert _value(families, "envoy_cluster_upstream_rq_total", {"envoy_cluster_name": CLUSTER}) == 3
+    # cluster.<name>.upstream_rq_200 (a counter per code seen, as Envoy makes them) ->
+    # envoy_cluster_upstream_rq{envoy_cluster_name, envoy_response_code}: beside upstream_rq_total's family,
+    # as in Envoy's output.
+    assert types["envoy_cluster_upstream_rq"] == "counter"
+    assert _value(families, "envoy_cluster_upstream_rq_total", {"envoy_cluster_name": CLUSTER, "envoy_response_code": "200"}) == 2
+    assert _value(families, "envoy_cluster_upstream_rq_total", {"envoy_cluster_name": CLUSTER, "envoy_response_code": "503"}) == 1
+    stats = e.proc.stats()
+    assert stats.get(f"cluster.{CLUSTER}.upstream_rq_200") == 2 and stats.get(f"cluster.{CLUSTER}.upstream_rq_503") == 1, \
+        {k: v for k, v in stats.items() if k.startswith(f"cluster.{CLUSTER}.upstream_rq_")}
+    assert f"cluster.{CLUSTER}.upstream_rq_404" not in stats  # only codes that occurred
     # http.<prefix>.downstream_rq_2xx -> envoy_http_downstream_rq_xx{..., envoy_response_code_class="2"}
     xx = "envoy_http_downstream_rq_xx_total"
     assert _value(families, xx, {"envoy_http_conn_manager_prefix": PREFIX, "envoy_response_code_class": "2"}) == 2
@@ -109,7 +118,7 @@ def test_prometheus_tags_help_and_a_strict_parse(fleet):
                      r"cluster\.\{envoy_cluster_name\}\.upstream_rq_\{envoy_response_code_class\}xx$", text, re.M), \
         [l for l in text.splitlines() if l.startswith("# HELP envoy_cluster_upstream_rq_xx ")]
     # The untagged names are gone.
-    assert "upstream_rq_2xx" not in text and "downstream_rq_2xx" not in text
+    assert "upstream_rq_2xx" not in text and "downstream_rq_2xx" not in text and "upstream_rq_200" not in text
 
 
 @pytest.mark.parametrize("h2_upstream", [False, True], ids=["http1", "http2"])
