@@ -27,6 +27,25 @@ struct Locality {
   bool operator==(const Locality& o) const { return region == o.region && zone == o.zone && sub_zone == o.sub_zone; }
 };
 
+// The per-host state of passive health checking and of the latency-aware balancer (written by workers
+// with relaxed atomics; the ejection state only by the detector, under its lock).
+struct HostPassiveState {
+  // Peak-EWMA of response latency in nanoseconds and its last update (steady clock, ns), for the
+  // latency-aware balancer; 0: no sample yet.
+  std::atomic<uint64_t> ewma_latency_ns{0};
+  std::atomic<uint64_t> ewma_stamp_ns{0};
+  // Outlier detection (outlier_detector.h): failure runs and this interval's tallies.
+  std::atomic<uint32_t> od_consecutive_5xx{0};
+  std::atomic<uint32_t> od_consecutive_gateway{0};
+  std::atomic<uint32_t> od_consecutive_local{0};
+  std::atomic<uint32_t> od_times_ejected{0};
+  std::atomic<uint64_t> od_success{0};        // external-origin (HTTP status) outcomes this interval
+  std::atomic<uint64_t> od_failure{0};
+  std::atomic<uint64_t> od_local_success{0};  // local-origin (connect, reset, timeout) outcomes
+  std::atomic<uint64_t> od_local_failure{0};
+  std::atomic<uint64_t> od_ejected_at_ms{0};  // 0: not ejected
+};
+
 // A cluster member. One object per (cluster, address, transport, priority, locality) for as long as a
 // config lists it: an EDS or CDS update that keeps the endpoint keeps the object, so its health,
 // outlier and load state survive updates. Shared by all workers: the fields in the first block never
@@ -58,21 +77,18 @@ class Host : public std::enable_shared_from_this<Host> {
   mutable std::atomic<uint32_t> locality_weight{0};   // its locality's load_balancing_weight (0: none given)
   mutable std::atomic<uint32_t> health_flags{0};      // HealthFlag bits
   mutable std::atomic<uint32_t> active_requests{0};   // requests in flight to it, all workers
-  // Peak-EWMA of response latency in nanoseconds and its last update (steady clock, ns), for the
-  // latency-aware balancer; 0: no sample yet.
-  mutable std::atomic<uint64_t> ewma_latency_ns{0};
-  mutable std::atomic<uint64_t> ewma_stamp_ns{0};
-  // Outlier detection (outlier_detector.h). Failure runs and this interval's tallies are written by
-  // workers (relaxed atomics); the ejection state only by the detector, under its lock.
-  mutable std::atomic<uint32_t> od_consecutive_5xx{0};
-  mutable std::atomic<uint32_t> od_consecutive_gateway{0};
-  mutable std::atomic<uint32_t> od_consecutive_local{0};
-  mutable std::atomic<uint64_t> od_success{0};        // external-origin (HTTP status) outcomes this interval
-  mutable std::atomic<uint64_t> od_failure{0};
-  mutable std::atomic<uint64_t> od_local_success{0};  // local-origin (connect, reset, timeout) outcomes
-  mutable std::atomic<uint64_t> od_local_failure{0};
-  mutable std::atomic<uint32_t> od_times_ejected{0};
-  mutable std::atomic<uint64_t> od_ejected_at_ms{0};  // 0: not ejected
+  // Outlier detection's and the latency balancer's state: made the first time either needs it, so the
+  // hosts of the many clusters that use neither carry a pointer instead of 72 bytes each.
+  HostPassiveState& passive() const {
+    HostPassiveState* p = passive_.load(std::memory_order_acquire);
+    return p != nullptr ? *p : makePassive();
+  }
+  bool hasPassive() const { return passive_.load(std::memory_order_acquire) != nullptr; }
+
+  Host() = default;
+  ~Host() { delete passive_.load(std::memory_order_relaxed); }
+  Host(const Host&) = delete;
+  Host& operator=(const Host&) = delete;
 
   uint32_t healthFlags() const { return health_flags.load(std::memory_order_relaxed); }
   // Takes requests at full preference: no failure and not degraded or draining.
@@ -88,6 +104,17 @@ class Host : public std::enable_shared_from_this<Host> {
   }
   // Never gets a new request, not even in panic mode.
   bool draining() const { return (healthFlags() & kEdsDraining) != 0; }
+
+ private:
+  // Any thread: the first caller's state wins; a racing one frees its own.
+  HostPassiveState& makePassive() const {
+    auto* fresh = new HostPassiveState;
+    HostPassiveState* expected = nullptr;
+    if (passive_.compare_exchange_strong(expected, fresh, std::memory_order_acq_rel)) return *fresh;
+    delete fresh;
+    return *expected;
+  }
+  mutable std::atomic<HostPassiveState*> passive_{nullptr};
 };
 
 using HostSharedPtr = std::shared_ptr<Host>;

@@ -148,8 +148,8 @@ void recordLatency(Host& host, uint64_t latency_ns, bool error, uint64_t now_ns,
   // A failure is at least as bad as the penalty, and no better than the time it actually took.
   uint64_t sample = error ? std::max(latency_ns, config.ewma_error_penalty_ns) : latency_ns;
   sample = std::max<uint64_t>(sample, 1);  // 0 means "never measured"
-  const uint64_t prev = host.ewma_latency_ns.load(std::memory_order_relaxed);
-  const uint64_t stamp = host.ewma_stamp_ns.load(std::memory_order_relaxed);
+  const uint64_t prev = host.passive().ewma_latency_ns.load(std::memory_order_relaxed);
+  const uint64_t stamp = host.passive().ewma_stamp_ns.load(std::memory_order_relaxed);
   uint64_t next = sample;
   if (prev != 0 && sample < prev) {
     // Below the average: move toward the sample, the more the longer since the last update.
@@ -159,8 +159,8 @@ void recordLatency(Host& host, uint64_t latency_ns, bool error, uint64_t now_ns,
   }
   // Two relaxed stores, not one atomic update: a reader may briefly pair the new average with the old
   // stamp (or two workers may interleave), which only shifts the decay a little.
-  host.ewma_latency_ns.store(next, std::memory_order_relaxed);
-  host.ewma_stamp_ns.store(now_ns, std::memory_order_relaxed);
+  host.passive().ewma_latency_ns.store(next, std::memory_order_relaxed);
+  host.passive().ewma_stamp_ns.store(now_ns, std::memory_order_relaxed);
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -1181,10 +1181,10 @@ const Host* Balancer::pick(HostList& list, const LbContext& context) {
       // host costs 0 so it gets probed. The clock is read at most once, and only when needed.
       uint64_t now = context.now_ns;
       return pickFewest(list, 2, [&](const Host& h) {
-        const uint64_t ewma = h.ewma_latency_ns.load(std::memory_order_relaxed);
+        const uint64_t ewma = h.passive().ewma_latency_ns.load(std::memory_order_relaxed);
         if (ewma == 0) return 0.0;
         if (now == 0) now = steadyNowNs();
-        const uint64_t stamp = h.ewma_stamp_ns.load(std::memory_order_relaxed);
+        const uint64_t stamp = h.passive().ewma_stamp_ns.load(std::memory_order_relaxed);
         const double keep = ewmaKeep(now > stamp ? now - stamp : 0, config_.ewma_decay_ns);
         const double decayed = static_cast<double>(ewma) * keep;
         return decayed * (static_cast<double>(h.active_requests.load(std::memory_order_relaxed)) + 1);

@@ -91,10 +91,10 @@ void OutlierDetector::updateConfig(const OutlierConfig& config) {
     if (split_changed) {
       // Without split mode local failures were tallied as external ones; mixing the two regimes in
       // one interval's rates would judge hosts on a blend.
-      e.host->od_success.store(0, std::memory_order_relaxed);
-      e.host->od_failure.store(0, std::memory_order_relaxed);
-      e.host->od_local_success.store(0, std::memory_order_relaxed);
-      e.host->od_local_failure.store(0, std::memory_order_relaxed);
+      e.host->passive().od_success.store(0, std::memory_order_relaxed);
+      e.host->passive().od_failure.store(0, std::memory_order_relaxed);
+      e.host->passive().od_local_success.store(0, std::memory_order_relaxed);
+      e.host->passive().od_local_failure.store(0, std::memory_order_relaxed);
     }
   }
 }
@@ -144,23 +144,23 @@ uint64_t OutlierDetector::intervalMs() const {
 
 void OutlierDetector::putHttpResponse(Host& host, uint32_t status) {
   if (status < 500 || status > 599) {
-    host.od_success.fetch_add(1, std::memory_order_relaxed);
-    clearRun(host.od_consecutive_5xx);
-    clearRun(host.od_consecutive_gateway);
+    host.passive().od_success.fetch_add(1, std::memory_order_relaxed);
+    clearRun(host.passive().od_consecutive_5xx);
+    clearRun(host.passive().od_consecutive_gateway);
     return;
   }
-  host.od_failure.fetch_add(1, std::memory_order_relaxed);
+  host.passive().od_failure.fetch_add(1, std::memory_order_relaxed);
   // The gateway run is checked first, as in Envoy: with both thresholds equal, a gateway detection that
   // is not enforced (the default) is counted before the 5xx run ejects the host.
   if (isGatewayError(status)) {
     // fetch_add hands exactly one caller the value equal to the threshold, so one worker (not all of
     // those racing on the host) goes for the lock.
-    const uint32_t run = host.od_consecutive_gateway.fetch_add(1, std::memory_order_relaxed) + 1;
+    const uint32_t run = host.passive().od_consecutive_gateway.fetch_add(1, std::memory_order_relaxed) + 1;
     if (run == threshold_gateway_.load(std::memory_order_relaxed)) onRunThreshold(host, Detection::ConsecutiveGateway);
   } else {
-    clearRun(host.od_consecutive_gateway);  // a 500 breaks a run of gateway errors
+    clearRun(host.passive().od_consecutive_gateway);  // a 500 breaks a run of gateway errors
   }
-  const uint32_t run = host.od_consecutive_5xx.fetch_add(1, std::memory_order_relaxed) + 1;
+  const uint32_t run = host.passive().od_consecutive_5xx.fetch_add(1, std::memory_order_relaxed) + 1;
   if (run == threshold_5xx_.load(std::memory_order_relaxed)) onRunThreshold(host, Detection::Consecutive5xx);
 }
 
@@ -171,8 +171,8 @@ void OutlierDetector::putLocalOriginFailure(Host& host, LocalOriginFailure kind)
     putHttpResponse(host, kind == LocalOriginFailure::Timeout ? 504 : 503);
     return;
   }
-  host.od_local_failure.fetch_add(1, std::memory_order_relaxed);
-  const uint32_t run = host.od_consecutive_local.fetch_add(1, std::memory_order_relaxed) + 1;
+  host.passive().od_local_failure.fetch_add(1, std::memory_order_relaxed);
+  const uint32_t run = host.passive().od_consecutive_local.fetch_add(1, std::memory_order_relaxed) + 1;
   if (run == threshold_local_.load(std::memory_order_relaxed)) onRunThreshold(host, Detection::ConsecutiveLocal);
 }
 
@@ -183,8 +183,8 @@ void OutlierDetector::putLocalOriginSuccess(Host& host, bool final_outcome) {
     if (final_outcome) putHttpResponse(host, 200);
     return;
   }
-  host.od_local_success.fetch_add(1, std::memory_order_relaxed);
-  clearRun(host.od_consecutive_local);
+  host.passive().od_local_success.fetch_add(1, std::memory_order_relaxed);
+  clearRun(host.passive().od_consecutive_local);
 }
 
 void OutlierDetector::onRunThreshold(Host& host, Detection detection) {
@@ -201,13 +201,13 @@ void OutlierDetector::onRunThreshold(Host& host, Detection detection) {
   // that would be.
   switch (detection) {
     case Detection::Consecutive5xx:
-      host.od_consecutive_5xx.store(0, std::memory_order_relaxed);
+      host.passive().od_consecutive_5xx.store(0, std::memory_order_relaxed);
       break;
     case Detection::ConsecutiveGateway:
-      host.od_consecutive_gateway.store(0, std::memory_order_relaxed);
+      host.passive().od_consecutive_gateway.store(0, std::memory_order_relaxed);
       break;
     case Detection::ConsecutiveLocal:
-      host.od_consecutive_local.store(0, std::memory_order_relaxed);
+      host.passive().od_consecutive_local.store(0, std::memory_order_relaxed);
       break;
     default:
       break;
@@ -297,15 +297,15 @@ bool OutlierDetector::tryEject(Entry& e, Detection d, uint64_t now) {
   // The backoff multiplier grows with each ejection until base x n covers max + base (Envoy's bound),
   // past which more would change nothing but the time it takes to decay.
   const uint64_t base = config_.base_ejection_time_ms;
-  const uint64_t times = h.od_times_ejected.load(std::memory_order_relaxed);
+  const uint64_t times = h.passive().od_times_ejected.load(std::memory_order_relaxed);
   if (times * base < effectiveMaxEjectionMs() + base) {
-    h.od_times_ejected.store(static_cast<uint32_t>(times + 1), std::memory_order_relaxed);
+    h.passive().od_times_ejected.store(static_cast<uint32_t>(times + 1), std::memory_order_relaxed);
   }
   e.ejected_at_ms = now;
   // Spreads the return of hosts ejected together, so they are not all hit at the same moment.
   const uint64_t max_jitter = config_.max_ejection_time_jitter_ms;
   e.jitter_ms = max_jitter == 0 ? 0 : nextRandom() % (max_jitter + 1);
-  h.od_ejected_at_ms.store(std::max<uint64_t>(now, 1), std::memory_order_relaxed);  // 0 means "not ejected"
+  h.passive().od_ejected_at_ms.store(std::max<uint64_t>(now, 1), std::memory_order_relaxed);  // 0 means "not ejected"
   // Fresh runs for when it comes back; Envoy resets them at un-ejection, doing it here too keeps
   // failures that still reach it (panic mode) from calling back into the detector.
   resetRuns(h);
@@ -322,7 +322,7 @@ void OutlierDetector::uneject(Entry& e, uint64_t now) {
   Host& h = *e.host;
   // Runs that were close to their threshold would eject it again after a failure or two.
   resetRuns(h);
-  h.od_ejected_at_ms.store(0, std::memory_order_relaxed);
+  h.passive().od_ejected_at_ms.store(0, std::memory_order_relaxed);
   h.health_flags.fetch_and(~static_cast<uint32_t>(kFailedOutlierCheck), std::memory_order_release);
   e.unejected_once = true;
   e.last_unejected_ms = now;
@@ -350,16 +350,16 @@ void OutlierDetector::onInterval() {
   for (Entry& e : entries_) {
     Host& h = *e.host;
     if (ejected(h)) {
-      const uint64_t times = h.od_times_ejected.load(std::memory_order_relaxed);
+      const uint64_t times = h.passive().od_times_ejected.load(std::memory_order_relaxed);
       const uint64_t duration = std::min(base * times, max_ejection) + e.jitter_ms;
       if (now >= e.ejected_at_ms && now - e.ejected_at_ms >= duration) uneject(e, now);
     }
     // Take the interval's outcomes. exchange() moves each count out whole: an outcome landing between
     // two of these reads falls into the next interval rather than being lost.
-    const uint64_t ok = h.od_success.exchange(0, std::memory_order_relaxed);
-    const uint64_t failed = h.od_failure.exchange(0, std::memory_order_relaxed);
-    const uint64_t local_ok = h.od_local_success.exchange(0, std::memory_order_relaxed);
-    const uint64_t local_failed = h.od_local_failure.exchange(0, std::memory_order_relaxed);
+    const uint64_t ok = h.passive().od_success.exchange(0, std::memory_order_relaxed);
+    const uint64_t failed = h.passive().od_failure.exchange(0, std::memory_order_relaxed);
+    const uint64_t local_ok = h.passive().od_local_success.exchange(0, std::memory_order_relaxed);
+    const uint64_t local_failed = h.passive().od_local_failure.exchange(0, std::memory_order_relaxed);
     e.success[kExt] = ok;
     e.total[kExt] = ok + failed;
     e.success[kLocal] = local_ok;
@@ -381,8 +381,8 @@ void OutlierDetector::onInterval() {
     Host& h = *e.host;
     if (ejected(h) || !e.unejected_once) continue;
     if (now < e.last_unejected_ms || now - e.last_unejected_ms < config_.interval_ms) continue;
-    const uint32_t times = h.od_times_ejected.load(std::memory_order_relaxed);
-    if (times > 0) h.od_times_ejected.store(times - 1, std::memory_order_relaxed);
+    const uint32_t times = h.passive().od_times_ejected.load(std::memory_order_relaxed);
+    if (times > 0) h.passive().od_times_ejected.store(times - 1, std::memory_order_relaxed);
   }
 }
 
@@ -490,19 +490,19 @@ void OutlierDetector::bumpGeneration() {
 }
 
 void OutlierDetector::resetRuns(Host& h) {
-  h.od_consecutive_5xx.store(0, std::memory_order_relaxed);
-  h.od_consecutive_gateway.store(0, std::memory_order_relaxed);
-  h.od_consecutive_local.store(0, std::memory_order_relaxed);
+  h.passive().od_consecutive_5xx.store(0, std::memory_order_relaxed);
+  h.passive().od_consecutive_gateway.store(0, std::memory_order_relaxed);
+  h.passive().od_consecutive_local.store(0, std::memory_order_relaxed);
 }
 
 void OutlierDetector::resetState(Host& h) {
   resetRuns(h);
-  h.od_success.store(0, std::memory_order_relaxed);
-  h.od_failure.store(0, std::memory_order_relaxed);
-  h.od_local_success.store(0, std::memory_order_relaxed);
-  h.od_local_failure.store(0, std::memory_order_relaxed);
-  h.od_times_ejected.store(0, std::memory_order_relaxed);
-  h.od_ejected_at_ms.store(0, std::memory_order_relaxed);
+  h.passive().od_success.store(0, std::memory_order_relaxed);
+  h.passive().od_failure.store(0, std::memory_order_relaxed);
+  h.passive().od_local_success.store(0, std::memory_order_relaxed);
+  h.passive().od_local_failure.store(0, std::memory_order_relaxed);
+  h.passive().od_times_ejected.store(0, std::memory_order_relaxed);
+  h.passive().od_ejected_at_ms.store(0, std::memory_order_relaxed);
   h.health_flags.fetch_and(~static_cast<uint32_t>(kFailedOutlierCheck), std::memory_order_release);
 }
 

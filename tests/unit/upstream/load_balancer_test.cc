@@ -527,14 +527,14 @@ TEST_CASE("Peak EWMA", "[lb]") {
   SECTION("samples: a peak replaces the average, lower samples decay into it") {
     Host h;
     recordLatency(h, 1 * ms, false, t0, config);
-    CHECK(h.ewma_latency_ns.load() == 1 * ms);
+    CHECK(h.passive().ewma_latency_ns.load() == 1 * ms);
     recordLatency(h, 5 * ms, false, t0 + 1, config);
-    CHECK(h.ewma_latency_ns.load() == 5 * ms);
+    CHECK(h.passive().ewma_latency_ns.load() == 5 * ms);
     recordLatency(h, 1 * ms, false, t0 + 1 + config.ewma_decay_ns, config);  // keep exp(-1) of the old
     const double expected = 5 * ms * std::exp(-1.0) + 1 * ms * (1 - std::exp(-1.0));
-    CHECK(std::abs(double(h.ewma_latency_ns.load()) - expected) < 2);
+    CHECK(std::abs(double(h.passive().ewma_latency_ns.load()) - expected) < 2);
     recordLatency(h, 1 * ms, true, t0 + 2 + config.ewma_decay_ns, config);  // an error: the penalty
-    CHECK(h.ewma_latency_ns.load() == config.ewma_error_penalty_ns);
+    CHECK(h.passive().ewma_latency_ns.load() == config.ewma_error_penalty_ns);
   }
 
   auto hosts = makeHosts(2);

@@ -114,9 +114,9 @@ TEST_CASE("Outlier: consecutive 5xx ejects at the threshold, not before", "[outl
   CHECK(cl.stats.ejections_enforced_consecutive_5xx == 1);
   CHECK(cl.stats.ejections_detected_consecutive_5xx == 1);
   CHECK(cl.stats.ejections_overflow == 0);
-  CHECK(cl.host(0).od_times_ejected == 1);
-  CHECK(cl.host(0).od_ejected_at_ms == 1000);
-  CHECK(cl.host(0).od_consecutive_5xx == 0);  // runs restart on ejection
+  CHECK(cl.host(0).passive().od_times_ejected == 1);
+  CHECK(cl.host(0).passive().od_ejected_at_ms == 1000);
+  CHECK(cl.host(0).passive().od_consecutive_5xx == 0);  // runs restart on ejection
   CHECK(cl.generation == 1);
   // More failures while ejected (panic-mode traffic) do not eject again.
   cl.respond(0, 500, 20);
@@ -136,8 +136,8 @@ TEST_CASE("Outlier: a success in between restarts the runs", "[outlier]") {
   CHECK_FALSE(cl.ejected(0));
   cl.respond(0, 500);
   CHECK(cl.ejected(0));
-  CHECK(cl.host(0).od_success == 2);
-  CHECK(cl.host(0).od_failure == 13);
+  CHECK(cl.host(0).passive().od_success == 2);
+  CHECK(cl.host(0).passive().od_failure == 13);
 }
 
 TEST_CASE("Outlier: gateway failures are detected, and enforced only as configured", "[outlier]") {
@@ -149,7 +149,7 @@ TEST_CASE("Outlier: gateway failures are detected, and enforced only as configur
     CHECK_FALSE(cl.ejected(0));
     CHECK(cl.stats.ejections_detected_consecutive_gateway_failure == 1);
     CHECK(cl.stats.ejections_enforced_consecutive_gateway_failure == 0);
-    CHECK(cl.host(0).od_consecutive_gateway == 0);  // the run restarts, so a new bout is seen again
+    CHECK(cl.host(0).passive().od_consecutive_gateway == 0);  // the run restarts, so a new bout is seen again
     cl.respond(0, 504, 5);
     CHECK(cl.stats.ejections_detected_consecutive_gateway_failure == 2);
     CHECK_FALSE(cl.ejected(0));
@@ -201,7 +201,7 @@ TEST_CASE("Outlier: max_ejection_percent caps ejections, counting the host about
     CHECK(cl.stats.ejections_overflow == 9);
     CHECK(cl.stats.ejections_enforced_total == 1);
     // An overflowed run restarts, so the next bout of failures tries again.
-    CHECK(cl.host(5).od_consecutive_5xx == 0);
+    CHECK(cl.host(5).passive().od_consecutive_5xx == 0);
   }
   SECTION("20 hosts at 10%: two") {
     Cluster cl(OutlierConfig{}, 20);
@@ -255,8 +255,8 @@ TEST_CASE("Outlier: un-ejection waits for the next interval after the ejection t
   CHECK(cl.generation == 2);
   CHECK(cl.od->ejectedCount() == 0);
   CHECK(cl.stats.ejections_active == 0);
-  CHECK(cl.host(0).od_ejected_at_ms == 0);
-  CHECK(cl.host(0).od_times_ejected == 1);  // decays later
+  CHECK(cl.host(0).passive().od_ejected_at_ms == 0);
+  CHECK(cl.host(0).passive().od_times_ejected == 1);  // decays later
 }
 
 TEST_CASE("Outlier: ejection time grows with each ejection and is capped", "[outlier]") {
@@ -277,16 +277,16 @@ TEST_CASE("Outlier: ejection time grows with each ejection and is capped", "[out
     return out;
   };
   CHECK(ejectionLasts() == 30000);  // base x 1
-  CHECK(cl.host(0).od_times_ejected == 1);
+  CHECK(cl.host(0).passive().od_times_ejected == 1);
   CHECK(ejectionLasts() == 60000);  // base x 2
-  CHECK(cl.host(0).od_times_ejected == 2);
+  CHECK(cl.host(0).passive().od_times_ejected == 2);
   CHECK(ejectionLasts() == 70000);  // base x 3 = 90 s, capped at 70 s
-  CHECK(cl.host(0).od_times_ejected == 3);
+  CHECK(cl.host(0).passive().od_times_ejected == 3);
   CHECK(ejectionLasts() == 70000);
-  CHECK(cl.host(0).od_times_ejected == 4);
+  CHECK(cl.host(0).passive().od_times_ejected == 4);
   CHECK(ejectionLasts() == 70000);
   // The multiplier stops once base x n reaches max + base: more would only slow the decay.
-  CHECK(cl.host(0).od_times_ejected == 4);
+  CHECK(cl.host(0).passive().od_times_ejected == 4);
   CHECK(cl.stats.ejections_enforced_total == 5);
 }
 
@@ -322,26 +322,26 @@ TEST_CASE("Outlier: the ejection multiplier decays while the host stays in servi
   cl.tick(30000);
   REQUIRE_FALSE(cl.ejected(0));
   cl.respond(0, 500, 5);  // straight back out: the multiplier did not decay in between
-  REQUIRE(cl.host(0).od_times_ejected == 2);
+  REQUIRE(cl.host(0).passive().od_times_ejected == 2);
   cl.tick(10000);
   cl.tick(10000);
   cl.tick(10000);
   cl.tick(10000);
   cl.tick(10000);
   CHECK(cl.ejected(0));
-  CHECK(cl.host(0).od_times_ejected == 2);  // no decay while ejected
+  CHECK(cl.host(0).passive().od_times_ejected == 2);  // no decay while ejected
   cl.tick(10000);                           // 60 s: back in service
   REQUIRE_FALSE(cl.ejected(0));
-  CHECK(cl.host(0).od_times_ejected == 2);  // not a whole interval in service yet
+  CHECK(cl.host(0).passive().od_times_ejected == 2);  // not a whole interval in service yet
   cl.tick(10000);
-  CHECK(cl.host(0).od_times_ejected == 1);
+  CHECK(cl.host(0).passive().od_times_ejected == 1);
   cl.tick(10000);
-  CHECK(cl.host(0).od_times_ejected == 0);
+  CHECK(cl.host(0).passive().od_times_ejected == 0);
   cl.tick(10000);
-  CHECK(cl.host(0).od_times_ejected == 0);
+  CHECK(cl.host(0).passive().od_times_ejected == 0);
   // Fully decayed: the next ejection lasts the base time again.
   cl.respond(0, 500, 5);
-  CHECK(cl.host(0).od_times_ejected == 1);
+  CHECK(cl.host(0).passive().od_times_ejected == 1);
   cl.tick(30000);
   CHECK_FALSE(cl.ejected(0));
 }
@@ -367,7 +367,7 @@ TEST_CASE("Outlier: success-rate outliers are ejected", "[outlier]") {
     CHECK(cl.od->hostSuccessRate(cl.host(3), OutlierOrigin::External) == Approx(50.0));
     CHECK(cl.od->hostSuccessRate(cl.host(0), OutlierOrigin::External) == Approx(100.0));
     // The tallies start over each interval.
-    CHECK(cl.host(0).od_success == 0);
+    CHECK(cl.host(0).passive().od_success == 0);
     cl.tick(10000);
     CHECK(cl.od->successRateAverage(OutlierOrigin::External) == -1);
     CHECK(cl.od->hostSuccessRate(cl.host(0), OutlierOrigin::External) == -1);
@@ -457,23 +457,23 @@ TEST_CASE("Outlier: local-origin failures", "[outlier]") {
     cl.od->putLocalOriginFailure(cl.host(0), LocalOriginFailure::Timeout);
     cl.od->putLocalOriginSuccess(cl.host(0));  // ignored: the response decides
     cl.od->putLocalOriginFailure(cl.host(0), LocalOriginFailure::ConnectFailed);
-    CHECK(cl.host(0).od_consecutive_gateway == 4);
+    CHECK(cl.host(0).passive().od_consecutive_gateway == 4);
     CHECK_FALSE(cl.ejected(0));
     cl.od->putLocalOriginFailure(cl.host(0), LocalOriginFailure::Timeout);
     CHECK(cl.ejected(0));
     CHECK(cl.stats.ejections_enforced_consecutive_5xx == 1);
     CHECK(cl.stats.ejections_detected_consecutive_gateway_failure == 1);
-    CHECK(cl.host(0).od_failure == 5);
-    CHECK(cl.host(0).od_success == 0);
-    CHECK(cl.host(0).od_local_failure == 0);
+    CHECK(cl.host(0).passive().od_failure == 5);
+    CHECK(cl.host(0).passive().od_success == 0);
+    CHECK(cl.host(0).passive().od_local_failure == 0);
     CHECK(cl.stats.ejections_detected_consecutive_local_origin_failure == 0);
   }
   SECTION("without split mode a final connect success counts as a 200") {
     Cluster cl(roomy(), 1);
     cl.respond(0, 500, 4);
     cl.od->putLocalOriginSuccess(cl.host(0), true);
-    CHECK(cl.host(0).od_consecutive_5xx == 0);
-    CHECK(cl.host(0).od_success == 1);
+    CHECK(cl.host(0).passive().od_consecutive_5xx == 0);
+    CHECK(cl.host(0).passive().od_success == 1);
   }
   SECTION("split mode keeps them apart") {
     OutlierConfig c = roomy();
@@ -482,16 +482,16 @@ TEST_CASE("Outlier: local-origin failures", "[outlier]") {
     for (int i = 0; i < 4; ++i) cl.od->putLocalOriginFailure(cl.host(0), LocalOriginFailure::ConnectFailed);
     cl.respond(0, 500, 4);
     CHECK_FALSE(cl.ejected(0));
-    CHECK(cl.host(0).od_consecutive_local == 4);
-    CHECK(cl.host(0).od_consecutive_5xx == 4);
-    CHECK(cl.host(0).od_consecutive_gateway == 0);
-    CHECK(cl.host(0).od_local_failure == 4);
-    CHECK(cl.host(0).od_failure == 4);
+    CHECK(cl.host(0).passive().od_consecutive_local == 4);
+    CHECK(cl.host(0).passive().od_consecutive_5xx == 4);
+    CHECK(cl.host(0).passive().od_consecutive_gateway == 0);
+    CHECK(cl.host(0).passive().od_local_failure == 4);
+    CHECK(cl.host(0).passive().od_failure == 4);
     // A connection that comes up restarts the local run only.
     cl.od->putLocalOriginSuccess(cl.host(0));
-    CHECK(cl.host(0).od_consecutive_local == 0);
-    CHECK(cl.host(0).od_consecutive_5xx == 4);
-    CHECK(cl.host(0).od_local_success == 1);
+    CHECK(cl.host(0).passive().od_consecutive_local == 0);
+    CHECK(cl.host(0).passive().od_consecutive_5xx == 4);
+    CHECK(cl.host(0).passive().od_local_success == 1);
     for (int i = 0; i < 4; ++i) cl.od->putLocalOriginFailure(cl.host(0), LocalOriginFailure::Timeout);
     CHECK_FALSE(cl.ejected(0));
     cl.od->putLocalOriginFailure(cl.host(0), LocalOriginFailure::Reset);
@@ -559,12 +559,12 @@ TEST_CASE("Outlier: host set updates", "[outlier]") {
   CHECK_FALSE(OutlierDetector::ejected(*gone));
   // It comes back (same object): clean state.
   gone->health_flags = kFailedOutlierCheck;
-  gone->od_times_ejected = 3;
+  gone->passive().od_times_ejected = 3;
   cl.hosts.push_back(gone);
   const uint64_t before = cl.generation;
   cl.od->setHosts(cl.hosts);
   CHECK_FALSE(OutlierDetector::ejected(*gone));
-  CHECK(gone->od_times_ejected == 0);
+  CHECK(gone->passive().od_times_ejected == 0);
   CHECK(cl.generation == before + 1);
   CHECK(cl.od->ejectedCount() == 1);
   // Kept hosts keep their state through updates.
