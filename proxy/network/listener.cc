@@ -44,17 +44,27 @@ Address boundAddress(int fd) {
   return Address(reinterpret_cast<sockaddr*>(&ss));
 }
 
-TcpListener::TcpListener(event::Dispatcher& dispatcher, int fd, int backlog, AcceptCb on_accept)
-    : dispatcher_(dispatcher), handle_(new uv_tcp_t), on_accept_(std::move(on_accept)) {
+TcpListener::TcpListener(event::Dispatcher& dispatcher, int fd, int backlog, AcceptCb on_accept, bool listen_now)
+    : dispatcher_(dispatcher), handle_(new uv_tcp_t), on_accept_(std::move(on_accept)), backlog_(backlog) {
   uv_tcp_init(dispatcher.loop(), handle_);
   handle_->data = this;
   int rc = uv_tcp_open(handle_, fd);
-  if (rc == 0) rc = uv_listen(reinterpret_cast<uv_stream_t*>(handle_), backlog, &TcpListener::onConnection);
   if (rc != 0) {
     error_ = std::string("listen: ") + uv_strerror(rc);
     return;
   }
-  ok_ = true;
+  ok_ = !listen_now || listen();
+}
+
+bool TcpListener::listen() {
+  if (listening_) return true;
+  int rc = uv_listen(reinterpret_cast<uv_stream_t*>(handle_), backlog_, &TcpListener::onConnection);
+  if (rc != 0) {
+    error_ = std::string("listen: ") + uv_strerror(rc);
+    return false;
+  }
+  listening_ = true;
+  return true;
 }
 
 TcpListener::~TcpListener() {

@@ -25,12 +25,16 @@ Address boundAddress(int fd);
 class TcpListener {
  public:
   using AcceptCb = std::function<void(ConnectionPtr)>;
-  // Takes ownership of `fd` (already bound) and starts listening.
-  TcpListener(event::Dispatcher& dispatcher, int fd, int backlog, AcceptCb on_accept);
+  // Takes ownership of `fd` (already bound) and starts listening, unless `listen_now` is false: then
+  // nothing is accepted until listen() (a hot restart child holds its sockets until it is ready; a
+  // socket it took from its parent keeps queueing connections for the parent meanwhile).
+  TcpListener(event::Dispatcher& dispatcher, int fd, int backlog, AcceptCb on_accept, bool listen_now = true);
   ~TcpListener();
   TcpListener(const TcpListener&) = delete;
   TcpListener& operator=(const TcpListener&) = delete;
   bool ok() const { return ok_; }
+  // Starts accepting (once; later calls do nothing). False, with error() set, if listen() failed.
+  bool listen();
   const std::string& error() const { return error_; }
   // The listening socket (hot restart hands a duplicate of it to the next process); -1 if none.
   int fd() const;
@@ -40,6 +44,8 @@ class TcpListener {
   event::Dispatcher& dispatcher_;
   uv_tcp_t* handle_;
   AcceptCb on_accept_;
+  int backlog_;
+  bool listening_ = false;
   bool ok_ = false;
   std::string error_;
 };

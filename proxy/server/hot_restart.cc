@@ -458,7 +458,8 @@ bool HotRestart::fetchParentCounters(std::vector<std::pair<std::string, uint64_t
 }
 
 void HotRestart::CounterMerge::apply(stats::Store& store,
-                                     const std::vector<std::pair<std::string, uint64_t>>& counters) {
+                                     const std::vector<std::pair<std::string, uint64_t>>& counters,
+                                     bool final_counts) {
   if (!scope) scope = std::make_unique<stats::StatScope>(store);
   bool unresolved = false;
   for (const auto& c : counters) {
@@ -468,7 +469,7 @@ void HotRestart::CounterMerge::apply(stats::Store& store,
   // Names not matched yet: list this process's counters again, at most every 2 s (a counter an xDS
   // update brings later gets the parent's whole count then).
   const auto now = std::chrono::steady_clock::now();
-  if (unresolved && (names.empty() || now - names_at >= std::chrono::seconds(2))) {
+  if (unresolved && (names.empty() || final_counts || now - names_at >= std::chrono::seconds(2))) {
     names.clear();
     for (auto& v : store.snapshot()) {
       if (v.type == stats::StatType::Counter) names.insert(std::move(v.name));
@@ -512,7 +513,11 @@ void HotRestart::startParentDrain(std::function<void(std::function<void()>)> pos
       std::vector<std::pair<std::string, uint64_t>> counters;
       bool final_flag = false;
       const bool ok = fetchParentCounters(counters, &final_flag);
-      if (ok) post([merge = merge_, &store, counters = std::move(counters)] { merge->apply(store, counters); });
+      if (ok) {
+        post([merge = merge_, &store, counters = std::move(counters), final_flag] {
+          merge->apply(store, counters, final_flag);
+        });
+      }
       if (!ok || final_flag) {
         {
           std::lock_guard<std::mutex> lock(parent_mu_);

@@ -96,7 +96,10 @@ class HotRestart {
     std::unordered_map<std::string, Seen> seen;
     std::unordered_set<std::string> names;  // this process's counters, as last listed
     std::chrono::steady_clock::time_point names_at;
-    void apply(stats::Store& store, const std::vector<std::pair<std::string, uint64_t>>& counters);
+    // `final_counts`: the parent's last counts; names not matched yet are looked up again at once (a
+    // counter an xDS update brought to this process less than 2 s ago would otherwise miss them).
+    void apply(stats::Store& store, const std::vector<std::pair<std::string, uint64_t>>& counters,
+               bool final_counts = false);
   };
 
  private:

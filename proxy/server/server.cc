@@ -5,6 +5,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include <cinttypes>
 #include <cstdio>
 
 #include "proxy/accesslog/log_file.h"
@@ -45,6 +46,7 @@ Server::Server(Options options, config::SnapshotConstSharedPtr snapshot, std::un
 
 Server::~Server() {
   hot_restart_ready_timer_.reset();
+  xds_warming_timer_.reset();
   hot_restart_.reset();  // its threads call into the workers and post to the main dispatcher
   dns_.reset();  // the resolver thread first: it posts to the main dispatcher
   for (auto* s : signals_) {
@@ -74,6 +76,15 @@ const char* Server::stateName() const {
 }
 
 bool Server::ready(std::string* body) const {
+  if (!initialised(body)) return false;
+  if (accept_held_) {
+    *body = "PRE_INITIALIZING (hot restart: not accepting yet)\n";
+    return false;
+  }
+  return true;
+}
+
+bool Server::initialised(std::string* body) const {
   if (state_ != State::Live) {
     *body = std::string(stateName()) + "\n";
     return false;
@@ -110,6 +121,10 @@ absl::Status Server::bindListener(const config::ListenerConstSharedPtr& l,
     int fd = w < inherited.size() ? inherited[w] : network::bindReusePortSocket(*bound, &err);
     if (fd < 0) {
       for (int f : fds) ::close(f);
+      // The parent's sockets not used yet go too: a copy left open here would keep its reuseport
+      // member (and the connections hashed to it) alive after the parent closes its own, with no one
+      // accepting on it.
+      for (size_t i = w; i < inherited.size(); ++i) ::close(inherited[i]);
       return absl::UnavailableError(absl::StrCat("listener '", l->name, "' (worker ", w, "): ", err));
     }
     fds.push_back(fd);
@@ -246,6 +261,20 @@ absl::Status Server::applySnapshot(config::SnapshotConstSharedPtr snapshot) {
   return absl::OkStatus();
 }
 
+void Server::onXdsWarming(uint64_t timeout_ms) {
+  if (timeout_ms == 0) return;
+  dispatcher_->post([this, timeout_ms] {
+    if (xds_ready_ || state_ != State::PreInitializing) return;
+    xds_warming_timer_ = dispatcher_->createTimer([this, timeout_ms] {
+      if (xds_ready_) return;
+      LOG_WARN("xds: initial clusters and listeners still warming after %" PRIu64 " ms: going on with what there is",
+               timeout_ms);
+      onXdsInitialized();
+    });
+    xds_warming_timer_->enable(timeout_ms);
+  });
+}
+
 void Server::onXdsInitialized() {
   dispatcher_->post([this] {
     xds_ready_ = true;
@@ -311,6 +340,12 @@ int Server::run() {
   activateClusters(snapshot_, nullptr);
   for (uint32_t w = 0; w < options_.concurrency; ++w) {
     workers_.push_back(std::make_unique<Worker>(w, store_->shard(w + 1), snapshot_));
+  }
+  // A hot restart child accepts nothing before it is initialised (see Worker::holdAccepting); the
+  // parent serves until then, on the same sockets.
+  if (hot_restart_ && hot_restart_->hasParent()) {
+    accept_held_ = true;
+    for (auto& w : workers_) w->holdAccepting();
   }
   for (uint32_t w = 0; w < options_.concurrency; ++w) {
     workers_[w]->setDrainPolicy(uint64_t(options_.drain_time_s) * 1000, options_.drain_gradual);

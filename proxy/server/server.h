@@ -69,8 +69,13 @@ class Server {
   void trimHeapSoon();
   void activateClusters(const config::SnapshotConstSharedPtr& snapshot, const config::Snapshot* previous);
   absl::Status applySnapshot(config::SnapshotConstSharedPtr snapshot);
-  // From the xDS thread: the first CDS and LDS are applied (or their initial fetch timed out).
+  // From the xDS thread: the first CDS and LDS are applied (or their initial fetch timed out) and what
+  // they brought has warmed (or the warming wait below ended).
   void onXdsInitialized();
+  // From the xDS thread: the first CDS and LDS are applied but some of their clusters and listeners
+  // still wait for their endpoints or route configuration; go live anyway after `timeout_ms` (Envoy's
+  // initial_fetch_timeout bounds the warming of each initial resource too; 0: wait as long as it takes).
+  void onXdsWarming(uint64_t timeout_ms);
   // The xDS client's view, for /config_dump (may be null).
   class XdsApplier* xds() const { return xds_.get(); }
   event::Dispatcher& dispatcher() { return *dispatcher_; }
@@ -102,6 +107,8 @@ class Server {
   int inheritLocalSocket(const network::Address& configured);
   void startHotRestartDrain();
   void startHotRestart();
+  // ready() without the hot restart child's accept hold: what the child waits for before it accepts.
+  bool initialised(std::string* body) const;
 
   Options options_;
   // Declared before everything that holds config: clusters release their stats into the store when they
@@ -129,6 +136,9 @@ class Server {
   };
   std::vector<HeldSocket> held_local_;
   event::TimerPtr hot_restart_ready_timer_;  // as the child: tells the parent to drain once ready()
+  // As the child: the workers hold their sockets without accepting until initialised() (main thread).
+  bool accept_held_ = false;
+  event::TimerPtr xds_warming_timer_;  // onXdsWarming() (main thread)
   std::vector<uv_signal_t*> signals_;
   event::TimerPtr drain_timer_;
   std::optional<std::chrono::steady_clock::time_point> quiet_since_;  // drain: no session open since

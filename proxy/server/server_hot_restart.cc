@@ -134,15 +134,27 @@ void Server::startHotRestart() {
     });
   };
   hot_restart_->startServing(std::move(cb), *store_);
-  if (!hot_restart_->hasParent()) return;
-  // The parent drains only once this process is ready (listeners accepting; with xDS, the initial fetch
-  // done; certificates there): a start that fails before leaves the parent serving.
+  // (A parent lost since run() held the workers' accepting: they still start once initialised.)
+  if (!hot_restart_->hasParent() && !accept_held_) return;
+  // The parent drains only once this process is initialised, as Envoy's child drains its parent only
+  // when its init manager is done: with xDS, the first CDS and LDS applied and the clusters and
+  // listeners they brought warmed (EDS, RDS), or initial_fetch_timeout passed; certificates there.
+  // Until then the workers hold their sockets without accepting (run()), so nothing is served on a
+  // config still missing endpoints or routes, and the parent accepts on the shared sockets; a start
+  // that fails, or a control plane that does not answer, leaves the parent serving. Then the workers
+  // accept and the parent is told (in either order: a connection queued on a socket both hold waits
+  // there for whichever process accepts next).
   hot_restart_ready_timer_ = dispatcher_->createTimer([this] {
     std::string body;
     if (state_ == State::Draining) return;
-    if (!ready(&body)) {
+    if (!initialised(&body)) {
       hot_restart_ready_timer_->enable(100);
       return;
+    }
+    if (accept_held_) {
+      accept_held_ = false;
+      for (auto& w : workers_) w->startAccepting();
+      LOG_INFO("hot restart: initialised; accepting");
     }
     hot_restart_->startParentDrain([this](std::function<void()> f) { dispatcher_->post(std::move(f)); }, *store_);
   });

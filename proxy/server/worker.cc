@@ -325,7 +325,7 @@ void Worker::openListener(const WorkerSocket& s) {
     ActiveListener* raw = it->second.get();
     auto tcp = std::make_unique<network::TcpListener>(*dispatcher_, s.fd, 1024, [this, raw](network::ConnectionPtr c) {
       onAccept(raw->config, std::move(c));
-    });
+    }, !hold_accept_);
     if (tcp->ok()) raw->extra.push_back(std::move(tcp));
     return;
   }
@@ -335,7 +335,7 @@ void Worker::openListener(const WorkerSocket& s) {
   raw->tcp = std::make_unique<network::TcpListener>(*dispatcher_, s.fd, 1024, [this, raw](network::ConnectionPtr c) {
     // The listener's current config: an xDS update may have replaced it since the socket opened.
     onAccept(raw->config, std::move(c));
-  });
+  }, !hold_accept_);
   if (!raw->tcp->ok()) {
     LOG_ERROR("worker %u: listener %s: %s", index_, s.listener->name.c_str(), raw->tcp->error().c_str());
     return;
@@ -358,6 +358,20 @@ void Worker::indexListeners() {
     // A port-0 listener's real port is only known to its socket; it cannot be an original destination.
     if (active->config->address.port() != 0) by_address_.add(active->config->address, active.get());
   }
+}
+
+void Worker::startAccepting() {
+  dispatcher_->post([this] {
+    hold_accept_ = false;
+    for (auto& [name, active] : listeners_) {
+      std::vector<network::TcpListener*> all;
+      if (active->tcp) all.push_back(active->tcp.get());
+      for (auto& e : active->extra) all.push_back(e.get());
+      for (auto* t : all) {
+        if (!t->listen()) LOG_ERROR("worker %u: listener %s: %s", index_, name.c_str(), t->error().c_str());
+      }
+    }
+  });
 }
 
 void Worker::stopListening() {

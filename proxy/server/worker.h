@@ -47,6 +47,13 @@ class Worker : public config::WorkerContext {
   // config held this worker's loop, in wall time and in this thread's CPU time (what the xDS thread's
   // work costs the worker itself, apart from preemption by other threads on a busy machine). Before start().
   void setConfigApplyStats(stats::Gauge max_wall_us, stats::Gauge max_cpu_us);
+  // Before start(): open listening sockets (those xDS brings later too) without accepting on them until
+  // startAccepting(). A hot restart child does this until it is ready, as Envoy's child starts no worker
+  // before its initialisation is done: its config may still lack what its routes need (a cluster's
+  // endpoints), and the parent accepts meanwhile on the very sockets the child took from it.
+  void holdAccepting() { hold_accept_ = true; }
+  // Thread-safe: accept on every listening socket from now on (see holdAccepting).
+  void startAccepting();
   // Thread-safe: stop accepting (drain begins); every connection is told (GOAWAY / Connection: close).
   void stopListening();
   // Thread-safe: /drain_listeners. Tells the connections of every listener (or only the INBOUND ones);
@@ -132,6 +139,7 @@ class Worker : public config::WorkerContext {
   event::TimerPtr listener_drain_timer_;
   std::map<std::string, std::unique_ptr<ActiveListener>> listeners_;
   std::set<std::string> stale_listeners_;
+  bool hold_accept_ = false;  // see holdAccepting(); worker thread once started
   event::TimerPtr drain_timer_;
   std::list<config::ActiveSession*> sessions_;
   std::list<std::unique_ptr<ProtocolSniffer>> sniffers_;

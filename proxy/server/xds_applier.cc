@@ -3,6 +3,7 @@
 #include <malloc.h>
 
 #include <chrono>
+#include <cinttypes>
 #include <ctime>
 #include <fstream>
 #include <sstream>
@@ -250,6 +251,7 @@ absl::Status XdsApplier::onResources(const std::string& type_url, const std::vec
   auto& st = statsFor(type_url);
   stats::inc(st.update_attempt);
   auto result = apply(type_url, resources, removed, version, sotw);
+  checkInitialized();  // an EDS or RDS response may complete the initial warming
   std::lock_guard<std::mutex> lock(mu_);
   if (!result.ok()) {
     stats::inc(st.update_rejected);
@@ -628,10 +630,47 @@ void XdsApplier::onInitialFetchDone(const std::string& type_url, bool timed_out)
   if (timed_out) LOG_WARN("xds: initial fetch of %s timed out; going on with what there is", shortName(type_url));
   if (type_url != xds::kClusterType && type_url != xds::kListenerType) return;
   initialized_.insert(type_url);
-  if (!ready_signalled_ && initialized_.count(xds::kClusterType) && initialized_.count(xds::kListenerType)) {
+  checkInitialized();
+}
+
+size_t XdsApplier::stillWarming(std::vector<std::string>* shown) const {
+  size_t n = 0;
+  auto note = [&](const char* type, const std::string& name) {
+    if (n++ < 5) shown->push_back(absl::StrCat(type, " '", name, "'"));
+  };
+  for (const auto& [name, res] : sources_->clusters) {
+    if (snapshot_->clusters_by_name.count(name) == 0) note("Cluster", name);
+  }
+  std::set<std::string_view> in_force;
+  for (const auto& l : snapshot_->listeners) in_force.insert(l->name);
+  for (const auto& [name, res] : sources_->listeners) {
+    if (in_force.count(name) == 0) note("Listener", name);
+  }
+  return n;
+}
+
+void XdsApplier::checkInitialized() {
+  if (ready_signalled_ || !initialized_.count(xds::kClusterType) || !initialized_.count(xds::kListenerType)) return;
+  // A held resource that is not in force waits for what it depends on (refused ones are not held), as
+  // Envoy's initial clusters wait for their ClusterLoadAssignment and its initial listeners for their
+  // RouteConfiguration before the server is ready: /ready, and a hot restart child's accepting and
+  // its parent's drain, come after them. A scan of the held resources per update, until then only.
+  std::vector<std::string> shown;
+  const size_t warming = stillWarming(&shown);
+  if (warming == 0) {
+    if (warming_wait_started_) LOG_INFO("xds: initial clusters and listeners warmed");
     ready_signalled_ = true;
     server_.onXdsInitialized();
+    return;
   }
+  if (warming_wait_started_) return;
+  warming_wait_started_ = true;
+  LOG_INFO("xds: first CDS and LDS applied; waiting for %zu resources to warm (%s%s), up to %" PRIu64 " ms",
+           warming, absl::StrJoin(shown, ", ").c_str(), warming > shown.size() ? ", ..." : "",
+           snapshot_->ads->initial_fetch_timeout_ms);
+  // The bound is the initial fetch timeout again (Envoy's EDS and RDS subscriptions each have one);
+  // 0 waits as long as it takes.
+  server_.onXdsWarming(snapshot_->ads->initial_fetch_timeout_ms);
 }
 
 }  // namespace strait::server

@@ -81,6 +81,14 @@ class XdsApplier : public xds::XdsSubscriber {
   std::set<std::string> asked_rds_;
   std::shared_ptr<const std::set<std::string>> asked_eds_;
   bool ready_signalled_ = false;
+  bool warming_wait_started_ = false;
+  // Envoy's init manager: the server is initialised once the first CDS and LDS responses are done and
+  // every cluster and listener they brought is in force (EDS, RDS warmed), or the wait timed out.
+  // xDS thread.
+  void checkInitialized();
+  // How many held clusters and listeners are not in force yet (waiting for endpoints or a route
+  // configuration); the first few are named in `shown` ("Cluster 'a'").
+  size_t stillWarming(std::vector<std::string>* shown) const;
   std::unique_ptr<xds::AdsClient> client_;
 };
 

@@ -1,5 +1,6 @@
 #include <catch2/catch.hpp>
 #include <string>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include "proxy/event/dispatcher.h"
@@ -71,6 +72,34 @@ struct Fixture {
 };
 
 }  // namespace
+
+TEST_CASE("TcpListener: opened without listening, it accepts nothing until listen()") {
+  // A hot restart child holds its sockets this way until it is initialised.
+  event::Dispatcher d{"test"};
+  std::string err;
+  auto a = network::Address::parse("127.0.0.1", 0);
+  int fd = network::bindReusePortSocket(*a, &err);
+  REQUIRE(fd >= 0);
+  const network::Address address = network::boundAddress(fd);
+  network::ConnectionPtr accepted;
+  network::TcpListener l(d, fd, 16, [&](network::ConnectionPtr c) {
+    accepted = std::move(c);
+    d.exit();
+  }, false);
+  REQUIRE(l.ok());
+  int c = ::socket(AF_INET, SOCK_STREAM, 0);
+  CHECK(::connect(c, address.sockAddr(), address.sockLen()) != 0);  // not listening: refused
+  ::close(c);
+  REQUIRE(l.listen());
+  CHECK(l.listen());  // a second call changes nothing
+  c = ::socket(AF_INET, SOCK_STREAM, 0);
+  REQUIRE(::connect(c, address.sockAddr(), address.sockLen()) == 0);
+  auto guard = d.createTimer([&] { d.exit(); });
+  guard->enable(3000);
+  d.run();
+  CHECK(accepted != nullptr);
+  ::close(c);
+}
 
 TEST_CASE("Connection: bytes written by a client arrive at the server intact") {
   Fixture f;

@@ -288,3 +288,20 @@ TEST_CASE("hot restart hands sockets and counters to the next epoch over the uni
   for (auto& f : posted) f();
   CHECK(child_store.value(rq) == 50);
 }
+
+TEST_CASE("hot restart: the parent's final counts reach a counter made since the last listing", "[hot_restart]") {
+  strait::stats::Store store(1);
+  strait::stats::setThreadShard(&store.shard(0));
+  auto early = store.counter("server.early");
+  HotRestart::CounterMerge merge;
+  merge.apply(store, {{"server.early", 2}});  // lists this process's counters
+  CHECK(store.value(early) == 2);
+  // An LDS listener comes to the child after that listing: its counter is not looked up again within
+  // 2 s of it...
+  auto later = store.counter("listener.x.downstream_cx_total");
+  merge.apply(store, {{"listener.x.downstream_cx_total", 5}});
+  CHECK(store.value(later) == 0);
+  // ...except for the parent's final counts, which would otherwise never reach it.
+  merge.apply(store, {{"listener.x.downstream_cx_total", 9}}, true);
+  CHECK(store.value(later) == 9);
+}
