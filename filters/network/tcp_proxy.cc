@@ -45,6 +45,11 @@ class TcpProxyConfig : public config::NetworkFilterFactory {
  public:
   void onAccept(config::WorkerContext& worker, ConnectionPtr conn, const std::shared_ptr<const config::Listener>& listener,
                 uint64_t chain_hash) const override;
+  std::vector<UpstreamTarget> tcpProxyTargets() const override {
+    std::vector<UpstreamTarget> out;
+    for (const auto& t : targets) out.push_back(UpstreamTarget{t.name, t.cluster_index, t.weight});
+    return out;
+  }
 
   const WeightedTarget& pickTarget(config::WorkerContext& worker) const {
     if (targets.size() == 1) return targets[0];

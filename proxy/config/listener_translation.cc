@@ -427,34 +427,47 @@ bool sameIp(const network::Address& a, const network::Address& b) {
 
 using Candidates = std::vector<const FilterChain*>;
 
-// Keeps the candidates with the highest score; a negative score rules a chain out.
-template <class Score>
-void narrow(Candidates& c, Score score) {
+// match() observes nothing; /explain's matchExplained() hears of every chain a step drops. The
+// observer is a template parameter so that match() compiles to the plain narrowing.
+struct NoObserver {
+  void operator()(const FilterChain&, ChainMatchStep, int, int, std::string_view) const {}
+};
+
+// Keeps the candidates with the highest score; a negative score rules a chain out. `drop` hears of
+// each chain ruled out, with its score and the best one (`detail`: what the step compared, if not
+// evident from its inputs).
+template <class Score, class Observer>
+void narrow(Candidates& c, Score score, Observer& drop, ChainMatchStep step, std::string_view detail = {}) {
   int best = -1;
   for (const auto* fc : c) best = std::max(best, score(*fc));
   size_t kept = 0;
-  if (best >= 0) {
-    for (const auto* fc : c) {
-      if (score(*fc) == best) c[kept++] = fc;
+  for (const auto* fc : c) {
+    const int s = best >= 0 ? score(*fc) : -1;  // with no best, every score was negative
+    if (best >= 0 && s == best) {
+      c[kept++] = fc;
+    } else {
+      drop(*fc, step, s, best, detail);
     }
   }
   c.resize(kept);
 }
 
-}  // namespace
-
-const FilterChain* Listener::match(const network::Address& dst, const network::Address& src, std::string_view transport,
-                                   std::string_view application, std::string_view server_name,
-                                   const std::vector<std::string>* alpn) const {
-  const FilterChain* fallback = default_filter_chain ? &*default_filter_chain : nullptr;
+template <class Observer>
+const FilterChain* matchChains(const Listener& l, const network::Address& dst, const network::Address& src,
+                               std::string_view transport, std::string_view application,
+                               std::string_view server_name, const std::vector<std::string>* alpn, Observer& drop) {
+  const FilterChain* fallback = l.default_filter_chain ? &*l.default_filter_chain : nullptr;
+  const auto& filter_chains = l.filter_chains;
+  using enum ChainMatchStep;
   if (filter_chains.empty()) return fallback;
   thread_local Candidates c;
   c.clear();
   for (const auto& fc : filter_chains) c.push_back(&fc);
   // 1. Destination port.
-  narrow(c, [&](const FilterChain& fc) { return !fc.destination_port ? 0 : *fc.destination_port == dst.port() ? 1 : -1; });
+  narrow(c, [&](const FilterChain& fc) { return !fc.destination_port ? 0 : *fc.destination_port == dst.port() ? 1 : -1; },
+         drop, DestinationPort);
   // 2. Destination IP: the longest prefix.
-  if (c.size() > 0) narrow(c, [&](const FilterChain& fc) { return cidrScore(fc.prefix_ranges, dst); });
+  if (c.size() > 0) narrow(c, [&](const FilterChain& fc) { return cidrScore(fc.prefix_ranges, dst); }, drop, DestinationIp);
   // 3. Server name: exact, then the longest wildcard suffix, then chains that name none.
   if (c.size() > 0) {
     narrow(c, [&](const FilterChain& fc) {
@@ -467,12 +480,13 @@ const FilterChain* Listener::match(const network::Address& dst, const network::A
         best = std::max(best, sn[0] == '*' ? static_cast<int>(sn.size()) : 1 << 16);
       }
       return best;
-    });
+    }, drop, ServerName, server_name);
   }
   // 4. Transport protocol (raw_buffer when no listener filter detected one, as Envoy sets it).
   if (c.size() > 0) {
     const std::string_view t = transport.empty() ? std::string_view("raw_buffer") : transport;
-    narrow(c, [&](const FilterChain& fc) { return fc.transport_protocol.empty() ? 0 : fc.transport_protocol == t ? 1 : -1; });
+    narrow(c, [&](const FilterChain& fc) { return fc.transport_protocol.empty() ? 0 : fc.transport_protocol == t ? 1 : -1; },
+           drop, TransportProtocol, t);
   }
   // 5. Application protocols: the first of the connection's protocols (the TLS client's ALPN list in its
   // order, or what http_inspector found) that some chain names; else the chains that name none.
@@ -484,7 +498,7 @@ const FilterChain* Listener::match(const network::Address& dst, const network::A
     auto pick = [&](std::string_view p) {
       for (const auto* fc : c) {
         if (names(*fc, p)) {
-          narrow(c, [&](const FilterChain& x) { return names(x, p) ? 1 : -1; });
+          narrow(c, [&](const FilterChain& x) { return names(x, p) ? 1 : -1; }, drop, ApplicationProtocols, p);
           return true;
         }
       }
@@ -497,10 +511,12 @@ const FilterChain* Listener::match(const network::Address& dst, const network::A
       }
     }
     if (!done && !application.empty()) done = pick(application);
-    if (!done) narrow(c, [](const FilterChain& fc) { return fc.application_protocols.empty() ? 0 : -1; });
+    if (!done) narrow(c, [](const FilterChain& fc) { return fc.application_protocols.empty() ? 0 : -1; }, drop, ApplicationProtocols);
   }
   // 6. Direct source IP (the peer: Strait has no PROXY protocol, so it is the source IP).
-  if (c.size() > 0) narrow(c, [&](const FilterChain& fc) { return cidrScore(fc.direct_source_prefix_ranges, src); });
+  if (c.size() > 0) {
+    narrow(c, [&](const FilterChain& fc) { return cidrScore(fc.direct_source_prefix_ranges, src); }, drop, DirectSourceIp);
+  }
   // 7. Source type: a peer on the same IP as the destination, or on loopback, is local.
   if (c.size() > 0) {
     const bool local = isLoopback(src) || sameIp(src, dst);
@@ -511,18 +527,34 @@ const FilterChain* Listener::match(const network::Address& dst, const network::A
         case FilterChain::SourceType::External: return local ? -1 : 1;
       }
       return -1;
-    });
+    }, drop, SourceType);
   }
   // 8. Source IP, 9. source port.
-  if (c.size() > 0) narrow(c, [&](const FilterChain& fc) { return cidrScore(fc.source_prefix_ranges, src); });
+  if (c.size() > 0) narrow(c, [&](const FilterChain& fc) { return cidrScore(fc.source_prefix_ranges, src); }, drop, SourceIp);
   if (c.size() > 0) {
     narrow(c, [&](const FilterChain& fc) {
       if (fc.source_ports.empty()) return 0;
       return std::find(fc.source_ports.begin(), fc.source_ports.end(), src.port()) != fc.source_ports.end() ? 1 : -1;
-    });
+    }, drop, SourcePort);
   }
   // Equal matches are refused at config time, so at most one is left.
   return c.empty() ? fallback : c.front();
+}
+
+}  // namespace
+
+const FilterChain* Listener::match(const network::Address& dst, const network::Address& src, std::string_view transport,
+                                   std::string_view application, std::string_view server_name,
+                                   const std::vector<std::string>* alpn) const {
+  NoObserver none;
+  return matchChains(*this, dst, src, transport, application, server_name, alpn, none);
+}
+
+const FilterChain* Listener::matchExplained(const network::Address& dst, const network::Address& src,
+                                            std::string_view transport, std::string_view application,
+                                            std::string_view server_name, const std::vector<std::string>* alpn,
+                                            const ChainRuledOut& ruled_out) const {
+  return matchChains(*this, dst, src, transport, application, server_name, alpn, ruled_out);
 }
 
 }  // namespace strait::config

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -36,6 +37,9 @@ class HttpPoolManager;
 }
 namespace strait::accesslog {
 struct AccessLog;
+}
+namespace strait::http {
+struct HcmConfig;
 }
 
 
@@ -247,6 +251,17 @@ class NetworkFilterFactory {
   virtual ~NetworkFilterFactory() = default;
   virtual void onAccept(WorkerContext& worker, std::unique_ptr<network::Connection> conn,
                         const std::shared_ptr<const Listener>& listener, uint64_t chain_hash) const = 0;
+
+  // For the admin's /explain only (main thread, never per connection): what the filter would do.
+  // The HTTP connection manager's configuration, or null when this is not one.
+  virtual const http::HcmConfig* httpConnectionManager() const { return nullptr; }
+  // tcp_proxy's clusters (one, or the weighted ones), or empty when this is not tcp_proxy.
+  struct UpstreamTarget {
+    std::string cluster;
+    uint32_t cluster_index = UINT32_MAX;  // clusterIds(); resolved per connection
+    uint32_t weight = 1;
+  };
+  virtual std::vector<UpstreamTarget> tcpProxyTargets() const { return {}; }
 };
 
 // A network filter that runs before the terminal one (RBAC). It sees the connection once its transport
@@ -287,6 +302,17 @@ struct FilterChain {
   uint64_t hash = 0;  // of the chain's config: a listener update keeps the connections of unchanged chains
   std::shared_ptr<const NetworkFilterFactory> terminal;
 };
+
+// Listener::match's criteria, in the order it applies them (for /explain).
+enum class ChainMatchStep {
+  DestinationPort, DestinationIp, ServerName, TransportProtocol, ApplicationProtocols, DirectSourceIp, SourceType,
+  SourceIp, SourcePort
+};
+// Told of a chain a step of Listener::matchExplained dropped: its score at that step (-1: it does not
+// fit the connection; else lower than `best`, the score of the more specific chains kept) and, for the
+// server name, transport and application protocol steps, the value compared (empty: none).
+using ChainRuledOut = std::function<void(const FilterChain& chain, ChainMatchStep step, int score, int best,
+                                         std::string_view compared)>;
 
 struct ListenerStats {
   stats::Counter downstream_cx_total;
@@ -376,6 +402,11 @@ struct Listener {
   const FilterChain* match(const network::Address& dst, const network::Address& src, std::string_view transport = {},
                            std::string_view application = {}, std::string_view server_name = {},
                            const std::vector<std::string>* alpn = nullptr) const;
+  // match() itself (the same narrowing code), telling `ruled_out` of every chain a step drops. Admin only.
+  const FilterChain* matchExplained(const network::Address& dst, const network::Address& src,
+                                   std::string_view transport, std::string_view application,
+                                   std::string_view server_name, const std::vector<std::string>* alpn,
+                                   const ChainRuledOut& ruled_out) const;
 };
 using ListenerConstSharedPtr = std::shared_ptr<const Listener>;
 

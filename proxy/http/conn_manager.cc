@@ -1215,6 +1215,7 @@ class HcmFactory : public config::NetworkFilterFactory {
                 const std::shared_ptr<const config::Listener>& listener, uint64_t chain_hash) const override {
     startHttpConnection(config_, worker, std::move(conn), listener, chain_hash);
   }
+  const HcmConfig* httpConnectionManager() const override { return config_.get(); }
 
  private:
   HcmConfigConstSharedPtr config_;

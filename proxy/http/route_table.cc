@@ -81,44 +81,37 @@ size_t portColon(std::string_view host) {
 }
 
 bool QueryMatch::match(std::string_view query) const {  // `query` without the '?'
-  while (!query.empty()) {
-    const size_t amp = query.find('&');
-    const std::string_view param = query.substr(0, amp);
-    query = amp == std::string_view::npos ? std::string_view() : query.substr(amp + 1);
-    const size_t eq = param.find('=');
-    if (param.substr(0, eq) != name) continue;
-    if (present_only) return true;
-    // The first occurrence decides, as in Envoy. No '=' means an empty value.
-    return string_match.match(eq == std::string_view::npos ? std::string_view() : param.substr(eq + 1));
-  }
-  return false;
+  // The first occurrence decides, as in Envoy. No '=' means an empty value.
+  const std::optional<std::string_view> value = firstQueryValue(query, name);
+  return value && (present_only || string_match.match(*value));
 }
 
-bool CompiledRoute::matches(const RequestHeaders& h, std::string_view full_path, std::string_view path_only,
-                            std::string_view query) const {
+CompiledRoute::Mismatch CompiledRoute::firstMismatch(const RequestHeaders& h, std::string_view full_path,
+                                                     std::string_view path_only, std::string_view query) const {
+  using Kind = Mismatch::Kind;
   switch (path_kind) {
     case RouteEntry::PathMatch::Prefix:
-      if (!(case_sensitive ? full_path.starts_with(path) : startsWithLower(full_path, path))) return false;
+      if (!(case_sensitive ? full_path.starts_with(path) : startsWithLower(full_path, path))) return {Kind::Path};
       break;
     case RouteEntry::PathMatch::Path:
-      if (!(case_sensitive ? path_only == path : equalsLower(path, path_only))) return false;
+      if (!(case_sensitive ? path_only == path : equalsLower(path, path_only))) return {Kind::Path};
       break;
     case RouteEntry::PathMatch::PathSeparatedPrefix:
-      if (!(case_sensitive ? path_only.starts_with(path) : startsWithLower(path_only, path))) return false;
-      if (path_only.size() != path.size() && path_only[path.size()] != '/') return false;
+      if (!(case_sensitive ? path_only.starts_with(path) : startsWithLower(path_only, path))) return {Kind::Path};
+      if (path_only.size() != path.size() && path_only[path.size()] != '/') return {Kind::Path};
       break;
     case RouteEntry::PathMatch::Regex:
-      if (!re2::RE2::FullMatch(piece(path_only), *regex)) return false;
+      if (!re2::RE2::FullMatch(piece(path_only), *regex)) return {Kind::Path};
       break;
   }
-  if (grpc && !isGrpcRequest(h)) return false;
-  for (const auto& m : headers) {
-    if (!m.match(h)) return false;
+  if (grpc && !isGrpcRequest(h)) return {Kind::Grpc};
+  for (size_t i = 0; i < headers.size(); ++i) {
+    if (!headers[i].match(h)) return {Kind::Header, i};
   }
-  for (const auto& q : query_parameters) {
-    if (!q.match(query)) return false;
+  for (size_t i = 0; i < query_parameters.size(); ++i) {
+    if (!query_parameters[i].match(query)) return {Kind::QueryParameter, i};
   }
-  return true;
+  return {};
 }
 
 }  // namespace route_internal
@@ -151,16 +144,9 @@ const RouteEntry* RouteTable::route(const RequestHeaders& headers) const {
     const std::string* internal = headers.get("x-envoy-internal");
     if (internal == nullptr || *internal != "true") return &vh->https_redirect;
   }
-  const std::string_view full(headers.path);
-  const size_t qpos = full.find_first_of("?#");
-  const std::string_view path_only = full.substr(0, qpos);
-  std::string_view query;
-  if (qpos != std::string_view::npos && full[qpos] == '?') {
-    query = full.substr(qpos + 1);
-    query = query.substr(0, query.find('#'));
-  }
+  const route_internal::PathParts p(headers.path);
   for (const auto& r : vh->routes) {
-    if (r.matches(headers, full, path_only, query)) return &r.entry;
+    if (r.matches(headers, p.full, p.path_only, p.query)) return &r.entry;
   }
   return nullptr;
 }

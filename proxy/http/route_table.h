@@ -31,6 +31,8 @@ class RE2;
 
 namespace strait::http {
 
+struct RouteExplanation;  // route_explain.h
+
 // An HTTP filter's configuration for some routes (typed_per_filter_config of a route or virtual host),
 // parsed once when the route table is built. Each filter downcasts to its own type.
 class RouteSpecificFilterConfig {
@@ -278,6 +280,9 @@ class RouteTable {
   //  - grpc: content-type application/grpc, or application/grpc+... / application/grpc;...
   // Does not allocate (steady state) and never looks anything up by name.
   const RouteEntry* route(const RequestHeaders& headers) const;
+  // The admin's /explain: route()'s answer for `headers` (it calls route()), with the virtual host it
+  // came from and why each virtual host and route tried before was passed over (route_explain.cc).
+  void explain(const RequestHeaders& headers, RouteExplanation& out) const;
 
   const std::string& name() const { return name_; }
   // RouteConfiguration.internal_only_headers (lower case): to drop from requests of external clients.

@@ -16,6 +16,7 @@
 #include "proxy/common/log.h"
 #include "proxy/config/bootstrap.h"
 #include "proxy/server/config_dump.h"
+#include "proxy/server/explain.h"
 #include "proxy/server/server.h"
 #include "proxy/server/xds_applier.h"
 #include "proxy/stats/istio_metrics.h"
@@ -65,6 +66,8 @@ const char* kPaths[][2] = {
     {"/stats/prometheus", "stats in Prometheus text format"},
     {"/config_dump", "the effective configuration (JSON)"},
     {"/clusters", "clusters and hosts (?format=json)"},
+    {"/explain", "the listener, chain, virtual host, route and cluster a request would take, and why not the others "
+                 "(?host=&path=[&method=&header=name:value&listener=|address=|port=]; no host/path: TCP; ?format=text)"},
     {"/listeners", "listeners and bound addresses (?format=json)"},
     {"/certs", "certificates in use: identity (SANs), serial, validity (JSON; never a key)"},
     {"/logging", "POST ?level=LEVEL to change the log level"},
@@ -102,6 +105,7 @@ bool AdminServer::bind(const network::Address& address, std::string* error) { re
 AdminServer::Response AdminServer::handle(const std::string& method, const std::string& url) {
   std::string path = url;
   std::map<std::string, std::string> query;
+  QueryParams params;  // in order, repeated names kept (/explain's header=)
   size_t q = url.find('?');
   if (q != std::string::npos) {
     path = url.substr(0, q);
@@ -110,8 +114,10 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
       size_t eq = kv.find('=');
       if (eq == std::string_view::npos) {
         query[percentDecode(kv)] = "";
+        params.emplace_back(percentDecode(kv), "");
       } else {
         query[percentDecode(kv.substr(0, eq))] = percentDecode(kv.substr(eq + 1));
+        params.emplace_back(percentDecode(kv.substr(0, eq)), percentDecode(kv.substr(eq + 1)));
       }
     }
   }
@@ -199,6 +205,7 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
     return r;
   }
   if (path == "/config_dump") return configDump(server_, query);
+  if (path == "/explain") return explain(server_, params);
   if (path == "/clusters") {
     auto& store = server_.store();
     // Envoy's health_flags text: "healthy", or each reason as "/<flag>" run together.
