@@ -200,9 +200,6 @@ std::vector<std::string> inertBootstrapFields(const google::protobuf::Message& m
   add(b.has_tracing(), "tracing", "no spans are sent from it; tracing is set per HTTP connection manager (tracing.provider)");
   add(b.bootstrap_extensions_size() > 0, "bootstrap_extensions", "none is implemented");
   add(b.has_deferred_stat_options(), "deferred_stat_options", "stats are made at config time");
-  add(b.stats_config().stats_tags_size() > 0, "stats_config.stats_tags",
-      "Prometheus output uses the built-in tags for cluster, listener, http and tcp prefixes and response codes");
-  add(b.stats_config().has_use_all_default_tags(), "stats_config.use_all_default_tags", "the built-in tags always apply");
   add(b.stats_config().histogram_bucket_settings_size() > 0, "stats_config.histogram_bucket_settings",
       "histograms have fixed buckets");
   const auto* log_path = b.admin().GetDescriptor()->FindFieldByName("access_log_path");  // deprecated in Envoy

@@ -551,6 +551,9 @@ struct Snapshot {
   // The bootstrap's stats_config.stats_matcher: which stats the admin's /stats and /stats/prometheus
   // show. Null: all of them.
   std::shared_ptr<const StatsMatcher> stats_matcher;
+  // The bootstrap's stats_config.stats_tags / use_all_default_tags, for /stats/prometheus. Null: the
+  // built-in tags alone.
+  std::shared_ptr<const stats::TagRules> tag_rules;
 };
 using SnapshotConstSharedPtr = std::shared_ptr<const Snapshot>;
 

@@ -9,6 +9,7 @@
 #include <ctime>
 #include <fstream>
 #include <mutex>
+#include <regex>
 #include <set>
 #include <sstream>
 
@@ -32,6 +33,8 @@
 #include "proxy/common/log.h"
 #include "proxy/config/default_bootstrap.h"
 #include "proxy/http/matchers.h"
+#include "proxy/stats/tag_extraction.h"
+#include "re2/re2.h"
 #include "proxy/upstream/health_checker.h"
 #include "strait/lb/v1/peak_ewma.pb.h"
 
@@ -285,6 +288,58 @@ uint32_t ClusterIds::get(const std::string& name) {
 }
 
 void setRouteTableFactory(RouteTableFactory f) { routeTableFactory() = std::move(f); }
+
+// stats_config.stats_tags and use_all_default_tags (stats/tag_extraction.h, TagRules).
+static absl::StatusOr<std::shared_ptr<const stats::TagRules>> translateTagRules(
+    const envoy::config::metrics::v3::StatsConfig& sc, const std::string& path) {
+  auto out = std::make_shared<stats::TagRules>();
+  out->use_defaults = !sc.has_use_all_default_tags() || sc.use_all_default_tags().value();
+  for (int i = 0; i < sc.stats_tags_size(); ++i) {
+    const auto& t = sc.stats_tags(i);
+    const std::string tp = absl::StrCat(path, ".stats_tags[", i, "]");
+    if (t.tag_name().empty()) return absl::InvalidArgumentError(absl::StrCat(tp, ".tag_name: must not be empty"));
+    stats::TagRules::Specifier spec;
+    spec.label = stats::tagLabel(t.tag_name());
+    switch (t.tag_value_case()) {
+      case envoy::config::metrics::v3::TagSpecifier::kRegex: {
+        // Envoy's rule: the first group is what leaves the name, so there must be one.
+        const char* kNeedsGroup = ".regex: needs a capture group (the part of the name that becomes the tag)";
+        auto re = std::make_shared<re2::RE2>(t.regex(), re2::RE2::Quiet);
+        if (re->ok()) {
+          if (re->NumberOfCapturingGroups() < 1) return absl::InvalidArgumentError(absl::StrCat(tp, kNeedsGroup));
+          spec.regex = std::move(re);
+        } else {
+          // Envoy runs tag regexes as ECMAScript (std::regex), and Istio's bootstrap has one with a
+          // look-ahead that RE2 refuses: such a one runs as ECMAScript too (scrape time only).
+          try {
+            auto ecma = std::make_shared<std::regex>(t.regex(), std::regex::ECMAScript);
+            if (ecma->mark_count() < 1) return absl::InvalidArgumentError(absl::StrCat(tp, kNeedsGroup));
+            spec.ecma = std::move(ecma);
+          } catch (const std::regex_error& e) {
+            return absl::InvalidArgumentError(absl::StrCat(tp, ".regex: ", re->error(), " (and as ECMAScript: ", e.what(), ")"));
+          }
+        }
+        out->given.insert(spec.label);
+        break;
+      }
+      case envoy::config::metrics::v3::TagSpecifier::kFixedValue:
+        spec.fixed = true;
+        spec.fixed_value = t.fixed_value();
+        out->given.insert(spec.label);
+        break;
+      default:
+        // Only a name: one of Envoy's built-in tags, asked for by name.
+        if (t.tag_name().rfind("envoy.", 0) != 0) {
+          return absl::InvalidArgumentError(absl::StrCat(
+              tp, ": '", t.tag_name(), "' has neither regex nor fixed_value and is not one of Envoy's built-in tags (envoy.*)"));
+        }
+        out->builtins.insert(spec.label);
+        break;
+    }
+    out->specifiers.push_back(std::move(spec));
+  }
+  return std::shared_ptr<const stats::TagRules>(out);
+}
 
 static absl::StatusOr<std::shared_ptr<const StatsMatcher>> translateStatsMatcher(
     const envoy::config::metrics::v3::StatsMatcher& m, const std::string& path) {
@@ -762,6 +817,11 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     auto m = translateStatsMatcher(bootstrap.stats_config().stats_matcher(), "stats_config.stats_matcher");
     if (!m.ok()) return m.status();
     snap->stats_matcher = *m;
+  }
+  if (bootstrap.stats_config().stats_tags_size() > 0 || bootstrap.stats_config().has_use_all_default_tags()) {
+    auto rules = translateTagRules(bootstrap.stats_config(), "stats_config");
+    if (!rules.ok()) return rules.status();
+    snap->tag_rules = *rules;
   }
   snap->sources = sources;
   snap->bootstrap = sources->bootstrap;

@@ -86,8 +86,9 @@ std::string pathList() {
 
 std::string prometheusStats(Server& server) {
   server.uptimeSeconds();
+  const config::SnapshotConstSharedPtr snap = server.snapshot();  // held while its tag rules are used
   std::string out =
-      stats::renderPrometheus(visibleStats(server.store().snapshot(), server.snapshot()->stats_matcher.get()));
+      stats::renderPrometheus(visibleStats(server.store().snapshot(), snap->stats_matcher.get()), snap->tag_rules.get());
   out += stats::istio::renderPrometheus();  // Istio's standard metrics (istio_metrics.h), when any were recorded
   return out;
 }

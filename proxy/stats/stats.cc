@@ -668,7 +668,7 @@ std::string histogramSummary(const Store::Value& v) {
   return out + buf;
 }
 
-std::string renderPrometheus(const std::vector<Store::Value>& values) {
+std::string renderPrometheus(const std::vector<Store::Value>& values, const TagRules* rules) {
   struct Sample {
     std::string labels;
     int64_t value;
@@ -681,7 +681,7 @@ std::string renderPrometheus(const std::vector<Store::Value>& values) {
   };
   std::map<std::string, Family> families;
   for (const auto& v : values) {
-    TaggedName t = extractTags(v.name, false);
+    TaggedName t = extractTags(v.name, rules, false);
     std::string labels;
     for (const auto& [tag, value] : t.tags) {
       absl::StrAppend(&labels, labels.empty() ? "{" : ",", tag, "=\"", escapeLabel(value), "\"");
@@ -697,7 +697,7 @@ std::string renderPrometheus(const std::vector<Store::Value>& values) {
       it = families.find(full);
       if (it == families.end()) it = families.emplace(full, Family{v.type, v.name, {}}).first;
     }
-    if (it == families.end()) it = families.emplace(full, Family{v.type, extractTags(v.name).pattern, {}}).first;
+    if (it == families.end()) it = families.emplace(full, Family{v.type, extractTags(v.name, rules, true).pattern, {}}).first;
     it->second.samples.push_back(Sample{labels, v.value, v.type == StatType::Histogram ? &v : nullptr});
   }
   std::string out;

@@ -309,8 +309,10 @@ void set(Store& store, Gauge g, int64_t value);
 // "P50(ms) P90 P99" style summary line for /stats, from bucket counts (upper bucket bounds).
 std::string histogramSummary(const Store::Value& v);
 
-// Prometheus text exposition of a store snapshot: Envoy's default tag extraction (tag_extraction.h),
-// one "# HELP" (the stat name behind the family) and "# TYPE" per family.
-std::string renderPrometheus(const std::vector<Store::Value>& values);
+// Prometheus text exposition of a store snapshot: Envoy's default tag extraction and the bootstrap's
+// stats_tags (`rules`; tag_extraction.h), one "# HELP" (the stat name behind the family) and "# TYPE"
+// per family.
+struct TagRules;
+std::string renderPrometheus(const std::vector<Store::Value>& values, const TagRules* rules = nullptr);
 
 }  // namespace strait::stats

@@ -1,7 +1,10 @@
 #include "proxy/stats/tag_extraction.h"
 
+#include <algorithm>
 #include <cstddef>
 #include <initializer_list>
+
+#include "re2/re2.h"
 
 namespace strait::stats {
 
@@ -20,7 +23,8 @@ bool startsWith(std::string_view s, std::string_view p) { return s.substr(0, p.s
 // The name being taken apart: `name` loses each value as it is found, `pattern` (the original name)
 // gets "{tag}" in its place; where[i] is the position in `pattern` of name[i].
 struct Work {
-  Work(std::string_view stat_name, bool with_pattern) : name(stat_name), track(with_pattern) {
+  Work(std::string_view stat_name, bool with_pattern, const TagRules* tag_rules)
+      : name(stat_name), track(with_pattern), rules(tag_rules) {
     if (!track) return;
     pattern = stat_name;
     where.resize(stat_name.size());
@@ -30,11 +34,17 @@ struct Work {
   std::string pattern;
   std::vector<size_t> where;
   bool track;
+  const TagRules* rules;
   TaggedName out;
 
   // Takes name[pos, pos+len) out as `tag`'s value, and `drop` more characters after it (the dot that
-  // ended it; the pattern keeps those).
-  void take(const char* tag, size_t pos, size_t len, size_t drop) {
+  // ended it; the pattern keeps those). False, and nothing taken, for a built-in tag the rules leave out.
+  bool take(const char* tag, size_t pos, size_t len, size_t drop) {
+    if (rules != nullptr && !rules->builtinAllowed(tag)) return false;
+    takeAs(tag, pos, len, drop);
+    return true;
+  }
+  void takeAs(const char* tag, size_t pos, size_t len, size_t drop) {
     out.tags.emplace_back(tag, name.substr(pos, len));
     if (!track) {
       name.erase(pos, len + drop);
@@ -103,8 +113,7 @@ size_t addressLength(std::string_view s) {
 bool takeToken(Work& w, size_t head_len, const char* tag) {
   const size_t dot = w.name.find('.', head_len);
   if (dot == std::string::npos || dot == head_len) return false;
-  w.take(tag, head_len, dot - head_len, 1);
-  return true;
+  return w.take(tag, head_len, dot - head_len, 1);
 }
 
 void takeWorker(Work& w, size_t at) {
@@ -119,16 +128,77 @@ void takeWorker(Work& w, size_t at) {
 
 }  // namespace
 
-TaggedName extractTags(std::string_view stat_name, bool with_pattern) {
-  Work w(stat_name, with_pattern);
+TaggedName extractTags(std::string_view stat_name, bool with_pattern) { return extractTags(stat_name, nullptr, with_pattern); }
+
+std::string tagLabel(std::string_view tag_name) {
+  std::string out(tag_name);
+  for (size_t i = 0; i < out.size(); ++i) {
+    const char c = out[i];
+    const bool ok = c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (i > 0 && isDigit(c));
+    if (!ok) out[i] = '_';
+  }
+  return out;
+}
+
+TaggedName extractTags(std::string_view stat_name, const TagRules* rules, bool with_pattern) {
+  Work w(stat_name, with_pattern, rules);
+  if (rules != nullptr) {
+    for (const auto& spec : rules->specifiers) {
+      if (spec.fixed) {
+        w.out.tags.emplace_back(spec.label.c_str(), spec.fixed_value);
+        continue;
+      }
+      // The first group (what leaves the name) and the value: the second group if there is one that
+      // took part in the match, else the first.
+      size_t cut_pos = 0, cut_len = 0, val_pos = 0, val_len = 0;
+      if (spec.regex) {
+        const re2::RE2& re = *spec.regex;
+        re2::StringPiece groups[3];
+        const int n = std::min(re.NumberOfCapturingGroups() + 1, 3);
+        if (!re.Match(w.name, 0, w.name.size(), re2::RE2::UNANCHORED, groups, n)) continue;
+        const re2::StringPiece& value = n > 2 && groups[2].data() != nullptr ? groups[2] : groups[1];
+        if (groups[1].data() == nullptr) continue;
+        cut_pos = static_cast<size_t>(groups[1].data() - w.name.data());
+        cut_len = groups[1].size();
+        val_pos = static_cast<size_t>(value.data() - w.name.data());
+        val_len = value.size();
+      } else if (spec.ecma) {
+        std::smatch m;
+        if (!std::regex_search(w.name, m, *spec.ecma) || m.size() < 2 || !m[1].matched) continue;
+        const size_t v = m.size() > 2 && m[2].matched ? 2 : 1;
+        cut_pos = static_cast<size_t>(m.position(1));
+        cut_len = static_cast<size_t>(m.length(1));
+        val_pos = static_cast<size_t>(m.position(v));
+        val_len = static_cast<size_t>(m.length(v));
+      } else {
+        continue;  // a built-in asked for by name
+      }
+      if (cut_len == 0) continue;
+      // The value lies inside the cut (nested group) or is the cut itself; anything else is cut whole
+      // and the value copied before the name changes.
+      if (val_pos >= cut_pos && val_pos + val_len <= cut_pos + cut_len) {
+        const size_t before = val_pos - cut_pos;
+        const size_t after = cut_pos + cut_len - (val_pos + val_len);
+        w.takeAs(spec.label.c_str(), val_pos, val_len, after);
+        w.eraseName(cut_pos, before);
+      } else {
+        w.out.tags.emplace_back(spec.label.c_str(), w.name.substr(val_pos, val_len));
+        w.eraseName(cut_pos, cut_len);
+      }
+    }
+    if (!rules->use_defaults && rules->builtins.empty()) {
+      w.out.name = std::move(w.name);
+      w.out.pattern = std::move(w.pattern);
+      return std::move(w.out);
+    }
+  }
 
   // *_rq_200 -> *_rq {envoy_response_code}; *_rq_2xx -> *_rq_xx {envoy_response_code_class}.
   const size_t rq = w.name.rfind("_rq_");
   if (rq != std::string::npos) {
     std::string_view tail(w.name.data() + rq + 4, w.name.size() - rq - 4);
     if (tail.size() == 3 && allDigits(tail)) {
-      w.take("envoy_response_code", rq + 4, 3, 0);
-      w.eraseName(rq + 3, 1);  // the '_' before the code
+      if (w.take("envoy_response_code", rq + 4, 3, 0)) w.eraseName(rq + 3, 1);  // the '_' before the code
     } else if (tail.size() == 3 && isDigit(tail[0]) && tail.substr(1) == "xx") {
       w.take("envoy_response_code_class", rq + 4, 1, 0);
     }
@@ -153,8 +223,9 @@ TaggedName extractTags(std::string_view stat_name, bool with_pattern) {
       const size_t v = at + t.seg.size();
       const bool version = t.seg == ".ssl.versions.";
       if (v >= w.name.size() || (!version && w.name.find('.', v) != std::string::npos)) continue;
-      w.take(listener ? t.listener_tag : t.cluster_tag, v, w.name.size() - v, 0);
-      w.eraseName(v - 1, 1);  // the dot before the value
+      if (w.take(listener ? t.listener_tag : t.cluster_tag, v, w.name.size() - v, 0)) {
+        w.eraseName(v - 1, 1);  // the dot before the value
+      }
       break;
     }
   }

@@ -20,6 +20,7 @@ inclusion-list regex is rejected naming the field.
 from __future__ import annotations
 
 import copy
+import re
 import http.client
 import json
 import sys
@@ -235,6 +236,14 @@ def test_istio_bootstrap_serves_prometheus_and_readiness_and_names_what_is_inert
         f"http.* stats are outside the inclusion list: {[n for n in names if n.startswith('envoy_http_')]}")
     assert not any("agent" in line and "upstream_rq" in line for line in text.splitlines()), (
         "cluster.agent.* stats are outside the inclusion list")
+    # Istio's stats_tags, not the built-in tags (use_all_default_tags: false): the cluster is labelled
+    # cluster_name, as Envoy under Istio labels it, and nothing gets an envoy_* label.
+    assert re.search(r'^envoy_cluster_upstream_cx_total\{cluster_name="xds-grpc"\} \d+$', text, re.M), \
+        [line for line in text.splitlines() if "upstream_cx_total" in line][:5]
+    assert "envoy_cluster_name=" not in text
+    # ... nor envoy_worker_id: the worker stays in the name.
+    assert re.search(r'^envoy_server_worker_0_loop_max_iteration_usec \d+$', text, re.M), \
+        [line for line in text.splitlines() if "loop_max_iteration" in line][:5]
     # The same filter applies to /stats on the admin.
     admin = proc.get("/stats")
     assert admin.status == 200
@@ -248,9 +257,10 @@ def test_istio_bootstrap_serves_prometheus_and_readiness_and_names_what_is_inert
     # Every inert field is named, once, in a warning.
     logs = proc.logs()
     for field in ("stats_sinks", "tracing", "bootstrap_extensions", "deferred_stat_options",
-                  "stats_config.stats_tags", "admin.access_log", "admin.profile_path",
+                  "admin.access_log", "admin.profile_path",
                   "cluster_manager.outlier_detection.event_log_path"):
         assert logs.count(f"accepted but inert: {field} (") == 1, f"no single warning for {field}"
+    assert "accepted but inert: stats_config.stats_tags" not in logs  # applied (tag_extraction.h)
     # The unnamed listeners get stable names from their addresses.
     dump = proc.get("/config_dump").json()
     listeners = [c for c in dump["configs"] if c.get("@type", "").endswith("ListenersConfigDump")][0]
@@ -265,6 +275,17 @@ def test_bad_inclusion_regex_is_rejected_naming_the_field(istio, tmp_path):
     r = harness.run_strait(["-c", str(path), "--mode", "validate"])
     assert r.returncode != 0
     assert "stats_config.stats_matcher.inclusion_list.patterns[10].safe_regex" in r.stderr, r.stderr[-2000:]
+
+
+@pytest.mark.parametrize("regex,why", [("((", "stats_config.stats_tags[0].regex: "),
+                                       ("^cluster\\.\\w+", "stats_config.stats_tags[0].regex: needs a capture group")])
+def test_bad_stats_tags_regex_is_rejected_naming_the_field(istio, tmp_path, regex, why):
+    boot, _, _ = istio
+    boot["stats_config"]["stats_tags"].insert(0, {"tag_name": "broken", "regex": regex})
+    path = harness.write_bootstrap(tmp_path, boot, "istio-bad-tag.json")
+    r = harness.run_strait(["-c", str(path), "--mode", "validate"])
+    assert r.returncode != 0
+    assert why in r.stderr, r.stderr[-2000:]
 
 
 def test_envoy_enum_spellings_and_a_router_named_alone(tmp_path, fleet):

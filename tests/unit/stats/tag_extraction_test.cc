@@ -3,6 +3,12 @@
 #include <catch2/catch.hpp>
 
 #include <map>
+#include <memory>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include "re2/re2.h"
 
 #include "proxy/stats/stats.h"
 
@@ -119,4 +125,98 @@ TEST_CASE("Tag extraction: Prometheus families carry HELP and one TYPE each") {
     ++types;
   }
   CHECK(types == 1);
+}
+
+namespace {
+
+TagRules::Specifier regexTag(const std::string& name, const std::string& regex) {
+  TagRules::Specifier s;
+  s.label = tagLabel(name);
+  auto re = std::make_shared<re2::RE2>(regex, re2::RE2::Quiet);
+  if (re->ok()) {
+    s.regex = std::move(re);
+  } else {
+    s.ecma = std::make_shared<std::regex>(regex, std::regex::ECMAScript);
+  }
+  return s;
+}
+
+// Istio's bootstrap: its own tag names and regexes, the built-in ones off.
+TagRules istioRules() {
+  TagRules r;
+  r.use_defaults = false;
+  for (const auto& [name, regex] : std::vector<std::pair<std::string, std::string>>{
+           {"cluster_name", R"(^cluster\.((.+?(\..+?\.svc\.cluster\.local)?)\.))"},
+           {"tcp_prefix", R"(^tcp\.((.*?)\.)\w+?$)"},
+           {"response_code", R"(_rq(_(\d{3}))$)"},
+           {"response_code_class", R"(_rq(_(\dxx))$)"},
+           // A look-ahead: RE2 refuses it, so it runs as ECMAScript.
+           {"http_conn_manager_listener_prefix",
+            R"(^listener(?=\.).*?\.http\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.))"},
+           {"listener_address", R"(^listener\.(((?:[_.[:digit:]]*|[_\[\]aAbBcCdDeEfF[:digit:]]*))\.))"}}) {
+    r.specifiers.push_back(regexTag(name, regex));
+    r.given.insert(r.specifiers.back().label);
+  }
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("Tag extraction: the bootstrap's stats_tags, Istio's among them") {
+  const TagRules rules = istioRules();
+  REQUIRE(rules.specifiers[4].ecma != nullptr);  // the look-ahead one
+  REQUIRE(rules.specifiers[0].regex != nullptr);
+
+  // The first group leaves the name; the value is the second group.
+  auto t = extractTags("cluster.outbound|80||reviews.bookinfo.svc.cluster.local.upstream_rq_200", &rules, true);
+  CHECK(t.name == "cluster.upstream_rq");
+  CHECK(tagsOf(t) == std::map<std::string, std::string>{{"cluster_name", "outbound|80||reviews.bookinfo.svc.cluster.local"},
+                                                        {"response_code", "200"}});
+  CHECK(t.pattern == "cluster.{cluster_name}.upstream_rq_{response_code}");
+
+  // Built-in tags are off (use_all_default_tags: false): a worker id stays in the name.
+  t = extractTags("server.worker_0.loop_max_iteration_usec", &rules, false);
+  CHECK(t.name == "server.worker_0.loop_max_iteration_usec");
+  CHECK(t.tags.empty());
+
+  // The ECMAScript one: listener.<address>.http.<prefix>.<stat>.
+  t = extractTags("listener.10.1.2.3_8080.http.10.1.2.3_8080.downstream_rq_2xx", &rules, false);
+  CHECK(tagsOf(t) == std::map<std::string, std::string>{{"http_conn_manager_listener_prefix", "10.1.2.3_8080"},
+                                                        {"listener_address", "10.1.2.3_8080"},
+                                                        {"response_code_class", "2xx"}});  // Istio's regex keeps "xx"
+  CHECK(t.name == "listener.http.downstream_rq");
+
+  // A fixed value on every stat, and a specifier that replaces a built-in tag: the built-in one does not
+  // also run for it, the others do.
+  TagRules mixed;
+  TagRules::Specifier fixed;
+  fixed.label = tagLabel("mesh.id");
+  fixed.fixed = true;
+  fixed.fixed_value = "m1";
+  mixed.specifiers.push_back(fixed);
+  mixed.given.insert(fixed.label);
+  mixed.specifiers.push_back(regexTag("envoy.cluster_name", R"(^cluster\.((\w+)\.))"));
+  mixed.given.insert("envoy_cluster_name");
+  t = extractTags("cluster.web.ssl.handshake", &mixed, true);
+  CHECK(tagsOf(t) == std::map<std::string, std::string>{{"mesh_id", "m1"}, {"envoy_cluster_name", "web"}});
+  CHECK(t.name == "cluster.ssl.handshake");
+  t = extractTags("http.in.downstream_rq_5xx", &mixed, false);
+  CHECK(tagsOf(t) == std::map<std::string, std::string>{
+                         {"mesh_id", "m1"}, {"envoy_http_conn_manager_prefix", "in"}, {"envoy_response_code_class", "5"}});
+
+  // A built-in asked for by name runs alone when the defaults are off.
+  TagRules named;
+  named.use_defaults = false;
+  named.builtins.insert("envoy_response_code");
+  t = extractTags("cluster.web.upstream_rq_503", &named, false);
+  CHECK(tagsOf(t) == std::map<std::string, std::string>{{"envoy_response_code", "503"}});
+  CHECK(t.name == "cluster.web.upstream_rq");
+
+  // Rendering with the rules: the labels are the specifiers' names.
+  Store store(1);
+  setThreadShard(&store.shard(0));
+  inc(store.counter("cluster.outbound|80||reviews.bookinfo.svc.cluster.local.upstream_rq_200"), 3);
+  const std::string out = renderPrometheus(store.snapshot(), &rules);
+  CHECK(out.find("envoy_cluster_upstream_rq{cluster_name=\"outbound|80||reviews.bookinfo.svc.cluster.local\","
+                 "response_code=\"200\"} 3\n") != std::string::npos);
 }
