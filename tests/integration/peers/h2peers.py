@@ -497,8 +497,8 @@ class H2Origin(harness.TcpServer):
             if data:
                 sock.sendall(data)
 
-        def queue_body(sid, data: bytes, trailers=None, end=True, after=None):
-            pending[sid] = [memoryview(data), trailers, end, after]
+        def queue_body(sid, data: bytes | patterns.Slice, trailers=None, end=True, after=None):
+            pending[sid] = [data if isinstance(data, patterns.Slice) else memoryview(data), trailers, end, after]
 
         def flush_pending():
             for sid in list(pending):
@@ -537,7 +537,7 @@ class H2Origin(harness.TcpServer):
                 size = int(q.get("size", "0"))
                 conn.send_headers(st.sid, base + [("content-length", str(size)),
                                                   ("x-body-sha256", patterns.sha256(size))])
-                queue_body(st.sid, patterns.data(size))
+                queue_body(st.sid, patterns.Slice(size))  # made as the window opens, not up front
             elif what == "echo-body":
                 conn.send_headers(st.sid, base + [("content-length", str(len(st.body)))])
                 queue_body(st.sid, bytes(st.body))

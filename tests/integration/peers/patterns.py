@@ -51,6 +51,29 @@ def data(total: int, seed: int = DEFAULT_SEED) -> bytes:
     return b"".join(chunks(total, MIB, seed))
 
 
+class Slice:
+    """Bytes [offset, end) of the pattern, made only when bytes() is taken of it. Slicing gives another
+    Slice, so a sender can queue a large body and pay for each piece as its peer's window lets it go:
+    building 64 MiB up front takes seconds on a loaded machine, which a stalled-stream test would count
+    against the proxy's timeout."""
+
+    __slots__ = ("offset", "end", "seed")
+
+    def __init__(self, end: int, offset: int = 0, seed: int = DEFAULT_SEED):
+        self.offset, self.end, self.seed = offset, end, seed
+
+    def __len__(self) -> int:
+        return self.end - self.offset
+
+    def __getitem__(self, s: slice) -> "Slice":
+        start, stop, step = s.indices(len(self))
+        assert step == 1, "a pattern slice is contiguous"
+        return Slice(self.offset + max(start, stop), self.offset + start, self.seed)
+
+    def __bytes__(self) -> bytes:
+        return piece(self.offset, len(self), self.seed)
+
+
 @functools.lru_cache(maxsize=32)
 def sha256(total: int, seed: int = DEFAULT_SEED) -> str:
     h = hashlib.sha256()
