@@ -49,8 +49,8 @@ std::vector<HostSharedPtr> makeHosts(uint32_t n, bool weighted) {
     h->weight = weighted ? 1 + i % 4 : 1;
     // Some load and latency history, so least request and peak EWMA compare real numbers.
     h->active_requests = (i * 7) % 5;
-    h->ewma_latency_ns = 1'000'000 + (i * 7919) % 5'000'000;
-    h->ewma_stamp_ns = now;
+    h->passive().ewma_latency_ns = 1'000'000 + (i * 7919) % 5'000'000;
+    h->passive().ewma_stamp_ns = now;
     hosts.push_back(std::move(h));
   }
   return hosts;
