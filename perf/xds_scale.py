@@ -80,7 +80,7 @@ class Run:
     def start(self) -> None:
         self.xds = XdsServerEx(self.workdir / "xds")
         self.xds.start()
-        boot = ads_bootstrap_ex(self.xds.ads_port, delta=self.args.delta, initial_fetch_timeout="15s")
+        boot = self.bootstrap()
         boot_path = self.workdir / "bootstrap.json"
         boot_path.write_text(json.dumps(boot, indent=1))
         admin_path = self.workdir / "admin-address"
@@ -110,6 +110,9 @@ class Run:
                 return
             time.sleep(0.1)
         raise RuntimeError(f"strait not ready in 30 s: {self.log_tail()}")
+
+    def bootstrap(self) -> dict:
+        return ads_bootstrap_ex(self.xds.ads_port, delta=self.args.delta, initial_fetch_timeout="15s")
 
     def stop(self) -> None:
         if self.strait is not None and self.strait.poll() is None:

@@ -222,6 +222,18 @@ class WorkerContext {
   virtual event::Dispatcher& dispatcher() = 0;
   // Picks an upstream address for `cluster` (round robin, or the downstream's original destination).
   // `context` (may be null): the request's hash key and the hosts its earlier attempts used.
+// A stream waiting for clusters its worker's config lacks (on-demand cluster discovery,
+// envoy.filters.http.on_demand). Registered with WorkerContext::addClusterWaiter(); the worker calls
+// onClusterDiscoveryUpdate() on its own thread after it takes a new config and after the control plane
+// says a cluster asked for does not exist, and the waiter looks again at what it waits for (it may be
+// called when nothing it waits for changed). The waiter unregisters itself (cancelClusterWait) before
+// it goes away.
+class ClusterWaiter {
+ public:
+  virtual ~ClusterWaiter() = default;
+  virtual void onClusterDiscoveryUpdate() = 0;
+};
+
   virtual std::optional<HostChoice> chooseHost(const Cluster& cluster, const network::Connection& downstream,
                                                const upstream::LbContext* context = nullptr) = 0;
   // The worker owns sessions; a session calls removeSession() once both its sides are closed.
@@ -245,6 +257,32 @@ struct FilterChain;
 
 // A terminal network filter's factory (tcp_proxy, the HTTP connection manager). It takes the accepted
 // connection and owns it from then on; the session it makes records `chain_hash` (the chain's hash), so
+  // The current version of the cluster named `name` (a null pointer when there is none): for routes
+  // whose cluster a request header names (cluster_header), where no index is known at config time.
+  virtual const ClusterConstSharedPtr& clusterByName(std::string_view name) {
+    (void)name;
+    static const ClusterConstSharedPtr kNone;
+    return kNone;
+  }
+
+  // On-demand cluster discovery. Asks the control plane for the cluster `name` (clusterIds() index
+  // `index`); each name is asked for once, then stays subscribed. False: this process cannot discover
+  // clusters on demand (no ADS stream, or CDS subscribed as a wildcard, where everything the control
+  // plane has comes anyway).
+  virtual bool requestCluster(uint32_t index, const std::string& name) {
+    (void)index;
+    (void)name;
+    return false;
+  }
+  // Registers `waiter` (once) until cancelClusterWait().
+  virtual void addClusterWaiter(ClusterWaiter& waiter) { (void)waiter; }
+  virtual void cancelClusterWait(ClusterWaiter& waiter) { (void)waiter; }
+  // The control plane said the cluster `index` does not exist (does-not-exist timer, or a delta removal),
+  // and no config since has it: a request for it gets cluster_not_found at once instead of waiting.
+  virtual bool clusterKnownMissing(uint32_t index) const {
+    (void)index;
+    return false;
+  }
 // a listener update keeps it when that chain is unchanged.
 class NetworkFilterFactory {
  public:
@@ -482,6 +520,10 @@ struct AdsSettings {
 // (reject_all), only those an inclusion pattern matches, or all but those an exclusion pattern matches.
 struct StatsMatcher {
   enum class Mode { RejectAll, Include, Exclude };
+  // dynamic_resources.cds_config is set: every cluster of the control plane is subscribed (wildcard).
+  // Unset (as in Envoy): no CDS subscription until on-demand discovery (envoy.filters.http.on_demand)
+  // asks for clusters by name, so the process holds only the clusters its traffic has used.
+  bool cds_wildcard = true;
   Mode mode = Mode::Exclude;
   std::vector<http::StringMatch> patterns;
   bool shows(std::string_view stat_name) const {

@@ -273,6 +273,7 @@ absl::StatusOr<std::optional<AdsSettings>> translateAds(const bootstrap_v3::Boot
     if (cs->has_initial_fetch_timeout()) timeout = std::max(timeout.value_or(0), durationMs(cs->initial_fetch_timeout()));
   }
   ads.initial_fetch_timeout_ms = timeout.value_or(15000);
+  ads.cds_wildcard = dr.has_cds_config();
   return std::optional<AdsSettings>(ads);
 }
 

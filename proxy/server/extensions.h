@@ -9,6 +9,7 @@
 #include "filters/http/inert.h"
 #include "filters/http/istio_alpn.h"
 #include "filters/http/istio_stats.h"
+#include "filters/http/on_demand.h"
 #include "filters/http/rbac.h"
 #include "filters/http/router.h"
 #include "filters/network/istio_noop.h"
@@ -27,6 +28,7 @@ inline void registerExtensions() {
   filters::http::registerHttpRbac();
   filters::http::registerHttpFault();
   filters::http::registerHttpCors();
+  filters::http::registerOnDemand();
   filters::http::registerInertHttpFilters();
   filters::http::registerIstioAlpn();
   filters::http::registerIstioTelemetryHttpFilters();

@@ -40,6 +40,8 @@ Server::Server(Options options, config::SnapshotConstSharedPtr snapshot, std::un
   live_ = store_->gauge("server.live");
   uptime_ = store_->gauge("server.uptime");
   concurrency_ = store_->gauge("server.concurrency");
+  // Envoy's name: the clusters in force (warm), static and dynamic.
+  active_clusters_ = store_->gauge("cluster_manager.active_clusters");
   draining_ = store_->gauge("server.state");
   stats::set(*store_, concurrency_, options_.concurrency);
 }
@@ -209,6 +211,18 @@ void Server::trimHeapSoon() {
   });
 }
 
+void Server::requestClusterOnDemand(const std::string& name) {
+  std::lock_guard<std::mutex> lock(odcds_mu_);
+  if (!odcds_names_.insert(name).second) return;
+  LOG_INFO("xds: asking for cluster '%s' on demand", name.c_str());
+  if (odcds_applier_ != nullptr) odcds_applier_->setOnDemandClusters({odcds_names_.begin(), odcds_names_.end()});
+}
+
+void Server::onDemandClusterMissing(const std::string& name) {
+  const uint32_t index = config::clusterIds().get(name);
+  for (auto& w : workers_) w->markClusterMissing(index);
+}
+
 absl::Status Server::applySnapshot(config::SnapshotConstSharedPtr snapshot) {
   std::vector<std::vector<WorkerSocket>> per_worker(options_.concurrency);
   std::vector<BoundListener> bound;
@@ -254,6 +268,7 @@ absl::Status Server::applySnapshot(config::SnapshotConstSharedPtr snapshot) {
     std::unique_lock<std::mutex> lock(m);
     cv.wait(lock, [&] { return pending == 0; });
   }
+  stats::set(*store_, active_clusters_, static_cast<int64_t>(snapshot->clusters.size()));
   std::lock_guard<std::mutex> lock(mu_);
   snapshot_ = std::move(snapshot);
   bound_ = std::move(bound);
@@ -338,8 +353,12 @@ int Server::run() {
   });
   dns_->start();
   activateClusters(snapshot_, nullptr);
+  stats::set(*store_, active_clusters_, static_cast<int64_t>(snapshot_->clusters.size()));
   for (uint32_t w = 0; w < options_.concurrency; ++w) {
     workers_.push_back(std::make_unique<Worker>(w, store_->shard(w + 1), snapshot_));
+    if (snapshot_->ads && !snapshot_->ads->cds_wildcard) {
+      workers_.back()->setClusterRequester([this](const std::string& name) { requestClusterOnDemand(name); });
+    }
   }
   // A hot restart child accepts nothing before it is initialised (see Worker::holdAccepting); the
   // parent serves until then, on the same sockets.
@@ -402,6 +421,12 @@ int Server::run() {
     xds_ready_ = false;
     xds_ = std::make_unique<XdsApplier>(*this, *store_, snapshot_, options_.reject_unknown_dynamic_fields);
     xds_->start();
+    if (!snapshot_->ads->cds_wildcard) {
+      std::lock_guard<std::mutex> lock(odcds_mu_);
+      odcds_applier_ = xds_.get();
+      // Names the workers asked for before the applier existed.
+      if (!odcds_names_.empty()) odcds_applier_->setOnDemandClusters({odcds_names_.begin(), odcds_names_.end()});
+    }
   }
   if (xds_ready_) {
     state_ = State::Live;

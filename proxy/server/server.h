@@ -7,6 +7,8 @@
 #include "absl/status/status.h"
 #include <memory>
 #include <optional>
+#include <set>
+#include <string>
 #include <vector>
 
 #include "proxy/config/snapshot.h"
@@ -76,6 +78,12 @@ class Server {
   // still wait for their endpoints or route configuration; go live anyway after `timeout_ms` (Envoy's
   // initial_fetch_timeout bounds the warming of each initial resource too; 0: wait as long as it takes).
   void onXdsWarming(uint64_t timeout_ms);
+  // On-demand cluster discovery. From a worker: subscribe the cluster `name` over CDS (once; it stays
+  // subscribed). Workers call it only when the bootstrap has ADS and no cds_config.
+  void requestClusterOnDemand(const std::string& name);
+  // From the xDS thread: the control plane says the cluster `name` does not exist; every worker stops
+  // waiting for it.
+  void onDemandClusterMissing(const std::string& name);
   // The xDS client's view, for /config_dump (may be null).
   class XdsApplier* xds() const { return xds_.get(); }
   event::Dispatcher& dispatcher() { return *dispatcher_; }
@@ -117,6 +125,11 @@ class Server {
   mutable std::mutex mu_;  // guards snapshot_ and bound_ (admin on main, xDS thread writes)
   config::SnapshotConstSharedPtr snapshot_;
   std::unique_ptr<class XdsApplier> xds_;
+  // On-demand cluster names asked for so far, and the applier to give them to once it exists (workers
+  // may ask before it does). Guarded by odcds_mu_.
+  std::mutex odcds_mu_;
+  std::set<std::string> odcds_names_;
+  class XdsApplier* odcds_applier_ = nullptr;
   std::unique_ptr<class SdsStreams> sds_;
   std::shared_ptr<const struct OverloadConfig> overload_config_;
   std::unique_ptr<class OverloadManager> overload_;
@@ -156,6 +169,7 @@ class Server {
   stats::Gauge live_;
   stats::Gauge uptime_;
   stats::Gauge concurrency_;
+  stats::Gauge active_clusters_;
   stats::Gauge draining_;
 };
 

@@ -566,6 +566,46 @@ void Worker::applySnapshot(config::SnapshotConstSharedPtr snapshot, std::vector<
     LOG_DEBUG("worker %u: config of %zu clusters taken in %" PRIu64 " us (%" PRIu64 " us of CPU)", index_,
               snapshot_->clusters.size(), wall_us, cpu_us);
     done();
+    // Streams waiting for a cluster on demand look again now the config may have it.
+    if (!cluster_waiters_.empty()) notifyClusterWaiters();
+  });
+}
+
+const config::ClusterConstSharedPtr& Worker::clusterByName(std::string_view name) {
+  static const config::ClusterConstSharedPtr kNone;
+  const config::ClusterConstSharedPtr* c = snapshot_->clusters_by_name.get(name);
+  return c != nullptr ? *c : kNone;
+}
+
+bool Worker::requestCluster(uint32_t index, const std::string& name) {
+  if (!cluster_requester_) return false;
+  if (requested_clusters_.insert(index).second) cluster_requester_(name);
+  return true;
+}
+
+void Worker::cancelClusterWait(config::ClusterWaiter& waiter) {
+  auto it = std::find(cluster_waiters_.begin(), cluster_waiters_.end(), &waiter);
+  if (it == cluster_waiters_.end()) return;
+  *it = cluster_waiters_.back();
+  cluster_waiters_.pop_back();
+}
+
+void Worker::notifyClusterWaiters() {
+  // A waiter that goes on may end streams (its own, or its connection's others), which unregister
+  // themselves: call only those still registered. One registered meanwhile at a freed one's address
+  // gets a call it did not need, which the contract allows.
+  const std::vector<config::ClusterWaiter*> waiting = cluster_waiters_;
+  for (auto* w : waiting) {
+    if (std::find(cluster_waiters_.begin(), cluster_waiters_.end(), w) != cluster_waiters_.end()) {
+      w->onClusterDiscoveryUpdate();
+    }
+  }
+}
+
+void Worker::markClusterMissing(uint32_t index) {
+  dispatcher_->post([this, index] {
+    missing_clusters_.insert(index);
+    if (!cluster_waiters_.empty()) notifyClusterWaiters();
   });
 }
 

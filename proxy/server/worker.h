@@ -93,6 +93,22 @@ class Worker : public config::WorkerContext {
   const config::ClusterConstSharedPtr& cluster(uint32_t index) override {
     return snapshot_->clusterByIndex(index);
   }
+  const config::ClusterConstSharedPtr& clusterByName(std::string_view name) override;
+  bool requestCluster(uint32_t index, const std::string& name) override;
+  void addClusterWaiter(config::ClusterWaiter& waiter) override { cluster_waiters_.push_back(&waiter); }
+  void cancelClusterWait(config::ClusterWaiter& waiter) override;
+  bool clusterKnownMissing(uint32_t index) const override {
+    return !missing_clusters_.empty() && missing_clusters_.count(index) != 0 && !snapshot_->clusterByIndex(index);
+  }
+
+  // On-demand cluster discovery: how this worker asks the control plane for a cluster by name (set
+  // before start(), only when the process can discover clusters on demand; called on the worker's
+  // thread, so it must be thread-safe). Unset: requestCluster() says it cannot.
+  using ClusterRequester = std::function<void(const std::string& name)>;
+  void setClusterRequester(ClusterRequester requester) { cluster_requester_ = std::move(requester); }
+  // Thread-safe: the control plane said the cluster with this clusterIds() index does not exist; the
+  // streams waiting for it go on (to cluster_not_found), and later ones do not wait.
+  void markClusterMissing(uint32_t index);
 
  private:
   friend class ProtocolSniffer;
@@ -167,6 +183,13 @@ class Worker : public config::WorkerContext {
   stats::Gauge apply_max_cpu_us_;
   uint64_t apply_max_wall_seen_ = 0;
   uint64_t apply_max_cpu_seen_ = 0;
+  // On-demand cluster discovery (worker thread): the streams waiting, the clusters this worker asked
+  // for (each name goes to the requester once), and those the control plane said do not exist.
+  ClusterRequester cluster_requester_;
+  std::vector<config::ClusterWaiter*> cluster_waiters_;
+  std::set<uint32_t> requested_clusters_;
+  std::set<uint32_t> missing_clusters_;
+  void notifyClusterWaiters();
   std::vector<std::shared_ptr<const void>> routes_by_id_;
   void indexSnapshot();
   std::atomic<size_t> active_sessions_{0};

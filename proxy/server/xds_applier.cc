@@ -185,6 +185,9 @@ void XdsApplier::start() {
     if (auto a = network::Address::parseHostPort(cfg.target)) cfg.target = (a->isV6() ? "ipv6:" : "ipv4:") + a->asString();
   }
   cfg.delta = ads.delta;
+  cfg.cds_wildcard = ads.cds_wildcard;
+  // Without cds_config there is no first CDS response to wait for: clusters come on demand.
+  if (!ads.cds_wildcard) initialized_.insert(xds::kClusterType);
   cfg.initial_fetch_timeout_ms = ads.initial_fetch_timeout_ms;
   if (ads.tls) {
     cfg.tls = [tls = *ads.tls]() -> absl::StatusOr<xds::AdsConfig::Tls> {
@@ -252,7 +255,7 @@ absl::Status XdsApplier::onResources(const std::string& type_url, const std::vec
   stats::inc(st.update_attempt);
   auto result = apply(type_url, resources, removed, version, sotw);
   checkInitialized();  // an EDS or RDS response may complete the initial warming
-  std::lock_guard<std::mutex> lock(mu_);
+  std::unique_lock<std::mutex> lock(mu_);
   if (!result.ok()) {
     stats::inc(st.update_rejected);
     status_[type_url].last_error = std::string(result.message());
@@ -263,6 +266,11 @@ absl::Status XdsApplier::onResources(const std::string& type_url, const std::vec
   }
   stats::inc(st.update_success);
   status_[type_url].version = version;
+  if (type_url == xds::kClusterType && !snapshot_->ads->cds_wildcard) {
+    lock.unlock();
+    reportMissingOnDemand(resources, removed, sotw);
+    lock.lock();
+  }
   LOG_INFO("xds: applied %s version '%s' (%zu resources, %zu removed)", shortName(type_url), version.c_str(),
            resources.size(), removed.size());
   return absl::OkStatus();
@@ -607,6 +615,37 @@ std::map<std::string, std::string> XdsApplier::unknownFieldsSeen() const {
 
 void XdsApplier::onResourceDoesNotExist(const std::string& type_url, const std::string& name) {
   LOG_WARN("xds: %s '%s' does not exist (no answer within the timeout)", shortName(type_url), name.c_str());
+  if (type_url == xds::kClusterType) server_.onDemandClusterMissing(name);
+}
+
+void XdsApplier::setOnDemandClusters(std::vector<std::string> names) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    on_demand_.insert(names.begin(), names.end());
+  }
+  if (client_) client_->setResourceNames(xds::kClusterType, std::move(names));
+}
+
+void XdsApplier::reportMissingOnDemand(const std::vector<xds::Resource>& resources,
+                                       const std::vector<std::string>& removed, bool sotw) {
+  std::vector<std::string> missing;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (on_demand_.empty()) return;
+    if (sotw) {
+      // A state-of-the-world CDS response holds every subscribed cluster that exists: the others do not.
+      std::set<std::string_view> got;
+      for (const auto& r : resources) got.insert(r.name);
+      for (const auto& n : on_demand_) {
+        if (got.count(n) == 0) missing.push_back(n);
+      }
+    } else {
+      for (const auto& n : removed) {
+        if (on_demand_.count(n) != 0) missing.push_back(n);
+      }
+    }
+  }
+  for (const auto& n : missing) server_.onDemandClusterMissing(n);
 }
 
 void XdsApplier::onRejectedByClient(const std::string& type_url, const std::string& version, const std::string& error) {

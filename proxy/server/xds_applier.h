@@ -35,6 +35,10 @@ class XdsApplier : public xds::XdsSubscriber {
   void onRejectedByClient(const std::string& type_url, const std::string& version, const std::string& error) override;
   void onInitialFetchDone(const std::string& type_url, bool timed_out) override;
 
+  // On-demand cluster discovery (any thread): the cluster names to subscribe by name over CDS, all of
+  // them each time. Only when the bootstrap has no cds_config (AdsSettings::cds_wildcard false).
+  void setOnDemandClusters(std::vector<std::string> names);
+
   // For /config_dump: the accepted resources, and per type the version and the last rejection.
   struct TypeStatus {
     std::string version;
@@ -80,6 +84,11 @@ class XdsApplier : public xds::XdsSubscriber {
   // The RDS and EDS names last given to the client (xDS thread only).
   std::set<std::string> asked_rds_;
   std::shared_ptr<const std::set<std::string>> asked_eds_;
+  // The on-demand cluster names (setOnDemandClusters; guarded by mu_), to tell the server which
+  // removals and does-not-exist answers the waiting streams care about.
+  std::set<std::string> on_demand_;
+  void reportMissingOnDemand(const std::vector<xds::Resource>& resources, const std::vector<std::string>& removed,
+                             bool sotw);
   bool ready_signalled_ = false;
   bool warming_wait_started_ = false;
   // Envoy's init manager: the server is initialised once the first CDS and LDS responses are done and

@@ -119,6 +119,7 @@ class AdsClient::Impl {
     // An SDS stream has none: it asks for the secrets it is told about.
     if (config_.service == AdsConfig::Service::Aggregated) {
       for (const char* type : {kClusterType, kListenerType}) {
+        if (type == kClusterType && !config_.cds_wildcard) continue;
         Sub& sub = subFor(type);
         sub.wildcard = true;
       }

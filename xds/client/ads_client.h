@@ -114,6 +114,9 @@ struct AdsConfig {
   };
   std::function<absl::StatusOr<Tls>()> tls;
   bool delta = false;  // api_type DELTA_GRPC (else GRPC: state of the world)
+  // Aggregated: CDS is a wildcard subscription from the start (the bootstrap has cds_config). False:
+  // CDS is a named type like EDS, subscribed by setResourceNames() (on-demand cluster discovery).
+  bool cds_wildcard = true;
   envoy::config::core::v3::Node node;
   // Per type, from its first subscription; 0 disables. Reported through onInitialFetchDone().
   uint64_t initial_fetch_timeout_ms = 15000;
@@ -166,13 +169,15 @@ class AdsClient {
   AdsClient(const AdsClient&) = delete;
   AdsClient& operator=(const AdsClient&) = delete;
 
-  // Starts the thread: connect, subscribe CDS then LDS (wildcard), then every named type with names.
+  // Starts the thread: connect, subscribe CDS then LDS (wildcard), then every named type with names
+  // (CDS among them when !cds_wildcard).
   void start();
   // Half-closes and cancels the stream, joins the threads. Idempotent. Do not call from a callback.
   void stop();
 
-  // Thread-safe. The names of interest for a named type (RDS, EDS, SDS). A request goes out when the set
-  // changes (SotW: the full list with the last accepted version and newest nonce; delta: the
+  // Thread-safe. The names of interest for a named type (RDS, EDS, SDS; CDS when !cds_wildcard). A
+  // request goes out when the set changes (SotW: the full list with the last accepted version and
+  // newest nonce; delta: the
   // subscribe/unsubscribe diff). Names dropped from the set are forgotten (their versions are not
   // advertised on a delta reconnect). A type's first request on a stream waits for a non-empty set
   // (an empty first request would mean wildcard).
