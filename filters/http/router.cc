@@ -56,6 +56,11 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
       }
     } else if (route_->kind == RouteEntry::Kind::Cluster) {
       c = &cb_->worker().cluster(route_->cluster_index);
+    } else if (route_->kind == RouteEntry::Kind::ClusterHeader) {
+      // The header names the cluster (its first value); absent or unknown: cluster_not_found.
+      if (const std::string* name = headers.get(route_->cluster_header); name != nullptr && !name->empty()) {
+        c = &cb_->worker().clusterByName(*name);
+      }
     }
     if (c == nullptr || !*c) {
       flag(common::kNoClusterFound);

@@ -54,6 +54,7 @@ def _routes_config(origins: dict) -> dict:
          "route": {"cluster": "rewrite", "timeout": "1s", "prefix_rewrite": "/_/"}},
         {"match": {"prefix": "/long-timeout/"},
          "route": {"cluster": "rewrite", "timeout": "5s", "prefix_rewrite": "/_/"}},
+        {"match": {"prefix": "/by-header/"}, "route": {"cluster_header": "X-Target"}},
         {"match": {"path": "/b"}, "route": {"cluster": "norm_b"}},
         {"match": {"prefix": "/a/"}, "route": {"cluster": "norm_a"}},
     ], request_headers_to_add=[_hdr("x-vhost", "shop")])
@@ -197,6 +198,17 @@ def test_query_parameter_match(fleet):
         assert _served_by(_get(e, "/api/items?version=2")) == "api_v2"
     served = {_served_by(_get(e, "/api/items?version=3")) for _ in range(20)}
     assert "api_v1" in served
+
+
+def test_cluster_header_names_the_cluster(fleet):
+    e = _env(fleet)
+    for target in ("api_v2", "regex", "api_v2"):
+        assert _served_by(_get(e, "/by-header/x", headers=[("x-target", target)])) == target
+    # No such cluster, or no header: cluster_not_found (503), nothing reaches an origin.
+    for headers in ([("x-target", "nope")], [], [("x-target", "")]):
+        resp = _get(e, "/by-header/x", headers=headers)
+        assert resp.status == 503 and resp.header("x-origin") is None, (headers, resp)
+    assert harness.stat(e.proc.stats(), "http.ingress_http.downstream_rq_5xx") == 3
 
 
 def test_no_route_in_matching_vhost_is_404(fleet):
