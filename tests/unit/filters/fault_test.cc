@@ -19,6 +19,7 @@
 #include "proxy/http/conn_manager.h"
 #include "proxy/http/filter.h"
 #include "proxy/upstream/http_pool.h"
+#include "tests/unit/support/filter_fakes.h"
 #include "tests/unit/support/loop.h"
 
 using namespace strait;
@@ -181,66 +182,9 @@ TEST_CASE("Fault: configuration errors name the field", "[fault]") {
 
 namespace {
 
-class Worker : public config::WorkerContext {
- public:
-  explicit Worker(event::Dispatcher& d) : d_(d), pools_(d) {}
-  event::Dispatcher& dispatcher() override { return d_; }
-  std::optional<config::HostChoice> chooseHost(const config::Cluster&, const network::Connection&,
-                                               const upstream::LbContext*) override {
-    return std::nullopt;
-  }
-  void addSession(std::unique_ptr<config::ActiveSession>) override {}
-  void removeSession(config::ActiveSession&) override {}
-  uint64_t random() override { return 0; }
-  upstream::HttpPoolManager& httpPools() override { return pools_; }
-  std::shared_ptr<const void> routeTable(uint32_t) override { return nullptr; }
-  const config::ClusterConstSharedPtr& cluster(uint32_t) override {
-    static const config::ClusterConstSharedPtr kNone;
-    return kNone;
-  }
-
- private:
-  event::Dispatcher& d_;
-  upstream::HttpPoolManager pools_;
-};
-
-struct Callbacks : http::DecoderFilterCallbacks {
-  Worker* w = nullptr;
-  network::Connection* conn = nullptr;
-  http::StreamInfo info;
-  http::RequestHeaders headers;
-  uint32_t status = 0;
-  std::string body;
-  int continued = 0;
-  http::ResponseHeadersPtr encoded;
-
-  void continueDecoding() override { ++continued; }
-  void sendLocalReply(uint32_t s, std::string_view b, std::string_view) override {
-    status = s;
-    body = std::string(b);
-  }
-  const http::RouteEntry* route() const override { return nullptr; }
-  config::WorkerContext& worker() override { return *w; }
-  const network::Connection& connection() const override { return *conn; }
-  http::StreamInfo& streamInfo() override { return info; }
-  const http::RequestHeaders& requestHeaders() const override { return headers; }
-  void encode1xxHeaders(http::ResponseHeadersPtr) override {}
-  void encodeHeaders(http::ResponseHeadersPtr h, bool) override { encoded = std::move(h); }
-  void encodeData(common::Buffer&, bool) override {}
-  void encodeTrailers(http::TrailerMapPtr) override {}
-  void resetStream() override {}
-  void onDecoderFilterAboveWriteBufferHighWatermark() override {}
-  void onDecoderFilterBelowWriteBufferLowWatermark() override {}
-  void setDownstreamWatermarkCallbacks(http::DownstreamWatermarkCallbacks*) override {}
-  uint32_t bufferLimit() const override { return 0; }
-  bool websocketAllowedByDefault() const override { return false; }
-};
-
-struct Builder : http::FilterChainBuilder {
-  std::vector<http::StreamDecoderFilterPtr> decoders;
-  void addDecoderFilter(http::StreamDecoderFilterPtr f) override { decoders.push_back(std::move(f)); }
-  void addEncoderFilter(http::StreamEncoderFilterPtr) override {}
-};
+using Worker = strait::testing::FakeWorker;
+using Callbacks = strait::testing::FakeDecoderCallbacks;
+using Builder = strait::testing::FakeFilterChain;
 
 }  // namespace
 

@@ -22,6 +22,7 @@
 #include "proxy/http/filter.h"
 #include "proxy/network/connection.h"
 #include "proxy/upstream/http_pool.h"
+#include "tests/unit/support/filter_fakes.h"
 #include "tests/unit/support/loop.h"
 #include "tests/unit/support/yaml.h"
 
@@ -34,19 +35,9 @@ namespace {
 namespace od_v3 = envoy::extensions::filters::http::on_demand::v3;
 
 // A worker whose clusters (by index) the test sets, recording what the filter asks for.
-class Worker : public config::WorkerContext {
+class Worker : public strait::testing::FakeWorker {
  public:
-  explicit Worker(event::Dispatcher& d) : d_(d), pools_(d) {}
-  event::Dispatcher& dispatcher() override { return d_; }
-  std::optional<config::HostChoice> chooseHost(const config::Cluster&, const network::Connection&,
-                                               const upstream::LbContext*) override {
-    return std::nullopt;
-  }
-  void addSession(std::unique_ptr<config::ActiveSession>) override {}
-  void removeSession(config::ActiveSession&) override {}
-  uint64_t random() override { return 0; }
-  upstream::HttpPoolManager& httpPools() override { return pools_; }
-  std::shared_ptr<const void> routeTable(uint32_t) override { return nullptr; }
+  using FakeWorker::FakeWorker;
   const config::ClusterConstSharedPtr& cluster(uint32_t index) override {
     static const config::ClusterConstSharedPtr kNone;
     return index < clusters.size() ? clusters[index] : kNone;
@@ -79,44 +70,10 @@ class Worker : public config::WorkerContext {
   std::vector<config::ClusterWaiter*> waiters;
   std::set<uint32_t> missing;
   bool can_request = true;
-
- private:
-  event::Dispatcher& d_;
-  upstream::HttpPoolManager pools_;
 };
 
-struct Callbacks : http::DecoderFilterCallbacks {
-  Worker* w = nullptr;
-  network::Connection* conn = nullptr;
-  const http::RouteEntry* entry = nullptr;
-  http::StreamInfo info;
-  http::RequestHeaders headers;
-  int continued = 0;
-
-  void continueDecoding() override { ++continued; }
-  void sendLocalReply(uint32_t, std::string_view, std::string_view) override {}
-  const http::RouteEntry* route() const override { return entry; }
-  config::WorkerContext& worker() override { return *w; }
-  const network::Connection& connection() const override { return *conn; }
-  http::StreamInfo& streamInfo() override { return info; }
-  const http::RequestHeaders& requestHeaders() const override { return headers; }
-  void encode1xxHeaders(http::ResponseHeadersPtr) override {}
-  void encodeHeaders(http::ResponseHeadersPtr, bool) override {}
-  void encodeData(common::Buffer&, bool) override {}
-  void encodeTrailers(http::TrailerMapPtr) override {}
-  void resetStream() override {}
-  void onDecoderFilterAboveWriteBufferHighWatermark() override {}
-  void onDecoderFilterBelowWriteBufferLowWatermark() override {}
-  void setDownstreamWatermarkCallbacks(http::DownstreamWatermarkCallbacks*) override {}
-  uint32_t bufferLimit() const override { return 0; }
-  bool websocketAllowedByDefault() const override { return false; }
-};
-
-struct Builder : http::FilterChainBuilder {
-  std::vector<http::StreamDecoderFilterPtr> decoders;
-  void addDecoderFilter(http::StreamDecoderFilterPtr f) override { decoders.push_back(std::move(f)); }
-  void addEncoderFilter(http::StreamEncoderFilterPtr) override {}
-};
+using Callbacks = strait::testing::FakeDecoderCallbacks;
+using Builder = strait::testing::FakeFilterChain;
 
 constexpr const char* kFilterName = "envoy.filters.http.on_demand";
 
@@ -144,7 +101,7 @@ struct Stream {
     REQUIRE(b.decoders.size() == 1);
     cb.w = &w;
     cb.conn = &conn;
-    cb.entry = &route;
+    cb.route_entry = &route;
     cb.headers.method = "POST";
     b.decoders[0]->setDecoderFilterCallbacks(cb);
   }

@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "tests/unit/support/filter_fakes.h"
 #include "tests/unit/support/yaml.h"
 #include <cstdlib>
 #include <memory>
@@ -442,43 +443,8 @@ shadow_rules:
 
 namespace {
 
-struct Builder : http::FilterChainBuilder {
-  std::vector<http::StreamDecoderFilterPtr> decoders;
-  void addDecoderFilter(http::StreamDecoderFilterPtr f) override { decoders.push_back(std::move(f)); }
-  void addEncoderFilter(http::StreamEncoderFilterPtr) override {}
-};
-
-struct Callbacks : http::DecoderFilterCallbacks {
-  network::Connection* conn = nullptr;
-  const http::RouteEntry* route_entry = nullptr;
-  http::StreamInfo info;
-  http::RequestHeaders headers;
-  uint32_t status = 0;
-  std::string body;
-  std::string details;
-
-  void continueDecoding() override {}
-  void sendLocalReply(uint32_t s, std::string_view b, std::string_view d) override {
-    status = s;
-    body = std::string(b);
-    details = std::string(d);
-  }
-  const http::RouteEntry* route() const override { return route_entry; }
-  config::WorkerContext& worker() override { std::abort(); }
-  const network::Connection& connection() const override { return *conn; }
-  http::StreamInfo& streamInfo() override { return info; }
-  const http::RequestHeaders& requestHeaders() const override { return headers; }
-  void encode1xxHeaders(http::ResponseHeadersPtr) override {}
-  void encodeHeaders(http::ResponseHeadersPtr, bool) override {}
-  void encodeData(common::Buffer&, bool) override {}
-  void encodeTrailers(http::TrailerMapPtr) override {}
-  void resetStream() override {}
-  void onDecoderFilterAboveWriteBufferHighWatermark() override {}
-  void onDecoderFilterBelowWriteBufferLowWatermark() override {}
-  void setDownstreamWatermarkCallbacks(http::DownstreamWatermarkCallbacks*) override {}
-  uint32_t bufferLimit() const override { return 0; }
-  bool websocketAllowedByDefault() const override { return false; }
-};
+using Builder = strait::testing::FakeFilterChain;
+using Callbacks = strait::testing::FakeDecoderCallbacks;
 
 // Runs one request through the filter; returns the local reply's status (0: the request went on).
 uint32_t run(const http::HttpFilterFactory& factory, network::Connection& conn, const std::string& method,
