@@ -216,12 +216,6 @@ class ActiveSession : public event::DeferredDeletable {
 using ActiveSessionPtr = std::unique_ptr<ActiveSession>;
 
 // Per-worker services a network filter may use; implemented by the worker.
-class WorkerContext {
- public:
-  virtual ~WorkerContext() = default;
-  virtual event::Dispatcher& dispatcher() = 0;
-  // Picks an upstream address for `cluster` (round robin, or the downstream's original destination).
-  // `context` (may be null): the request's hash key and the hosts its earlier attempts used.
 // A stream waiting for clusters its worker's config lacks (on-demand cluster discovery,
 // envoy.filters.http.on_demand). Registered with WorkerContext::addClusterWaiter(); the worker calls
 // onClusterDiscoveryUpdate() on its own thread after it takes a new config and after the control plane
@@ -234,6 +228,12 @@ class ClusterWaiter {
   virtual void onClusterDiscoveryUpdate() = 0;
 };
 
+class WorkerContext {
+ public:
+  virtual ~WorkerContext() = default;
+  virtual event::Dispatcher& dispatcher() = 0;
+  // Picks an upstream address for `cluster` (round robin, or the downstream's original destination).
+  // `context` (may be null): the request's hash key and the hosts its earlier attempts used.
   virtual std::optional<HostChoice> chooseHost(const Cluster& cluster, const network::Connection& downstream,
                                                const upstream::LbContext* context = nullptr) = 0;
   // The worker owns sessions; a session calls removeSession() once both its sides are closed.
@@ -251,12 +251,6 @@ class ClusterWaiter {
   // here for each request or connection (one vector load): a cluster or endpoint update therefore
   // leaves the route tables and listeners that name the cluster untouched.
   virtual const ClusterConstSharedPtr& cluster(uint32_t index) = 0;
-};
-
-struct FilterChain;
-
-// A terminal network filter's factory (tcp_proxy, the HTTP connection manager). It takes the accepted
-// connection and owns it from then on; the session it makes records `chain_hash` (the chain's hash), so
   // The current version of the cluster named `name` (a null pointer when there is none): for routes
   // whose cluster a request header names (cluster_header), where no index is known at config time.
   virtual const ClusterConstSharedPtr& clusterByName(std::string_view name) {
@@ -283,6 +277,12 @@ struct FilterChain;
     (void)index;
     return false;
   }
+};
+
+struct FilterChain;
+
+// A terminal network filter's factory (tcp_proxy, the HTTP connection manager). It takes the accepted
+// connection and owns it from then on; the session it makes records `chain_hash` (the chain's hash), so
 // a listener update keeps it when that chain is unchanged.
 class NetworkFilterFactory {
  public:
@@ -514,16 +514,16 @@ struct AdsSettings {
   };
   std::optional<Tls> tls;
   uint64_t initial_fetch_timeout_ms = 15000;
+  // dynamic_resources.cds_config is set: every cluster of the control plane is subscribed (wildcard).
+  // Unset (as in Envoy): no CDS subscription until on-demand discovery (envoy.filters.http.on_demand)
+  // asks for clusters by name, so the process holds only the clusters its traffic has used.
+  bool cds_wildcard = true;
 };
 
 // Envoy's stats_config.stats_matcher, for the admin's output: every stat (no matcher), none
 // (reject_all), only those an inclusion pattern matches, or all but those an exclusion pattern matches.
 struct StatsMatcher {
   enum class Mode { RejectAll, Include, Exclude };
-  // dynamic_resources.cds_config is set: every cluster of the control plane is subscribed (wildcard).
-  // Unset (as in Envoy): no CDS subscription until on-demand discovery (envoy.filters.http.on_demand)
-  // asks for clusters by name, so the process holds only the clusters its traffic has used.
-  bool cds_wildcard = true;
   Mode mode = Mode::Exclude;
   std::vector<http::StringMatch> patterns;
   bool shows(std::string_view stat_name) const {
