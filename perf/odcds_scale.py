@@ -25,8 +25,6 @@ import datetime
 import json
 import os
 import platform
-import shutil
-import signal
 import socket
 import sys
 import time
@@ -35,7 +33,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from xds_scale import REPO_ROOT, Deadline, Run  # noqa: E402
+from xds_scale import REPO_ROOT, Run, execute  # noqa: E402
 from xds_control import LDS, RDS, node_available  # noqa: E402
 
 ON_DEMAND = "type.googleapis.com/envoy.extensions.filters.http.on_demand.v3.OnDemand"
@@ -200,24 +198,7 @@ def main() -> int:
     if not node_available():
         print("odcds_scale: node/npm not found (deploy/install-deps.sh test)", file=sys.stderr)
         return 2
-    run = OdcdsRun(args)
-    aborted = None
-    signal.signal(signal.SIGTERM, lambda s, f: (_ for _ in ()).throw(KeyboardInterrupt(f"signal {s}")))
-    try:
-        run.run()
-    except (Deadline, RuntimeError, KeyboardInterrupt, OSError, Exception) as err:  # report what we have
-        aborted = f"{type(err).__name__}: {err}"
-        print(f"odcds_scale: aborted: {aborted}", file=sys.stderr)
-    finally:
-        run.stop()
-    path = run.report(Path(args.out), aborted)
-    print(f"odcds_scale: report: {path}")
-    if args.keep or aborted:
-        print(f"odcds_scale: run directory kept: {run.workdir}")
-    else:
-        shutil.rmtree(run.workdir, ignore_errors=True)
-    return 1 if aborted else 0
-
+    return execute(OdcdsRun(args), args, "odcds_scale")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -501,7 +501,12 @@ def main() -> int:
     if not (os.path.isfile(args.strait) and os.access(args.strait, os.X_OK)):
         print(f"xds_scale: no strait binary at {args.strait} (ninja -C build strait, or STRAIT_BIN)", file=sys.stderr)
         return 2
-    run = Run(args)
+    return execute(Run(args), args, "xds_scale")
+
+
+def execute(run: Run, args, label: str) -> int:
+    """Runs `run`, stops what it started, writes the report (also after an error or a signal) and says
+    where; the exit code: 0, or 1 if the run was cut short."""
     aborted = None
 
     def on_signal(signum, frame):
@@ -513,17 +518,16 @@ def main() -> int:
         run.run()
     except (Deadline, RuntimeError, KeyboardInterrupt, OSError, Exception) as err:  # report what we have
         aborted = f"{type(err).__name__}: {err}"
-        print(f"xds_scale: aborted: {aborted}", file=sys.stderr)
+        print(f"{label}: aborted: {aborted}", file=sys.stderr)
     finally:
         run.stop()
     path = run.report(Path(args.out), aborted)
-    print(f"xds_scale: report: {path}")
+    print(f"{label}: report: {path}")
     if args.keep or aborted:
-        print(f"xds_scale: run directory kept: {run.workdir}")
+        print(f"{label}: run directory kept: {run.workdir}")
     else:
         shutil.rmtree(run.workdir, ignore_errors=True)
     return 1 if aborted else 0
-
 
 if __name__ == "__main__":
     sys.exit(main())
