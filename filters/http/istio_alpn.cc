@@ -70,9 +70,9 @@ absl::StatusOr<HttpFilterFactorySharedPtr> create(const google::protobuf::Any& a
     }
     const std::vector<std::string> names(o.alpn_override().begin(), o.alpn_override().end());
     switch (o.upstream_protocol()) {
-      case AlpnConfig::HTTP10: cfg->ids[static_cast<int>(Protocol::Http10)] = network::internAlpnOverride(names); break;
-      case AlpnConfig::HTTP11: cfg->ids[static_cast<int>(Protocol::Http11)] = network::internAlpnOverride(names); break;
-      case AlpnConfig::HTTP2: cfg->ids[static_cast<int>(Protocol::Http2)] = network::internAlpnOverride(names); break;
+      case AlpnConfig::HTTP10: cfg->ids[static_cast<int>(Protocol::Http10)] = ::strait::network::internAlpnOverride(names); break;
+      case AlpnConfig::HTTP11: cfg->ids[static_cast<int>(Protocol::Http11)] = ::strait::network::internAlpnOverride(names); break;
+      case AlpnConfig::HTTP2: cfg->ids[static_cast<int>(Protocol::Http2)] = ::strait::network::internAlpnOverride(names); break;
       default: return absl::InvalidArgumentError(absl::StrCat(p, ".upstream_protocol: unknown protocol"));
     }
   }

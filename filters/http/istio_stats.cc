@@ -142,7 +142,7 @@ class StatsFilter : public StreamDecoderFilter, public common::Pooled<StatsFilte
 
  private:
   ConnFacts& facts() {
-    const network::Connection& conn = cb_->connection();
+    const ::strait::network::Connection& conn = cb_->connection();
     ConnFacts& f = tl_conn[conn.id() % kConnFacts];
     const uint64_t gen = im::generation();  // ids made before a configure() are stale
     if (f.conn_id == conn.id() + 1 && f.generation == gen) return f;
@@ -151,7 +151,7 @@ class StatsFilter : public StreamDecoderFilter, public common::Pooled<StatsFilte
     f.generation = gen;
     if (config_.reporter == im::Reporter::Destination) {
       // Inbound: the downstream is the source; our own certificate names the destination.
-      const network::SslInfo* ssl = conn.ssl();
+      const ::strait::network::SslInfo* ssl = conn.ssl();
       if (ssl == nullptr) {
         f.security = im::Security::None;
       } else {

@@ -4,6 +4,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "filters/network/metadata_exchange.h"
 #include "google/protobuf/any.pb.h"
 #include "google/protobuf/struct.pb.h"
 #include "google/protobuf/unknown_field_set.h"
@@ -164,6 +165,15 @@ absl::StatusOr<config::NetworkReadFilterConstSharedPtr> createIstioNoopFilter(co
   if (kind.empty()) {
     return absl::InvalidArgumentError(absl::StrCat(path, ": unsupported network filter type '", type_url, "'"));
   }
+  if (kind == "metadata_exchange" && !wasm) {
+    // With a protocol it is Istio's TCP metadata exchange itself (metadata_exchange.h); the connections
+    // it leaves alone (that ALPN not negotiated) still count as inert.
+    auto exchange = peerExchangeConfig(any, path, ctx.store);
+    if (!exchange.ok()) return exchange.status();
+    if (*exchange) {
+      return createPeerExchangeFilter(std::move(*exchange), ctx.store.counter("istio_inert.metadata_exchange.cx_total"));
+    }
+  }
   logInertOnce(kind, wasm ? absl::StrCat(type_url, " (root_id '", plugin_root_id.empty() ? plugin_code : plugin_root_id, "')")
                           : type_url);
   return config::NetworkReadFilterConstSharedPtr(
@@ -171,6 +181,7 @@ absl::StatusOr<config::NetworkReadFilterConstSharedPtr> createIstioNoopFilter(co
 }
 
 void registerIstioNoopFilters() {
+  registerClusterPeerExchange();
   for (std::string_view t : {std::string_view(kMetadataExchange), std::string_view(kStats), std::string_view(kAuthn),
                              config::kUdpaTypedStructType, config::kXdsTypedStructType, std::string_view(kWasm)}) {
     config::registerNetworkReadFilter(std::string(t), createIstioNoopFilter);

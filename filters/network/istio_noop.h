@@ -13,8 +13,13 @@ namespace strait::filters::network {
 
 // Istio's own network filters, which istiod puts in front of tcp_proxy and the HTTP connection manager
 // of its sidecar listeners, as faithful no-ops: each is a read filter that admits every connection and
-// never touches a byte (Strait's TLS, RBAC and stats do the jobs Istio builds them for; Strait exchanges
-// no peer metadata). Recognised, by typed_config type URL:
+// never touches a byte (Strait's TLS, RBAC and stats do the jobs Istio builds them for). The exception is
+// istio.metadata_exchange with a `protocol` (directly typed or in a TypedStruct; istiod always sets
+// "istio-peer-exchange"): that is Istio's TCP metadata exchange, run on tcp_proxy connections whose TLS
+// negotiated the protocol (metadata_exchange.h); the connections it leaves alone still count in
+// istio_inert.metadata_exchange.cx_total. Without a protocol, and in its Wasm forms, it stays inert.
+// registerIstioNoopFilters() also registers the exchange as a cluster's upstream filter.
+// Recognised, by typed_config type URL:
 //   type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange   (istio.metadata_exchange)
 //   type.googleapis.com/stats.PluginConfig                                    (istio.stats)
 //   type.googleapis.com/io.istio.network.authn.Config                         (istio_authn)

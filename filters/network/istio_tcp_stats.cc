@@ -32,6 +32,7 @@ void IstioTcpStats::labels(const strait::network::Connection& downstream, const 
       key_.dst_principal = im::internCached(firstOf(ssl->uriSanLocalCertificate()));
       key_.src_peer = im::peerForNamespaceCached(im::spiffeNamespace(peer));
     }
+    if (downstream_peer_ != im::kUnknown) key_.src_peer = downstream_peer_;
   } else {
     key_.reporter = im::Reporter::Source;
     key_.src_peer = im::localPeer();
@@ -42,6 +43,7 @@ void IstioTcpStats::labels(const strait::network::Connection& downstream, const 
       key_.dst_principal = im::internCached(peer);
       key_.dst_peer = im::peerForNamespaceCached(im::spiffeNamespace(peer));
     }
+    if (upstream_peer_ != im::kUnknown) key_.dst_peer = upstream_peer_;
   }
   key_.service = im::serviceCached(im::istioClusterHost(cluster));
 }

@@ -19,10 +19,12 @@ namespace strait::filters::network {
 //   principals: the peers' URI SANs: inbound from the downstream TLS connection (peer = source, local =
 //             destination), outbound from the upstream one (local = source, peer = destination)
 //   connection_security_policy: inbound mutual_tls / none; outbound unknown (as Istio reports it)
-//   workloads: this pod's; the peer's namespace from its SPIFFE id (no TCP metadata exchange yet)
+//   workloads: this pod's; the peer's from Istio's TCP metadata exchange (metadata_exchange.h: inbound
+//             the downstream's, outbound the upstream's), else only its namespace from its SPIFFE id
 //   destination_service: the fqdn of an outbound|port|subset|fqdn cluster, else unknown
-// The labels are fixed when the upstream connects (the connection is then counted as opened); a
-// session that never connected counts as opened and closed at its end, with its response flags.
+// The labels are fixed when the upstream connects (the connection is then counted as opened) or, when a
+// metadata exchange runs, once it has read the peer's frame or given up (as Istio waits for it); a
+// session that never got that far counts as opened and closed at its end, with its response flags.
 class IstioTcpStats {
  public:
   // At accept: whether the connection's istio.stats filter marked it.
@@ -32,6 +34,9 @@ class IstioTcpStats {
               std::string_view cluster);
   void closed(const strait::network::Connection& downstream, std::string_view cluster, uint32_t response_flags,
               uint64_t sent, uint64_t received);
+  // The peers a metadata exchange learnt (stats::istio peer ids), before opened().
+  void setDownstreamPeer(uint32_t peer) { downstream_peer_ = peer; }
+  void setUpstreamPeer(uint32_t peer) { upstream_peer_ = peer; }
 
  private:
   void labels(const strait::network::Connection& downstream, const strait::network::Connection* upstream,
@@ -39,6 +44,7 @@ class IstioTcpStats {
   bool active_ = false;
   bool inbound_ = false;
   bool opened_ = false;
+  uint32_t downstream_peer_ = stats::istio::kUnknown, upstream_peer_ = stats::istio::kUnknown;
   stats::istio::SeriesKey key_;
 };
 

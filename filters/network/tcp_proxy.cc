@@ -6,6 +6,7 @@
 #include "google/protobuf/any.pb.h"
 #include "envoy/extensions/filters/network/tcp_proxy/v3/tcp_proxy.pb.h"
 #include "filters/network/istio_tcp_stats.h"
+#include "filters/network/metadata_exchange.h"
 #include "proxy/accesslog/access_log.h"
 #include "proxy/common/log.h"
 #include "proxy/common/response_flags.h"
@@ -80,6 +81,11 @@ class Session : public config::ActiveSession, public strait::network::Connection
     downstream_->setCallbacks(this);
     stats::inc(cfg_.stats.downstream_cx_total);
     istio_.begin(*downstream_, this->listener() != nullptr && this->listener()->inbound);
+    // Istio's TCP metadata exchange, when the chain's filter started one: our frame goes first.
+    if (const PeerExchangeConfig* px = takeDownstreamPeerExchange(downstream_->id())) {
+      down_mx_ = std::make_unique<PeerExchange>(*px);
+      down_mx_->start(*downstream_);
+    }
     if (!cfg_.access_logs.empty()) {
       start_ = std::chrono::steady_clock::now();
       start_time_ = std::chrono::system_clock::now();
@@ -111,6 +117,8 @@ class Session : public config::ActiveSession, public strait::network::Connection
 
   void onData(Connection& conn, common::Buffer& data, bool end_stream) override {
     last_activity_ms_ = worker_.dispatcher().nowMs();
+    PeerExchange* mx = &conn == downstream_.get() ? down_mx_.get() : up_mx_.get();
+    if (mx != nullptr && mx->reading() && !readPeerFrame(*mx, data, end_stream)) return;
     size_t n = data.length();
     if (live_resolved_) {
       const bool from_downstream = &conn == downstream_.get();
@@ -153,7 +161,11 @@ class Session : public config::ActiveSession, public strait::network::Connection
         }
         upstream_counted_ = true;
         upstream_local_ = upstream_->localAddress();
-        if (istio_.active()) istio_.opened(*downstream_, upstream_.get(), cluster_->name);
+        if (cluster_->peer_exchange) {
+          up_mx_ = PeerExchange::forUpstream(*cluster_->peer_exchange, *upstream_);
+          if (up_mx_) up_mx_->start(*upstream_);  // before any of the client's bytes
+        }
+        if (istio_.active() && !exchanging()) istio_.opened(*downstream_, upstream_.get(), cluster_->name);
         if (resolveLiveEdges(upstream_.get())) {
           const uint64_t now = worker_.dispatcher().nowMs();
           stats::live::recordConnection(live_in_, now, false, 0);
@@ -208,6 +220,21 @@ class Session : public config::ActiveSession, public strait::network::Connection
 
  private:
   Connection& other(Connection& conn) { return &conn == downstream_.get() ? *upstream_ : *downstream_; }
+
+  bool exchanging() const { return (down_mx_ && down_mx_->reading()) || (up_mx_ && up_mx_->reading()); }
+
+  // Strips the peer's metadata exchange frame from the front of `data`. False: nothing to forward yet.
+  // Istio's TCP metrics wait for the exchange (its peer labels) before counting the connection opened.
+  bool readPeerFrame(PeerExchange& mx, common::Buffer& data, bool end_stream) {
+    if (!mx.onData(data, end_stream)) return false;
+    if (&mx == down_mx_.get()) {
+      istio_.setDownstreamPeer(mx.peer());
+    } else {
+      istio_.setUpstreamPeer(mx.peer());
+    }
+    if (istio_.active() && upstream_counted_ && !exchanging()) istio_.opened(*downstream_, upstream_.get(), cluster_->name);
+    return !data.empty() || end_stream;
+  }
 
   void connectUpstream() {
     ++attempts_;
@@ -309,6 +336,8 @@ class Session : public config::ActiveSession, public strait::network::Connection
     if (idle_timer_) idle_timer_->disable();
     if (!cfg_.access_logs.empty()) writeAccessLogs();
     if (istio_.active()) {
+      // Connected, but a metadata exchange never finished: opened now, with the upstream's identity.
+      if (upstream_ && upstream_local_) istio_.opened(*downstream_, upstream_.get(), cluster_->name);
       istio_.closed(*downstream_, cluster_ ? std::string_view(cluster_->name) : std::string_view(), flags_, bytes_sent_,
                     bytes_received_);
     }
@@ -336,6 +365,9 @@ class Session : public config::ActiveSession, public strait::network::Connection
   const TcpProxyConfig& cfg_;
   config::WorkerContext& worker_;
   IstioTcpStats istio_;  // Istio's TCP metrics, when the chain's istio.stats filter marked the connection
+  // Istio's TCP metadata exchange with the downstream (the chain's istio.metadata_exchange) and with the
+  // upstream (the cluster's); null without one.
+  std::unique_ptr<PeerExchange> down_mx_, up_mx_;
   ConnectionPtr downstream_;
   ConnectionPtr upstream_;
   const WeightedTarget& target_;

@@ -172,6 +172,13 @@ using NetworkReadFilterFactoryFn = std::function<absl::StatusOr<NetworkReadFilte
     const google::protobuf::Any& typed_config, const std::string& field_path, TranslationContext& ctx)>;
 void registerNetworkReadFilter(const std::string& type_url, NetworkReadFilterFactoryFn fn);
 
+// Cluster.filters' istio.metadata_exchange (the only upstream network filter Strait runs): `fn` makes
+// its config, or null to leave it inert (filters/network/metadata_exchange.cc registers it). Without
+// one registered the filter is accepted and inert.
+using UpstreamPeerExchangeFn = std::function<absl::StatusOr<std::shared_ptr<const PeerExchangeConfig>>(
+    const google::protobuf::Any& typed_config, const std::string& field_path, stats::Store& store)>;
+void registerUpstreamPeerExchange(UpstreamPeerExchangeFn fn);
+
 // Reads and parses a bootstrap file (or the embedded default) into an envoy Bootstrap proto.
 absl::StatusOr<std::shared_ptr<const google::protobuf::Message>> parseBootstrap(const LoadOptions& options);
 // The same from the text itself (YAML, or JSON, which is YAML); `source` names it in errors and

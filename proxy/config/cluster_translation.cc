@@ -488,7 +488,15 @@ const ClusterStatBlock& clusterStatBlock() {
   return *block;
 }
 
+// Set once at start-up (registerUpstreamPeerExchange), before any translation.
+UpstreamPeerExchangeFn& upstreamPeerExchange() {
+  static auto* fn = new UpstreamPeerExchangeFn;
+  return *fn;
+}
+
 }  // namespace
+
+void registerUpstreamPeerExchange(UpstreamPeerExchangeFn fn) { upstreamPeerExchange() = std::move(fn); }
 
 absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster& c, const std::string& path,
                                                      uint32_t index, stats::Store& store,
@@ -509,16 +517,21 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
     if (!st.ok()) return st;
   }
   // Upstream network filters: Istio puts its metadata exchange on every mesh cluster (directly typed or
-  // in a TypedStruct). Strait exchanges no peer metadata, so that one is inert; any other would change
-  // what the cluster does and is refused.
+  // in a TypedStruct); Strait runs it on tcp_proxy connections (filters/network/metadata_exchange.h).
+  // Any other would change what the cluster does and is refused.
   for (int i = 0; i < c.filters_size(); ++i) {
     const auto& f = c.filters(i);
     std::string type = f.typed_config().type_url();
     if (auto ts = readTypedStruct(f.typed_config())) type = ts->type_url;
+    const std::string fp = absl::StrCat(path, ".filters[", i, "]");
     if (type != "type.googleapis.com/envoy.tcp.metadataexchange.config.MetadataExchange") {
-      return fieldError(absl::StrCat(path, ".filters[", i, "]"),
-                        absl::StrCat("upstream network filter '", f.name(), "' (", type.empty() ? "no typed_config" : type,
-                                     ") is not supported; only Istio's metadata exchange is accepted (inert)"));
+      return fieldError(fp, absl::StrCat("upstream network filter '", f.name(), "' (", type.empty() ? "no typed_config" : type,
+                                         ") is not supported; only Istio's metadata exchange is accepted"));
+    }
+    if (const auto& make = upstreamPeerExchange()) {
+      auto px = make(f.typed_config(), fp + ".typed_config", store);
+      if (!px.ok()) return px.status();
+      out->peer_exchange = std::move(*px);
     }
   }
   // Transport sockets first: hosts pick theirs by metadata as they are translated.

@@ -88,6 +88,14 @@ struct ClusterStats {
   network::SslStats ssl;  // cluster.<name>.ssl.*
 };
 
+// Istio's TCP metadata exchange (istio.metadata_exchange, on a filter chain or in Cluster.filters), as
+// configured; run by filters/network/metadata_exchange.h.
+struct PeerExchangeConfig {
+  std::string protocol;  // the ALPN that turns the exchange on ("istio-peer-exchange")
+  stats::Counter alpn_protocol_found, alpn_protocol_not_found, initial_header_not_found, header_not_found,
+      metadata_added;
+};
+
 // A cluster member: shared by the workers, kept across updates that keep its endpoint
 // (proxy/upstream/host.h).
 using Host = upstream::Host;
@@ -141,6 +149,9 @@ struct Cluster {
   // theirs (Host::transport_socket). A host that asks for TLS never gets a plaintext connection: when
   // the factory cannot make a socket the attempt fails.
   network::TransportSocketFactorySharedPtr transport_socket;
+  // Cluster.filters' istio.metadata_exchange: Istio's TCP metadata exchange on tcp_proxy connections to
+  // this cluster whose TLS negotiated its protocol (filters/network/metadata_exchange.h); null: none.
+  std::shared_ptr<const PeerExchangeConfig> peer_exchange;
   // HTTP to this cluster: the protocol (typed_extension_protocol_options HttpProtocolOptions), HTTP/2
   // settings, idle timeout and circuit-breaker limits (Envoy's defaults).
   enum class HttpProtocol { Http1, Http2, UseDownstream };

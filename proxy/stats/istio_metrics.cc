@@ -407,6 +407,8 @@ uint32_t cachedPeer(std::string_view key, uint32_t (*make)(std::string_view)) {
 }
 }  // namespace
 
+uint32_t peerCached(std::string_view key, uint32_t (*make)(std::string_view)) { return cachedPeer(key, make); }
+
 uint32_t peerFromHeaderCached(std::string_view value) {
   if (value.empty() || value.size() > kMaxPeerHeader) return kUnknown;
   return cachedPeer(value, [](std::string_view v) -> uint32_t {

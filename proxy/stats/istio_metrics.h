@@ -105,6 +105,8 @@ struct Series {
 // http.<prefix>.inert.<kind>.requests_total / istio_inert.<kind>.cx_total). configure() sets it from the
 // node metadata key STRAIT_ISTIO_METRICS ("true"; env STRAIT_META_STRAIT_ISTIO_METRICS=true). Read with
 // one relaxed load per stream or connection, so it may be set after the filters were translated.
+// Istio's TCP metadata exchange (filters/network/metadata_exchange.h) is a wire protocol a peer speaks
+// once the ALPN says so: it runs either way, and only decodes the peer while this is on.
 bool enabled();
 // Bumped by every configure(): per-thread caches of ids made before it are stale.
 uint64_t generation();
@@ -133,6 +135,11 @@ const std::string& localPeerIdHeader();
 uint32_t peerFromHeaderCached(std::string_view value);
 // A peer known only by its namespace (from its SPIFFE id), cached per worker.
 uint32_t peerForNamespaceCached(std::string_view ns);
+// A peer id cached per worker under `key`, bytes a peer sent that name its workload; `make` decodes
+// them on a miss (it may call peer()). Kinds of key must not collide: the x-envoy-peer-metadata values
+// above are base64 text, namespace keys start with "ns:", and Istio's TCP metadata exchange
+// (filters/network/metadata_exchange.h) keys by its serialized Any, whose first byte is 0x0a.
+uint32_t peerCached(std::string_view key, uint32_t (*make)(std::string_view key));
 
 // Ids for strings, workloads and services (rare paths: once per connection, peer or host; a worker
 // caches them). Past the tables' bounds the answer is kOverflowId, which sends a key to the overflow
