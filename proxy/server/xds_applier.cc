@@ -634,6 +634,9 @@ void XdsApplier::reportMissingOnDemand(const std::vector<xds::Resource>& resourc
     if (on_demand_.empty()) return;
     if (sotw) {
       // A state-of-the-world CDS response holds every subscribed cluster that exists: the others do not.
+      // Known race: a push already on its way for the previous subscription lacks a name just added, so
+      // that name's first request may get cluster_not_found it did not need (the next response brings
+      // the cluster, which clears the mark). Delta answers each name itself and has no such race.
       std::set<std::string_view> got;
       for (const auto& r : resources) got.insert(r.name);
       for (const auto& n : on_demand_) {
