@@ -176,7 +176,9 @@ Parse parseRequest(std::string_view in, bool upstream, StrictRequest& r) {
         } else {
           break;
         }
-        if (i >= 15) return Parse::Bad;  // more than 2^60: no real body, and no overflow here
+        // RFC 9112's chunk-size is 1*HEXDIG: leading zeros are allowed and count for nothing. The guard
+        // is on the value (2^60 and more: no real body, and no overflow here), not on the digit count.
+        if ((size >> 56) != 0) return Parse::Bad;
         size = size * 16 + static_cast<uint64_t>(d);
       }
       if (i == 0) return Parse::Bad;

@@ -453,6 +453,17 @@ TEST_CASE("Http1: Transfer-Encoding chunked in any case, after a tab, is accepte
   CHECK(f.req(0).ended);
 }
 
+// RFC 9112 chunk-size is 1*HEXDIG: leading zeros are allowed and the value is what counts (llhttp checks
+// the value for overflow, not the digit count; Envoy accepts these too). Upstream never sees them: the
+// client codec writes its own chunk sizes. Found by h1_differential_fuzz (regressions/.../chunk-size-16-
+// leading-zeros), whose oracle had refused more than 15 digits.
+TEST_CASE("Http1: chunk sizes with many leading zeros are read by their value") {
+  ServerFixture f;
+  REQUIRE(feed(*f.codec, kChunked + "00000000000000000003\r\nabc\r\n0000000000000000\r\n\r\n"));
+  CHECK(f.req(0).body == "abc");
+  CHECK(f.req(0).ended);
+}
+
 TEST_CASE("Http1: malformed Content-Length values are rejected") {
   expectRejected({"+1", kPost + "Content-Length: +1\r\n\r\nx", 400, "http1.HPE_INVALID_CONTENT_LENGTH"});
   expectRejected({"-1", kPost + "Content-Length: -1\r\n\r\nx", 400, "http1.HPE_INVALID_CONTENT_LENGTH"});
