@@ -78,6 +78,31 @@ int TcpListener::fd() const {
   return fd;
 }
 
+size_t TcpListener::acceptPending() {
+  if (!listening_) return 0;
+  const int lfd = fd();
+  if (lfd < 0) return 0;
+  size_t n = 0;
+  // Bounded by the queue's length (the backlog); a flood arriving meanwhile cannot keep this going.
+  for (int i = 0; i < backlog_; ++i) {
+    const int cfd = ::accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    if (cfd < 0) {
+      if (errno == EINTR) continue;
+      break;  // EAGAIN: the queue is empty (or an error that the next accept would see too)
+    }
+    uv_tcp_t* client = allocateAcceptHandle(dispatcher_.loop());
+    if (int rc = uv_tcp_open(client, cfd); rc != 0) {
+      LOG_DEBUG("accept (pending): %s", uv_strerror(rc));
+      ::close(cfd);
+      freeUnusedAcceptHandle(client);
+      continue;
+    }
+    ++n;
+    on_accept_(std::make_unique<Connection>(dispatcher_, client));
+  }
+  return n;
+}
+
 void TcpListener::onConnection(uv_stream_t* server, int status) {
   auto* self = static_cast<TcpListener*>(server->data);
   if (self == nullptr) return;

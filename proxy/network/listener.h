@@ -38,6 +38,11 @@ class TcpListener {
   const std::string& error() const { return error_; }
   // The listening socket (hot restart hands a duplicate of it to the next process); -1 if none.
   int fd() const;
+  // Accepts every connection the kernel has queued on the socket now, through the accept callback, and
+  // returns how many. Called just before a listener that goes away is closed: closing a listening
+  // socket resets the connections in its queue, which their clients saw as established (a request
+  // sent on one would fail); taken here, they are served and drained like the listener's others.
+  size_t acceptPending();
 
  private:
   static void onConnection(uv_stream_t* server, int status);

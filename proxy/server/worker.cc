@@ -343,6 +343,14 @@ void Worker::openListener(const WorkerSocket& s) {
   listeners_[s.listener->name] = std::move(active);
 }
 
+void Worker::acceptQueued(ActiveListener& l) {
+  size_t n = 0;
+  if (l.tcp) n += l.tcp->acceptPending();
+  for (auto& e : l.extra) n += e->acceptPending();
+  if (n > 0) LOG_DEBUG("worker %u: listener '%s': %zu queued connections taken before its socket closed", index_,
+                       l.config->name.c_str(), n);
+}
+
 void Worker::addUnboundListeners(const config::Snapshot& snapshot) {
   for (const auto& l : snapshot.listeners) {
     if (l->bind_to_port || listeners_.count(l->name)) continue;
@@ -494,6 +502,7 @@ void Worker::applySnapshot(config::SnapshotConstSharedPtr snapshot, std::vector<
     for (auto it = listeners_.begin(); it != listeners_.end();) {
       if (!wanted.count(it->first)) {
         LOG_INFO("worker %u: listener '%s' removed", index_, it->first.c_str());
+        acceptQueued(*it->second);
         stale_listeners_.insert(it->first);
         drain = true;
         it = listeners_.erase(it);
@@ -508,7 +517,8 @@ void Worker::applySnapshot(config::SnapshotConstSharedPtr snapshot, std::vector<
         openListener(s);
         continue;
       }
-      if (listeners_.count(s.listener->name)) {
+      if (auto it = listeners_.find(s.listener->name); it != listeners_.end()) {
+        acceptQueued(*it->second);
         stale_listeners_.insert(s.listener->name);
         drain = true;
       }
@@ -520,6 +530,7 @@ void Worker::applySnapshot(config::SnapshotConstSharedPtr snapshot, std::vector<
       if (l->bind_to_port) continue;
       auto it = listeners_.find(name);
       if (it != listeners_.end() && it->second->tcp) {
+        acceptQueued(*it->second);
         stale_listeners_.insert(name);
         drain = true;
         listeners_.erase(it);

@@ -137,6 +137,9 @@ class Worker : public config::WorkerContext {
     config::ListenerConstSharedPtr config;  // current; replaced by xDS updates
   };
   void openListener(const WorkerSocket& s);
+  // Before a listener's socket closes (removed, or replaced by one on another address): takes the
+  // connections queued on it (TcpListener::acceptPending), which then drain with the listener's others.
+  void acceptQueued(ActiveListener& l);
   // Listeners of `snapshot` with bind_to_port false that this worker does not have yet (no socket).
   void addUnboundListeners(const config::Snapshot& snapshot);
   // Rebuilds by_address_ from listeners_; called after every change of listeners_.

@@ -101,6 +101,54 @@ TEST_CASE("TcpListener: opened without listening, it accepts nothing until liste
   ::close(c);
 }
 
+TEST_CASE("TcpListener: acceptPending takes the connections queued on the socket before it closes") {
+  // A listener removed by LDS: without this, closing its socket resets connections the kernel had
+  // already completed, and a request their client sent on one is lost.
+  event::Dispatcher d{"test"};
+  std::string err;
+  auto a = network::Address::parse("127.0.0.1", 0);
+  int fd = network::bindReusePortSocket(*a, &err);
+  REQUIRE(fd >= 0);
+  const network::Address address = network::boundAddress(fd);
+  std::vector<network::ConnectionPtr> accepted;
+  Recorder rec;
+  auto l = std::make_unique<network::TcpListener>(d, fd, 16, [&](network::ConnectionPtr c) {
+    c->setCallbacks(&rec);
+    c->startReading();
+    accepted.push_back(std::move(c));
+  });
+  REQUIRE(l->ok());
+  CHECK(l->acceptPending() == 0);  // nothing queued
+  // Three clients complete their handshakes in the kernel; the loop never runs, so nothing is accepted.
+  std::vector<int> clients;
+  for (int i = 0; i < 3; ++i) {
+    int c = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(::connect(c, address.sockAddr(), address.sockLen()) == 0);
+    REQUIRE(::send(c, "hi", 2, 0) == 2);
+    clients.push_back(c);
+  }
+  CHECK(accepted.empty());
+  CHECK(l->acceptPending() == 3);
+  REQUIRE(accepted.size() == 3);
+  l.reset();  // the listening socket closes
+  // The taken connections live on: what their clients sent arrives.
+  auto guard = d.createTimer([&] { d.exit(); });
+  auto poll = d.createTimer([] {});
+  poll = d.createTimer([&] {
+    if (rec.data.size() >= 6) {
+      d.exit();
+    } else {
+      poll->enable(1);
+    }
+  });
+  poll->enable(0);
+  guard->enable(3000);
+  d.run();
+  CHECK(rec.data == "hihihi");
+  for (auto& c : accepted) CHECK(c->state() == Connection::State::Open);
+  for (int c : clients) ::close(c);
+}
+
 TEST_CASE("Connection: bytes written by a client arrive at the server intact") {
   Fixture f;
   Recorder client_rec;
