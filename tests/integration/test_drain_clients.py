@@ -9,7 +9,6 @@ from __future__ import annotations
 import http.client
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -19,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import harness
+from h2_load import H2Load
 from harness import bootstrap, http_listener, route_to, static_cluster, virtual_host
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -223,11 +223,6 @@ def test_lds_update_keeps_connections_of_unchanged_filter_chains(fleet, tmp_path
         assert proc.wait_stats(lambda s: s.get("tcp.chain_b_v2.downstream_cx_total", 0) >= 1)["tcp.chain_b_v2.downstream_cx_total"] >= 1
 
 
-def _h2load(port: int, seconds: int) -> subprocess.CompletedProcess:
-    return harness.run_tool(["h2load", "-c", "4", "-m", "4", "-D", str(seconds), f"http://127.0.0.1:{port}/h2"],
-                            timeout=seconds + 20)
-
-
 def _wrk_counts(out: str) -> dict:
     """wrk's error counts (0 when it printed none) and the number of requests."""
     import re
@@ -244,25 +239,19 @@ def _wrk_counts(out: str) -> dict:
     return counts
 
 
-def _h2load_counts(out: str) -> dict:
-    import re
-    m = re.search(r"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, (\d+) failed, (\d+) errored, "
-                  r"(\d+) timeout", out)
-    assert m, out
-    total, started, done, ok, failed, errored, timeout = map(int, m.groups())
-    s = re.search(r"status codes: (\d+) 2xx, (\d+) 3xx, (\d+) 4xx, (\d+) 5xx", out)
-    return {"done": done, "succeeded": ok, "failed": failed, "errored": errored, "timeout": timeout,
-            "5xx": int(s[4]) if s else 0, "4xx": int(s[3]) if s else 0}
-
-
 @pytest.mark.parametrize("event", ["sigterm", "lds_change", "lds_removal"])
 def test_steady_load_across_drain_events_fails_no_request(fleet, tmp_path, event):
-    """wrk (HTTP/1.1 keep-alive) and h2load (h2c, 4 connections x 4 streams) run for 4 s against one
-    listener; after 1.5 s comes SIGTERM, or an LDS update that changes the listener, or one that
-    removes it. No request may fail: connections are told (Connection: close, GOAWAY) and what they
-    had in flight finishes. After a removal the port is gone, so clients that reconnect are refused
-    (wrk counts those as connect errors, h2load as errored requests it never sent); every request that
-    was sent still gets its 2xx."""
+    """wrk (HTTP/1.1 keep-alive) and an HTTP/2 client (h2c, 4 connections x 4 streams, h2_load.py) run
+    for 4 s against one listener; after 1.5 s comes SIGTERM, or an LDS update that changes the listener,
+    or one that removes it. No request may fail: connections are told (Connection: close, GOAWAY) and
+    what they had in flight finishes. After a removal the port is gone, so clients that reconnect are
+    refused (wrk counts those as connect errors, the HTTP/2 client as refused connects); every request
+    that was sent still gets its 2xx.
+
+    Not h2load: nghttp2's client drops a request it had queued but not written when a GOAWAY comes in
+    the same read as the response that let it queue one, and h2load counts that as errored although the
+    request never left the client (a flake under load). h2_load.py counts each case apart and, as real
+    clients do, sends a request above a GOAWAY's last stream id again on a new connection."""
     if not xds_control.node_available():
         pytest.skip("node/npm not installed: the test management server cannot run")
     origin = harness.track(fleet, SlowOrigin())
@@ -286,7 +275,7 @@ def test_steady_load_across_drain_events_fails_no_request(fleet, tmp_path, event
         assert harness.is_listening(port)
         outs = {}
         threads = [threading.Thread(target=lambda: outs.setdefault("wrk", wrk_for(port, 4)), daemon=True),
-                   threading.Thread(target=lambda: outs.setdefault("h2load", _h2load(port, 4)), daemon=True)]
+                   H2Load(port, "/h2", connections=4, streams=4, seconds=4)]
         for t in threads:
             t.start()
         time.sleep(1.5)
@@ -299,17 +288,24 @@ def test_steady_load_across_drain_events_fails_no_request(fleet, tmp_path, event
         for t in threads:
             t.join(30)
         w = _wrk_counts(outs["wrk"])
-        h = _h2load_counts(outs["h2load"].stdout.decode())
-        assert w["requests"] > 50 and h["succeeded"] > 50, (outs["wrk"], h)
+        h2c = threads[1]
+        h = h2c.counts
+        assert h2c.error is None, h2c.error
+        assert w["requests"] > 50 and h["ok"] > 50, (outs["wrk"], h)
         assert w["read"] == 0 and w["timeout"] == 0 and w["non2xx"] == 0, outs["wrk"]
-        assert h["4xx"] == 0 and h["5xx"] == 0 and h["timeout"] == 0, h
+        # Every HTTP/2 request that was sent got its 2xx: none reset, none cut off by a close that no
+        # GOAWAY covered, none left unanswered. (A request above a GOAWAY's last stream id was not
+        # processed and went again on a new connection: refused_goaway, allowed by RFC 9113 6.8.)
+        assert h["bad_status"] == 0 and h["reset"] == 0 and h["lost"] == 0 and h["unfinished"] == 0, h
+        assert h["ok"] == h["sent"] - h["refused_goaway"], h
+        assert h["goaways"] >= 1, h  # the drain told the HTTP/2 clients
         if event == "lds_removal":
             # Refused reconnects are the only failures a removal may cause (wrk counts a refused
-            # non-blocking connect as a write error): every request that was sent got its 2xx.
-            assert h["failed"] == h["errored"], h
+            # non-blocking connect as a write error).
+            pass
         else:
             assert w["connect"] == 0 and w["write"] == 0, outs["wrk"]
-            assert h["failed"] == 0 and h["errored"] == 0, h
+            assert h["connect_refused"] == 0, h
         if event == "lds_change":
             # The new version took the connections that came after the change.
             s = proc.wait_stats(lambda s: s.get("http.v2.downstream_rq_2xx", 0) > 0)
