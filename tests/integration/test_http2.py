@@ -196,6 +196,11 @@ def test_h2load_multiplexing_to_python_origin(fleet):
     assert r.returncode == 0, out
     _h2load_ok(out, 2000)
     assert e.origin.request_count() == 2000
+    # h2load ends each connection with GOAWAY and FIN, as browsers and gRPC do: a normal close, not a
+    # downstream protocol error (each of the 4 counted as one before).
+    s = e.proc.wait_stats(lambda s: harness.stat(s, "http.ingress_http.downstream_cx_destroy") >= 4)
+    assert harness.stat(s, "http.ingress_http.downstream_cx_destroy") == 4
+    assert harness.stat(s, "http.ingress_http.downstream_cx_protocol_error") == 0
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -716,7 +716,12 @@ void ConnectionBase::belowLowWatermarkImpl() {
 }
 
 void ConnectionBase::transportClosedImpl() {
-  if (terminal_error_.empty()) terminal_error_ = "http2: connection closed";
+  // A close this codec asked for when the session ended gracefully (both sides done after a GOAWAY) is
+  // no error: it often happens inside dispatch() (the transport closes at once when nothing is left to
+  // flush), which must not then report the peer's last frames as a protocol error. Any other close is
+  // one: what dispatch() is given afterwards fails.
+  const bool graceful = close_requested_ && terminal_error_.empty();
+  if (!graceful && terminal_error_.empty()) terminal_error_ = "http2: connection closed";
   session_dead_ = true;
   close_requested_ = true;
   recv_.clear();

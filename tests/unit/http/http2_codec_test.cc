@@ -36,7 +36,11 @@ class FakeTransport : public CodecTransport {
     ++writes;
     out.move(data);
   }
-  void closeAfterFlush() override { ++close_calls; }
+  void closeAfterFlush() override {
+    ++close_calls;
+    if (on_close) on_close();  // a real connection with nothing left to write closes at once
+  }
+  std::function<void()> on_close;
   void readDisable(bool disable) override { read_disabled += disable ? 1 : -1; }
   event::Dispatcher& dispatcher() override { return dispatcher_; }
 
@@ -904,6 +908,31 @@ TEST_CASE("Http2: GOAWAY refuses streams the server never processed") {
   CHECK(*a.reset == StreamResetReason::RefusedStream);
   CHECK(*b.reset == StreamResetReason::RefusedStream);
   CHECK(p.server_callbacks.streams.empty());
+}
+
+TEST_CASE("Http2: a client that says GOAWAY and leaves is no protocol error") {
+  // h2load, browsers and gRPC end a connection with GOAWAY then FIN. The server's session is then done,
+  // it asks its transport to close, and a connection with nothing to flush closes at once, inside the
+  // dispatch() that read the GOAWAY. That dispatch succeeds: the HCM counted a downstream protocol error
+  // for every such connection before.
+  Pair p;
+  ClientStreamHandler& c = p.start(Pair::get("/one"), true);
+  p.pump();
+  REQUIRE(p.server_callbacks.streams.size() == 1);
+  p.server_callbacks.streams[0]->respond(200, "ok");
+  p.pump();
+  REQUIRE(c.complete);
+  p.server_transport.on_close = [&] { p.server->onTransportClosed(); };
+  p.client->goAway();
+  p.pump();
+  CHECK(p.server_transport.close_calls == 1);
+  CHECK(p.server_ok);
+  CHECK(p.server_error.detail.empty());
+  // Whatever comes after the close still fails: the session is gone.
+  CodecError error;
+  Buffer junk;
+  junk.add("x");
+  CHECK_FALSE(p.server->dispatch(junk, error));
 }
 
 TEST_CASE("Http2: transport close resets open streams") {
