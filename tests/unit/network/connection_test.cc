@@ -13,6 +13,16 @@ using network::ConnectionEvent;
 
 namespace {
 
+// A bound (not yet listening) socket on a free loopback port, and the address it got.
+int boundLoopbackSocket(network::Address* bound) {
+  std::string err;
+  auto a = network::Address::parse("127.0.0.1", 0);
+  int fd = network::bindReusePortSocket(*a, &err);
+  REQUIRE(fd >= 0);
+  *bound = network::boundAddress(fd);
+  return fd;
+}
+
 // Records what a connection tells its owner.
 struct Recorder : network::ConnectionCallbacks {
   std::string data;
@@ -39,11 +49,7 @@ struct Fixture {
   Recorder server_rec;
 
   Fixture() {
-    std::string err;
-    auto a = network::Address::parse("127.0.0.1", 0);
-    int fd = network::bindReusePortSocket(*a, &err);
-    REQUIRE(fd >= 0);
-    address = network::boundAddress(fd);
+    int fd = boundLoopbackSocket(&address);
     listener = std::make_unique<network::TcpListener>(d, fd, 16, [this](network::ConnectionPtr c) {
       accepted = std::move(c);
       accepted->setCallbacks(&server_rec);
@@ -76,11 +82,8 @@ struct Fixture {
 TEST_CASE("TcpListener: opened without listening, it accepts nothing until listen()") {
   // A hot restart child holds its sockets this way until it is initialised.
   event::Dispatcher d{"test"};
-  std::string err;
-  auto a = network::Address::parse("127.0.0.1", 0);
-  int fd = network::bindReusePortSocket(*a, &err);
-  REQUIRE(fd >= 0);
-  const network::Address address = network::boundAddress(fd);
+  network::Address address;
+  int fd = boundLoopbackSocket(&address);
   network::ConnectionPtr accepted;
   network::TcpListener l(d, fd, 16, [&](network::ConnectionPtr c) {
     accepted = std::move(c);
@@ -105,11 +108,8 @@ TEST_CASE("TcpListener: acceptPending takes the connections queued on the socket
   // A listener removed by LDS: without this, closing its socket resets connections the kernel had
   // already completed, and a request their client sent on one is lost.
   event::Dispatcher d{"test"};
-  std::string err;
-  auto a = network::Address::parse("127.0.0.1", 0);
-  int fd = network::bindReusePortSocket(*a, &err);
-  REQUIRE(fd >= 0);
-  const network::Address address = network::boundAddress(fd);
+  network::Address address;
+  int fd = boundLoopbackSocket(&address);
   std::vector<network::ConnectionPtr> accepted;
   Recorder rec;
   auto l = std::make_unique<network::TcpListener>(d, fd, 16, [&](network::ConnectionPtr c) {
@@ -189,10 +189,8 @@ TEST_CASE("Connection: half-close lets the server answer after the client's FIN"
 
 TEST_CASE("Connection: connect to a closed port reports ConnectFailed") {
   event::Dispatcher d("test");
-  std::string err;
-  auto a = network::Address::parse("127.0.0.1", 0);
-  int fd = network::bindReusePortSocket(*a, &err);
-  network::Address closed = network::boundAddress(fd);
+  network::Address closed;
+  int fd = boundLoopbackSocket(&closed);
   ::close(fd);
   Recorder rec;
   Connection c(d, closed);
