@@ -462,6 +462,10 @@ void Worker::drainListenersWhere(std::function<bool(const config::Listener&)> wh
     for (auto& [name, active] : listeners_) {
       if (which(*active->config)) names.insert(name);
     }
+    // Stopping now: what the kernel queued is taken first (and drained below with the rest).
+    if (!graceful) {
+      for (const auto& n : names) acceptQueued(*listeners_.at(n));
+    }
     std::vector<config::ActiveSession*> affected;
     for (auto* s : sessions_) {
       if (names.count(s->listener()->name)) affected.push_back(s);
@@ -478,7 +482,11 @@ void Worker::drainListenersWhere(std::function<bool(const config::Listener&)> wh
     // ends, then stop.
     for (const auto& n : names) draining_listeners_.insert(n);
     listener_drain_timer_ = dispatcher_->createTimer([this] {
-      for (const auto& n : draining_listeners_) listeners_.erase(n);
+      for (const auto& n : draining_listeners_) {
+        // Taken, not reset: told at once (addSession) like the rest accepted while draining.
+        if (auto it = listeners_.find(n); it != listeners_.end()) acceptQueued(*it->second);
+        listeners_.erase(n);
+      }
       draining_listeners_.clear();
       indexListeners();
     });
