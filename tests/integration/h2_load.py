@@ -89,7 +89,7 @@ class H2Load(threading.Thread):
         data = c.h2.data_to_send()
         if not data:
             return True
-        c.sock.setblocking(True)
+        c.sock.settimeout(2.0)  # a peer that stops reading fails the write, never hangs the client
         try:
             c.sock.sendall(data)
         except OSError:
