@@ -729,12 +729,6 @@ absl::StatusOr<std::shared_ptr<const RouteTable>> RouteTable::create(
       default:
         return fieldError(vpath + ".require_tls", absl::StrCat("unknown value ", vhp.require_tls()));
     }
-    vh->https_redirect.kind = RouteEntry::Kind::Redirect;
-    vh->https_redirect.name = "https_redirect";
-    vh->https_redirect.virtual_host_name = vhp.name();
-    vh->https_redirect.redirect.scheme = "https";
-    vh->https_redirect.redirect.response_code = 301;
-    vh->https_redirect.virtual_host_proto = &vhp;
     std::vector<std::pair<std::string, RouteSpecificFilterConfigConstSharedPtr>> vh_filter_configs;
     if (auto st = parsePerFilterConfigs(vhp.typed_per_filter_config(), vpath + ".typed_per_filter_config",
                                         vh_filter_configs);
@@ -747,7 +741,17 @@ absl::StatusOr<std::shared_ptr<const RouteTable>> RouteTable::create(
         return st;
       }
     }
-    vh->https_redirect.per_filter_configs = vh_filter_configs;
+    if (vh->require_tls != route_v3::VirtualHost::NONE) {
+      auto redirect = std::make_unique<RouteEntry>();
+      redirect->kind = RouteEntry::Kind::Redirect;
+      redirect->name = "https_redirect";
+      redirect->virtual_host_name = vhp.name();
+      redirect->redirect.scheme = "https";
+      redirect->redirect.response_code = 301;
+      redirect->virtual_host_proto = &vhp;
+      redirect->per_filter_configs = vh_filter_configs;
+      vh->https_redirect = std::move(redirect);
+    }
 
     if (vhp.domains_size() == 0) return fieldError(vpath + ".domains", "must not be empty");
     for (int d = 0; d < vhp.domains_size(); ++d) {

@@ -216,7 +216,7 @@ void RouteTable::explain(const RequestHeaders& headers, RouteExplanation& out) c
   }
   if (chosen == nullptr) return;
   if (host.size() != headers.authority.size()) out.virtual_host_why += " (the port is dropped: no domain names one)";
-  if (out.route == &chosen->https_redirect) {
+  if (chosen->https_redirect != nullptr && out.route == chosen->https_redirect.get()) {
     out.https_redirect = true;
     out.routes_not_tried = chosen->routes.size();
     return;

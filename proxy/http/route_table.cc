@@ -140,9 +140,9 @@ const RouteEntry* RouteTable::route(const RequestHeaders& headers) const {
   const VirtualHost* vh = findVirtualHost(headers.authority);
   if (vh == nullptr) return nullptr;
   if (vh->require_tls != route_v3::VirtualHost::NONE && !equalsLower("https", requestScheme(headers))) {
-    if (vh->require_tls == route_v3::VirtualHost::ALL) return &vh->https_redirect;
+    if (vh->require_tls == route_v3::VirtualHost::ALL) return vh->https_redirect.get();
     const std::string* internal = headers.get("x-envoy-internal");
-    if (internal == nullptr || *internal != "true") return &vh->https_redirect;
+    if (internal == nullptr || *internal != "true") return vh->https_redirect.get();
   }
   const route_internal::PathParts p(headers.path);
   for (const auto& r : vh->routes) {
