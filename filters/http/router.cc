@@ -373,7 +373,7 @@ class Router : public StreamDecoderFilter, public upstream::PoolCallbacks, publi
  private:
   void sendRedirect(const RequestHeaders& h) {
     auto resp = std::make_unique<ResponseHeaders>();
-    resp->status = route_->redirect.response_code;
+    resp->status = route_->redirect->response_code;
     resp->add("location", route_->redirectLocation(h));
     resp->add("content-length", "0");
     cb_->encodeHeaders(std::move(resp), true);

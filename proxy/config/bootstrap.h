@@ -132,8 +132,9 @@ struct BuildResult {
 // its ClusterLoadAssignment, a listener without its RouteConfiguration) keep their version from
 // `previous` if it had one, and are left out otherwise; so do xDS resources that fail to translate,
 // which are listed in `rejected`. Errors (of the bootstrap) name the resource and field.
+// The factory may keep `route_configuration` (shared, not copied) for as long as the table lives.
 using RouteTableFactory = std::function<absl::StatusOr<std::shared_ptr<const void>>(
-    const google::protobuf::Message& route_configuration, const std::string& path,
+    const std::shared_ptr<const google::protobuf::Message>& route_configuration, const std::string& path,
     const ClusterMap& clusters)>;
 void setRouteTableFactory(RouteTableFactory f);
 // What an xDS update may have changed, so that buildSnapshot looks at those clusters only: the update

@@ -660,7 +660,7 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
         continue;
       }
     }
-    auto t = routeTableFactory()(*res.proto, absl::StrCat("RouteConfiguration '", name, "'"), snap->clusters_by_name);
+    auto t = routeTableFactory()(res.proto, absl::StrCat("RouteConfiguration '", name, "'"), snap->clusters_by_name);
     if (!t.ok()) {
       result.rejected.push_back({"RouteConfiguration", name, std::string(t.status().message()), ""});
       if (previous) {

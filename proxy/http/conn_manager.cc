@@ -1149,7 +1149,7 @@ void ActiveStream::recordSpan() {
     r.method = request_headers_->method;
     if (const std::string* id = request_headers_->get("x-request-id")) r.request_id = *id;
   }
-  if (info_.route != nullptr) r.decorator = info_.route->decorator_operation;
+  if (info_.route != nullptr) r.decorator = info_.route->decoratorOperation();
   if (info_.cluster != nullptr) r.cluster = info_.cluster->name;
   r.status = info_.response_code;
   r.response_flags = info_.response_flags;
@@ -1487,12 +1487,14 @@ void registerHttpFilter(const std::string& type_url, HttpFilterFactoryFn fn, boo
 
 void registerHttpConnectionManager() {
   // RDS tables are built by the config layer through this (it knows no HTTP types).
-  config::setRouteTableFactory([](const google::protobuf::Message& m, const std::string& path,
+  config::setRouteTableFactory([](const std::shared_ptr<const google::protobuf::Message>& m, const std::string& path,
                                   const config::ClusterMap& clusters)
                                    -> absl::StatusOr<std::shared_ptr<const void>> {
     RouteTable::Options o;
     o.validate_clusters = false;  // xDS: an unknown cluster answers 503 at run time, as in Envoy
-    auto t = RouteTable::create(static_cast<const envoy::config::route::v3::RouteConfiguration&>(m), path, clusters, o);
+    // Shared with the xDS sources, which hold the resource anyway (for SotW comparison and /config_dump).
+    auto t = RouteTable::create(std::static_pointer_cast<const envoy::config::route::v3::RouteConfiguration>(m), path,
+                                clusters, o);
     if (!t.ok()) return t.status();
     return std::shared_ptr<const void>(*t);
   });

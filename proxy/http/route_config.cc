@@ -446,7 +446,8 @@ absl::Status buildRouteAction(const route_v3::RouteAction& a, const std::string&
   if (hasForbiddenValueChar(a.prefix_rewrite())) {
     return fieldError(path + ".prefix_rewrite", "must not contain NUL, CR or LF");
   }
-  e.prefix_rewrite = a.prefix_rewrite();
+  RouteRewrites rw;
+  rw.prefix_rewrite = a.prefix_rewrite();
   if (a.has_regex_rewrite()) {
     const std::string rp = path + ".regex_rewrite";
     auto re = compileRegex(a.regex_rewrite().pattern().regex(), rp + ".pattern.regex");
@@ -455,8 +456,8 @@ absl::Status buildRouteAction(const route_v3::RouteAction& a, const std::string&
     if (!(*re)->CheckRewriteString(a.regex_rewrite().substitution(), &why)) {
       return fieldError(rp + ".substitution", absl::StrCat("invalid substitution: ", why));
     }
-    e.regex_rewrite = *std::move(re);
-    e.regex_rewrite_substitution = a.regex_rewrite().substitution();
+    rw.regex_rewrite = *std::move(re);
+    rw.regex_rewrite_substitution = a.regex_rewrite().substitution();
   }
 
   switch (a.host_rewrite_specifier_case()) {
@@ -464,7 +465,7 @@ absl::Status buildRouteAction(const route_v3::RouteAction& a, const std::string&
       if (a.host_rewrite_literal().empty() || hasForbiddenValueChar(a.host_rewrite_literal())) {
         return fieldError(path + ".host_rewrite_literal", "must be a non-empty host");
       }
-      e.host_rewrite_literal = a.host_rewrite_literal();
+      rw.host_rewrite_literal = a.host_rewrite_literal();
       break;
     case route_v3::RouteAction::kAutoHostRewrite:
       e.auto_host_rewrite = a.auto_host_rewrite().value();
@@ -474,10 +475,14 @@ absl::Status buildRouteAction(const route_v3::RouteAction& a, const std::string&
         return fieldError(path + ".host_rewrite_header",
                           absl::StrCat("'", a.host_rewrite_header(), "' is not a valid header name"));
       }
-      e.host_rewrite_header = lowerString(a.host_rewrite_header());
+      rw.host_rewrite_header = lowerString(a.host_rewrite_header());
       break;
     case route_v3::RouteAction::HOST_REWRITE_SPECIFIER_NOT_SET:
       break;
+  }
+  if (!rw.prefix_rewrite.empty() || rw.regex_rewrite || !rw.host_rewrite_literal.empty() ||
+      !rw.host_rewrite_header.empty()) {
+    e.rewrites = std::make_unique<const RouteRewrites>(std::move(rw));
   }
 
   if (a.has_timeout()) {
@@ -570,7 +575,8 @@ absl::Status buildRouteAction(const route_v3::RouteAction& a, const std::string&
 
 absl::Status buildRedirect(const route_v3::RedirectAction& r, const std::string& path, RouteEntry& e) {
   e.kind = RouteEntry::Kind::Redirect;
-  RedirectAction& out = e.redirect;
+  auto made = std::make_unique<RedirectAction>();
+  RedirectAction& out = *made;
   switch (r.scheme_rewrite_specifier_case()) {
     case route_v3::RedirectAction::kHttpsRedirect:
       if (r.https_redirect()) out.scheme = "https";
@@ -634,6 +640,7 @@ absl::Status buildRedirect(const route_v3::RedirectAction& r, const std::string&
       return fieldError(path + ".response_code", absl::StrCat("unknown value ", r.response_code()));
   }
   out.strip_query = r.strip_query();
+  e.redirect = std::move(made);
   return absl::OkStatus();
 }
 
@@ -673,10 +680,16 @@ void addWildcard(std::vector<std::pair<size_t, std::pair<std::string, const Rout
 }  // namespace
 
 absl::StatusOr<std::shared_ptr<const RouteTable>> RouteTable::create(
-    const route_v3::RouteConfiguration& proto_in, const std::string& path,
+    const route_v3::RouteConfiguration& proto, const std::string& path, const config::ClusterMap& clusters,
+    const Options& options) {
+  return create(std::make_shared<const route_v3::RouteConfiguration>(proto), path, clusters, options);
+}
+
+absl::StatusOr<std::shared_ptr<const RouteTable>> RouteTable::create(
+    std::shared_ptr<const route_v3::RouteConfiguration> proto_in, const std::string& path,
     const config::ClusterMap& clusters, const Options& options) {
   std::shared_ptr<RouteTable> table(new RouteTable());
-  table->proto_ = std::make_unique<route_v3::RouteConfiguration>(proto_in);
+  table->proto_ = std::move(proto_in);
   const route_v3::RouteConfiguration& proto = *table->proto_;
   table->name_ = proto.name();
 
@@ -745,9 +758,10 @@ absl::StatusOr<std::shared_ptr<const RouteTable>> RouteTable::create(
       auto redirect = std::make_unique<RouteEntry>();
       redirect->kind = RouteEntry::Kind::Redirect;
       redirect->name = "https_redirect";
-      redirect->virtual_host_name = vhp.name();
-      redirect->redirect.scheme = "https";
-      redirect->redirect.response_code = 301;
+      auto action = std::make_unique<RedirectAction>();
+      action->scheme = "https";
+      action->response_code = 301;
+      redirect->redirect = std::move(action);
       redirect->virtual_host_proto = &vhp;
       redirect->per_filter_configs = vh_filter_configs;
       vh->https_redirect = std::move(redirect);
@@ -799,8 +813,6 @@ absl::StatusOr<std::shared_ptr<const RouteTable>> RouteTable::create(
       CompiledRoute r;
       RouteEntry& e = r.entry;
       e.name = rp.name();
-      e.virtual_host_name = vhp.name();
-      e.decorator_operation = rp.decorator().operation();
       e.proto = &rp;
       e.virtual_host_proto = &vhp;
       if (!rp.has_match()) return fieldError(rpath + ".match", "is required");

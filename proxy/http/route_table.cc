@@ -177,6 +177,11 @@ void HeaderMutation::applyTo(HeaderMap& headers) const {
 
 namespace {
 
+const std::string& emptyString() {
+  static const std::string* const empty = new std::string();
+  return *empty;
+}
+
 // The path (without query) after replacing what the route matched with `replacement`: the prefix for
 // prefix routes, the whole path for path and regex routes.
 std::string replaceMatched(const RouteEntry& e, std::string_view path_only, const std::string& replacement) {
@@ -201,22 +206,33 @@ void splitPath(std::string_view full, std::string_view& path_only, std::string_v
 
 }  // namespace
 
+const std::string& RouteEntry::virtualHostName() const {
+  return virtual_host_proto != nullptr ? virtual_host_proto->name() : emptyString();
+}
+
+const std::string& RouteEntry::decoratorOperation() const {
+  return proto != nullptr ? proto->decorator().operation() : emptyString();
+}
+
 void RouteEntry::rewrite(RequestHeaders& headers, bool insert_original_path) const {
-  if (!prefix_rewrite.empty() || regex_rewrite) {
+  if (rewrites == nullptr) return;
+  const RouteRewrites& rw = *rewrites;
+  if (!rw.prefix_rewrite.empty() || rw.regex_rewrite) {
     std::string_view path_only, query;
     splitPath(headers.path, path_only, query);
-    std::string new_path = !prefix_rewrite.empty() ? replaceMatched(*this, path_only, prefix_rewrite)
-                                                   : regexReplace(path_only, *regex_rewrite, regex_rewrite_substitution);
+    std::string new_path = !rw.prefix_rewrite.empty()
+                               ? replaceMatched(*this, path_only, rw.prefix_rewrite)
+                               : regexReplace(path_only, *rw.regex_rewrite, rw.regex_rewrite_substitution);
     new_path.append(query);
     if (new_path != headers.path) {
       if (insert_original_path) headers.set("x-envoy-original-path", headers.path);
       headers.path = std::move(new_path);
     }
   }
-  if (!host_rewrite_literal.empty()) {
-    headers.authority = host_rewrite_literal;
-  } else if (!host_rewrite_header.empty()) {
-    const std::string* v = headers.get(host_rewrite_header);
+  if (!rw.host_rewrite_literal.empty()) {
+    headers.authority = rw.host_rewrite_literal;
+  } else if (!rw.host_rewrite_header.empty()) {
+    const std::string* v = headers.get(rw.host_rewrite_header);
     if (v != nullptr && !v->empty()) headers.authority = *v;
   }
 }
@@ -233,13 +249,15 @@ const WeightedTarget* RouteEntry::pickWeighted(uint64_t random) const {
 }
 
 std::string RouteEntry::redirectLocation(const RequestHeaders& headers) const {
+  if (redirect == nullptr) return {};
+  const RedirectAction& rd = *redirect;
   const std::string orig_scheme = lowerString(requestScheme(headers));
-  const std::string scheme = redirect.scheme.empty() ? orig_scheme : redirect.scheme;
+  const std::string scheme = rd.scheme.empty() ? orig_scheme : rd.scheme;
 
-  std::string host = redirect.host.empty() ? headers.authority : redirect.host;
-  if (redirect.port != 0) {
-    host = absl::StrCat(absl::string_view(stripPort(host).data(), stripPort(host).size()), ":", redirect.port);
-  } else if (redirect.host.empty()) {
+  std::string host = rd.host.empty() ? headers.authority : rd.host;
+  if (rd.port != 0) {
+    host = absl::StrCat(absl::string_view(stripPort(host).data(), stripPort(host).size()), ":", rd.port);
+  } else if (rd.host.empty()) {
     // Drop the request's port when it is the default port of either scheme (http://a:80 -> https://a).
     const size_t c = portColon(host);
     if (c != std::string::npos) {
@@ -254,23 +272,23 @@ std::string RouteEntry::redirectLocation(const RequestHeaders& headers) const {
   std::string_view path_only, query;
   splitPath(std::string_view(headers.path).substr(0, headers.path.find('#')), path_only, query);
   std::string path;
-  switch (redirect.path_kind) {
+  switch (rd.path_kind) {
     case RedirectAction::PathKind::Keep:
       path = std::string(path_only);
       break;
     case RedirectAction::PathKind::Path:
-      path = redirect.path;
+      path = rd.path;
       if (path.find('?') != std::string::npos) query = {};  // the redirect's own query replaces the request's
       break;
     case RedirectAction::PathKind::PrefixRewrite:
-      path = replaceMatched(*this, path_only, redirect.prefix_rewrite);
+      path = replaceMatched(*this, path_only, rd.prefix_rewrite);
       break;
     case RedirectAction::PathKind::RegexRewrite:
-      path = regexReplace(path_only, *redirect.regex_rewrite, redirect.regex_substitution);
+      path = regexReplace(path_only, *rd.regex_rewrite, rd.regex_substitution);
       break;
   }
   if (path.empty() || path[0] != '/') path.insert(path.begin(), '/');
-  if (redirect.strip_query) query = {};
+  if (rd.strip_query) query = {};
   return absl::StrCat(scheme, "://", host, path, absl::string_view(query.data(), query.size()));
 }
 

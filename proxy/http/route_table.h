@@ -147,6 +147,16 @@ struct RedirectAction {
   bool strip_query = false;
 };
 
+// A RouteAction's path and authority rewrites. Most routes have none, so a route holds them out of line
+// (RouteEntry::rewrites, null when there are none).
+struct RouteRewrites {
+  std::string prefix_rewrite;
+  std::shared_ptr<const re2::RE2> regex_rewrite;  // applied to the path without the query, every match
+  std::string regex_rewrite_substitution;
+  std::string host_rewrite_literal;
+  std::string host_rewrite_header;  // lower case; the authority becomes that header's value when present
+};
+
 struct WeightedTarget {
   std::string name;
   // The cluster's clusterIds() index: the worker resolves it to the current version per request (null
@@ -165,9 +175,7 @@ struct RouteEntry {
   enum class Kind { Cluster, WeightedClusters, ClusterHeader, DirectResponse, Redirect };
   enum class PathMatch { Prefix, Path, Regex, PathSeparatedPrefix };
 
-  std::string name;               // Route.name (may be empty)
-  std::string virtual_host_name;  // the virtual host it belongs to
-  std::string decorator_operation;  // Route.decorator.operation: the span name when tracing (may be empty)
+  std::string name;  // Route.name (may be empty)
   Kind kind = Kind::Cluster;
 
   // Kind::Cluster. The name is checked at config time (with validate_clusters); the version in force is
@@ -186,12 +194,8 @@ struct RouteEntry {
   // is what a prefix_rewrite replaces, as in Envoy.
   PathMatch path_match = PathMatch::Prefix;
   std::string matched_prefix;
-  std::string prefix_rewrite;
-  std::shared_ptr<const re2::RE2> regex_rewrite;  // applied to the path without the query, every match
-  std::string regex_rewrite_substitution;
-  std::string host_rewrite_literal;
-  std::string host_rewrite_header;  // lower case; the authority becomes that header's value when present
-  bool auto_host_rewrite = false;   // the router sets the authority to the chosen host's name
+  std::unique_ptr<const RouteRewrites> rewrites;  // null: the route rewrites neither path nor authority
+  bool auto_host_rewrite = false;  // the router sets the authority to the chosen host's name
 
   uint64_t timeout_ms = 15000;  // Envoy's default route timeout; 0: none
   uint64_t idle_timeout_ms = 0;
@@ -207,8 +211,9 @@ struct RouteEntry {
   // Kind::DirectResponse.
   uint32_t direct_status = 0;
   std::string direct_body;
-  // Kind::Redirect (also the synthesized https redirect of a virtual host with require_tls).
-  RedirectAction redirect;
+  // Kind::Redirect (also the synthesized https redirect of a virtual host with require_tls); null for
+  // every other kind.
+  std::unique_ptr<const RedirectAction> redirect;
 
   // Merged at config time, most specific level first: route, then virtual host, then route configuration.
   // The router also applies response_headers to direct responses and redirects, as Envoy does.
@@ -220,8 +225,13 @@ struct RouteEntry {
 
   // The route's proto (typed_per_filter_config, metadata, hash_policy for the load balancer) and its
   // virtual host's; they live as long as the table. Null for a synthesized https redirect's `proto`.
+  // What is read from them rarely (names, the decorator) is not copied into the entry.
   const envoy::config::route::v3::Route* proto = nullptr;
   const envoy::config::route::v3::VirtualHost* virtual_host_proto = nullptr;
+  // The virtual host it belongs to ("" without a virtual_host_proto).
+  const std::string& virtualHostName() const;
+  // Route.decorator.operation: the span name when tracing (may be empty).
+  const std::string& decoratorOperation() const;
 
   // Parsed typed_per_filter_config by HTTP filter name (the HttpFilter's `name`): the route's entries,
   // then its virtual host's for names the route does not have (Envoy's most specific wins).
@@ -257,6 +267,12 @@ class RouteTable {
   };
 
   // Errors name the field: "<path>.virtual_hosts[1].routes[0].match.safe_regex.regex: invalid regex: ..."
+  // The table keeps the proto it was made from (/config_dump and the routes' proto pointers read it).
+  // This form shares `proto` (an RDS resource, which the xDS sources hold anyway: no second copy, which
+  // was about 1.3 KB per virtual host); the one below copies it (a route_config inline in an HCM).
+  static absl::StatusOr<std::shared_ptr<const RouteTable>> create(
+      std::shared_ptr<const envoy::config::route::v3::RouteConfiguration> proto, const std::string& path,
+      const config::ClusterMap& clusters, const Options& options);
   static absl::StatusOr<std::shared_ptr<const RouteTable>> create(
       const envoy::config::route::v3::RouteConfiguration& proto, const std::string& path,
       const config::ClusterMap& clusters, const Options& options);
@@ -316,7 +332,7 @@ class RouteTable {
   };
 
   std::string name_;
-  std::unique_ptr<envoy::config::route::v3::RouteConfiguration> proto_;
+  std::shared_ptr<const envoy::config::route::v3::RouteConfiguration> proto_;
   std::vector<std::unique_ptr<VirtualHost>> virtual_hosts_;
   std::vector<DomainEntry> exact_;
   std::vector<WildcardGroup> suffix_;  // "*.foo" stored as ".foo", longest first

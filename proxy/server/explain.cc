@@ -560,7 +560,7 @@ void explainHttp(const config::Snapshot& snap, const http::HcmConfig& hcm, const
       return;
     case http::RouteEntry::Kind::Redirect:
       ex.action = "redirect";
-      ex.status = e->redirect.response_code;
+      ex.status = e->redirect->response_code;
       ex.action_detail = absl::StrCat("Location ", e->redirectLocation(h));
       return;
     case http::RouteEntry::Kind::ClusterHeader:

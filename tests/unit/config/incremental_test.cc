@@ -16,6 +16,7 @@
 #include "filters/network/tcp_proxy.h"
 #include "proxy/config/bootstrap.h"
 #include "proxy/http/conn_manager.h"
+#include "proxy/http/route_table.h"
 
 using namespace strait;
 
@@ -165,6 +166,15 @@ TEST_CASE("incremental build: a route configuration update rebuilds that table o
   for (const char* n : {"a", "b", "c"}) CHECK(second.snapshot->clusters_by_name.at(n) == first.snapshot->clusters_by_name.at(n));
   // The HCM finds its table per stream by id, so the listener itself did not change either.
   CHECK(listener(*second.snapshot, "http") == listener(*first.snapshot, "http"));
+}
+
+TEST_CASE("incremental build: an RDS table holds the sources' RouteConfiguration, not a copy of it") {
+  Fixture f;
+  auto first = f.build(f.sources, f.base.get());
+  const auto& table = *std::static_pointer_cast<const http::RouteTable>(first.snapshot->route_tables.at("r1"));
+  const google::protobuf::Message* held = f.sources->routes.find("r1")->second.proto.get();
+  CHECK(static_cast<const google::protobuf::Message*>(&table.proto()) == held);
+  CHECK(table.proto().virtual_hosts(0).routes(0).route().cluster() == "a");
 }
 
 TEST_CASE("incremental build: a cluster added keeps the others; a cluster removed is freed") {

@@ -84,12 +84,12 @@ RequestHeaders req(const std::string& authority, const std::string& path,
 std::string match(const RouteTable& t, const RequestHeaders& h) {
   const RouteEntry* e = t.route(h);
   if (e == nullptr) return "<none>";
-  return e->name.empty() ? "vhost/" + e->virtual_host_name : e->name;
+  return e->name.empty() ? "vhost/" + e->virtualHostName() : e->name;
 }
 
 std::string vhost(const RouteTable& t, const std::string& authority) {
   const RouteEntry* e = t.route(req(authority, "/"));
-  return e == nullptr ? "<none>" : e->virtual_host_name;
+  return e == nullptr ? "<none>" : e->virtualHostName();
 }
 
 // The route_config of /work/shared/examples/http-routes.yaml, verbatim.
@@ -182,7 +182,7 @@ TEST_CASE("RouteTable: the http-routes.yaml example") {
     INFO(host);
     e = t.route(req(host, "/anything"));
     REQUIRE(e != nullptr);
-    CHECK(e->virtual_host_name == "fallback");
+    CHECK(e->virtualHostName() == "fallback");
     CHECK(e->kind == RouteEntry::Kind::DirectResponse);
     CHECK(e->direct_status == 404);
     CHECK(e->direct_body == "no such host\n");
@@ -533,9 +533,31 @@ virtual_hosts:
   h = req("front", "/other");
   e = t->route(h);
   CHECK(e->auto_host_rewrite);
+  CHECK(e->rewrites == nullptr);  // auto_host_rewrite is a flag: nothing held out of line
   e->rewrite(h);
   CHECK(h.path == "/other");
   CHECK(h.authority == "front");  // the router sets it once a host is chosen
+}
+
+TEST_CASE("RouteTable: a plain cluster route holds no rewrites, redirect or name copies of its own") {
+  auto t = table(R"(
+virtual_hosts:
+- name: svc.ns.svc.cluster.local:80
+  domains: ["*"]
+  routes:
+  - {name: plain, match: {prefix: "/"}, route: {cluster: a}, decorator: {operation: "svc/*"}}
+)");
+  const RouteEntry* e = t->route(req("x", "/"));
+  REQUIRE(e != nullptr);
+  CHECK(e->rewrites == nullptr);
+  CHECK(e->redirect == nullptr);
+  // Read from the protos the table keeps, not copied into every route.
+  CHECK(e->virtualHostName() == "svc.ns.svc.cluster.local:80");
+  CHECK(&e->virtualHostName() == &e->virtual_host_proto->name());
+  CHECK(e->decoratorOperation() == "svc/*");
+  RouteEntry bare;  // one made by hand (filter tests) reads as empty
+  CHECK(bare.virtualHostName().empty());
+  CHECK(bare.decoratorOperation().empty());
 }
 
 TEST_CASE("RouteTable: header mutations merge route, virtual host, route configuration in Envoy's order") {
@@ -724,7 +746,7 @@ virtual_hosts:
     const RouteEntry* e = t->route(h);
     REQUIRE(e != nullptr);
     REQUIRE(e->kind == RouteEntry::Kind::Redirect);
-    CHECK(e->redirect.response_code == code);
+    CHECK(e->redirect->response_code == code);
     return e->redirectLocation(h);
   };
   CHECK(loc("a.example", "/secure/x?y=1", 301) == "https://a.example/secure/x?y=1");
@@ -760,7 +782,7 @@ virtual_hosts:
   const RouteEntry* e = t->route(h);
   REQUIRE(e != nullptr);
   CHECK(e->kind == RouteEntry::Kind::Redirect);
-  CHECK(e->redirect.response_code == 301);
+  CHECK(e->redirect->response_code == 301);
   CHECK(e->redirectLocation(h) == "https://all.example/x?y");
   h.scheme = "https";
   CHECK(match(*t, h) == "r1");
