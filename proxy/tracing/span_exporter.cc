@@ -56,14 +56,35 @@ State& state() {
 void flushQueue(bool from_timer);
 
 // One POST on the exporter thread: connect, send, read the status line, done. Deletes itself (deferred)
-// when it ends; `timeout_ms` bounds all of it.
+// when it ends; `timeout_ms` bounds all of it. `tls` is the collector host's transport socket (the
+// cluster's transport_socket or its matching transport_socket_matches entry), null for plaintext: the
+// spans then go in TLS (mTLS with the cluster's certificate), as the cluster's traffic does, and never
+// in plaintext to a host that asks for TLS.
 class ExportRequest : public event::DeferredDeletable, public network::ConnectionCallbacks {
  public:
-  ExportRequest(event::Dispatcher& d, uint32_t exporter, const network::Address& host, const std::string& bytes,
-                size_t spans, uint64_t timeout_ms)
-      : dispatcher_(d), exporter_(exporter), spans_(spans), conn_(std::make_unique<network::Connection>(d, host)),
+  ExportRequest(event::Dispatcher& d, uint32_t exporter, const network::Address& host,
+                const network::TransportSocketFactorySharedPtr& tls, std::shared_ptr<const config::Cluster> cluster,
+                const std::string& bytes, size_t spans, uint64_t timeout_ms)
+      : dispatcher_(d),
+        exporter_(exporter),
+        spans_(spans),
+        cluster_(std::move(cluster)),
+        conn_(std::make_unique<network::Connection>(d, host)),
         timer_(d.createTimer([this] { done(false, "timed out"); })) {
     conn_->setCallbacks(this);
+    if (tls) {
+      network::TransportSocketOptions options;
+      options.stats = &cluster_->stats.ssl;  // cluster.<collector>.ssl.*, as for its other traffic
+      options.alpn_fallback = "http/1.1";
+      network::TransportSocketPtr socket = tls->create(options);
+      if (!socket) {
+        // The cluster's certificate has not come (SDS) yet: the batch is dropped, not sent in the clear.
+        timer_->enable(0);
+        failed_before_connect_ = "no TLS certificate yet";
+        return;
+      }
+      conn_->setTransportSocket(std::move(socket));
+    }
     common::Buffer b;
     b.add(bytes);
     conn_->write(b, false);
@@ -92,13 +113,18 @@ class ExportRequest : public event::DeferredDeletable, public network::Connectio
       case network::ConnectionEvent::Connected: conn_->startReading(); break;
       case network::ConnectionEvent::ConnectFailed: done(false, "connection refused"); break;
       case network::ConnectionEvent::ConnectTimeout: done(false, "connect timed out"); break;
-      default: done(false, "connection closed"); break;
+      default: {
+        const std::string_view tls_why = conn_->transportFailureReason();
+        done(false, tls_why.empty() ? std::string("connection closed") : std::string("TLS: ").append(tls_why));
+        break;
+      }
     }
   }
 
  private:
-  void done(bool ok, const std::string& why) {
+  void done(bool ok, std::string why) {
     if (finished_) return;
+    if (!failed_before_connect_.empty()) why = failed_before_connect_;
     finished_ = true;
     timer_->disable();
     State& s = state();
@@ -124,9 +150,11 @@ class ExportRequest : public event::DeferredDeletable, public network::Connectio
   event::Dispatcher& dispatcher_;
   uint32_t exporter_;
   size_t spans_;
+  std::shared_ptr<const config::Cluster> cluster_;  // its TLS stats are counted while the request lives
   network::ConnectionPtr conn_;
   event::TimerPtr timer_;
   std::string head_;
+  std::string failed_before_connect_;
   bool finished_ = false;
 };
 
@@ -258,10 +286,13 @@ void sendBatch(State& s, uint32_t id, const ExporterSettings& es, const std::vec
     }
   }
   std::optional<network::Address> host;
+  network::TransportSocketFactorySharedPtr tls;
   if (cluster) {
     const auto hosts = config::hostsInForce(*cluster);  // thread-safe: a DNS cluster's set is locked
     if (hosts && !hosts->empty()) {
-      host = (*hosts)[turn % hosts->size()]->address;
+      const auto& h = (*hosts)[turn % hosts->size()];
+      host = h->address;
+      tls = config::transportFor(*cluster, h.get());
     } else {
       std::lock_guard lk(s.mu);
       --s.exporters[id].in_flight;
@@ -278,7 +309,8 @@ void sendBatch(State& s, uint32_t id, const ExporterSettings& es, const std::vec
   for (const auto& [k, v] : es.headers) absl::StrAppend(&req, k, ": ", v, "\r\n");
   req += "\r\n";
   req += body;
-  s.requests.push_back(std::make_unique<ExportRequest>(*s.dispatcher, id, *host, req, idx.size(), es.timeout_ms));
+  s.requests.push_back(std::make_unique<ExportRequest>(*s.dispatcher, id, *host, tls, cluster, req,
+                                                      idx.size(), es.timeout_ms));
 }
 
 // Exporter thread: take the queue and send it, batch by batch, exporter by exporter.

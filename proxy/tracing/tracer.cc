@@ -28,14 +28,16 @@ absl::StatusOr<uint32_t> percentToBasisPoints(const envoy::type::v3::Percent& p,
   return static_cast<uint32_t>(std::lround(v * 100.0));
 }
 
-// http_uri.uri: "http://host[:port]/path". The host is the request's Host; the cluster says where it
-// goes. Only plain HTTP: Strait does not speak TLS to the collector.
+// http_uri.uri: "http[s]://host[:port]/path". The host is the request's Host; the cluster says where it
+// goes and how, as in Envoy: its transport_socket (TLS, mTLS) applies, whatever the scheme says.
 absl::Status parseCollectorUri(const std::string& uri, const std::string& path, ExporterSettings& out) {
   std::string_view rest = uri;
   if (rest.substr(0, 7) == "http://") {
     rest.remove_prefix(7);
+  } else if (rest.substr(0, 8) == "https://") {
+    rest.remove_prefix(8);
   } else if (rest.find("://") != std::string_view::npos) {
-    return config::fieldError(path, absl::StrCat("'", uri, "': only http:// is supported (spans go in plain HTTP)"));
+    return config::fieldError(path, absl::StrCat("'", uri, "': the scheme must be http or https (OTLP/HTTP)"));
   }
   const size_t slash = rest.find('/');
   if (slash != std::string_view::npos) {

@@ -2,13 +2,15 @@
 (client -> strait A (OUTBOUND) -> strait B (INBOUND) -> origin), spans exported over OTLP/HTTP to a
 local collector that decodes them with Python classes protoc generates from our own .proto files,
 sampling (0% still propagates; a parent's sampled flag and x-envoy-force-trace are honoured), a
-collector that is down (requests unaffected, spans dropped and counted) and bad tracing config
-refused by field."""
+collector that is down (requests unaffected, spans dropped and counted), a collector cluster with
+mTLS (spans go in TLS with the sidecar's identity, never in the clear) and bad tracing config refused
+by field."""
 
 from __future__ import annotations
 
 import importlib
 import shutil
+import ssl
 import subprocess
 import sys
 import threading
@@ -19,6 +21,7 @@ from pathlib import Path
 import pytest
 
 import harness
+import tlsutil
 from peers import env, h1
 
 OTEL_TYPE = "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig"
@@ -52,10 +55,11 @@ def otlp_classes(tmp_root: Path):
 class Collector:
     """A small OTLP/HTTP receiver: POST /v1/traces with an ExportTraceServiceRequest body."""
 
-    def __init__(self, pb):
+    def __init__(self, pb, tls: ssl.SSLContext | None = None):
         self.pb = pb
         self.spans: list[dict] = []
         self.posts: list[dict] = []
+        self.peer_uris: list[str] = []  # with `tls`: the URI SANs of each client certificate seen
         self.lock = threading.Lock()
         owner = self
 
@@ -64,6 +68,10 @@ class Collector:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 req = owner.pb.ExportTraceServiceRequest()
                 req.ParseFromString(body)
+                if isinstance(self.connection, ssl.SSLSocket):
+                    cert = self.connection.getpeercert() or {}
+                    with owner.lock:
+                        owner.peer_uris += [v for k, v in cert.get("subjectAltName", ()) if k == "URI"]
                 owner._add(self.path, dict(self.headers), req)
                 reply = owner.pb.ExportTraceServiceResponse().SerializeToString()
                 self.send_response(200)
@@ -76,6 +84,8 @@ class Collector:
                 pass
 
         self.server = ThreadingHTTPServer((harness.LOOPBACK, 0), Handler)
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -111,10 +121,10 @@ class Collector:
         self.server.server_close()
 
 
-def otel_provider(cluster: str, service: str, **extra) -> dict:
+def otel_provider(cluster: str, service: str, scheme: str = "http", **extra) -> dict:
     return {"name": "envoy.tracers.opentelemetry",
             "typed_config": {"@type": OTEL_TYPE, "service_name": service,
-                             "http_service": {"http_uri": {"uri": f"http://collector.local/v1/traces",
+                             "http_service": {"http_uri": {"uri": f"{scheme}://collector.local/v1/traces",
                                                            "cluster": cluster, "timeout": "0.5s"},
                                               "request_headers_to_add": [
                                                   {"header": {"key": "x-otlp-token", "value": "t0k"}}]},
@@ -314,6 +324,8 @@ def test_other_tracer_propagates_without_spans(fleet, collector):
                    "typed_config": {"@type": OTEL_TYPE, "grpc_service": {"envoy_grpc": {"cluster_name": "otel"}}}}},
      "tracing.provider.typed_config.grpc_service", "OTLP over gRPC is not supported"),
     ({"provider": otel_provider("nope", "x")}, "http_service.http_uri.cluster", "unknown cluster 'nope'"),
+    ({"provider": otel_provider("otel", "x", scheme="grpc")}, "http_service.http_uri.uri",
+     "the scheme must be http or https"),
     ({"random_sampling": {"value": 150}}, "tracing.random_sampling.value", "not within 0..100"),
 ])
 def test_bad_tracing_config_is_refused(tmp_path, tracing, field, words):
@@ -323,3 +335,70 @@ def test_bad_tracing_config_is_refused(tmp_path, tracing, field, words):
     out = r.stdout + r.stderr
     assert r.returncode == 1, out
     assert field in out and words in out, out
+
+
+UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+SPIFFE_SIDECAR = "spiffe://cluster.local/ns/default/sa/sidecar"
+SPIFFE_COLLECTOR = "spiffe://cluster.local/ns/observability/sa/collector"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pki")
+    root = tlsutil.make_root(base / "ca")
+    return {"root": root,
+            "sidecar": tlsutil.make_workload(base / "ca", base / "sidecar", "default", "sidecar"),
+            "collector": tlsutil.make_workload(base / "ca", base / "collector", "observability", "collector")}
+
+
+def tls_collector_config(pki, origin_port: int, collector_port: int) -> dict:
+    """side_b with its otel cluster in mTLS: the sidecar's certificate, the collector's SPIFFE ID checked."""
+    cfg = sidecar_config("side_b", "INBOUND", origin_port, collector_port,
+                         tracing={"provider": otel_provider("otel", "side_b", scheme="https")})
+    otel = cfg["static_resources"]["clusters"][1]
+    assert otel["name"] == "otel"
+    otel["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": UPSTREAM_TLS, "common_tls_context": {
+            "tls_certificates": [{"certificate_chain": {"filename": str(pki["sidecar"]["cert"])},
+                                  "private_key": {"filename": str(pki["sidecar"]["key"])}}],
+            "validation_context": {"trusted_ca": {"filename": str(pki["root"])},
+                                   "match_typed_subject_alt_names": [
+                                       {"san_type": "URI", "matcher": {"exact": SPIFFE_COLLECTOR}}]}}}}
+    return cfg
+
+
+def test_spans_go_to_a_collector_cluster_over_mtls(fleet, pki, tmp_path):
+    """The collector cluster's transport_socket applies to the export, as to any traffic of the cluster:
+    spans arrive over TLS, the collector sees the sidecar's SPIFFE identity, the cluster's ssl stats count
+    the handshake."""
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(str(pki["collector"]["cert"]), str(pki["collector"]["key"]))
+    server.load_verify_locations(str(pki["root"]))
+    server.verify_mode = ssl.CERT_REQUIRED
+    collector = harness.track(fleet, Collector(otlp_classes(tmp_path), tls=server))
+    origin = env.origin(fleet)
+    proc = fleet.start(tls_collector_config(pki, origin.port, collector.port))
+    assert h1.get(proc.listener_port("side_b"), "/secure").status == 200
+    trace, _, _ = traceparent_of(origin)
+    spans = collector.wait_spans(lambda s: s["trace_id"] == trace, 1)
+    assert len(spans) == 1, (collector.spans, proc.logs()[-2000:])
+    assert spans[0]["service"] == "side_b"
+    assert collector.peer_uris and set(collector.peer_uris) == {SPIFFE_SIDECAR}
+    assert collector.posts[0]["headers"]["host"] == "collector.local"
+    stats = proc.stats()
+    assert stats.get("cluster.otel.ssl.handshake", 0) >= 1, stats
+    assert stats.get("tracing.opentelemetry.http_reports_sent", 0) >= 1, stats
+
+
+def test_tls_collector_cluster_never_gets_spans_in_the_clear(fleet, pki, tmp_path):
+    """A plaintext server behind a TLS collector cluster: the export fails its handshake and the batch is
+    dropped and counted; no span goes out unencrypted."""
+    collector = harness.track(fleet, Collector(otlp_classes(tmp_path)))  # plain HTTP
+    origin = env.origin(fleet)
+    proc = fleet.start(tls_collector_config(pki, origin.port, collector.port))
+    assert h1.get(proc.listener_port("side_b"), "/secret-path").status == 200
+    proc.wait_stats(lambda s: s.get("tracing.opentelemetry.http_reports_failed", 0) >= 1, timeout=8)
+    stats = proc.stats()
+    assert stats.get("tracing.opentelemetry.spans_dropped", 0) >= 1, stats
+    assert stats.get("tracing.opentelemetry.spans_sent", 0) == 0, stats
+    assert collector.posts == [] and collector.spans == []
