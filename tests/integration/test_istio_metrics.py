@@ -89,11 +89,8 @@ def labels_of(families: dict, sample_name: str, **labels) -> dict:
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    base = tmp_path_factory.mktemp("istio-metrics-pki")
-    root = tlsutil.make_root(base / "ca")
-    return {"root": root,
-            "server": tlsutil.make_workload(base / "ca", base / "server", "bookinfo", "ratings"),
-            "client": tlsutil.make_workload(base / "ca", base / "client", "front", "productpage")}
+    return tlsutil.make_pki(tmp_path_factory.mktemp("istio-metrics-pki"), server=("bookinfo", "ratings"),
+                            client=("front", "productpage"))
 
 
 @pytest.fixture

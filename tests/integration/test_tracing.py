@@ -337,18 +337,14 @@ def test_bad_tracing_config_is_refused(tmp_path, tracing, field, words):
     assert field in out and words in out, out
 
 
-UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 SPIFFE_SIDECAR = "spiffe://cluster.local/ns/default/sa/sidecar"
 SPIFFE_COLLECTOR = "spiffe://cluster.local/ns/observability/sa/collector"
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    base = tmp_path_factory.mktemp("pki")
-    root = tlsutil.make_root(base / "ca")
-    return {"root": root,
-            "sidecar": tlsutil.make_workload(base / "ca", base / "sidecar", "default", "sidecar"),
-            "collector": tlsutil.make_workload(base / "ca", base / "collector", "observability", "collector")}
+    return tlsutil.make_pki(tmp_path_factory.mktemp("pki"), sidecar=("default", "sidecar"),
+                            collector=("observability", "collector"))
 
 
 def tls_collector_config(pki, origin_port: int, collector_port: int) -> dict:
@@ -357,13 +353,7 @@ def tls_collector_config(pki, origin_port: int, collector_port: int) -> dict:
                          tracing={"provider": otel_provider("otel", "side_b", scheme="https")})
     otel = cfg["static_resources"]["clusters"][1]
     assert otel["name"] == "otel"
-    otel["transport_socket"] = {"name": "envoy.transport_sockets.tls", "typed_config": {
-        "@type": UPSTREAM_TLS, "common_tls_context": {
-            "tls_certificates": [{"certificate_chain": {"filename": str(pki["sidecar"]["cert"])},
-                                  "private_key": {"filename": str(pki["sidecar"]["key"])}}],
-            "validation_context": {"trusted_ca": {"filename": str(pki["root"])},
-                                   "match_typed_subject_alt_names": [
-                                       {"san_type": "URI", "matcher": {"exact": SPIFFE_COLLECTOR}}]}}}}
+    otel["transport_socket"] = tlsutil.upstream_mtls(pki["root"], pki["sidecar"], SPIFFE_COLLECTOR)
     return cfg
 
 

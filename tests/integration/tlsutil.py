@@ -75,6 +75,31 @@ def make_workload(ca_dir: str | Path, out_dir: str | Path, ns: str, sa: str, tru
     return {"cert": out / "cert-chain.pem", "key": out / "key.pem", "root": out / "root-cert.pem"}
 
 
+def make_pki(base: str | Path, **workloads: tuple[str, str]) -> dict:
+    """A mesh root in base/ca and one workload certificate per keyword (name=(namespace, service account)),
+    issued into base/<name>. Returns {"root": root-cert path, name: make_workload's paths, ...}."""
+    base = Path(base)
+    out: dict = {"root": make_root(base / "ca")}
+    for name, (ns, sa) in workloads.items():
+        out[name] = make_workload(base / "ca", base / name, ns, sa)
+    return out
+
+
+UPSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
+
+
+def upstream_mtls(root: str | Path, workload: dict, peer_uri: str) -> dict:
+    """A cluster's transport_socket: mTLS with `workload`'s certificate, the peer checked against `root` and
+    its URI SAN `peer_uri`."""
+    return {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": UPSTREAM_TLS, "common_tls_context": {
+            "tls_certificates": [{"certificate_chain": {"filename": str(workload["cert"])},
+                                  "private_key": {"filename": str(workload["key"])}}],
+            "validation_context": {"trusted_ca": {"filename": str(root)},
+                                   "match_typed_subject_alt_names": [
+                                       {"san_type": "URI", "matcher": {"exact": peer_uri}}]}}}}
+
+
 def _openssl_time(text: str) -> datetime:
     # openssl's default form: "Dec  3 08:04:33 2026 GMT"
     return datetime.strptime(text.strip(), "%b %d %H:%M:%S %Y GMT").replace(tzinfo=timezone.utc)
