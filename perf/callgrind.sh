@@ -8,6 +8,10 @@
 #   --h2          h2c downstream (h2load -m 10) instead of HTTP/1.1 (h2load --h1)
 #   --istio       Istio's telemetry on: istio.metadata_exchange + istio.stats before the router, node
 #                 metadata STRAIT_ISTIO_METRICS=true (an outbound sidecar: adds its peer header, records)
+#   --rate R      send at R requests per second in all (h2load --rps, split over the connections) instead
+#                 of as fast as possible: each request then meets an idle proxy, so the figure includes the
+#                 per-wakeup work that saturation hides (batching). R should stay well under what Strait
+#                 does under callgrind (~300 req/s here): 50 is a fair choice
 #   --keep        keep the run directory even on success (it holds the callgrind.out file)
 # Environment: STRAIT_BIN (default build/proxy/strait), CALLGRIND_TOP (functions listed, default 30).
 #
@@ -22,6 +26,7 @@ requests=20000
 clients=8
 body=1k
 h2=0
+rate=0
 keep=0
 istio=0
 while [ $# -gt 0 ]; do
@@ -30,6 +35,7 @@ while [ $# -gt 0 ]; do
     --clients) clients=$2; shift ;;
     --body) body=$2; shift ;;
     --h2) h2=1 ;;
+    --rate) rate=$2; shift ;;
     --keep) keep=1 ;;
     --istio) istio=1 ;;
     -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1 {sub(/^# ?/, ""); print}' "$0"; exit 0 ;;
@@ -157,13 +163,17 @@ fi
 url="http://127.0.0.1:$strait_port/$body"
 if [ "$h2" -eq 1 ]; then client=(h2load -c "$clients" -m 10); proto="h2c (h2load -c $clients -m 10)"
 else client=(h2load --h1 -c "$clients"); proto="HTTP/1.1 keep-alive (h2load --h1 -c $clients)"; fi
+if [ "$rate" != 0 ]; then
+  per_conn=$(python3 -c "print(round($rate / $clients, 3))")
+  client+=(--rps="$per_conn"); proto="$proto at $rate req/s"
+fi
 
 echo "== warm-up: 500 requests (not measured)"
 timeout 300 "${client[@]}" -n 500 "$url" >"$run/warmup.txt" 2>&1 || { cat "$run/warmup.txt" >&2; exit 1; }
 
 echo "== measuring $requests requests, $proto, body $body"
 callgrind_control -i on "$vpid" >/dev/null
-timeout 900 "${client[@]}" -n "$requests" "$url" >"$run/h2load.txt" 2>&1 || { cat "$run/h2load.txt" >&2; exit 1; }
+timeout 1800 "${client[@]}" -n "$requests" "$url" >"$run/h2load.txt" 2>&1 || { cat "$run/h2load.txt" >&2; exit 1; }
 callgrind_control -d "measured" "$vpid" >/dev/null
 callgrind_control -i off "$vpid" >/dev/null
 grep -E '^(finished|requests|status codes)' "$run/h2load.txt"
