@@ -79,8 +79,10 @@ class ExportRequest : public event::DeferredDeletable, public network::Connectio
       network::TransportSocketPtr socket = tls->create(options);
       if (!socket) {
         // The cluster's certificate has not come (SDS) yet: the batch is dropped, not sent in the clear.
-        timer_->enable(0);
+        // failConnect() reports ConnectFailed from the loop, as for a refused connection.
         failed_before_connect_ = "no TLS certificate yet";
+        conn_->failConnect();
+        timer_->enable(timeout_ms);
         return;
       }
       conn_->setTransportSocket(std::move(socket));
