@@ -24,6 +24,7 @@ test_pkgs=(
   curl nghttp2-client iptables iproute2 python3 python3-grpcio python3-h2
   python3-pytest python3-yaml prometheus procps netcat-openbsd nftables nginx wrk tcpdump openssl
   buildah python3-jsonpatch python3-prometheus-client python3-protobuf
+  chromium  # test_live_graph.py loads the admin page in headless Chromium (issue 15)
 )
 perf_pkgs=(wrk haproxy nginx gnuplot-nox iperf3 valgrind openssl)
 fuzz_pkgs=(clang-16 libclang-rt-16-dev clang-tidy-16 llvm-16 python3-h2 python3-yaml)
