@@ -137,7 +137,7 @@ absl::Status translateEndpoints(const endpoint_v3::ClusterLoadAssignment& la, co
       if (!h) {
         h = std::make_shared<upstream::Host>();
         h->address = *addr;
-        h->hostname = lbe.endpoint().hostname();
+        h->setHostname(lbe.endpoint().hostname());
         h->transport_socket = socket;
         h->priority = locality.priority();
         h->locality = shared_locality;
@@ -501,7 +501,8 @@ void registerUpstreamPeerExchange(UpstreamPeerExchangeFn fn) { upstreamPeerExcha
 absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster& c, const std::string& path,
                                                      uint32_t index, stats::Store& store,
                                                      const ResourceMap* endpoints,
-                                                     bool allow_pipe, std::string* pipe_target, bool* warming) {
+                                                     bool allow_pipe, std::string* pipe_target, bool* warming,
+                                                     const DynamicResource* held) {
   auto out = std::make_shared<Cluster>();
   // The cluster's stats (its hosts' too) live as long as this Cluster object.
   out->stat_scope = std::make_unique<stats::StatScope>(store);
@@ -693,10 +694,12 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
     out->outlier = std::make_shared<const upstream::OutlierConfig>(o);
   }
   if (c.has_circuit_breakers()) {
+    auto breakers = std::make_shared<upstream::CircuitBreakerLimits>();
+    out->breakers = breakers;
     for (int i = 0; i < c.circuit_breakers().thresholds_size(); ++i) {
       const auto& t = c.circuit_breakers().thresholds(i);
       // One threshold set per routing priority; routes choose theirs (RouteAction.priority).
-      auto& l = t.priority() == envoy::config::core::v3::HIGH ? out->high_limits : out->limits;
+      auto& l = breakers->by_priority[t.priority() == envoy::config::core::v3::HIGH ? 1 : 0];
       if (t.has_max_connections()) l.max_connections = t.max_connections().value();
       if (t.has_max_pending_requests()) l.max_pending_requests = t.max_pending_requests().value();
       if (t.has_max_requests()) l.max_requests = t.max_requests().value();
@@ -723,12 +726,12 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
                                  &pipe, sockets);
     if (!st.ok()) return st;
     if (pipe_target != nullptr) *pipe_target = pipe;
-    out->grpc_target = pipe;
+    out->pipe_target = pipe;
   }
   // Validated, and waiting for its ClusterLoadAssignment: the caller drops it (buildSnapshot keeps the
   // version it had until the endpoints come), so its stats would be made and released at once (a third
   // of a 10,000-cluster CDS push went on that).
-  if (warming != nullptr && *warming) return ClusterConstSharedPtr(out);
+  if (warming != nullptr && *warming) return ClusterConstSharedPtr(out);  // dropped by the caller, never shown
   const std::string p = "cluster." + (c.alt_stat_name().empty() ? c.name() : c.alt_stat_name()) + ".";
   // One block of the store for the whole fixed set (stats.h, StatBlock): one entry per cluster instead
   // of one per stat.
@@ -743,13 +746,21 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
     for (const auto& t : out->dns->targets) tls = tls || t.socket != nullptr;  // hosts resolved later
   }
   if (tls) out->stats.ssl = network::makeSslStats(scope, p);
-  if (out->grpc_target.empty() && !out->hosts.empty()) {
-    const auto& a = out->hosts.front()->address;
-    out->grpc_target = (a.isV6() ? "ipv6:" : "ipv4:") + a.asString();
-  }
   stats::set(store, out->stats.membership_total, static_cast<int64_t>(out->hosts.size()));
-  out->proto = std::make_shared<cluster_v3::Cluster>(c);
+  if (held != nullptr) {
+    out->proto = held->proto;
+    out->wire = held->wire;
+  } else {
+    out->proto = std::make_shared<cluster_v3::Cluster>(c);
+  }
   return ClusterConstSharedPtr(out);
+}
+
+std::shared_ptr<const google::protobuf::Message> Cluster::message() const {
+  if (proto || !wire) return proto;
+  DynamicResource r;
+  r.wire = wire;
+  return heldAs<cluster_v3::Cluster>(r);
 }
 
 }  // namespace strait::config

@@ -123,17 +123,23 @@ static void flattenRuntime(const google::protobuf::Struct& s, const std::string&
   }
 }
 
-std::string formatNowRfc3339() {
-  auto now = std::chrono::system_clock::now();
-  std::time_t t = std::chrono::system_clock::to_time_t(now);
-  auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(now.time_since_epoch()).count() % 1000;
+int64_t nowUnixMs() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+std::string formatRfc3339(int64_t unix_ms) {
+  const std::time_t t = static_cast<std::time_t>(unix_ms / 1000);
+  const int ms = static_cast<int>(unix_ms % 1000);
   std::tm tm;
   gmtime_r(&t, &tm);
   char buf[64];
   std::snprintf(buf, sizeof(buf), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                tm.tm_hour, tm.tm_min, tm.tm_sec, static_cast<int>(ms));
+                tm.tm_hour, tm.tm_min, tm.tm_sec, ms);
   return buf;
 }
+
+std::string formatNowRfc3339() { return formatRfc3339(nowUnixMs()); }
 
 
 std::map<std::string, std::string> runtimeValues(const google::protobuf::Message& bootstrap) {
@@ -422,13 +428,12 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     auto it = sources->endpoints.find(c.eds_service_name);
     return it == sources->endpoints.end() ? nullptr : it->second.identity();
   };
-  auto reusableCluster = [&](const std::string& name, const google::protobuf::Message* proto,
-                             bool dynamic) -> ClusterConstSharedPtr {
+  auto reusableCluster = [&](const std::string& name, const void* source, bool dynamic) -> ClusterConstSharedPtr {
     if (previous == nullptr) return nullptr;
     auto it = previous->clusters_by_name.find(name);
     if (it == previous->clusters_by_name.end()) return nullptr;
     const Cluster& old = *it->second;
-    if (old.dynamic != dynamic || old.proto.get() != proto) return nullptr;
+    if (old.dynamic != dynamic || old.sourceKey() != source) return nullptr;
     if (old.type == Cluster::Type::Eds && (old.from_endpoints == nullptr || old.from_endpoints != endpointsOf(old))) {
       return nullptr;
     }
@@ -449,8 +454,8 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
       }
       const auto* held = sources->clusters.get(n);
       if (held != nullptr) {
-        const auto& cp = static_cast<const cluster_v3::Cluster&>(*held->proto);
-        if (!cp.eds_cluster_config().service_name().empty() && cp.eds_cluster_config().service_name() != n) fast = false;
+        const auto cp = heldAs<cluster_v3::Cluster>(*held);
+        if (!cp->eds_cluster_config().service_name().empty() && cp->eds_cluster_config().service_name() != n) fast = false;
       }
       affected.insert(n);
     }
@@ -523,14 +528,21 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
   // One CDS cluster: its previous version again, a new translation, or (rejected, warming) the
   // previous version kept.
   auto dynamicCluster = [&](const std::string& name, const DynamicResource& res) -> absl::Status {
-    const auto& cp = static_cast<const cluster_v3::Cluster&>(*res.proto);
     const std::string path = absl::StrCat("Cluster '", name, "'");
     bool warming = false;
-    if (auto old = reusableCluster(name, res.proto.get(), true)) {
-      if (old->type == Cluster::Type::Eds) eds_wanted.insert(old->eds_service_name);
+    if (auto old = reusableCluster(name, res.identityKey(), true)) {
+      if (old->type == Cluster::Type::Eds) {
+        eds_wanted.insert(old->eds_service_name);
+        if (old->eds_service_name != name) snap->eds_aliases = true;
+      }
       return addCluster(old, path);
     }
-    auto c = translateCluster(cp, path, ids.get(name), store, &sources->endpoints, false, nullptr, &warming);
+    // Held as bytes (DynamicResource::wire): decoded for as long as it is translated.
+    const auto held = heldAs<cluster_v3::Cluster>(res);
+    const auto& cp = *held;
+    const auto& sn = cp.eds_cluster_config().service_name();
+    if (!sn.empty() && sn != name) snap->eds_aliases = true;  // warming or rejected ones count too
+    auto c = translateCluster(cp, path, ids.get(name), store, &sources->endpoints, false, nullptr, &warming, &res);
     if (!c.ok()) {
       // One bad xDS resource does not sink the others (Envoy's partial acceptance): it is reported, and
       // the version it replaces (if any) keeps serving. A fault in its endpoints is the EDS resource's.
@@ -548,7 +560,7 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     auto* mc = const_cast<Cluster*>(c->get());
     mc->dynamic = true;
     mc->version_info = res.version;
-    mc->proto = res.proto;  // shared with the sources: no second copy, and the key for reuse
+    // mc->proto / mc->wire are res's, shared with the sources: no second copy, and the key for reuse.
     mc->from_endpoints = endpointsOf(*mc);
     if (mc->type == Cluster::Type::Eds) eds_wanted.insert(mc->eds_service_name);
     if (warming) {
@@ -638,12 +650,10 @@ absl::StatusOr<BuildResult> buildSnapshot(std::shared_ptr<const ConfigSources> s
     } else {
       snap->eds_names = std::move(wanted);
     }
+    // Dynamic clusters' aliases were noted by dynamicCluster (each held one, whether it is in force,
+    // warming or rejected); static ones here.
     for (const auto& c : snap->clusters) {
       if (c->type == Cluster::Type::Eds && c->eds_service_name != c->name) snap->eds_aliases = true;
-    }
-    for (const auto& [name, res] : sources->clusters) {
-      const auto& sn = static_cast<const cluster_v3::Cluster&>(*res.proto).eds_cluster_config().service_name();
-      if (!sn.empty() && sn != name) snap->eds_aliases = true;
     }
   }
   eds_wanted.clear();

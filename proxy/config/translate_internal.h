@@ -31,10 +31,13 @@ std::map<std::string, NetworkReadFilterFactoryFn>& networkReadFilterRegistry();
 
 // One cluster. `endpoints`: the EDS resources held (an EDS cluster without its own is `*warming`).
 // `allow_pipe`: a bootstrap cluster may name a unix socket; `pipe_target` then gets its path.
+// `held`: the CDS resource `c` was decoded from; the Cluster shares what it holds (the message, or
+// its bytes) as its source. Without it, the Cluster keeps a copy of `c`.
 absl::StatusOr<ClusterConstSharedPtr> translateCluster(const envoy::config::cluster::v3::Cluster& c,
                                                      const std::string& path, uint32_t index, stats::Store& store,
                                                      const ResourceMap* endpoints,
-                                                     bool allow_pipe, std::string* pipe_target, bool* warming);
+                                                     bool allow_pipe, std::string* pipe_target, bool* warming,
+                                                     const DynamicResource* held = nullptr);
 
 // One listener. Unavailable: it waits for a RouteConfiguration (warming), not an error.
 absl::StatusOr<ListenerConstSharedPtr> translateListener(const envoy::config::listener::v3::Listener& l,

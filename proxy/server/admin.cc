@@ -261,8 +261,8 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
     }
     for (const auto& c : snap->clusters) {
       absl::StrAppend(&r.body, c->name, "::observability_name::", c->name, "\n");
-      for (const auto& [prio, l] : {std::pair<const char*, const upstream::ResourceLimits&>{"default", c->limits},
-                                    std::pair<const char*, const upstream::ResourceLimits&>{"high", c->high_limits}}) {
+      for (const auto& [prio, l] : {std::pair<const char*, const upstream::ResourceLimits&>{"default", c->limits()},
+                                    std::pair<const char*, const upstream::ResourceLimits&>{"high", c->highLimits()}}) {
         absl::StrAppend(&r.body, c->name, "::", prio, "_priority::max_connections::", l.max_connections, "\n", c->name,
                         "::", prio, "_priority::max_pending_requests::", l.max_pending_requests, "\n", c->name,
                         "::", prio, "_priority::max_requests::", l.max_requests, "\n", c->name,

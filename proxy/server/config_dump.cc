@@ -292,17 +292,17 @@ LocalHttpResponse configDump(Server& server, const std::map<std::string, std::st
   auto lastUpdated = [&](const config::ResourceMap* m, const std::string& name) {
     if (m) {
       auto it = m->find(name);
-      if (it != m->end()) return it->second.last_updated;
+      if (it != m->end()) return config::formatRfc3339(it->second.last_updated_ms);
     }
     return snap->loaded_at;
   };
   // A version reused by an update that resent the same bytes under a new version_info shows the new
   // one, as the resource held says.
   auto versionOf = [&](const config::ResourceMap* m, const std::string& name, const std::string& own,
-                       const void* proto) -> const std::string& {
+                       const void* source) -> const std::string& {
     if (m) {
       auto it = m->find(name);
-      if (it != m->end() && it->second.proto.get() == proto) return it->second.version;
+      if (it != m->end() && it->second.identityKey() == source) return it->second.version;
     }
     return own;
   };
@@ -324,9 +324,9 @@ LocalHttpResponse configDump(Server& server, const std::map<std::string, std::st
       const config::ResourceMap* m = c->dynamic && src ? &src->clusters : nullptr;
       std::string fields;
       if (c->dynamic) {
-        fields = absl::StrCat("\"version_info\":", jsonEscape(versionOf(m, c->name, c->version_info, c->proto.get())), ",");
+        fields = absl::StrCat("\"version_info\":", jsonEscape(versionOf(m, c->name, c->version_info, c->sourceKey())), ",");
       }
-      absl::StrAppend(&fields, "\"cluster\":", anyJson(*c->proto), ",\"last_updated\":\"", lastUpdated(m, c->name), "\"");
+      absl::StrAppend(&fields, "\"cluster\":", anyJson(*c->message()), ",\"last_updated\":\"", lastUpdated(m, c->name), "\"");
       d.sections[c->dynamic ? 1 : 0].entries.push_back(Entry{c->name, std::move(fields)});
     }
     dumps.push_back(std::move(d));
@@ -367,7 +367,7 @@ LocalHttpResponse configDump(Server& server, const std::map<std::string, std::st
         if (!wanted(name) || !res.proto) continue;
         d.sections[1].entries.push_back(Entry{
             name, absl::StrCat("\"version_info\":", jsonEscape(res.version), ",\"route_config\":", anyJson(*res.proto),
-                               ",\"last_updated\":\"", res.last_updated, "\"")});
+                               ",\"last_updated\":\"", config::formatRfc3339(res.last_updated_ms), "\"")});
       }
     }
     dumps.push_back(std::move(d));
@@ -381,7 +381,7 @@ LocalHttpResponse configDump(Server& server, const std::map<std::string, std::st
         if (!wanted(name) || !res.proto) continue;
         d.sections[0].entries.push_back(Entry{
             name, absl::StrCat("\"name\":", jsonEscape(name), ",\"version_info\":", jsonEscape(res.version),
-                               ",\"last_updated\":\"", res.last_updated, "\",\"secret\":", anyJson(*res.proto))});
+                               ",\"last_updated\":\"", config::formatRfc3339(res.last_updated_ms), "\",\"secret\":", anyJson(*res.proto))});
       }
     }
     dumps.push_back(std::move(d));
@@ -407,7 +407,7 @@ LocalHttpResponse configDump(Server& server, const std::map<std::string, std::st
         d.sections[1].entries.push_back(Entry{
             name, absl::StrCat("\"version_info\":", jsonEscape(res.version), ",\"endpoint_config\":",
                                anyJson(*config::heldAs<envoy::config::endpoint::v3::ClusterLoadAssignment>(res)),
-                               ",\"last_updated\":\"", res.last_updated, "\"")});
+                               ",\"last_updated\":\"", config::formatRfc3339(res.last_updated_ms), "\"")});
       }
     }
     dumps.push_back(std::move(d));

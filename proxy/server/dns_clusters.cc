@@ -24,7 +24,7 @@ void DnsClusters::stop() { resolver_.stop(); }
 void DnsClusters::activateLocked(Entry& e, const std::vector<upstream::HostSharedPtr>& hosts,
                                  const std::vector<upstream::ClusterRuntime::HostParams>& params) {
   const config::Cluster& v = *e.version;
-  e.runtime->activate(hosts, params, v.limits, v.outlier ? &*v.outlier : nullptr, v.high_limits);
+  e.runtime->activate(hosts, params, v.limits(), v.outlier ? &*v.outlier : nullptr, v.highLimits());
 }
 
 void DnsClusters::apply(const config::Snapshot& snapshot) {

@@ -115,11 +115,11 @@ void SdsStreams::refresh(const config::Snapshot& snapshot) {
     auto it = streams_.find(source);
     if (it == streams_.end()) {
       auto c = snapshot.clusters_by_name.find(source);
-      if (c == snapshot.clusters_by_name.end() || c->second->grpc_target.empty()) {
+      if (c == snapshot.clusters_by_name.end() || c->second->grpcTarget().empty()) {
         LOG_WARN("sds: cluster '%s' named by an sds_config has no endpoint; its secrets cannot be fetched", source.c_str());
         continue;
       }
-      it = streams_.emplace(source, std::make_unique<Stream>(store_, source, c->second->grpc_target, node_)).first;
+      it = streams_.emplace(source, std::make_unique<Stream>(store_, source, c->second->grpcTarget(), node_)).first;
     }
     it->second->setNames(secrets.sdsNames(source));
   }

@@ -187,7 +187,7 @@ void Server::activateClusters(const config::SnapshotConstSharedPtr& snapshot, co
     // The very version that is in force already (buildSnapshot reused it): nothing to do.
     if (c->index < in_force.size() && in_force[c->index] == c.get()) continue;
     if (c->runtime && !c->isDns()) {
-      c->runtime->activate(c->hosts, c->host_params, c->limits, c->outlier ? &*c->outlier : nullptr, c->high_limits);
+      c->runtime->activate(c->hosts, c->host_params, c->limits(), c->outlier ? &*c->outlier : nullptr, c->highLimits());
     }
   }
   // DNS clusters: activated against their newest resolution; new ones start resolving, gone ones stop.

@@ -295,7 +295,7 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
   if (type_url == xds::kSecretType) target = &next->secrets;
   if (target == nullptr) return absl::InvalidArgumentError(absl::StrCat("unsupported resource type ", type_url));
 
-  const std::string now = config::nowRfc3339();
+  const int64_t now = config::nowUnixMs();
   // Every map is keyed by the name a resource was sent under (SotW: the resource's own name or its
   // discovery.v3.Resource wrapper's; delta: Resource.name): that is the name the client holds it by and
   // the name a removal (delta removed_resources, SotW absence) uses.
@@ -404,12 +404,12 @@ absl::Status XdsApplier::apply(const std::string& type_url, const std::vector<xd
         same = before->ParseFromString(*held->second.wire) && before->SerializeAsString() == encoded;
       }
     }
-    res.last_updated = same ? held->second.last_updated : now;
+    res.last_updated_ms = same ? held->second.last_updated_ms : now;
     if (same) {
       // The held message (or bytes) stays, and what was built from it stays.
       res.proto = held->second.proto;
       res.wire = held->second.wire;
-    } else if (type_url == xds::kEndpointType) {
+    } else if (type_url == xds::kEndpointType || type_url == xds::kClusterType) {
       res.wire = std::make_shared<const std::string>(bytes);  // as it came: see DynamicResource::wire
     } else {
       res.proto = *m;

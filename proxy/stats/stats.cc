@@ -511,6 +511,11 @@ size_t Store::statCount() const {
   return live_stats_;
 }
 
+size_t Store::entryCount() const {
+  std::lock_guard<std::mutex> lock(lock_);
+  return live_entries_;
+}
+
 uint32_t Store::slotHighWater() const {
   std::lock_guard<std::mutex> lock(lock_);
   return static_cast<uint32_t>(pages_.size() * Shard::kSlotsPerPage);

@@ -165,6 +165,7 @@ class Store {
   static int64_t value(const PrimitiveGauge& g) { return g.value(); }
   // Named stats, and slots in use (for tests and the memory figures).
   size_t statCount() const;
+  size_t entryCount() const;  // store entries: one per stat made alone, one per block
   uint32_t slotsInUse() const;
   uint32_t slotHighWater() const;  // slots ever handed out (the shards' size)
   // Heap held for names and bookkeeping (not the shards), for the memory figures.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <iterator>
 
 #include "absl/strings/str_cat.h"
 
@@ -9,9 +10,34 @@ namespace strait::upstream {
 
 namespace {
 constexpr const char* kPriorityNames[kResourcePriorities] = {"default", "high"};  // by ResourcePriority
+
+// A priority's limits in ResourceManager order: connections, pending requests, requests, retries,
+// connection pools.
+constexpr const char* kOpenNames[] = {"cx_open", "rq_pending_open", "rq_open", "rq_retry_open", "cx_pool_open"};
+constexpr const char* kRemainingNames[] = {"remaining_cx", "remaining_pending", "remaining_rq", "remaining_retries",
+                                           "remaining_cx_pools"};
+
+// "cluster.<name>.circuit_breakers.<priority>." + the five open gauges, as one block layout.
+struct CircuitBreakerBlock {
+  stats::StatBlock layout;
+  uint32_t open[std::size(kOpenNames)] = {};
+};
+const CircuitBreakerBlock& circuitBreakerBlock() {
+  static const CircuitBreakerBlock* block = [] {
+    auto* b = new CircuitBreakerBlock;  // lives for the process, as every layout does
+    for (size_t k = 0; k < std::size(kOpenNames); ++k) b->open[k] = b->layout.gauge(kOpenNames[k]);
+    return b;
+  }();
+  return *block;
+}
 }  // namespace
 
 void registerTicking(std::weak_ptr<ClusterRuntime> rt);
+
+const std::shared_ptr<const CircuitBreakerLimits>& defaultCircuitBreakerLimits() {
+  static const auto* defaults = new std::shared_ptr<const CircuitBreakerLimits>(std::make_shared<CircuitBreakerLimits>());
+  return *defaults;
+}
 
 bool ResourceManager::tryAcquireRetry() {
   if (!has_retry_budget.load(std::memory_order_relaxed)) return retries.tryAcquire();
@@ -27,27 +53,23 @@ ClusterRuntime::ClusterRuntime(stats::Store& store, std::string name, const std:
     : scope_(store), name_(std::move(name)), stat_prefix_(stat_prefix) {
   // Envoy's defaults until a version is activated (no gauge writes here: this may run on a thread
   // without a stats shard). HIGH has the same defaults as DEFAULT.
+  // The five "open" gauges of a priority are one stat block (stats.h, StatBlock): one store entry per
+  // priority instead of five, the same names in /stats.
   const ResourceLimits defaults;
+  const CircuitBreakerBlock& block = circuitBreakerBlock();
   for (size_t i = 0; i < kResourcePriorities; ++i) {
     ResourceManager& r = resources_[i];
-    const std::string p = absl::StrCat("cluster.", stat_prefix, ".circuit_breakers.", kPriorityNames[i], ".");
-    struct {
-      ResourceLimit* limit;
-      const char* open;
-      const char* remaining;
-      uint64_t max;
-    } const limits[] = {
-        {&r.connections, "cx_open", "remaining_cx", defaults.max_connections},
-        {&r.pending_requests, "rq_pending_open", "remaining_pending", defaults.max_pending_requests},
-        {&r.requests, "rq_open", "remaining_rq", defaults.max_requests},
-        {&r.retries, "rq_retry_open", "remaining_retries", defaults.max_retries},
-        {&r.connection_pools, "cx_pool_open", "remaining_cx_pools", defaults.max_connection_pools},
-    };
-    for (const auto& l : limits) {
-      l.limit->open_ = scope_.gauge(p + l.open);
-      l.limit->remaining_name_ = l.remaining;
-      l.limit->priority_ = static_cast<uint8_t>(i);
-      l.limit->max_ = l.max;
+    const uint32_t first = scope_.block(absl::StrCat("cluster.", stat_prefix, ".circuit_breakers.", kPriorityNames[i]),
+                                        block.layout);
+    ResourceLimit* const limits[] = {&r.connections, &r.pending_requests, &r.requests, &r.retries,
+                                     &r.connection_pools};
+    const uint64_t maxes[] = {defaults.max_connections, defaults.max_pending_requests, defaults.max_requests,
+                              defaults.max_retries, defaults.max_connection_pools};
+    for (size_t k = 0; k < std::size(limits); ++k) {
+      limits[k]->open_ = stats::Gauge{first + block.open[k]};
+      limits[k]->remaining_name_ = kRemainingNames[k];
+      limits[k]->priority_ = static_cast<uint8_t>(i);
+      limits[k]->max_ = maxes[k];
     }
   }
 }
@@ -61,7 +83,7 @@ uint64_t keyHash(const std::string& key) {
 }
 std::string keyOf(const Host& h) {
   return hostKey(h.address, h.transport_socket ? h.transport_socket->hashKey() : 0, h.priority,
-                 h.locality ? *h.locality : Locality(), h.hostname);
+                 h.locality ? *h.locality : Locality(), h.hostname());
 }
 }  // namespace
 
@@ -78,7 +100,13 @@ void ClusterRuntime::rememberHost(const std::string& key, const HostSharedPtr& h
   std::lock_guard<std::mutex> lock(mu_);
   // Forget the hosts no version holds any more, so the map follows the cluster's size.
   if (hosts_.size() > 64 && hosts_.size() % 64 == 0) {
-    std::erase_if(hosts_, [](const auto& kv) { return kv.second.expired(); });
+    for (auto it = hosts_.begin(); it != hosts_.end();) {
+      if (it->second.expired()) {
+        hosts_.erase(it++);
+      } else {
+        ++it;
+      }
+    }
   }
   hosts_[keyHash(key)] = host;
 }

@@ -105,7 +105,7 @@ HostSharedPtr makeDnsHost(stats::Store& store, const std::string& cluster_name, 
                           const network::Address& address) {
   auto h = std::make_shared<Host>();
   h->address = address;
-  h->hostname = target.hostname;
+  h->setHostname(target.hostname);
   h->transport_socket = target.socket;
   h->priority = target.priority;
   h->locality = target.locality ? target.locality : std::make_shared<const Locality>();

@@ -55,11 +55,10 @@ class Host : public std::enable_shared_from_this<Host> {
  public:
   // ---- immutable ----
   network::Address address;
-  std::string hostname;  // EDS endpoint.hostname (ring hash may hash it), may be empty
+  uint32_t priority = 0;  // next to the address, in what would be its padding
   // TLS to this host: the cluster's transport_socket_matches entry its metadata selects, else the
   // cluster's transport_socket; null for plaintext.
   network::TransportSocketFactorySharedPtr transport_socket;
-  uint32_t priority = 0;
   std::shared_ptr<const Locality> locality;  // never null once built; shared by the hosts of one locality
   // Per-host stats for /clusters (Envoy keeps them out of /stats too). They live in the Host itself,
   // as Envoy's HostStats do: plain shared atomics, with no name, no store slot and no per-worker copy,
@@ -84,6 +83,12 @@ class Host : public std::enable_shared_from_this<Host> {
     return p != nullptr ? *p : makePassive();
   }
   bool hasPassive() const { return passive_.load(std::memory_order_acquire) != nullptr; }
+
+  // EDS endpoint.hostname (ring hash may hash it); empty for most hosts, so it is kept out of line.
+  const std::string& hostname() const { return hostname_ ? *hostname_ : emptyHostname(); }
+  void setHostname(std::string name) {
+    hostname_ = name.empty() ? nullptr : std::make_unique<const std::string>(std::move(name));
+  }
 
   Host() = default;
   ~Host() { delete passive_.load(std::memory_order_relaxed); }
@@ -115,6 +120,11 @@ class Host : public std::enable_shared_from_this<Host> {
     return *expected;
   }
   mutable std::atomic<HostPassiveState*> passive_{nullptr};
+  std::unique_ptr<const std::string> hostname_;  // null: no hostname
+  static const std::string& emptyHostname() {
+    static const std::string kEmpty;
+    return kEmpty;
+  }
 };
 
 using HostSharedPtr = std::shared_ptr<Host>;

@@ -711,7 +711,7 @@ class Balancer final : public LoadBalancer {
       keys_.reserve(hosts_.size());
       for (const HostSharedPtr& h : hosts_) {
         key_index_.emplace(h.get(), static_cast<uint32_t>(keys_.size()));
-        keys_.push_back(config_.use_hostname_for_hashing && !h->hostname.empty() ? h->hostname
+        keys_.push_back(config_.use_hostname_for_hashing && !h->hostname().empty() ? h->hostname()
                                                                                : h->address.asString());
       }
       if (config_.policy == LbConfig::Policy::Maglev) {

@@ -136,3 +136,11 @@ TEST_CASE("Bootstrap: --config-yaml merges over the file") {
   REQUIRE(j.ok());
   REQUIRE(*j == R"({"node":{"id":"b","cluster":"c"}})");
 }
+
+TEST_CASE("Bootstrap: /config_dump's timestamps are RFC 3339 UTC with milliseconds") {
+  CHECK(config::formatRfc3339(0) == "1970-01-01T00:00:00.000Z");
+  CHECK(config::formatRfc3339(1796590800123) == "2026-12-06T21:00:00.123Z");
+  const int64_t now = config::nowUnixMs();
+  CHECK(now > 1796590800000);  // after this test was written
+  CHECK(config::formatRfc3339(now).size() == 24);
+}

@@ -497,7 +497,7 @@ struct Env {
     cluster = snap->clusters[0];
     worker.useClusters(*snap);
     // What the server does when a snapshot is accepted: the circuit-breaker limits come into force.
-    cluster->runtime->activate(cluster->hosts, cluster->host_params, cluster->limits, nullptr, cluster->high_limits);
+    cluster->runtime->activate(cluster->hosts, cluster->host_params, cluster->limits(), nullptr, cluster->highLimits());
     const auto& l = snap->listeners[0];
     REQUIRE(l->filter_chains.size() == 1);
     int fd = listenSocket(address);

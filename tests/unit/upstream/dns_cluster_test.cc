@@ -34,7 +34,7 @@ struct FakeSource {
     s.make = [this](const upstream::DnsTarget& t, const network::Address& a, const std::string& key) {
       auto h = std::make_shared<upstream::Host>();
       h->address = a;
-      h->hostname = t.hostname;
+      h->setHostname(t.hostname);
       h->priority = t.priority;
       live[key] = h;
       ++made;
@@ -113,7 +113,7 @@ TEST_CASE("DNS: a re-resolution keeps the Host of an address that stays and drop
   CHECK(src.made == 2);
   CHECK(first.hosts[0]->address.asString() == "127.0.0.2:8080");  // the endpoint's port
   CHECK(first.hosts[1]->address.asString() == "127.0.0.3:8080");
-  CHECK(first.hosts[0]->hostname == "svc.test");
+  CHECK(first.hosts[0]->hostname() == "svc.test");
   REQUIRE(first.params.size() == 2);
   CHECK(first.params[0].weight == 3);
   // Health state on the host that stays must survive: it is the same object.

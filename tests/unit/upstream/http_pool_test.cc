@@ -166,7 +166,7 @@ config::SnapshotConstSharedPtr loadCluster(const std::string& name, const std::v
   REQUIRE((*snap)->clusters.size() == 1);
   const auto& c = (*snap)->clusters[0];
   REQUIRE(c->runtime != nullptr);
-  c->runtime->activate(c->hosts, c->host_params, c->limits, nullptr, c->high_limits);
+  c->runtime->activate(c->hosts, c->host_params, c->limits(), nullptr, c->highLimits());
   return *snap;
 }
 
