@@ -27,9 +27,15 @@ namespace strait::server {
 namespace {
 
 // The stats the bootstrap's stats_config.stats_matcher lets the admin show (all without one).
-std::vector<stats::Store::Value> visibleStats(std::vector<stats::Store::Value> values, const config::StatsMatcher* m) {
-  if (m != nullptr) std::erase_if(values, [m](const stats::Store::Value& v) { return !m->shows(v.name); });
-  return values;
+// The stats a scrape shows: those the bootstrap's stats_matcher lets through and, for /stats, that match
+// ?filter=. Filtered while the store is read, so what is left out is never copied.
+std::vector<stats::Store::Value> visibleStats(const stats::Store& store, const config::StatsMatcher* m,
+                                              const re2::RE2* filter = nullptr) {
+  if (m == nullptr && filter == nullptr) return store.snapshot();
+  return store.snapshot([m, filter](std::string_view name) {
+    return (m == nullptr || m->shows(name)) &&
+           (filter == nullptr || re2::RE2::PartialMatch(re2::StringPiece(name.data(), name.size()), *filter));
+  });
 }
 
 std::string jsonEscape(const std::string& s) { return common::jsonString(s); }
@@ -88,7 +94,7 @@ std::string prometheusStats(Server& server) {
   server.uptimeSeconds();
   const config::SnapshotConstSharedPtr snap = server.snapshot();  // held while its tag rules are used
   std::string out =
-      stats::renderPrometheus(visibleStats(server.store().snapshot(), snap->stats_matcher.get()), snap->tag_rules.get());
+      stats::renderPrometheus(visibleStats(server.store(), snap->stats_matcher.get()), snap->tag_rules.get());
   out += stats::istio::renderPrometheus();  // Istio's standard metrics (istio_metrics.h), when any were recorded
   return out;
 }
@@ -177,13 +183,12 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
         return r;
       }
     }
-    auto values = visibleStats(server_.store().snapshot(), snap->stats_matcher.get());
+    auto values = visibleStats(server_.store(), snap->stats_matcher.get(), filter.get());
     if (json) {
       r.content_type = "application/json";
       r.body = "{\"stats\":[";
       bool first = true;
       for (const auto& v : values) {
-        if (filter && !re2::RE2::PartialMatch(v.name, *filter)) continue;
         absl::StrAppend(&r.body, first ? "" : ",", "{\"name\":", jsonEscape(v.name), ",\"value\":", v.value, "}");
         first = false;
       }
@@ -191,7 +196,6 @@ AdminServer::Response AdminServer::handle(const std::string& method, const std::
       return r;
     }
     for (const auto& v : values) {
-      if (filter && !re2::RE2::PartialMatch(v.name, *filter)) continue;
       if (v.type == stats::StatType::Histogram) {
         absl::StrAppend(&r.body, v.name, ": ", stats::histogramSummary(v), "\n");
       } else {

@@ -563,7 +563,9 @@ int64_t Store::sum(uint32_t index) const {
   return total;
 }
 
-std::vector<Store::Value> Store::snapshot() const {
+std::vector<Store::Value> Store::snapshot() const { return snapshot(nullptr); }
+
+std::vector<Store::Value> Store::snapshot(const std::function<bool(std::string_view name)>& keep) const {
   std::lock_guard<std::mutex> lock(lock_);
   // Which pages each shard has written: the others read as zeros without being touched.
   std::vector<std::vector<bool>> written(shards_.size());
@@ -572,8 +574,12 @@ std::vector<Store::Value> Store::snapshot() const {
     return written[shard][index / Shard::kSlotsPerPage] ? shards_[shard]->read(index) : 0;
   };
   std::vector<Value> out;
-  out.reserve(live_stats_);
-  auto add = [&](std::string name, StatType type, uint32_t slot) {
+  if (!keep) out.reserve(live_stats_);
+  // Names are spelled into one buffer and copied out only for the stats kept.
+  std::string name_buf;
+  auto add = [&](const std::string& spelled, StatType type, uint32_t slot) {
+    if (keep && !keep(spelled)) return;
+    std::string name = spelled;
     if (type == StatType::Histogram) {
       Value v{std::move(name), StatType::Histogram, 0, std::vector<int64_t>(kHistogramBuckets, 0), 0};
       for (uint32_t b = 0; b < kHistogramBuckets; ++b) {
@@ -593,7 +599,10 @@ std::vector<Store::Value> Store::snapshot() const {
     if ((e.flags & kBlock) != 0) {
       const std::string& prefix = symbols_.text(e.prefix);
       for (const auto& leaf : layouts_[e.leaf & ~kBlockLeaf]->leaves_) {
-        add(absl::StrCat(prefix, ".", leaf.name), leaf.type, e.slot + leaf.offset);
+        name_buf.assign(prefix);
+        name_buf += '.';
+        name_buf += leaf.name;
+        add(name_buf, leaf.type, e.slot + leaf.offset);
       }
       continue;
     }

@@ -189,6 +189,47 @@ TEST_CASE("Stats: a block of stats reads, lists and carries on exactly as the st
   REQUIRE(store.value("cluster.a.upstream_rq_total") == 0);
 }
 
+TEST_CASE("Stats: a filtered snapshot lists only what the filter keeps, with the same values and order") {
+  Store store(2);
+  setThreadShard(&store.shard(0));
+  static const StatBlock layout = [] {
+    StatBlock b;
+    b.counter("upstream_rq_total");
+    b.histogram("upstream_rq_time");
+    return b;
+  }();
+  StatScope scope(store);
+  const uint32_t a = scope.block("cluster.a", layout);
+  const uint32_t b = scope.block("cluster.b", layout);
+  inc(Counter{a}, 3);
+  inc(Counter{b}, 4);
+  record(Histogram{b + 1}, 1500);
+  inc(store.counter("server.alone"), 7);
+  std::vector<std::string> asked;
+  const auto kept = store.snapshot([&](std::string_view name) {
+    asked.emplace_back(name);
+    return name.find("cluster.b.") == 0 || name == "server.alone";
+  });
+  // Every stat was looked at once, by its full name; only the kept ones came out, sorted.
+  CHECK(asked.size() == store.statCount());
+  REQUIRE(kept.size() == 3);
+  CHECK(kept[0].name == "cluster.b.upstream_rq_time");
+  CHECK(kept[0].type == StatType::Histogram);
+  CHECK(kept[0].value == 1);
+  CHECK(kept[0].sum_us == 1500);
+  CHECK(kept[1].name == "cluster.b.upstream_rq_total");
+  CHECK(kept[1].value == 4);
+  CHECK(kept[2].name == "server.alone");
+  CHECK(kept[2].value == 7);
+  // The same entries as the full snapshot gives for those names.
+  size_t same = 0;
+  for (const auto& v : store.snapshot()) {
+    for (const auto& k : kept) same += (k.name == v.name && k.value == v.value) ? 1 : 0;
+  }
+  CHECK(same == kept.size());
+  CHECK(store.snapshot([](std::string_view) { return false; }).empty());
+}
+
 TEST_CASE("Stats: a stat also made outside any scope is never released") {
   Store store(1);
   setThreadShard(&store.shard(0));
