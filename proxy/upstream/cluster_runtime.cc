@@ -67,7 +67,7 @@ ClusterRuntime::ClusterRuntime(stats::Store& store, std::string name, const std:
                               defaults.max_retries, defaults.max_connection_pools};
     for (size_t k = 0; k < std::size(limits); ++k) {
       limits[k]->open_ = stats::Gauge{first + block.open[k]};
-      limits[k]->remaining_name_ = kRemainingNames[k];
+      limits[k]->kind_ = static_cast<uint8_t>(k);
       limits[k]->priority_ = static_cast<uint8_t>(i);
       limits[k]->max_ = maxes[k];
     }
@@ -114,10 +114,12 @@ void ClusterRuntime::rememberHost(const std::string& key, const HostSharedPtr& h
 void ClusterRuntime::setLimit(ResourceLimit& l, uint64_t max, bool track) {
   if (track && !l.remaining_made_) {
     l.remaining_ = scope_.gauge(absl::StrCat("cluster.", stat_prefix_, ".circuit_breakers.", kPriorityNames[l.priority_],
-                                             ".", l.remaining_name_));
+                                             ".", kRemainingNames[l.kind_]));
     l.remaining_made_ = true;
   }
-  const uint64_t old = l.max_.exchange(max, std::memory_order_relaxed);
+  // Envoy's thresholds are 32-bit (max_connection_pools' "no limit" is UINT32_MAX).
+  max = std::min<uint64_t>(max, UINT32_MAX);
+  const uint64_t old = l.max_.exchange(static_cast<uint32_t>(max), std::memory_order_relaxed);
   const uint64_t count = l.current_.load(std::memory_order_relaxed);
   // Keep the gauges true across a change of the limit: "open" is whether the count is at it.
   const bool was_open = count >= old, is_open = count >= max;

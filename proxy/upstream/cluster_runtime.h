@@ -24,7 +24,7 @@ class ResourceLimit {
   bool tryAcquire() { return tryAcquireUpTo(max_.load(std::memory_order_relaxed)); }
   // The same against a limit computed by the caller (a retry budget).
   bool tryAcquireUpTo(uint64_t max) {
-    uint64_t cur = current_.load(std::memory_order_relaxed);
+    uint32_t cur = current_.load(std::memory_order_relaxed);
     do {
       if (cur >= max) return false;
     } while (!current_.compare_exchange_weak(cur, cur + 1, std::memory_order_relaxed));
@@ -33,7 +33,7 @@ class ResourceLimit {
     return true;
   }
   void release() {
-    const uint64_t old = current_.fetch_sub(1, std::memory_order_relaxed);
+    const uint32_t old = current_.fetch_sub(1, std::memory_order_relaxed);
     if (old == max_.load(std::memory_order_relaxed)) stats::dec(open_);
     if (track_remaining_) stats::inc(remaining_);
   }
@@ -43,14 +43,15 @@ class ResourceLimit {
 
  private:
   friend class ClusterRuntime;
-  std::atomic<uint64_t> current_{0};
-  std::atomic<uint64_t> max_{1024};
+  // 32 bits, as Envoy's thresholds are (UInt32Value): ten of these in every cluster.
+  std::atomic<uint32_t> current_{0};
+  std::atomic<uint32_t> max_{1024};
   stats::Gauge open_;       // circuit_breakers.<priority>.<name>_open: 1 while at the limit
   // circuit_breakers.<priority>.remaining_<name>: made when track_remaining first asks for it (Envoy
   // publishes these only then; at 10,000 clusters, 10 gauges each that nobody reads).
   stats::Gauge remaining_;
-  const char* remaining_name_ = nullptr;  // "remaining_cx", ...
-  uint8_t priority_ = 0;                  // ResourcePriority
+  uint8_t kind_ = 0;      // which limit of its ResourceManager (names its remaining_ gauge)
+  uint8_t priority_ = 0;  // ResourcePriority
   bool remaining_made_ = false;
   bool track_remaining_ = false;
 };
