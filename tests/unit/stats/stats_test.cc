@@ -189,15 +189,20 @@ TEST_CASE("Stats: a block of stats reads, lists and carries on exactly as the st
   REQUIRE(store.value("cluster.a.upstream_rq_total") == 0);
 }
 
+namespace {
+// A block of a counter (offset 0) and a histogram (offset 1).
+StatBlock totalAndTime() {
+  StatBlock b;
+  b.counter("upstream_rq_total");
+  b.histogram("upstream_rq_time");
+  return b;
+}
+}  // namespace
+
 TEST_CASE("Stats: a filtered snapshot lists only what the filter keeps, with the same values and order") {
   Store store(2);
   setThreadShard(&store.shard(0));
-  static const StatBlock layout = [] {
-    StatBlock b;
-    b.counter("upstream_rq_total");
-    b.histogram("upstream_rq_time");
-    return b;
-  }();
+  static const StatBlock& layout = *new StatBlock(totalAndTime());  // layouts live for the process
   StatScope scope(store);
   const uint32_t a = scope.block("cluster.a", layout);
   const uint32_t b = scope.block("cluster.b", layout);
