@@ -747,7 +747,7 @@ absl::StatusOr<ClusterConstSharedPtr> translateCluster(const cluster_v3::Cluster
   }
   if (tls) out->stats.ssl = network::makeSslStats(scope, p);
   stats::set(store, out->stats.membership_total, static_cast<int64_t>(out->hosts.size()));
-  if (held != nullptr) {
+  if (held != nullptr && (held->proto || held->wire)) {
     out->proto = held->proto;
     out->wire = held->wire;
   } else {
