@@ -375,7 +375,9 @@ def test_spans_go_to_a_collector_cluster_over_mtls(fleet, pki, tmp_path):
     assert spans[0]["service"] == "side_b"
     assert collector.peer_uris and set(collector.peer_uris) == {SPIFFE_SIDECAR}
     assert collector.posts[0]["headers"]["host"] == "collector.local"
-    stats = proc.stats()
+    # "sent" is counted when the collector's answer comes back, which may be just after the collector
+    # has the spans: wait for it rather than read once.
+    stats = proc.wait_stats(lambda s: s.get("tracing.opentelemetry.http_reports_sent", 0) >= 1)
     assert stats.get("cluster.otel.ssl.handshake", 0) >= 1, stats
     assert stats.get("tracing.opentelemetry.http_reports_sent", 0) >= 1, stats
 
