@@ -1102,7 +1102,18 @@ class Bench:
                     elif os.path.exists(logfile):
                         r |= latency_from_log(logfile)
                     return r
+                # Strait's own long loop iterations during the run (server.worker_<i>.*): a tail that
+                # comes with none is not Strait's work but waiting for a CPU or the network.
+                st0 = self.admin_stats() if p == "strait" else None
                 r = self.measure(p, go)
+                if st0 is not None:
+                    st1 = self.admin_stats()
+                    if st1:
+                        def over(st):
+                            return sum(v for k, v in st.items() if k.endswith("loop_iterations_over_1ms"))
+                        r["loop_over_1ms"] = over(st1) - over(st0)
+                        r["loop_max_us"] = max((v for k, v in st1.items()
+                                                if k.endswith("loop_max_iteration_usec")), default=0)
                 if "cpu_s" in r and r.get("requests"):
                     # vCPU per 1000 req/s: CPU seconds / wall seconds / (achieved rate / 1000). h2load
                     # counts requests of the main phase only, while the CPU window also covers the
@@ -1689,6 +1700,13 @@ class Report:
                             for q in (50, 90, 99)]
                 L.append(f"| {pname} | {PEER_LABEL[p]} | " + " | ".join(absc + addc) + " |")
         L.append("")
+        loops = {proto: self.mr(fig, "strait", "1k", "loop_over_1ms")
+                 for proto, fig in (("h1", "h1_latency"), ("h2", "h2_latency"))}
+        if any(v is not None for v in loops.values()):
+            L.append("Strait's worker loop iterations that worked for more than 1 ms during each run "
+                     "(`server.worker_0.loop_iterations_over_1ms`, per run): HTTP/1.1 "
+                     f"{cell(loops['h1'])}, HTTP/2 {cell(loops['h2'])}. Few or none means the tail is time "
+                     "spent waiting (for a CPU, the client, the upstream), not Strait's own work.\n")
 
         # (3) h2 mux
         L.append(f"## 3. HTTP/2 multiplexed throughput (`h2load -c16 -m10 -D {m['mux_d']}`, h2c, 1 KiB), req/s\n")
